@@ -1,0 +1,32 @@
+# Ferry: the two commands a reader needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help setup build demo test lint fmt bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## Install and start what Ferry needs (PostgreSQL, Redis, docker-registry, skopeo, umoci)
+	@bash scripts/setup.sh
+
+build: ## Build every binary
+	$(CARGO) build --workspace --bins
+
+demo: setup build ## Migrate a sample registry end to end and print a summary (REGISTRY_DIR=/abs/dir for your own)
+	@bash scripts/demo.sh
+
+lint: ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: setup lint ## Set up, lint, and run every test against real PostgreSQL, Redis and registry data
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+clean: ## Remove build output and demo state
+	$(CARGO) clean
+	rm -rf .ferry

@@ -1,0 +1,131 @@
+//! The importer's configuration: flags with `FERRY_*` environment fallbacks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use ferry_shared::config::ConfigCheck;
+
+use crate::service::StepLimits;
+
+/// `ferry-importer`: registers repositories of the old storage layout in the metadata database.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-importer", version, about)]
+pub struct ImporterArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "FERRY_LISTEN_ADDR", default_value = "127.0.0.1:50061")]
+    pub listen_addr: String,
+    /// PostgreSQL URL of the metadata (registry) database.
+    #[arg(long, env = "FERRY_METADATA_DATABASE_URL")]
+    pub metadata_database_url: Option<String>,
+    /// Bucket holding `docker/registry/v2`: file:///abs/dir.
+    #[arg(long, env = "FERRY_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// The scheduler's gRPC URL, for completion notifications.
+    #[arg(long, env = "FERRY_SCHEDULER_URL")]
+    pub scheduler_url: Option<String>,
+    /// Imports run at once on this importer.
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_IMPORTS", default_value = "4")]
+    pub max_concurrent_imports: String,
+    /// Time limit of a pre-import, in seconds.
+    #[arg(long, env = "FERRY_PRE_IMPORT_TIMEOUT_SECS", default_value = "7200")]
+    pub pre_import_timeout_secs: String,
+    /// Time limit of a final import, in seconds.
+    #[arg(long, env = "FERRY_IMPORT_TIMEOUT_SECS", default_value = "600")]
+    pub import_timeout_secs: String,
+    /// Blob copies in flight per import.
+    #[arg(long, env = "FERRY_COPY_CONCURRENCY", default_value = "8")]
+    pub copy_concurrency: String,
+}
+
+/// Validated importer configuration.
+#[derive(Debug, Clone)]
+pub struct ImporterConfig {
+    /// Address to serve on.
+    pub listen_addr: SocketAddr,
+    /// Metadata database URL.
+    pub metadata_database_url: String,
+    /// Storage URL.
+    pub storage_url: String,
+    /// Scheduler URL.
+    pub scheduler_url: String,
+    /// Step limits.
+    pub limits: StepLimits,
+}
+
+impl ImporterArgs {
+    /// Validates every value, naming every bad key.
+    pub fn validate(&self) -> Result<ImporterConfig, String> {
+        let mut check = ConfigCheck::default();
+        let listen_addr = check.socket_addr("FERRY_LISTEN_ADDR", &self.listen_addr);
+        let metadata_database_url = check.url(
+            "FERRY_METADATA_DATABASE_URL",
+            self.metadata_database_url.as_deref(),
+            &["postgres", "postgresql"],
+        );
+        let storage_url = check.url(
+            "FERRY_STORAGE_URL",
+            self.storage_url.as_deref(),
+            &["file", "gs"],
+        );
+        let scheduler_url = check.url(
+            "FERRY_SCHEDULER_URL",
+            self.scheduler_url.as_deref(),
+            &["http", "https"],
+        );
+        let max = check.positive("FERRY_MAX_CONCURRENT_IMPORTS", &self.max_concurrent_imports);
+        let pre = check.positive(
+            "FERRY_PRE_IMPORT_TIMEOUT_SECS",
+            &self.pre_import_timeout_secs,
+        );
+        let fin = check.positive("FERRY_IMPORT_TIMEOUT_SECS", &self.import_timeout_secs);
+        let copies = check.positive("FERRY_COPY_CONCURRENCY", &self.copy_concurrency);
+        check.finish()?;
+        let missing = || "validated above".to_owned();
+        Ok(ImporterConfig {
+            listen_addr: listen_addr.ok_or_else(missing)?,
+            metadata_database_url: metadata_database_url.ok_or_else(missing)?,
+            storage_url: storage_url.ok_or_else(missing)?,
+            scheduler_url: scheduler_url.ok_or_else(missing)?,
+            limits: StepLimits {
+                max_concurrent_imports: usize::try_from(max.ok_or_else(missing)?)
+                    .unwrap_or(usize::MAX),
+                pre_import_timeout: Duration::from_secs(pre.ok_or_else(missing)?),
+                import_timeout: Duration::from_secs(fin.ok_or_else(missing)?),
+                copy_concurrency: usize::try_from(copies.ok_or_else(missing)?)
+                    .unwrap_or(usize::MAX),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_every_bad_key() {
+        let args = ImporterArgs::parse_from([
+            "ferry-importer",
+            "--listen-addr",
+            "bogus",
+            "--storage-url",
+            "s3://x",
+            "--max-concurrent-imports",
+            "zero",
+            "--scheduler-url",
+            "http://127.0.0.1:1",
+        ]);
+        let message = args.validate().unwrap_err();
+        for key in [
+            "FERRY_LISTEN_ADDR",
+            "FERRY_METADATA_DATABASE_URL",
+            "FERRY_STORAGE_URL",
+            "FERRY_MAX_CONCURRENT_IMPORTS",
+        ] {
+            assert!(message.contains(key), "{key} missing from {message}");
+        }
+        assert!(!message.contains("FERRY_SCHEDULER_URL"), "{message}");
+    }
+}

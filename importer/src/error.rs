@@ -1,0 +1,166 @@
+//! The importer's errors: API refusals (mapped to gRPC in one place) and the reasons a step fails.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use ferry_shared::error::ErrorCode;
+use ferry_shared::ids::{Digest, IdError};
+use ferry_shared::storage::StorageError;
+
+use crate::manifest::ManifestError;
+
+/// Why `StartImport` or `GetImportStatus` refused a request. Codes mirror the registry's import
+/// API (documented per variant as the HTTP status it answered with).
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// 400: bad path or import type.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// 404: the repository is not in old storage (start) or unknown (status).
+    #[error("repository {0} not found")]
+    NotFound(String),
+    /// 425: a pre-import of this repository is running.
+    #[error("pre-import of {0} is already in progress")]
+    PreImportInProgress(String),
+    /// 409: a final import of this repository is running.
+    #[error("final import of {0} is already in progress")]
+    ImportInProgress(String),
+    /// 424: a final import needs a completed pre-import first.
+    #[error("final import of {path} refused: {reason}")]
+    PreImportRequired {
+        /// The repository.
+        path: String,
+        /// What the last pre-import did instead of completing.
+        reason: &'static str,
+    },
+    /// 429: this importer runs its maximum number of imports.
+    #[error("importer is running its maximum of {0} concurrent imports")]
+    TooManyImports(usize),
+    /// 429: the repository's last step was canceled moments ago and may still be stopping.
+    #[error("repository {0} is not ready: its last import was canceled less than 5 s ago")]
+    NotReady(String),
+    /// The metadata database failed.
+    #[error("metadata database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl ApiError {
+    /// The error's code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::PreImportInProgress(_) | ApiError::ImportInProgress(_) => {
+                ErrorCode::AlreadyExists
+            }
+            ApiError::PreImportRequired { .. } => ErrorCode::FailedPrecondition,
+            ApiError::TooManyImports(_) | ApiError::NotReady(_) => ErrorCode::ResourceExhausted,
+            ApiError::Database(_) | ApiError::Storage(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        error.code().into_status(error.to_string())
+    }
+}
+
+/// Why an import step failed; recorded as the repository's `migration_error` and reported to
+/// the scheduler.
+#[derive(Debug, Error)]
+pub enum StepError {
+    /// A tag directory has a name the registry could never have written.
+    #[error("invalid tag name {0:?}")]
+    InvalidTag(String),
+    /// A tag's `current/link` does not hold a digest.
+    #[error("tag {tag}: broken current link: {source}")]
+    BrokenTagLink {
+        /// The tag.
+        tag: String,
+        /// What is wrong with the link.
+        source: IdError,
+    },
+    /// A manifest's blob data is missing from old storage.
+    #[error("manifest {digest} ({referrer}) is missing from storage")]
+    ManifestMissing {
+        /// The manifest digest.
+        digest: Digest,
+        /// Who points at it ("tag v1", "index sha256:...").
+        referrer: String,
+    },
+    /// A manifest's stored bytes do not hash to its digest.
+    #[error("manifest {digest}: stored content hashes to {actual}")]
+    ManifestDigestMismatch {
+        /// The digest the manifest is stored under.
+        digest: Digest,
+        /// What its content hashes to.
+        actual: Digest,
+    },
+    /// A manifest cannot be parsed or is of an unsupported kind.
+    #[error("manifest {digest}: {source}")]
+    BadManifest {
+        /// The manifest digest.
+        digest: Digest,
+        /// The parse failure.
+        source: ManifestError,
+    },
+    /// An index references another index.
+    #[error("manifest {digest}: nested index {child} is not supported")]
+    NestedIndex {
+        /// The outer index.
+        digest: Digest,
+        /// The nested index.
+        child: Digest,
+    },
+    /// A config or layer blob is missing from old storage.
+    #[error("blob {digest} referenced by manifest {manifest} is missing from storage")]
+    BlobMissing {
+        /// The blob.
+        digest: Digest,
+        /// A manifest that references it.
+        manifest: Digest,
+    },
+    /// A config or layer blob does not hash to its digest, or its size differs from the manifest's.
+    #[error("blob {digest} referenced by manifest {manifest} is corrupt: {detail}")]
+    BlobCorrupt {
+        /// The blob.
+        digest: Digest,
+        /// A manifest that references it.
+        manifest: Digest,
+        /// What differs.
+        detail: String,
+    },
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The metadata database failed.
+    #[error("metadata database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The step ran past its time limit.
+    #[error("step timed out after {0:?}")]
+    Timeout(Duration),
+    /// The step was canceled (the repository's status changed under it).
+    #[error("import was canceled")]
+    Canceled,
+}
+
+impl StepError {
+    /// The reason as stored in `repositories.migration_error` (at most 1024 characters).
+    pub fn reason(&self) -> String {
+        let mut reason = self.to_string();
+        if reason.len() > 1024 {
+            let mut cut = 1021;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+            reason.push_str("...");
+        }
+        reason
+    }
+}

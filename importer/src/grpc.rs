@@ -1,0 +1,41 @@
+//! The tonic adapter: the only importer code that touches `tonic::Request` and `Status`.
+
+use tonic::{Request, Response, Status};
+
+use ferry_proto::common::v1::ImportType;
+use ferry_proto::importer::v1::importer_server::Importer as ImporterRpc;
+use ferry_proto::importer::v1::{
+    GetImportStatusRequest, GetImportStatusResponse, StartImportRequest, StartImportResponse,
+};
+
+use crate::service::ImportService;
+
+/// Serves any [`ImportService`] as `ferry.importer.v1.Importer`.
+#[derive(Debug)]
+pub struct ImporterGrpc<S>(pub S);
+
+#[tonic::async_trait]
+impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
+    async fn start_import(
+        &self,
+        request: Request<StartImportRequest>,
+    ) -> Result<Response<StartImportResponse>, Status> {
+        let request = request.into_inner();
+        let import_type =
+            ImportType::try_from(request.import_type).unwrap_or(ImportType::Unspecified);
+        let response = self
+            .0
+            .start_import(&request.path, import_type, request.fencing_token)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_import_status(
+        &self,
+        request: Request<GetImportStatusRequest>,
+    ) -> Result<Response<GetImportStatusResponse>, Status> {
+        Ok(Response::new(
+            self.0.import_status(&request.into_inner().path).await?,
+        ))
+    }
+}

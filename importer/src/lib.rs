@@ -1,0 +1,65 @@
+//! Ferry's importer: walks a repository's old storage layout, registers its tagged manifests and
+//! blobs in the metadata database (tags only in the final pass), copies blobs into the `gitlab/`
+//! prefix and reports each step's end to the scheduler.
+//!
+//! [`service::ImportService`] is the domain; [`grpc::ImporterGrpc`] is its tonic adapter.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod manifest;
+pub mod notifier;
+pub mod plan;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use ferry_proto::importer::v1::importer_server::ImporterServer;
+
+use crate::config::ImporterConfig;
+use crate::notifier::Notifier;
+use crate::service::Importer;
+use crate::store::MetadataStore;
+
+/// How long an importer keeps retrying a completion notification.
+const NOTIFY_GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
+
+/// Errors that stop the importer from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The metadata database is unreachable.
+    #[error("metadata database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Its migrations failed.
+    #[error("metadata database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The storage URL is unusable.
+    #[error(transparent)]
+    Storage(#[from] ferry_shared::storage::StorageError),
+    /// The gRPC transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Connects, migrates the metadata database and serves on `listener` until `shutdown`.
+pub async fn run(
+    config: ImporterConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartupError> {
+    let storage = ferry_shared::storage::open(&config.storage_url)?;
+    let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
+    let db = MetadataStore::connect(&config.metadata_database_url, pool_size).await?;
+    db.migrate().await?;
+    let notifier = Notifier::new(&config.scheduler_url, NOTIFY_GIVE_UP_AFTER)?;
+    let importer = Importer::new(storage, db, notifier, config.limits.clone());
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), storage = %config.storage_url, "importer serving");
+    let routes = Routes::new(ImporterServer::new(grpc::ImporterGrpc(importer)));
+    ferry_shared::grpc::serve(listener, routes, &["ferry.importer.v1.Importer"], shutdown).await?;
+    Ok(())
+}

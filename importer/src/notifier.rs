@@ -1,0 +1,78 @@
+//! Telling the scheduler that a step ended, retried until it acknowledges.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
+use ferry_proto::scheduler::v1::NotifyImportResultRequest;
+use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use ferry_shared::ids::RepositoryPath;
+
+/// Sends `NotifyImportResult` to the scheduler.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    client: SchedulerClient<Channel>,
+    give_up_after: Duration,
+}
+
+impl Notifier {
+    /// A notifier for the scheduler at `url`; it connects on first use. After `give_up_after` of
+    /// failed attempts it stops (the scheduler's guard reconciles from the status instead).
+    pub fn new(url: &str, give_up_after: Duration) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        Ok(Self {
+            client: SchedulerClient::new(channel),
+            give_up_after,
+        })
+    }
+
+    /// Reports a step's end, retrying with jittered exponential backoff until acknowledged.
+    pub async fn notify(
+        &self,
+        path: &RepositoryPath,
+        import_type: ImportType,
+        status: MigrationStatus,
+        detail: String,
+        stats: ImportStats,
+    ) {
+        let request = NotifyImportResultRequest {
+            path: path.to_string(),
+            name: path.name().to_owned(),
+            status: status.into(),
+            detail,
+            import_type: import_type.into(),
+            stats: Some(stats),
+        };
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut client = self.client.clone();
+            match client.notify_import_result(request.clone()).await {
+                Ok(_) => return,
+                Err(status) if started.elapsed() >= self.give_up_after => {
+                    tracing::error!(repository = %path, %status, "scheduler never acknowledged the step's result; giving up");
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(repository = %path, %status, retry_in_ms = backoff.as_millis() as u64, "notifying the scheduler failed");
+                    let jitter = Duration::from_millis(rand_jitter(backoff.as_millis() as u64 / 2));
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+fn rand_jitter(max_ms: u64) -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    if max_ms == 0 {
+        return 0;
+    }
+    RandomState::new().hash_one(Instant::now()) % max_ms
+}

@@ -1,0 +1,317 @@
+//! Walking one repository's old layout into an [`ImportPlan`]: its tags, every manifest they
+//! reach (index children first) and every config and layer blob, read and verified before
+//! anything is written.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+
+use ferry_shared::ids::{Digest, RepositoryPath};
+use ferry_shared::layout;
+use ferry_shared::storage::{BlobStore, ListOptions, StorageError};
+
+use crate::error::StepError;
+use crate::manifest::{self, Descriptor, ManifestBody, ManifestError};
+
+/// Largest manifest read into memory.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Configs up to this size keep their payload in the database (the registry's limit).
+pub const CONFIG_PAYLOAD_LIMIT: u64 = 256_000;
+/// Link files are tiny; anything bigger is not a link.
+const MAX_LINK_BYTES: u64 = 1024;
+/// Concurrent storage reads while planning.
+const READ_CONCURRENCY: usize = 16;
+
+/// A config or layer blob the import registers.
+#[derive(Debug, Clone)]
+pub struct PlannedBlob {
+    /// Size in bytes, from the manifest.
+    pub size: u64,
+    /// Media type, from the first manifest that references it.
+    pub media_type: String,
+    /// False for foreign (non-distributable) layers, which are registered but not copied.
+    pub copy: bool,
+    /// A manifest that references it, for error messages.
+    pub referrer: Digest,
+}
+
+/// A manifest the import registers.
+#[derive(Debug, Clone)]
+pub struct PlannedManifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its schema version.
+    pub schema_version: i32,
+    /// The bytes exactly as stored.
+    pub payload: Bytes,
+    /// For an image: the config descriptor and, if small enough, its payload.
+    pub config: Option<(Descriptor, Option<Bytes>)>,
+    /// For an image: its layers.
+    pub layers: Vec<Descriptor>,
+    /// For an index: its children's digests.
+    pub children: Vec<Digest>,
+    /// Config plus layer sizes.
+    pub total_size: u64,
+}
+
+/// Everything one import step will register, read and checked up front.
+#[derive(Debug, Default)]
+pub struct ImportPlan {
+    /// Tags with a valid current link, and the manifest each points to.
+    pub tags: Vec<(String, Digest)>,
+    /// Tags skipped because their current link is missing.
+    pub tags_skipped: u64,
+    /// Manifests in dependency order: index children before their index.
+    pub manifests: Vec<PlannedManifest>,
+    /// Config and layer blobs, by digest.
+    pub blobs: BTreeMap<Digest, PlannedBlob>,
+}
+
+/// Lists the repository's tag names (one delimited listing, paged).
+pub async fn list_tags(
+    store: &dyn BlobStore,
+    path: &RepositoryPath,
+) -> Result<Vec<String>, StepError> {
+    let prefix = layout::tags_prefix(path);
+    let mut options = ListOptions {
+        delimited: true,
+        ..ListOptions::default()
+    };
+    let mut tags = Vec::new();
+    loop {
+        let page = store.list(&prefix, &options).await?;
+        for dir in page.prefixes {
+            let tag = dir[prefix.len()..].trim_end_matches('/').to_owned();
+            if !layout::is_valid_tag(&tag) {
+                return Err(StepError::InvalidTag(tag));
+            }
+            tags.push(tag);
+        }
+        match page.next_page_token {
+            Some(token) => options.page_token = Some(token),
+            None => return Ok(tags),
+        }
+    }
+}
+
+/// Whether the repository exists in old storage (has a tags directory with at least one entry).
+pub async fn exists_in_old_storage(
+    store: &dyn BlobStore,
+    path: &RepositoryPath,
+) -> Result<bool, StorageError> {
+    let options = ListOptions {
+        delimited: true,
+        page_token: None,
+        max_results: 1,
+    };
+    let page = store.list(&layout::tags_prefix(path), &options).await?;
+    Ok(!page.prefixes.is_empty() || !page.objects.is_empty())
+}
+
+async fn read_tag_link(
+    store: &dyn BlobStore,
+    path: &RepositoryPath,
+    tag: String,
+) -> Result<(String, Option<Digest>), StepError> {
+    let key = layout::tag_current_link_key(path, &tag);
+    match store.read(&key, MAX_LINK_BYTES).await {
+        Ok(data) => {
+            let text = String::from_utf8_lossy(&data);
+            match Digest::parse(&text) {
+                Ok(digest) => Ok((tag, Some(digest))),
+                Err(source) => Err(StepError::BrokenTagLink { tag, source }),
+            }
+        }
+        Err(StorageError::NotFound { .. }) => Ok((tag, None)),
+        Err(StorageError::TooLarge { .. }) => Err(StepError::BrokenTagLink {
+            source: ferry_shared::ids::IdError::InvalidDigest(
+                "<link file larger than 1 KiB>".into(),
+            ),
+            tag,
+        }),
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn load_manifest(
+    store: &dyn BlobStore,
+    digest: Digest,
+    referrer: String,
+) -> Result<PlannedManifest, StepError> {
+    let payload = match store
+        .read(&layout::old_blob_key(&digest), MAX_MANIFEST_BYTES)
+        .await
+    {
+        Ok(payload) => payload,
+        Err(StorageError::NotFound { .. }) => {
+            return Err(StepError::ManifestMissing { digest, referrer });
+        }
+        Err(StorageError::TooLarge { .. }) => {
+            let source =
+                ManifestError::UnknownMediaType(format!("<over {MAX_MANIFEST_BYTES} bytes>"));
+            return Err(StepError::BadManifest { digest, source });
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let actual = Digest::of(&payload);
+    if actual != digest {
+        return Err(StepError::ManifestDigestMismatch { digest, actual });
+    }
+    let parsed = manifest::parse(&payload).map_err(|source| StepError::BadManifest {
+        digest: digest.clone(),
+        source,
+    })?;
+    let mut planned = PlannedManifest {
+        digest,
+        media_type: parsed.media_type,
+        schema_version: parsed.schema_version,
+        payload,
+        config: None,
+        layers: Vec::new(),
+        children: Vec::new(),
+        total_size: 0,
+    };
+    match parsed.body {
+        ManifestBody::Image { config, layers } => {
+            let config_payload = load_config(store, &config, &planned.digest).await?;
+            planned.total_size = config.size + layers.iter().map(|l| l.size).sum::<u64>();
+            planned.config = Some((config, config_payload));
+            planned.layers = layers;
+        }
+        ManifestBody::Index { manifests } => {
+            planned.children = manifests.into_iter().map(|d| d.digest).collect();
+        }
+    }
+    Ok(planned)
+}
+
+async fn load_config(
+    store: &dyn BlobStore,
+    config: &Descriptor,
+    manifest: &Digest,
+) -> Result<Option<Bytes>, StepError> {
+    if config.size > CONFIG_PAYLOAD_LIMIT {
+        return Ok(None);
+    }
+    let data = match store
+        .read(&layout::old_blob_key(&config.digest), CONFIG_PAYLOAD_LIMIT)
+        .await
+    {
+        Ok(data) => data,
+        Err(StorageError::NotFound { .. }) => {
+            return Err(StepError::BlobMissing {
+                digest: config.digest.clone(),
+                manifest: manifest.clone(),
+            });
+        }
+        Err(StorageError::TooLarge { .. }) => {
+            return Err(StepError::BlobCorrupt {
+                digest: config.digest.clone(),
+                manifest: manifest.clone(),
+                detail: format!(
+                    "stored config is larger than the {} bytes declared",
+                    config.size
+                ),
+            });
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let actual = Digest::of(&data);
+    if actual != config.digest {
+        return Err(StepError::BlobCorrupt {
+            digest: config.digest.clone(),
+            manifest: manifest.clone(),
+            detail: format!("content hashes to {actual}"),
+        });
+    }
+    Ok(Some(data))
+}
+
+/// Reads the repository's tags and everything they reference. Fails on the first broken piece
+/// with a reason that names it; a tag whose current link is missing is skipped.
+pub async fn build(store: &dyn BlobStore, path: &RepositoryPath) -> Result<ImportPlan, StepError> {
+    let tag_names = list_tags(store, path).await?;
+    let links: Vec<(String, Option<Digest>)> = futures::stream::iter(tag_names)
+        .map(|tag| read_tag_link(store, path, tag).boxed())
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut plan = ImportPlan::default();
+    let mut roots: BTreeMap<Digest, String> = BTreeMap::new();
+    for (tag, digest) in links {
+        match digest {
+            Some(digest) => {
+                roots
+                    .entry(digest.clone())
+                    .or_insert_with(|| format!("tag {tag}"));
+                plan.tags.push((tag, digest));
+            }
+            None => {
+                tracing::warn!(repository = %path, tag, "tag has no current link; skipped");
+                plan.tags_skipped += 1;
+            }
+        }
+    }
+    let top: Vec<PlannedManifest> = futures::stream::iter(roots)
+        .map(|(digest, referrer)| load_manifest(store, digest, referrer).boxed())
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let top_digests: BTreeSet<Digest> = top.iter().map(|m| m.digest.clone()).collect();
+    let mut children_wanted: BTreeMap<Digest, String> = BTreeMap::new();
+    for index in top.iter().filter(|m| !m.children.is_empty()) {
+        for child in &index.children {
+            if !top_digests.contains(child) {
+                children_wanted
+                    .entry(child.clone())
+                    .or_insert_with(|| format!("index {}", index.digest));
+            }
+        }
+    }
+    let children: Vec<PlannedManifest> = futures::stream::iter(children_wanted)
+        .map(|(digest, referrer)| load_manifest(store, digest, referrer).boxed())
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    for child in &children {
+        if !child.children.is_empty() {
+            let parent = top.iter().find(|m| m.children.contains(&child.digest));
+            return Err(StepError::NestedIndex {
+                digest: parent.map_or_else(|| child.digest.clone(), |p| p.digest.clone()),
+                child: child.digest.clone(),
+            });
+        }
+    }
+    // Children first, then images, then indexes, so every reference resolves when written.
+    let (indexes, images): (Vec<_>, Vec<_>) = top.into_iter().partition(|m| !m.children.is_empty());
+    for index in &indexes {
+        if let Some(nested) = index
+            .children
+            .iter()
+            .find(|c| indexes.iter().any(|i| &i.digest == *c))
+        {
+            return Err(StepError::NestedIndex {
+                digest: index.digest.clone(),
+                child: nested.clone(),
+            });
+        }
+    }
+    plan.manifests = children.into_iter().chain(images).chain(indexes).collect();
+    for manifest in &plan.manifests {
+        let config = manifest.config.as_ref().map(|(descriptor, _)| descriptor);
+        for blob in config.into_iter().chain(&manifest.layers) {
+            plan.blobs
+                .entry(blob.digest.clone())
+                .or_insert_with(|| PlannedBlob {
+                    size: blob.size,
+                    media_type: blob.media_type.clone(),
+                    copy: !blob.foreign,
+                    referrer: manifest.digest.clone(),
+                });
+        }
+    }
+    Ok(plan)
+}

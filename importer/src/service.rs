@@ -1,0 +1,390 @@
+//! The import service: the domain side of `ferry.importer.v1.Importer`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
+use ferry_proto::importer::v1::{GetImportStatusResponse, StartImportResponse, StartOutcome};
+use ferry_shared::ids::{Digest, RepositoryPath};
+use ferry_shared::layout;
+use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
+
+use crate::error::{ApiError, StepError};
+use crate::notifier::Notifier;
+use crate::plan::{self, ImportPlan};
+use crate::store::{CommitOutcome, MetadataStore};
+
+/// A canceled step may still be stopping for this long; a new pre-import waits it out.
+pub const CANCEL_SETTLE_SECONDS: f64 = 5.0;
+
+/// What the importer offers, independent of gRPC.
+#[async_trait]
+pub trait ImportService: Send + Sync + 'static {
+    /// Starts a step in the background, answering at once.
+    async fn start_import(
+        &self,
+        path: &str,
+        import_type: ImportType,
+        fencing_token: u64,
+    ) -> Result<StartImportResponse, ApiError>;
+
+    /// The repository's status in the metadata database.
+    async fn import_status(&self, path: &str) -> Result<GetImportStatusResponse, ApiError>;
+}
+
+/// Limits of import steps.
+#[derive(Debug, Clone)]
+pub struct StepLimits {
+    /// Imports run at once on this importer.
+    pub max_concurrent_imports: usize,
+    /// Time limit of a pre-import.
+    pub pre_import_timeout: Duration,
+    /// Time limit of a final import.
+    pub import_timeout: Duration,
+    /// Blob copies in flight per import.
+    pub copy_concurrency: usize,
+}
+
+/// The importer.
+#[derive(Debug, Clone)]
+pub struct Importer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<dyn BlobStore>,
+    db: MetadataStore,
+    notifier: Notifier,
+    limits: StepLimits,
+    permits: Arc<Semaphore>,
+}
+
+/// The statuses one kind of step moves through.
+#[derive(Debug, Clone, Copy)]
+struct StepStatuses {
+    in_progress: MigrationStatus,
+    complete: MigrationStatus,
+    failed: MigrationStatus,
+}
+
+fn statuses(import_type: ImportType) -> StepStatuses {
+    match import_type {
+        ImportType::Final => StepStatuses {
+            in_progress: MigrationStatus::ImportInProgress,
+            complete: MigrationStatus::ImportComplete,
+            failed: MigrationStatus::ImportFailed,
+        },
+        _ => StepStatuses {
+            in_progress: MigrationStatus::PreImportInProgress,
+            complete: MigrationStatus::PreImportComplete,
+            failed: MigrationStatus::PreImportFailed,
+        },
+    }
+}
+
+/// Describes a status for `GetImportStatus` when no error is recorded.
+pub fn status_detail(status: MigrationStatus) -> &'static str {
+    match status {
+        MigrationStatus::ImportComplete => "final import completed successfully",
+        MigrationStatus::PreImportComplete => "pre import completed successfully",
+        MigrationStatus::PreImportCanceled => "pre import was canceled manually",
+        MigrationStatus::ImportCanceled => "final import was canceled manually",
+        other => other.as_db_str(),
+    }
+}
+
+impl Importer {
+    /// An importer over `storage` and `db` that reports to `notifier`.
+    pub fn new(
+        storage: Arc<dyn BlobStore>,
+        db: MetadataStore,
+        notifier: Notifier,
+        limits: StepLimits,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(limits.max_concurrent_imports));
+        Self {
+            inner: Arc::new(Inner {
+                storage,
+                db,
+                notifier,
+                limits,
+                permits,
+            }),
+        }
+    }
+
+    /// Checks the repository's row and claims it for the step; `Ok(false)` means it is already on
+    /// the new platform.
+    async fn claim(
+        &self,
+        path: &RepositoryPath,
+        import_type: ImportType,
+    ) -> Result<bool, ApiError> {
+        use MigrationStatus::*;
+        let is_final = import_type == ImportType::Final;
+        let row = self.inner.db.repository(path).await?;
+        let observed = row.as_ref().map(|r| r.status);
+        match &row {
+            Some(row) if matches!(row.status, Native | ImportComplete) => return Ok(false),
+            Some(row) if row.status == PreImportInProgress => {
+                return Err(ApiError::PreImportInProgress(path.to_string()));
+            }
+            Some(row) if row.status == ImportInProgress => {
+                return Err(ApiError::ImportInProgress(path.to_string()));
+            }
+            Some(row) if is_final && row.status == PreImportFailed => {
+                return Err(ApiError::PreImportRequired {
+                    path: path.to_string(),
+                    reason: "pre-import failed",
+                });
+            }
+            Some(row) if row.status == PreImportCanceled && is_final => {
+                return Err(ApiError::PreImportRequired {
+                    path: path.to_string(),
+                    reason: "pre-import was canceled",
+                });
+            }
+            Some(row)
+                if row.status == PreImportCanceled && row.age_seconds < CANCEL_SETTLE_SECONDS =>
+            {
+                return Err(ApiError::NotReady(path.to_string()));
+            }
+            None if is_final => {
+                return Err(ApiError::PreImportRequired {
+                    path: path.to_string(),
+                    reason: "no pre-import ran",
+                });
+            }
+            _ => {}
+        }
+        if !plan::exists_in_old_storage(self.inner.storage.as_ref(), path).await? {
+            return Err(ApiError::NotFound(path.to_string()));
+        }
+        let in_progress = statuses(import_type).in_progress;
+        if self
+            .inner
+            .db
+            .begin_step(path, observed, in_progress)
+            .await?
+        {
+            Ok(true)
+        } else {
+            // Another importer claimed it between our read and our write.
+            Err(match import_type {
+                ImportType::Final => ApiError::ImportInProgress(path.to_string()),
+                _ => ApiError::PreImportInProgress(path.to_string()),
+            })
+        }
+    }
+
+    async fn run_step(
+        self,
+        path: RepositoryPath,
+        import_type: ImportType,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let started = Instant::now();
+        let step = statuses(import_type);
+        let limit = match import_type {
+            ImportType::Final => self.inner.limits.import_timeout,
+            _ => self.inner.limits.pre_import_timeout,
+        };
+        let result =
+            match tokio::time::timeout(limit, self.execute(&path, import_type, step).boxed()).await
+            {
+                Ok(result) => result,
+                Err(_) => Err(StepError::Timeout(limit)),
+            };
+        let (status, detail, mut stats) = match result {
+            Ok(stats) => (
+                step.complete,
+                status_detail(step.complete).to_owned(),
+                stats,
+            ),
+            Err(StepError::Canceled) => {
+                let status = self.current_status(&path).await.unwrap_or(step.failed);
+                (
+                    status,
+                    "import was canceled".to_owned(),
+                    ImportStats::default(),
+                )
+            }
+            Err(error) => {
+                let reason = error.reason();
+                tracing::warn!(repository = %path, ?import_type, reason, "import step failed");
+                match self
+                    .inner
+                    .db
+                    .fail_step(&path, step.in_progress, step.failed, &reason)
+                    .await
+                {
+                    Ok(true) => (step.failed, reason, ImportStats::default()),
+                    Ok(false) => {
+                        let status = self.current_status(&path).await.unwrap_or(step.failed);
+                        (status, reason, ImportStats::default())
+                    }
+                    Err(db_error) => {
+                        tracing::error!(repository = %path, %db_error, "could not record the failed step");
+                        (step.failed, reason, ImportStats::default())
+                    }
+                }
+            }
+        };
+        drop(permit);
+        stats.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(repository = %path, ?import_type, status = status.as_db_str(), duration_ms = stats.duration_ms, "import step ended");
+        self.inner
+            .notifier
+            .notify(&path, import_type, status, detail, stats)
+            .await;
+    }
+
+    async fn current_status(&self, path: &RepositoryPath) -> Option<MigrationStatus> {
+        self.inner
+            .db
+            .repository(path)
+            .await
+            .ok()
+            .flatten()
+            .map(|row| row.status)
+    }
+
+    async fn execute(
+        &self,
+        path: &RepositoryPath,
+        import_type: ImportType,
+        step: StepStatuses,
+    ) -> Result<ImportStats, StepError> {
+        let plan = plan::build(self.inner.storage.as_ref(), path).await?;
+        let mut stats = self.copy_blobs(&plan).await?;
+        let with_tags = import_type == ImportType::Final;
+        match self
+            .inner
+            .db
+            .commit_step(path, step.in_progress, step.complete, &plan, with_tags)
+            .await?
+        {
+            CommitOutcome::Committed(counts) => {
+                stats.manifests = counts.manifests;
+                stats.tags = counts.tags;
+                stats.blobs = plan.blobs.len() as u64;
+                stats.tags_skipped = plan.tags_skipped;
+                Ok(stats)
+            }
+            CommitOutcome::Superseded(status) => {
+                tracing::info!(repository = %path, status = status.as_db_str(), "step superseded; nothing committed");
+                Err(StepError::Canceled)
+            }
+        }
+    }
+
+    /// Copies every distributable blob of the plan into the new prefix.
+    async fn copy_blobs(&self, plan: &ImportPlan) -> Result<ImportStats, StepError> {
+        let to_copy: Vec<(Digest, Digest)> = plan
+            .blobs
+            .iter()
+            .filter(|entry| entry.1.copy)
+            .map(|(digest, blob)| (digest.clone(), blob.referrer.clone()))
+            .collect();
+        let outcomes: Vec<CopyOutcome> = futures::stream::iter(to_copy)
+            .map(|(digest, referrer)| {
+                copy_blob(Arc::clone(&self.inner.storage), digest, referrer).boxed()
+            })
+            .buffer_unordered(self.inner.limits.copy_concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mut stats = ImportStats::default();
+        for outcome in outcomes {
+            match outcome {
+                CopyOutcome::Copied(bytes) => {
+                    stats.blobs_copied += 1;
+                    stats.bytes_copied += bytes;
+                }
+                CopyOutcome::AlreadyPresent => stats.blobs_present += 1,
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// Copies one blob from the old layout to the new one, verifying its digest.
+async fn copy_blob(
+    storage: Arc<dyn BlobStore>,
+    digest: Digest,
+    referrer: Digest,
+) -> Result<CopyOutcome, StepError> {
+    let src = layout::old_blob_key(&digest);
+    let dst = layout::new_blob_key(&digest);
+    storage
+        .copy(&src, &dst, Some(&digest))
+        .await
+        .map_err(|error| match error {
+            StorageError::NotFound { .. } => StepError::BlobMissing {
+                digest,
+                manifest: referrer,
+            },
+            StorageError::DigestMismatch { actual, .. } => StepError::BlobCorrupt {
+                digest,
+                manifest: referrer,
+                detail: format!("content hashes to {actual}"),
+            },
+            other => StepError::Storage(other),
+        })
+}
+
+#[async_trait]
+impl ImportService for Importer {
+    async fn start_import(
+        &self,
+        path: &str,
+        import_type: ImportType,
+        fencing_token: u64,
+    ) -> Result<StartImportResponse, ApiError> {
+        let path =
+            RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        if import_type == ImportType::Unspecified {
+            return Err(ApiError::InvalidArgument(
+                "import_type must be PRE or FINAL".into(),
+            ));
+        }
+        let permit = Arc::clone(&self.inner.permits)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyImports(self.inner.limits.max_concurrent_imports))?;
+        if !self.claim(&path, import_type).await? {
+            return Ok(StartImportResponse {
+                outcome: StartOutcome::AlreadyImported.into(),
+                status: MigrationStatus::ImportComplete.into(),
+            });
+        }
+        tracing::info!(repository = %path, ?import_type, fencing_token, "import step accepted");
+        tokio::spawn(self.clone().run_step(path, import_type, permit));
+        Ok(StartImportResponse {
+            outcome: StartOutcome::Accepted.into(),
+            status: statuses(import_type).in_progress.into(),
+        })
+    }
+
+    async fn import_status(&self, path: &str) -> Result<GetImportStatusResponse, ApiError> {
+        let path =
+            RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let row = self
+            .inner
+            .db
+            .repository(&path)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(path.to_string()))?;
+        Ok(GetImportStatusResponse {
+            name: path.name().to_owned(),
+            path: path.to_string(),
+            status: row.status.into(),
+            detail: row
+                .error
+                .unwrap_or_else(|| status_detail(row.status).to_owned()),
+        })
+    }
+}

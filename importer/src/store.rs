@@ -1,0 +1,318 @@
+//! The metadata database: every SQL statement the importer runs.
+
+use std::collections::HashMap;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+use ferry_proto::common::v1::MigrationStatus;
+use ferry_shared::ids::{Digest, RepositoryPath};
+
+use crate::plan::ImportPlan;
+
+/// Embedded migrations of the metadata database.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/registry");
+
+/// A repository's row, as the import API needs it.
+#[derive(Debug, Clone)]
+pub struct RepositoryRow {
+    /// `migration_status`.
+    pub status: MigrationStatus,
+    /// `migration_error`.
+    pub error: Option<String>,
+    /// Seconds since `updated_at`.
+    pub age_seconds: f64,
+}
+
+/// What a committed step registered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitCounts {
+    /// Manifests inserted (already registered ones are not counted).
+    pub manifests: u64,
+    /// Tags created or moved.
+    pub tags: u64,
+}
+
+/// The result of trying to commit a step.
+#[derive(Debug, Clone, Copy)]
+pub enum CommitOutcome {
+    /// Everything was written and the status set to complete.
+    Committed(CommitCounts),
+    /// The repository's status was no longer the step's in-progress status (canceled); nothing
+    /// was written.
+    Superseded(MigrationStatus),
+}
+
+/// The metadata database.
+#[derive(Debug, Clone)]
+pub struct MetadataStore {
+    pool: PgPool,
+}
+
+impl MetadataStore {
+    /// Connects with a pool of at most `max_connections`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations (safe to run from several replicas at once).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// The repository's row, if it has one.
+    pub async fn repository(
+        &self,
+        path: &RepositoryPath,
+    ) -> Result<Option<RepositoryRow>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT migration_status, migration_error, \
+                    EXTRACT(EPOCH FROM now() - updated_at)::float8 AS age \
+             FROM repositories WHERE path = $1",
+        )
+        .bind(path.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| RepositoryRow {
+            status: MigrationStatus::from_db_str(row.get("migration_status")).unwrap_or_default(),
+            error: row.get("migration_error"),
+            age_seconds: row.get("age"),
+        }))
+    }
+
+    /// Moves the repository to `in_progress` if its status is still `observed` (`None`: it has no
+    /// row yet). Returns false when another actor changed it first.
+    pub async fn begin_step(
+        &self,
+        path: &RepositoryPath,
+        observed: Option<MigrationStatus>,
+        in_progress: MigrationStatus,
+    ) -> Result<bool, sqlx::Error> {
+        let claimed = match observed {
+            None => sqlx::query(
+                "INSERT INTO repositories (path, name, migration_status) VALUES ($1, $2, $3) \
+                 ON CONFLICT (path) DO NOTHING RETURNING id",
+            )
+            .bind(path.as_str())
+            .bind(path.name())
+            .bind(in_progress.as_db_str())
+            .fetch_optional(&self.pool)
+            .await?,
+            Some(observed) => sqlx::query(
+                "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now() \
+                 WHERE path = $1 AND migration_status = $3 RETURNING id",
+            )
+            .bind(path.as_str())
+            .bind(in_progress.as_db_str())
+            .bind(observed.as_db_str())
+            .fetch_optional(&self.pool)
+            .await?,
+        };
+        Ok(claimed.is_some())
+    }
+
+    /// Records a failed step, only if the repository is still `in_progress`. Returns whether it
+    /// was recorded.
+    pub async fn fail_step(
+        &self,
+        path: &RepositoryPath,
+        in_progress: MigrationStatus,
+        failed: MigrationStatus,
+        reason: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let result = sqlx::query(
+            "UPDATE repositories SET migration_status = $3, migration_error = $4, updated_at = now() \
+             WHERE path = $1 AND migration_status = $2",
+        )
+        .bind(path.as_str())
+        .bind(in_progress.as_db_str())
+        .bind(failed.as_db_str())
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Writes everything `plan` holds (and, with `with_tags`, its tags) and sets the status to
+    /// `complete`, in one transaction that commits only while the repository is still
+    /// `in_progress`.
+    pub async fn commit_step(
+        &self,
+        path: &RepositoryPath,
+        in_progress: MigrationStatus,
+        complete: MigrationStatus,
+        plan: &ImportPlan,
+        with_tags: bool,
+    ) -> Result<CommitOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let row =
+            sqlx::query("SELECT id, migration_status FROM repositories WHERE path = $1 FOR UPDATE")
+                .bind(path.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let repository_id: i64 = row.get("id");
+        let status = MigrationStatus::from_db_str(row.get("migration_status")).unwrap_or_default();
+        if status != in_progress {
+            tx.rollback().await?;
+            return Ok(CommitOutcome::Superseded(status));
+        }
+        insert_blobs(&mut tx, repository_id, plan).await?;
+        let mut counts = CommitCounts::default();
+        let manifest_ids = insert_manifests(&mut tx, repository_id, plan, &mut counts).await?;
+        if with_tags {
+            counts.tags = insert_tags(&mut tx, repository_id, plan, &manifest_ids).await?;
+        }
+        sqlx::query(
+            "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now() \
+             WHERE id = $1",
+        )
+        .bind(repository_id)
+        .bind(complete.as_db_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CommitOutcome::Committed(counts))
+    }
+}
+
+async fn insert_blobs(
+    tx: &mut Transaction<'_, Postgres>,
+    repository_id: i64,
+    plan: &ImportPlan,
+) -> Result<(), sqlx::Error> {
+    let digests: Vec<&str> = plan.blobs.keys().map(Digest::as_str).collect();
+    let sizes: Vec<i64> = plan.blobs.values().map(|b| to_i64(b.size)).collect();
+    let media_types: Vec<&str> = plan.blobs.values().map(|b| b.media_type.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO blobs (digest, size, media_type) \
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]) ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(&digests)
+    .bind(&sizes)
+    .bind(&media_types)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO repository_blobs (repository_id, blob_digest) \
+         SELECT $1, digest FROM UNNEST($2::text[]) AS digest ON CONFLICT DO NOTHING",
+    )
+    .bind(repository_id)
+    .bind(&digests)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_manifests(
+    tx: &mut Transaction<'_, Postgres>,
+    repository_id: i64,
+    plan: &ImportPlan,
+    counts: &mut CommitCounts,
+) -> Result<HashMap<Digest, i64>, sqlx::Error> {
+    let mut ids: HashMap<Digest, i64> = HashMap::with_capacity(plan.manifests.len());
+    for manifest in &plan.manifests {
+        let (config_media_type, config_digest, config_payload) = match &manifest.config {
+            Some((descriptor, payload)) => (
+                Some(descriptor.media_type.as_str()),
+                Some(descriptor.digest.as_str()),
+                payload.as_deref(),
+            ),
+            None => (None, None, None),
+        };
+        let row = sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, schema_version, payload, \
+                 configuration_media_type, configuration_blob_digest, configuration_payload, total_size) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET digest = EXCLUDED.digest \
+             RETURNING id, (xmax = 0) AS inserted",
+        )
+        .bind(repository_id)
+        .bind(manifest.digest.as_str())
+        .bind(&manifest.media_type)
+        .bind(manifest.schema_version)
+        .bind(&manifest.payload[..])
+        .bind(config_media_type)
+        .bind(config_digest)
+        .bind(config_payload)
+        .bind(to_i64(manifest.total_size))
+        .fetch_one(&mut **tx)
+        .await?;
+        let manifest_id: i64 = row.get("id");
+        if row.get::<bool, _>("inserted") {
+            counts.manifests += 1;
+        }
+        ids.insert(manifest.digest.clone(), manifest_id);
+        if !manifest.layers.is_empty() {
+            let digests: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
+            let sizes: Vec<i64> = manifest.layers.iter().map(|l| to_i64(l.size)).collect();
+            let media_types: Vec<&str> = manifest
+                .layers
+                .iter()
+                .map(|l| l.media_type.as_str())
+                .collect();
+            sqlx::query(
+                "INSERT INTO layers (repository_id, manifest_id, digest, size, media_type) \
+                 SELECT $1, $2, * FROM UNNEST($3::text[], $4::bigint[], $5::text[]) \
+                 ON CONFLICT (manifest_id, digest) DO NOTHING",
+            )
+            .bind(repository_id)
+            .bind(manifest_id)
+            .bind(&digests)
+            .bind(&sizes)
+            .bind(&media_types)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !manifest.children.is_empty() {
+            let child_ids: Vec<i64> = manifest
+                .children
+                .iter()
+                .filter_map(|c| ids.get(c).copied())
+                .collect();
+            sqlx::query(
+                "INSERT INTO manifest_references (repository_id, parent_id, child_id) \
+                 SELECT $1, $2, child FROM UNNEST($3::bigint[]) AS child ON CONFLICT DO NOTHING",
+            )
+            .bind(repository_id)
+            .bind(manifest_id)
+            .bind(&child_ids)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(ids)
+}
+
+async fn insert_tags(
+    tx: &mut Transaction<'_, Postgres>,
+    repository_id: i64,
+    plan: &ImportPlan,
+    manifest_ids: &HashMap<Digest, i64>,
+) -> Result<u64, sqlx::Error> {
+    let (names, ids): (Vec<&str>, Vec<i64>) = plan
+        .tags
+        .iter()
+        .filter_map(|(name, digest)| manifest_ids.get(digest).map(|id| (name.as_str(), *id)))
+        .unzip();
+    let result = sqlx::query(
+        "INSERT INTO tags (repository_id, name, manifest_id) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::bigint[]) \
+         ON CONFLICT (repository_id, name) DO UPDATE \
+             SET manifest_id = EXCLUDED.manifest_id, updated_at = now() \
+             WHERE tags.manifest_id <> EXCLUDED.manifest_id",
+    )
+    .bind(repository_id)
+    .bind(&names)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,2 @@
+//! `ferryctl` (being built).
+fn main() {}

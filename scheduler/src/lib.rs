@@ -1,0 +1,1 @@
+//! Ferry scheduler (being built).

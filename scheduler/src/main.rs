@@ -1,0 +1,2 @@
+//! `ferry-scheduler` (being built).
+fn main() {}

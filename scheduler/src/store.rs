@@ -1,0 +1,381 @@
+//! The scheduler database: every SQL statement the scheduler runs. Every state change is a
+//! compare-and-set `UPDATE ... WHERE migration_state = ANY(...)`, so replicas and retries cannot
+//! move a repository along a path the state machine does not allow.
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{FromRow, Row};
+
+use ferry_proto::common::v1::ImportStats;
+
+/// Embedded migrations of the scheduler database.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
+
+/// States that count against capacity.
+pub const IN_PROCESS_STATES: [&str; 3] = ["pre_importing", "pre_import_done", "importing"];
+/// States from which an abort is allowed.
+pub const ABORTABLE_STATES: [&str; 4] = ["pre_importing", "importing", "pre_import_done", "default"];
+
+/// Run-time settings shared by every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// The global switch.
+    pub enabled: bool,
+    /// Most repositories in process at once.
+    pub capacity: i32,
+    /// Aborts before a repository is skipped.
+    pub max_retries: i32,
+}
+
+/// A repository picked for a step.
+#[derive(Debug, Clone, FromRow)]
+pub struct Claimed {
+    /// Its id.
+    pub id: i64,
+    /// Its path.
+    pub path: String,
+}
+
+/// One repository's row.
+#[derive(Debug, Clone, FromRow)]
+pub struct RepositoryRecord {
+    pub id: i64,
+    pub path: String,
+    pub project_path: String,
+    pub migration_state: String,
+    pub migration_retries_count: i32,
+    pub migration_skipped_reason: Option<String>,
+    pub migration_aborted_in_state: Option<String>,
+    pub migration_last_error: Option<String>,
+    pub migration_pre_import_started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub migration_pre_import_done_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub migration_import_started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub migration_import_done_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub migration_aborted_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub migration_skipped_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub import_manifests: i64,
+    pub import_tags: i64,
+    pub import_blobs: i64,
+    pub import_blobs_copied: i64,
+    pub import_bytes_copied: i64,
+    pub import_blobs_present: i64,
+    pub import_tags_skipped: i64,
+    pub import_duration_ms: i64,
+}
+
+const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS project_path, r.migration_state, \
+    r.migration_retries_count, r.migration_skipped_reason, r.migration_aborted_in_state, \
+    r.migration_last_error, r.migration_pre_import_started_at, r.migration_pre_import_done_at, \
+    r.migration_import_started_at, r.migration_import_done_at, r.migration_aborted_at, \
+    r.migration_skipped_at, r.import_manifests, r.import_tags, r.import_blobs, r.import_blobs_copied, \
+    r.import_bytes_copied, r.import_blobs_present, r.import_tags_skipped, r.import_duration_ms";
+
+/// Counts of what an inventory batch registered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Registered {
+    /// New projects.
+    pub projects: u64,
+    /// New repositories.
+    pub repositories: u64,
+}
+
+/// A repository to register: path, project path, name below the project.
+#[derive(Debug, Clone)]
+pub struct NewRepository {
+    /// Full path.
+    pub path: String,
+    /// The project's full path.
+    pub project_path: String,
+    /// The path below the project ('' when they are the same).
+    pub name: String,
+}
+
+/// The scheduler database.
+#[derive(Debug, Clone)]
+pub struct SchedulerStore {
+    pool: PgPool,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl SchedulerStore {
+    /// Connects with a pool of at most `max_connections`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        let pool = PgPoolOptions::new().max_connections(max_connections).connect(url).await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// Current settings.
+    pub async fn settings(&self) -> Result<Settings, sqlx::Error> {
+        let row = sqlx::query("SELECT enabled, capacity, max_retries FROM migration_settings")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Settings { enabled: row.get("enabled"), capacity: row.get("capacity"), max_retries: row.get("max_retries") })
+    }
+
+    /// Turns the migration on or off and optionally changes its capacity.
+    pub async fn set_enabled(&self, enabled: bool, capacity: Option<i32>) -> Result<Settings, sqlx::Error> {
+        sqlx::query(
+            "UPDATE migration_settings SET enabled = $1, capacity = COALESCE($2, capacity), updated_at = now()",
+        )
+        .bind(enabled)
+        .bind(capacity)
+        .execute(&self.pool)
+        .await?;
+        self.settings().await
+    }
+
+    /// Registers repositories and their projects; already known ones are left alone.
+    pub async fn register(&self, batch: &[NewRepository]) -> Result<Registered, sqlx::Error> {
+        let paths: Vec<&str> = batch.iter().map(|r| r.path.as_str()).collect();
+        let projects: Vec<&str> = batch.iter().map(|r| r.project_path.as_str()).collect();
+        let names: Vec<&str> = batch.iter().map(|r| r.name.as_str()).collect();
+        let new_projects = sqlx::query(
+            "INSERT INTO projects (full_path) SELECT DISTINCT p FROM UNNEST($1::text[]) AS p \
+             ORDER BY p ON CONFLICT (full_path) DO NOTHING",
+        )
+        .bind(&projects)
+        .execute(&self.pool)
+        .await?;
+        let new_repositories = sqlx::query(
+            "INSERT INTO container_repositories (project_id, name, path) \
+             SELECT p.id, i.name, i.path \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS i(path, project_path, name) \
+             JOIN projects p ON p.full_path = i.project_path \
+             ORDER BY i.path ON CONFLICT (path) DO NOTHING",
+        )
+        .bind(&paths)
+        .bind(&projects)
+        .bind(&names)
+        .execute(&self.pool)
+        .await?;
+        Ok(Registered { projects: new_projects.rows_affected(), repositories: new_repositories.rows_affected() })
+    }
+
+    /// Repositories in pre_importing, pre_import_done or importing.
+    pub async fn in_process_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM container_repositories WHERE migration_state = ANY($1)")
+            .bind(&IN_PROCESS_STATES[..])
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Moves the next `default` repository to `pre_importing`.
+    pub async fn claim_next_default(&self) -> Result<Option<Claimed>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE container_repositories SET migration_state = 'pre_importing', \
+                 migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, updated_at = now() \
+             WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'default' \
+                         ORDER BY path LIMIT 1 FOR UPDATE SKIP LOCKED) \
+               AND migration_state = 'default' \
+             RETURNING id, path",
+        )
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Moves the oldest `pre_import_done` repository to `importing`.
+    pub async fn claim_pre_import_done(&self) -> Result<Option<Claimed>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE container_repositories SET migration_state = 'importing', \
+                 migration_import_started_at = now(), migration_import_done_at = NULL, updated_at = now() \
+             WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'pre_import_done' \
+                         ORDER BY migration_pre_import_done_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+               AND migration_state = 'pre_import_done' \
+             RETURNING id, path",
+        )
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Moves the next `import_aborted` repository back into its step: `importing` when its
+    /// pre-import had finished, else `pre_importing`. Returns it with `true` for a final import.
+    pub async fn claim_aborted(&self) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
+        let row = sqlx::query(
+            "UPDATE container_repositories SET \
+                 migration_state = CASE WHEN migration_pre_import_done_at IS NULL THEN 'pre_importing' ELSE 'importing' END, \
+                 migration_pre_import_started_at = CASE WHEN migration_pre_import_done_at IS NULL THEN now() ELSE migration_pre_import_started_at END, \
+                 migration_import_started_at = CASE WHEN migration_pre_import_done_at IS NULL THEN migration_import_started_at ELSE now() END, \
+                 migration_import_done_at = NULL, \
+                 migration_aborted_at = NULL, migration_aborted_in_state = NULL, updated_at = now() \
+             WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'import_aborted' \
+                         ORDER BY path LIMIT 1 FOR UPDATE SKIP LOCKED) \
+               AND migration_state = 'import_aborted' \
+             RETURNING id, path, migration_state = 'importing' AS is_final",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| (Claimed { id: row.get("id"), path: row.get("path") }, row.get("is_final"))))
+    }
+
+    /// `pre_importing` → `pre_import_done`, adding the step's figures. False if the repository
+    /// was not pre-importing (a duplicate or stale notification).
+    pub async fn finish_pre_import(&self, path: &str, stats: &ImportStats) -> Result<bool, sqlx::Error> {
+        self.finish_step(path, "pre_importing", "pre_import_done", "migration_pre_import_done_at", stats).await
+    }
+
+    /// `importing` → `import_done`, adding the step's figures.
+    pub async fn finish_import(&self, path: &str, stats: &ImportStats) -> Result<bool, sqlx::Error> {
+        self.finish_step(path, "importing", "import_done", "migration_import_done_at", stats).await
+    }
+
+    async fn finish_step(
+        &self,
+        path: &str,
+        from: &str,
+        to: &str,
+        done_column: &str,
+        stats: &ImportStats,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = format!(
+            "UPDATE container_repositories SET migration_state = $3, {done_column} = now(), updated_at = now(), \
+                 migration_last_error = NULL, \
+                 import_manifests = import_manifests + $4, import_tags = import_tags + $5, \
+                 import_blobs = import_blobs + $6, import_blobs_copied = import_blobs_copied + $7, \
+                 import_bytes_copied = import_bytes_copied + $8, import_blobs_present = import_blobs_present + $9, \
+                 import_tags_skipped = GREATEST(import_tags_skipped, $10), import_duration_ms = import_duration_ms + $11 \
+             WHERE path = $1 AND migration_state = $2"
+        );
+        let result = sqlx::query(&sql)
+            .bind(path)
+            .bind(from)
+            .bind(to)
+            .bind(to_i64(stats.manifests))
+            .bind(to_i64(stats.tags))
+            .bind(to_i64(stats.blobs))
+            .bind(to_i64(stats.blobs_copied))
+            .bind(to_i64(stats.bytes_copied))
+            .bind(to_i64(stats.blobs_present))
+            .bind(to_i64(stats.tags_skipped))
+            .bind(to_i64(stats.duration_ms))
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Finishes a repository as already on the new platform (`import_done` with `reason`:
+    /// `native_import` or `not_found`), from any active or default state.
+    pub async fn finish_import_as(&self, id: i64, reason: &str) -> Result<bool, sqlx::Error> {
+        let result = sqlx::query(
+            "UPDATE container_repositories SET migration_state = 'import_done', migration_import_done_at = now(), \
+                 migration_skipped_reason = $2, updated_at = now() \
+             WHERE id = $1 AND migration_state = ANY($3)",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(&["default", "pre_importing", "importing", "import_aborted"][..])
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Aborts the step a repository is in (only from `from_states`): retries + 1, and skipped with
+    /// `too_many_retries` once retries reach `max_retries`. Returns the new state, or `None` when
+    /// the repository was not in one of `from_states`.
+    pub async fn abort(
+        &self,
+        key: RepoKey<'_>,
+        from_states: &[&str],
+        error: &str,
+        max_retries: i32,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let (by_id, by_path) = match key {
+            RepoKey::Id(id) => (Some(id), None),
+            RepoKey::Path(path) => (None, Some(path)),
+        };
+        sqlx::query_scalar(
+            "UPDATE container_repositories SET \
+                 migration_aborted_in_state = migration_state, \
+                 migration_aborted_at = now(), \
+                 migration_retries_count = migration_retries_count + 1, \
+                 migration_state = CASE WHEN migration_retries_count + 1 >= $4 THEN 'import_skipped' ELSE 'import_aborted' END, \
+                 migration_skipped_reason = CASE WHEN migration_retries_count + 1 >= $4 THEN 'too_many_retries' ELSE migration_skipped_reason END, \
+                 migration_skipped_at = CASE WHEN migration_retries_count + 1 >= $4 THEN now() ELSE migration_skipped_at END, \
+                 migration_last_error = left($5, 1024), updated_at = now() \
+             WHERE (id = $1 OR path = $2) AND migration_state = ANY($3) \
+             RETURNING migration_state",
+        )
+        .bind(by_id)
+        .bind(by_path)
+        .bind(from_states)
+        .bind(max_retries)
+        .bind(error)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// One repository by path.
+    pub async fn repository(&self, path: &str) -> Result<Option<RepositoryRecord>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {REPOSITORY_COLUMNS} FROM container_repositories r JOIN projects p ON p.id = r.project_id \
+             WHERE r.path = $1"
+        ))
+        .bind(path)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Repositories that ended skipped, aborted, or done without being imported (at most `limit`).
+    pub async fn problems(&self, limit: i64) -> Result<Vec<RepositoryRecord>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {REPOSITORY_COLUMNS} FROM container_repositories r JOIN projects p ON p.id = r.project_id \
+             WHERE r.migration_state IN ('import_skipped', 'import_aborted') \
+                OR (r.migration_state = 'import_done' AND r.migration_skipped_reason IS NOT NULL) \
+             ORDER BY r.path LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Repository counts by state.
+    pub async fn state_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT migration_state, count(*) AS n FROM container_repositories GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|row| (row.get("migration_state"), row.get("n"))).collect())
+    }
+
+    /// Sums of every repository's step figures.
+    pub async fn totals(&self) -> Result<ImportStats, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT COALESCE(sum(import_manifests), 0)::bigint AS manifests, COALESCE(sum(import_tags), 0)::bigint AS tags, \
+                    COALESCE(sum(import_blobs), 0)::bigint AS blobs, COALESCE(sum(import_blobs_copied), 0)::bigint AS blobs_copied, \
+                    COALESCE(sum(import_bytes_copied), 0)::bigint AS bytes_copied, \
+                    COALESCE(sum(import_blobs_present), 0)::bigint AS blobs_present, \
+                    COALESCE(sum(import_tags_skipped), 0)::bigint AS tags_skipped, \
+                    COALESCE(sum(import_duration_ms), 0)::bigint AS duration_ms \
+             FROM container_repositories",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let get = |name: &str| u64::try_from(row.get::<i64, _>(name)).unwrap_or(0);
+        Ok(ImportStats {
+            manifests: get("manifests"),
+            tags: get("tags"),
+            blobs: get("blobs"),
+            blobs_copied: get("blobs_copied"),
+            bytes_copied: get("bytes_copied"),
+            blobs_present: get("blobs_present"),
+            tags_skipped: get("tags_skipped"),
+            duration_ms: get("duration_ms"),
+        })
+    }
+}
+
+/// How to find the repository an update is for.
+#[derive(Debug, Clone, Copy)]
+pub enum RepoKey<'a> {
+    /// By id.
+    Id(i64),
+    /// By path.
+    Path(&'a str),
+}

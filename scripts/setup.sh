@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Make this machine ready for `make demo` and `make test`.
+#
+# Works on a fresh Debian 12 machine that only has Rust, Python and Node:
+#   * installs (only when missing) postgresql, redis-server, docker-registry,
+#     skopeo, umoci, curl and ca-certificates with apt-get;
+#   * makes sure PostgreSQL accepts `postgres` on 127.0.0.1:5432 without a
+#     password (trust for 127.0.0.1 / ::1 - local development only) and Redis
+#     answers on 127.0.0.1:6379, starting them if nothing is listening yet;
+#   * creates the scheduler and metadata databases when they are missing.
+#
+# Environment (all optional):
+#   FERRY_DATABASE_URL           default postgres://postgres@127.0.0.1:5432/ferry_scheduler
+#   FERRY_METADATA_DATABASE_URL  default postgres://postgres@127.0.0.1:5432/ferry_registry
+#   FERRY_REDIS_URL              default redis://127.0.0.1:6379
+# When a variable is set, the service it names is not started here: the
+# script only checks that it is reachable (and creates the database).
+#
+# Idempotent; takes well under 2 s when everything is already in place.
+# Progress messages go to stderr, the final per-component summary to stdout.
+set -euo pipefail
+shopt -s inherit_errexit
+
+readonly DEFAULT_DATABASE_URL="postgres://postgres@127.0.0.1:5432/ferry_scheduler"
+readonly DEFAULT_METADATA_DATABASE_URL="postgres://postgres@127.0.0.1:5432/ferry_registry"
+readonly DEFAULT_REDIS_URL="redis://127.0.0.1:6379"
+readonly PACKAGES=(postgresql redis-server docker-registry skopeo umoci curl ca-certificates)
+readonly HBA_MARK="# added by ferry scripts/setup.sh (local development)"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+SUMMARY=()
+summary() { SUMMARY+=("$(printf '%-34s %s' "$1:" "$2")"); }
+
+if [[ $(id -u) -eq 0 ]]; then
+  SUDO=()
+else
+  command -v sudo >/dev/null 2>&1 || die "not root and sudo is not installed"
+  SUDO=(sudo)
+fi
+
+# --------------------------------------------------------------------------
+# Packages
+# --------------------------------------------------------------------------
+install_packages() {
+  local status missing=() pkg
+  status=$(dpkg-query -W -f='${Package}\t${db:Status-Status}\n' "${PACKAGES[@]}" 2>/dev/null || true)
+  for pkg in "${PACKAGES[@]}"; do
+    if ! grep -qx "${pkg}	installed" <<<"$status"; then
+      missing+=("$pkg")
+    fi
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -q >&2 || die "apt-get update failed"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+      "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+  fi
+  for pkg in "${PACKAGES[@]}"; do
+    if [[ " ${missing[*]} " == *" $pkg "* ]]; then
+      summary "package $pkg" "installed"
+    else
+      summary "package $pkg" "already installed"
+    fi
+  done
+}
+
+# --------------------------------------------------------------------------
+# URL helpers (postgres://user[:pass]@host[:port]/db[?params])
+# --------------------------------------------------------------------------
+urldecode() { local s="${1//+/ }"; printf '%b' "${s//%/\\x}"; }
+
+# Database name from the URL path.
+pg_url_dbname() {
+  local url=$1 rest
+  [[ $url =~ ^postgres(ql)?:// ]] || die "not a postgres URL: $url"
+  rest=${url#*://}
+  rest=${rest%%\?*}
+  [[ $rest == */* ]] || die "no database name in URL: $url"
+  rest=${rest#*/}
+  [[ -n $rest ]] || die "no database name in URL: $url"
+  urldecode "$rest"
+}
+
+# Same URL with the database swapped for the server's `postgres` database.
+pg_admin_url() {
+  local url=$1 scheme authority query=""
+  scheme=${url%%://*}
+  authority=${url#*://}
+  if [[ $authority == *\?* ]]; then query="?${authority#*\?}"; authority=${authority%%\?*}; fi
+  authority=${authority%%/*}
+  printf '%s://%s/postgres%s' "$scheme" "$authority" "$query"
+}
+
+# Hide the password when printing a URL.
+redact() { sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"; }
+
+psql_q() { PGCONNECT_TIMEOUT=5 psql "$1" -X -w -q -A -t -v ON_ERROR_STOP=1 -c "$2"; }
+
+# --------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------
+pg_ready_local() { pg_isready -q -h 127.0.0.1 -p 5432 -t 1 >/dev/null 2>&1; }
+
+# "VERSION NAME" of the Debian cluster configured for port 5432, if any.
+local_cluster() {
+  command -v pg_lsclusters >/dev/null 2>&1 || return 0
+  pg_lsclusters -h 2>/dev/null | awk '$3 == 5432 { print $1, $2; exit }'
+}
+
+# Is the first host rule for 127.0.0.1 in pg_hba.conf an "all all ... trust" rule?
+hba_has_trust() {
+  # shellcheck disable=SC2016 # awk program, not shell
+  "${SUDO[@]}" awk '
+    /^[[:space:]]*(#|$)/ { next }
+    $1 ~ /^host/ && ($4 ~ /^127\./ || $4 == "all" || $4 == "samehost" || $4 == "samenet" || $4 == "localhost") {
+      method = ($5 ~ /^[0-9.]+$/) ? $6 : $5
+      ok = ($2 == "all" && $3 == "all" && method == "trust")
+      found = 1
+      exit
+    }
+    END { exit !(found && ok) }
+  ' "$1"
+}
+
+# Put trust rules for 127.0.0.1 and ::1 first in the cluster's pg_hba.conf.
+# Returns 0 when the file was changed, 1 when it already allowed it.
+ensure_hba_trust() {
+  local ver=$1 name=$2 hba tmp
+  hba=/etc/postgresql/$ver/$name/pg_hba.conf
+  [[ -f $hba ]] || die "missing $hba"
+  if hba_has_trust "$hba"; then
+    return 1
+  fi
+  log "allowing trust auth for 127.0.0.1 and ::1 in $hba (local development)"
+  tmp=$(mktemp)
+  {
+    printf 'host all all 127.0.0.1/32 trust %s\n' "$HBA_MARK"
+    printf 'host all all ::1/128 trust %s\n' "$HBA_MARK"
+    "${SUDO[@]}" cat "$hba"
+  } >"$tmp"
+  "${SUDO[@]}" cp "$tmp" "$hba"
+  rm -f "$tmp"
+  return 0
+}
+
+start_local_postgres() {
+  local cluster ver name
+  cluster=$(local_cluster)
+  if [[ -z $cluster ]]; then
+    ver=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)
+    [[ -n $ver ]] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+    name=main
+    if pg_lsclusters -h 2>/dev/null | awk -v v="$ver" '$1 == v && $2 == "main" { f = 1 } END { exit !f }'; then
+      name=ferry # "main" exists but on another port: make our own
+    fi
+    log "creating PostgreSQL cluster $ver/$name on port 5432"
+    "${SUDO[@]}" pg_createcluster --port 5432 "$ver" "$name" >&2
+  else
+    read -r ver name <<<"$cluster"
+  fi
+  ensure_hba_trust "$ver" "$name" || true
+  "${SUDO[@]}" install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+  log "starting PostgreSQL cluster $ver/$name"
+  "${SUDO[@]}" pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start >&2 \
+    || die "pg_ctlcluster $ver $name start failed (see /var/log/postgresql/postgresql-$ver-$name.log)"
+  local i
+  for ((i = 0; i < 300; i++)); do
+    pg_ready_local && return 0
+    sleep 0.1
+  done
+  die "PostgreSQL did not become ready on 127.0.0.1:5432 within 30 s"
+}
+
+ensure_local_postgres() {
+  local status probe="postgres://postgres@127.0.0.1:5432/postgres" cluster ver name
+  if pg_ready_local; then
+    status="already running"
+  else
+    start_local_postgres
+    status="started"
+  fi
+  # A cluster that was already running may still ask for a password on
+  # 127.0.0.1 (Debian's default is scram-sha-256): switch it to trust.
+  if ! psql_q "$probe" 'select 1' >/dev/null 2>&1; then
+    cluster=$(local_cluster)
+    if [[ -n $cluster ]]; then
+      read -r ver name <<<"$cluster"
+      if ensure_hba_trust "$ver" "$name"; then
+        "${SUDO[@]}" pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" reload >&2
+        sleep 0.3
+      fi
+    fi
+  fi
+  summary "postgresql (127.0.0.1:5432)" "$status"
+}
+
+ensure_database() {
+  local label=$1 url=$2 db admin exists qdb out
+  db=$(pg_url_dbname "$url")
+  admin=$(pg_admin_url "$url")
+  psql_q "$admin" 'select 1' >/dev/null 2>&1 \
+    || die "cannot connect to $(redact "$admin") for $label: $(psql_q "$admin" 'select 1' 2>&1 | head -n3)"
+  exists=$(psql_q "$admin" "select 1 from pg_database where datname = '${db//\'/\'\'}'")
+  if [[ $exists == 1 ]]; then
+    summary "database $db" "already exists"
+    return
+  fi
+  qdb="\"${db//\"/\"\"}\""
+  log "creating database $db"
+  if ! out=$(psql_q "$admin" "create database $qdb" 2>&1); then
+    # Lost a race with a concurrent creator?
+    exists=$(psql_q "$admin" "select 1 from pg_database where datname = '${db//\'/\'\'}'")
+    [[ $exists == 1 ]] || die "could not create database $db: $out"
+  fi
+  summary "database $db" "created"
+}
+
+check_can_create_db() {
+  local admin=$1 ok
+  ok=$(psql_q "$admin" "select rolsuper or rolcreatedb from pg_roles where rolname = current_user")
+  [[ $ok == t ]] || die "the PostgreSQL user of $(redact "$admin") may not CREATE DATABASE (tests create their own databases)"
+}
+
+# --------------------------------------------------------------------------
+# Redis
+# --------------------------------------------------------------------------
+redis_ping() { [[ $(timeout 3 redis-cli "$@" ping 2>/dev/null || true) == PONG ]]; }
+
+ensure_redis() {
+  if [[ -n ${FERRY_REDIS_URL:-} ]]; then
+    redis_ping -u "$FERRY_REDIS_URL" || die "Redis at $(redact "$FERRY_REDIS_URL") (FERRY_REDIS_URL) does not answer PING"
+    summary "redis ($(redact "$FERRY_REDIS_URL"))" "reachable (FERRY_REDIS_URL)"
+    return
+  fi
+  if redis_ping -u "$DEFAULT_REDIS_URL"; then
+    summary "redis (127.0.0.1:6379)" "already running"
+    return
+  fi
+  log "starting redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >&2 \
+    || die "redis-server failed to start"
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if redis_ping -h 127.0.0.1 -p 6379; then
+      summary "redis (127.0.0.1:6379)" "started"
+      return
+    fi
+    sleep 0.1
+  done
+  die "redis-server did not answer PING on 127.0.0.1:6379 within 10 s"
+}
+
+# --------------------------------------------------------------------------
+main() {
+  install_packages
+
+  local db_url=${FERRY_DATABASE_URL:-$DEFAULT_DATABASE_URL}
+  local meta_url=${FERRY_METADATA_DATABASE_URL:-$DEFAULT_METADATA_DATABASE_URL}
+  if [[ -z ${FERRY_DATABASE_URL:-} || -z ${FERRY_METADATA_DATABASE_URL:-} ]]; then
+    ensure_local_postgres
+  else
+    summary "postgresql" "external (FERRY_DATABASE_URL / FERRY_METADATA_DATABASE_URL)"
+  fi
+  ensure_database FERRY_DATABASE_URL "$db_url"
+  check_can_create_db "$(pg_admin_url "$db_url")"
+  ensure_database FERRY_METADATA_DATABASE_URL "$meta_url"
+  if [[ $(pg_admin_url "$meta_url") != $(pg_admin_url "$db_url") ]]; then
+    check_can_create_db "$(pg_admin_url "$meta_url")"
+  fi
+
+  ensure_redis
+
+  printf '%s\n' "${SUMMARY[@]}"
+  log "ready"
+}
+
+main "$@"

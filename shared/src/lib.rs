@@ -1,0 +1,17 @@
+//! Ferry's common crate: what the scheduler, the importer and `ferryctl` share.
+//!
+//! - [`config`]: validation that names every bad key at once.
+//! - [`telemetry`]: log set-up.
+//! - [`storage`]: the bucket abstraction ([`storage::BlobStore`]) and its drivers.
+//! - [`layout`]: object keys of the old and new storage layouts.
+//! - [`ids`]: validated repository paths and digests.
+//! - [`error`]: error codes and their mapping to gRPC.
+//! - [`grpc`]: serving with health checks and reflection.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod ids;
+pub mod layout;
+pub mod storage;
+pub mod telemetry;

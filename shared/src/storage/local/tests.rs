@@ -1,0 +1,151 @@
+use super::*;
+
+fn store_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, LocalStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (key, data) in files {
+        let path = dir.path().join(key);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, data).expect("write");
+    }
+    let store = LocalStore::new(dir.path().to_path_buf()).expect("store");
+    (dir, store)
+}
+
+async fn list_all(store: &LocalStore, prefix: &str, delimited: bool, page: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut options = ListOptions {
+        delimited,
+        page_token: None,
+        max_results: page,
+    };
+    loop {
+        let result = store.list(prefix, &options).await.expect("list");
+        keys.extend(result.objects.into_iter().map(|o| o.key));
+        keys.extend(result.prefixes);
+        match result.next_page_token {
+            Some(token) => options.page_token = Some(token),
+            None => return keys,
+        }
+    }
+}
+
+#[tokio::test]
+async fn flat_listing_pages_through_every_key_in_order() {
+    let files: Vec<(String, &[u8])> = (0..25)
+        .flat_map(|i| {
+            [
+                (format!("r/d{i:02}/x"), b"x" as &[u8]),
+                (format!("r/d{i:02}.txt"), b"yy" as &[u8]),
+            ]
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let (_dir, store) = store_with(&refs);
+    let mut expected: Vec<String> = files.iter().map(|(k, _)| k.clone()).collect();
+    expected.sort();
+    for page in [1, 3, 7, 1000] {
+        assert_eq!(
+            list_all(&store, "r/", false, page).await,
+            expected,
+            "page size {page}"
+        );
+    }
+    assert_eq!(list_all(&store, "r/d0", false, 4).await.len(), 20);
+}
+
+#[tokio::test]
+async fn delimited_listing_returns_directories_as_prefixes() {
+    let (_dir, store) = store_with(&[
+        ("t/a/current/link", b"1"),
+        ("t/b/current/link", b"2"),
+        ("t/c", b"3"),
+        ("t/d/x/y", b"4"),
+    ]);
+    let all = list_all(&store, "t/", true, 1).await;
+    assert_eq!(
+        all,
+        vec!["t/a/", "t/b/", "t/c", "t/d/"],
+        "one entry a page keeps key order"
+    );
+    let page = store
+        .list(
+            "t/",
+            &ListOptions {
+                delimited: true,
+                page_token: None,
+                max_results: 2,
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(page.prefixes, vec!["t/a/", "t/b/"]);
+    assert_eq!(page.next_page_token.as_deref(), Some("t/b/"));
+    assert!(list_all(&store, "missing/", true, 10).await.is_empty());
+}
+
+#[tokio::test]
+async fn copy_is_atomic_verified_and_skips_existing_destinations() {
+    let data = b"layer bytes";
+    let digest = Digest::of(data);
+    let (dir, store) = store_with(&[("src/data", data), ("bad/data", b"tampered")]);
+    let outcome = store
+        .copy("src/data", "dst/x/data", Some(&digest))
+        .await
+        .expect("copy");
+    assert_eq!(outcome, CopyOutcome::Copied(data.len() as u64));
+    assert_eq!(fs::read(dir.path().join("dst/x/data")).expect("read"), data);
+    let again = store
+        .copy("src/data", "dst/x/data", Some(&digest))
+        .await
+        .expect("copy");
+    assert_eq!(again, CopyOutcome::AlreadyPresent);
+
+    let err = store
+        .copy("bad/data", "dst/y/data", Some(&digest))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::DigestMismatch { .. }), "{err}");
+    assert!(
+        !dir.path().join("dst/y/data").exists(),
+        "a refused copy leaves nothing"
+    );
+    let leftovers: Vec<_> = fs::read_dir(dir.path().join("dst/y"))
+        .expect("dir")
+        .collect();
+    assert!(leftovers.is_empty(), "no temp file left behind");
+
+    let err = store
+        .copy("nope/data", "dst/z/data", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn hostile_keys_are_refused() {
+    let (_dir, store) = store_with(&[("a/b", b"1")]);
+    for key in ["../etc/passwd", "/etc/passwd", "a/../../x", "a//b", ""] {
+        let err = store.read(key, 10).await.unwrap_err();
+        assert!(matches!(err, StorageError::InvalidKey(_)), "{key}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn reads_are_bounded_and_stat_reports_size() {
+    let (_dir, store) = store_with(&[("a/b", b"12345")]);
+    assert_eq!(store.read("a/b", 5).await.expect("read"), &b"12345"[..]);
+    assert!(matches!(
+        store.read("a/b", 4).await,
+        Err(StorageError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        store.read("a/c", 4).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert_eq!(
+        store.stat("a/b").await.expect("stat").map(|m| m.size),
+        Some(5)
+    );
+    assert_eq!(store.stat("a").await.expect("stat"), None);
+    assert_eq!(store.stat("zz").await.expect("stat"), None);
+}

@@ -1,0 +1,175 @@
+//! The storage seam: a bucket of objects addressed by `/`-separated keys.
+//!
+//! [`BlobStore`] is what the importer and the scheduler's inventory need from a bucket: paginated
+//! listing by prefix (flat or directory-style), stat, bounded reads and a copy that is server-side
+//! where the backend allows it. [`open`] picks the driver from `FERRY_STORAGE_URL`.
+
+mod local;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::ids::Digest;
+
+pub use local::LocalStore;
+
+/// Metadata of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// How to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Group keys at the next `/` after the prefix into [`ListPage::prefixes`], like a directory
+    /// listing, instead of listing every key below the prefix.
+    pub delimited: bool,
+    /// Continue after the page that returned this token.
+    pub page_token: Option<String>,
+    /// Most entries (objects plus prefixes) in one page; 0 means the driver's default (1000).
+    pub max_results: usize,
+}
+
+/// One page of a listing, in lexicographic key order.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Objects directly matched.
+    pub objects: Vec<ObjectMeta>,
+    /// With [`ListOptions::delimited`]: the "sub-directories", each ending with `/`.
+    pub prefixes: Vec<String>,
+    /// Token for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// The result of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// The object was copied; this many bytes.
+    Copied(u64),
+    /// The destination already existed, so nothing was copied (objects are content-addressed).
+    AlreadyPresent,
+}
+
+/// A storage failure.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("object {key} not found")]
+    NotFound {
+        /// The missing key.
+        key: String,
+    },
+    /// The object is larger than the caller allows reading into memory.
+    #[error("object {key} is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The key read.
+        key: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The copied content does not hash to the digest it is stored under.
+    #[error("content of {key} hashes to {actual}, not {expected}")]
+    DigestMismatch {
+        /// The source key.
+        key: String,
+        /// The digest the key names.
+        expected: Digest,
+        /// The digest of the content.
+        actual: Digest,
+    },
+    /// The key is not a plain relative path (empty component, `..`, leading `/`, ...).
+    #[error("invalid object key {0:?}")]
+    InvalidKey(String),
+    /// The storage URL cannot be used.
+    #[error("storage URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// An I/O error from the backend.
+    #[error("storage I/O on {key}: {source}")]
+    Io {
+        /// The key being accessed.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    /// Whether retrying the same call may succeed (timeouts, resets, throttling).
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                TimedOut | Interrupted | ConnectionReset | ConnectionAborted | WouldBlock
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A bucket of objects in the Docker distribution layout.
+#[async_trait]
+pub trait BlobStore: Send + Sync + fmt::Debug {
+    /// Lists keys that start with `prefix`, one page at a time.
+    async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage, StorageError>;
+
+    /// The object's metadata, or `None` if it does not exist.
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
+
+    /// Reads a whole object of at most `max_bytes` bytes.
+    async fn read(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError>;
+
+    /// Copies `src` to `dst` inside the bucket, atomically: `dst` appears whole or not at all. An
+    /// existing `dst` is left alone. When `expected` is given, drivers that see the bytes verify
+    /// that they hash to it and refuse the copy otherwise.
+    async fn copy(
+        &self,
+        src: &str,
+        dst: &str,
+        expected: Option<&Digest>,
+    ) -> Result<CopyOutcome, StorageError>;
+
+    /// The store's URL, for logs and messages.
+    fn url(&self) -> String;
+}
+
+/// Opens the store that `url` names: `file:///abs/dir` (the directory that holds `docker/`).
+///
+/// `gs://bucket[/prefix]` is recognised but not available in this build yet.
+pub fn open(url: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
+    let invalid = |reason: &str| StorageError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = url::Url::parse(url).map_err(|err| invalid(&err.to_string()))?;
+    match parsed.scheme() {
+        "file" => {
+            let path = parsed
+                .to_file_path()
+                .map_err(|()| invalid("expected file:///absolute/path"))?;
+            Ok(Arc::new(
+                LocalStore::new(path).map_err(|err| invalid(&err.to_string()))?,
+            ))
+        }
+        "gs" => Err(invalid(
+            "the GCS driver is not part of this build yet; use file:///dir",
+        )),
+        other => Err(invalid(&format!(
+            "unsupported scheme {other:?}; expected file:// or gs://"
+        ))),
+    }
+}
