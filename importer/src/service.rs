@@ -261,7 +261,19 @@ impl Importer {
         step: StepStatuses,
     ) -> Result<ImportStats, StepError> {
         let plan = plan::build(self.inner.storage.as_ref(), path).await?;
-        let mut stats = self.copy_blobs(&plan).await?;
+        // A final import copies only what its pre-import did not already register (and copy).
+        let already: std::collections::HashSet<String> = if import_type == ImportType::Final {
+            let digests: Vec<&str> = plan.blobs.keys().map(Digest::as_str).collect();
+            self.inner
+                .db
+                .registered_blobs(path, &digests)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            Default::default()
+        };
+        let mut stats = self.copy_blobs(&plan, &already).await?;
         let with_tags = import_type == ImportType::Final;
         match self
             .inner
@@ -283,12 +295,16 @@ impl Importer {
         }
     }
 
-    /// Copies every distributable blob of the plan into the new prefix.
-    async fn copy_blobs(&self, plan: &ImportPlan) -> Result<ImportStats, StepError> {
+    /// Copies every distributable blob of the plan, except those in `skip`, into the new prefix.
+    async fn copy_blobs(
+        &self,
+        plan: &ImportPlan,
+        skip: &std::collections::HashSet<String>,
+    ) -> Result<ImportStats, StepError> {
         let to_copy: Vec<(Digest, Digest)> = plan
             .blobs
             .iter()
-            .filter(|entry| entry.1.copy)
+            .filter(|entry| entry.1.copy && !skip.contains(entry.0.as_str()))
             .map(|(digest, blob)| (digest.clone(), blob.referrer.clone()))
             .collect();
         let outcomes: Vec<CopyOutcome> = futures::stream::iter(to_copy)

@@ -115,6 +115,23 @@ impl MetadataStore {
         Ok(claimed.is_some())
     }
 
+    /// Which of `digests` the repository already has registered (and therefore copied: a blob is
+    /// registered only after its copy landed).
+    pub async fn registered_blobs(
+        &self,
+        path: &RepositoryPath,
+        digests: &[&str],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT rb.blob_digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+             WHERE r.path = $1 AND rb.blob_digest = ANY($2)",
+        )
+        .bind(path.as_str())
+        .bind(digests)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Records a failed step, only if the repository is still `in_progress`. Returns whether it
     /// was recorded.
     pub async fn fail_step(

@@ -1,1 +1,113 @@
-//! Ferry scheduler (being built).
+//! Ferry's scheduler: owns every repository's migration state machine in PostgreSQL, discovers
+//! repositories in the bucket, and, under a Redis lease, starts pre-imports and then final imports
+//! on the importers within a capacity.
+//!
+//! [`service::SchedulerService`] is the domain; [`grpc::SchedulerGrpc`] is its tonic adapter;
+//! [`store::SchedulerStore`] holds every SQL statement.
+
+pub mod config;
+pub mod ctl;
+pub mod enqueue;
+pub mod error;
+pub mod grpc;
+pub mod importers;
+pub mod inventory;
+pub mod lease;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tonic::service::Routes;
+
+use ferry_proto::scheduler::v1::scheduler_server::SchedulerServer;
+
+use crate::config::SchedulerConfig;
+use crate::enqueue::{EnqueueConfig, Enqueuer};
+use crate::importers::ImporterPool;
+use crate::lease::{Lease, LeaseConfig};
+use crate::service::Scheduler;
+use crate::store::SchedulerStore;
+
+/// Errors that stop the scheduler from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The scheduler database is unreachable.
+    #[error("scheduler database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Its migrations failed.
+    #[error("scheduler database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Redis is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The storage URL is unusable.
+    #[error(transparent)]
+    Storage(#[from] ferry_shared::storage::StorageError),
+    /// The gRPC transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Connects, migrates, starts the enqueue loop and serves on `listener` until `shutdown`.
+pub async fn run(
+    config: SchedulerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartupError> {
+    let storage = ferry_shared::storage::open(&config.storage_url)?;
+    let store = SchedulerStore::connect(&config.database_url, 10).await?;
+    store.migrate().await?;
+    let redis_client = redis::Client::open(config.redis_url.as_str())?;
+    let redis = redis::aio::ConnectionManager::new(redis_client.clone()).await?;
+    let wake = Arc::new(Notify::new());
+    let wake_channel = format!("{}:enqueuer:wake", config.redis_prefix);
+    let lease = Lease::new(
+        redis.clone(),
+        LeaseConfig {
+            key: format!("{}:enqueuer:lease", config.redis_prefix),
+            fence_key: format!("{}:enqueuer:fence", config.redis_prefix),
+            ttl: config.lease_ttl,
+        },
+    );
+    let enqueuer = Enqueuer {
+        store: store.clone(),
+        importers: Arc::new(ImporterPool::new(&config.importers)?),
+        lease: lease.clone(),
+        wake: Arc::clone(&wake),
+        config: EnqueueConfig {
+            interval: config.enqueue_interval,
+            start_max_retries: config.start_max_retries,
+        },
+    };
+    let wakeups = tokio::spawn(enqueue::forward_wakeups(
+        redis_client,
+        wake_channel.clone(),
+        Arc::clone(&wake),
+    ));
+    let enqueue_loop = tokio::spawn(enqueuer.run());
+    let scheduler = Scheduler::new(
+        store,
+        storage,
+        wake,
+        redis,
+        wake_channel,
+        config.project_segments,
+    );
+    tracing::info!(addr = %config.listen_addr, importers = ?config.importers, "scheduler serving");
+    let routes = Routes::new(SchedulerServer::new(grpc::SchedulerGrpc(scheduler)));
+    let served = ferry_shared::grpc::serve(
+        listener,
+        routes,
+        &["ferry.scheduler.v1.Scheduler"],
+        shutdown,
+    )
+    .await;
+    enqueue_loop.abort();
+    wakeups.abort();
+    served?;
+    Ok(())
+}

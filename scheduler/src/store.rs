@@ -13,7 +13,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sch
 /// States that count against capacity.
 pub const IN_PROCESS_STATES: [&str; 3] = ["pre_importing", "pre_import_done", "importing"];
 /// States from which an abort is allowed.
-pub const ABORTABLE_STATES: [&str; 4] = ["pre_importing", "importing", "pre_import_done", "default"];
+pub const ABORTABLE_STATES: [&str; 4] =
+    ["pre_importing", "importing", "pre_import_done", "default"];
 
 /// Run-time settings shared by every replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,9 @@ pub struct Claimed {
     pub path: String,
 }
 
-/// One repository's row.
+/// One repository's row. Each field is the `container_repositories` column of the same name
+/// (`project_path` is the project's `full_path`).
+#[allow(missing_docs)]
 #[derive(Debug, Clone, FromRow)]
 pub struct RepositoryRecord {
     pub id: i64,
@@ -102,7 +105,10 @@ fn to_i64(value: u64) -> i64 {
 impl SchedulerStore {
     /// Connects with a pool of at most `max_connections`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
-        let pool = PgPoolOptions::new().max_connections(max_connections).connect(url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(url)
+            .await?;
         Ok(Self { pool })
     }
 
@@ -116,11 +122,19 @@ impl SchedulerStore {
         let row = sqlx::query("SELECT enabled, capacity, max_retries FROM migration_settings")
             .fetch_one(&self.pool)
             .await?;
-        Ok(Settings { enabled: row.get("enabled"), capacity: row.get("capacity"), max_retries: row.get("max_retries") })
+        Ok(Settings {
+            enabled: row.get("enabled"),
+            capacity: row.get("capacity"),
+            max_retries: row.get("max_retries"),
+        })
     }
 
     /// Turns the migration on or off and optionally changes its capacity.
-    pub async fn set_enabled(&self, enabled: bool, capacity: Option<i32>) -> Result<Settings, sqlx::Error> {
+    pub async fn set_enabled(
+        &self,
+        enabled: bool,
+        capacity: Option<i32>,
+    ) -> Result<Settings, sqlx::Error> {
         sqlx::query(
             "UPDATE migration_settings SET enabled = $1, capacity = COALESCE($2, capacity), updated_at = now()",
         )
@@ -155,15 +169,20 @@ impl SchedulerStore {
         .bind(&names)
         .execute(&self.pool)
         .await?;
-        Ok(Registered { projects: new_projects.rows_affected(), repositories: new_repositories.rows_affected() })
+        Ok(Registered {
+            projects: new_projects.rows_affected(),
+            repositories: new_repositories.rows_affected(),
+        })
     }
 
     /// Repositories in pre_importing, pre_import_done or importing.
     pub async fn in_process_count(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM container_repositories WHERE migration_state = ANY($1)")
-            .bind(&IN_PROCESS_STATES[..])
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar(
+            "SELECT count(*) FROM container_repositories WHERE migration_state = ANY($1)",
+        )
+        .bind(&IN_PROCESS_STATES[..])
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Moves the next `default` repository to `pre_importing`.
@@ -211,18 +230,48 @@ impl SchedulerStore {
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|row| (Claimed { id: row.get("id"), path: row.get("path") }, row.get("is_final"))))
+        Ok(row.map(|row| {
+            (
+                Claimed {
+                    id: row.get("id"),
+                    path: row.get("path"),
+                },
+                row.get("is_final"),
+            )
+        }))
     }
 
     /// `pre_importing` → `pre_import_done`, adding the step's figures. False if the repository
     /// was not pre-importing (a duplicate or stale notification).
-    pub async fn finish_pre_import(&self, path: &str, stats: &ImportStats) -> Result<bool, sqlx::Error> {
-        self.finish_step(path, "pre_importing", "pre_import_done", "migration_pre_import_done_at", stats).await
+    pub async fn finish_pre_import(
+        &self,
+        path: &str,
+        stats: &ImportStats,
+    ) -> Result<bool, sqlx::Error> {
+        self.finish_step(
+            path,
+            "pre_importing",
+            "pre_import_done",
+            "migration_pre_import_done_at",
+            stats,
+        )
+        .await
     }
 
     /// `importing` → `import_done`, adding the step's figures.
-    pub async fn finish_import(&self, path: &str, stats: &ImportStats) -> Result<bool, sqlx::Error> {
-        self.finish_step(path, "importing", "import_done", "migration_import_done_at", stats).await
+    pub async fn finish_import(
+        &self,
+        path: &str,
+        stats: &ImportStats,
+    ) -> Result<bool, sqlx::Error> {
+        self.finish_step(
+            path,
+            "importing",
+            "import_done",
+            "migration_import_done_at",
+            stats,
+        )
+        .await
     }
 
     async fn finish_step(
@@ -237,7 +286,7 @@ impl SchedulerStore {
             "UPDATE container_repositories SET migration_state = $3, {done_column} = now(), updated_at = now(), \
                  migration_last_error = NULL, \
                  import_manifests = import_manifests + $4, import_tags = import_tags + $5, \
-                 import_blobs = import_blobs + $6, import_blobs_copied = import_blobs_copied + $7, \
+                 import_blobs = GREATEST(import_blobs, $6), import_blobs_copied = import_blobs_copied + $7, \
                  import_bytes_copied = import_bytes_copied + $8, import_blobs_present = import_blobs_present + $9, \
                  import_tags_skipped = GREATEST(import_tags_skipped, $10), import_duration_ms = import_duration_ms + $11 \
              WHERE path = $1 AND migration_state = $2"
@@ -341,7 +390,10 @@ impl SchedulerStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|row| (row.get("migration_state"), row.get("n"))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get("migration_state"), row.get("n")))
+            .collect())
     }
 
     /// Sums of every repository's step figures.

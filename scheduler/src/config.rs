@@ -1,0 +1,161 @@
+//! The scheduler's configuration: flags with `FERRY_*` environment fallbacks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use ferry_shared::config::ConfigCheck;
+
+/// `ferry-scheduler`: owns each repository's migration state and drives the importers.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-scheduler", version, about)]
+pub struct SchedulerArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "FERRY_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: String,
+    /// PostgreSQL URL of the scheduler database.
+    #[arg(long, env = "FERRY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Redis URL (lease and wake-ups).
+    #[arg(long, env = "FERRY_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Bucket holding `docker/registry/v2`, for the inventory: file:///abs/dir.
+    #[arg(long, env = "FERRY_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// Importer gRPC URLs, comma-separated.
+    #[arg(long, env = "FERRY_IMPORTERS")]
+    pub importers: Option<String>,
+    /// Prefix of every Redis key this deployment uses.
+    #[arg(long, env = "FERRY_REDIS_PREFIX", default_value = "ferry")]
+    pub redis_prefix: String,
+    /// Leading path segments that name a repository's project.
+    #[arg(long, env = "FERRY_PROJECT_SEGMENTS", default_value = "2")]
+    pub project_segments: String,
+    /// Time to live of the enqueue lease, in seconds.
+    #[arg(long, env = "FERRY_LEASE_TTL_SECS", default_value = "15")]
+    pub lease_ttl_secs: String,
+    /// Timer period of the enqueue loop, in milliseconds.
+    #[arg(long, env = "FERRY_ENQUEUE_INTERVAL_MS", default_value = "2000")]
+    pub enqueue_interval_ms: String,
+    /// Attempts to start a step while every importer is busy.
+    #[arg(long, env = "FERRY_START_MAX_RETRIES", default_value = "50")]
+    pub start_max_retries: String,
+}
+
+/// Validated scheduler configuration.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Address to serve on.
+    pub listen_addr: SocketAddr,
+    /// Scheduler database URL.
+    pub database_url: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Storage URL.
+    pub storage_url: String,
+    /// Importer URLs.
+    pub importers: Vec<String>,
+    /// Redis key prefix.
+    pub redis_prefix: String,
+    /// Project depth.
+    pub project_segments: usize,
+    /// Lease TTL.
+    pub lease_ttl: Duration,
+    /// Enqueue timer period.
+    pub enqueue_interval: Duration,
+    /// Start attempts while every importer is busy.
+    pub start_max_retries: u32,
+}
+
+impl SchedulerArgs {
+    /// Validates every value, naming every bad key.
+    pub fn validate(&self) -> Result<SchedulerConfig, String> {
+        let mut check = ConfigCheck::default();
+        let listen_addr = check.socket_addr("FERRY_LISTEN_ADDR", &self.listen_addr);
+        let database_url = check.url(
+            "FERRY_DATABASE_URL",
+            self.database_url.as_deref(),
+            &["postgres", "postgresql"],
+        );
+        let redis_url = check.url(
+            "FERRY_REDIS_URL",
+            self.redis_url.as_deref(),
+            &["redis", "rediss"],
+        );
+        let storage_url = check.url(
+            "FERRY_STORAGE_URL",
+            self.storage_url.as_deref(),
+            &["file", "gs"],
+        );
+        let mut importers = Vec::new();
+        match self
+            .importers
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => check.problem(
+                "FERRY_IMPORTERS",
+                "is required (comma-separated importer URLs)",
+            ),
+            Some(list) => {
+                for url in list.split(',').map(str::trim) {
+                    importers.extend(check.url("FERRY_IMPORTERS", Some(url), &["http", "https"]));
+                }
+            }
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            check.problem("FERRY_REDIS_PREFIX", "must be non-empty without spaces");
+        }
+        let segments = check.positive("FERRY_PROJECT_SEGMENTS", &self.project_segments);
+        let ttl = check.positive("FERRY_LEASE_TTL_SECS", &self.lease_ttl_secs);
+        let interval = check.positive("FERRY_ENQUEUE_INTERVAL_MS", &self.enqueue_interval_ms);
+        let start_retries = check.positive("FERRY_START_MAX_RETRIES", &self.start_max_retries);
+        check.finish()?;
+        let missing = || "validated above".to_owned();
+        Ok(SchedulerConfig {
+            listen_addr: listen_addr.ok_or_else(missing)?,
+            database_url: database_url.ok_or_else(missing)?,
+            redis_url: redis_url.ok_or_else(missing)?,
+            storage_url: storage_url.ok_or_else(missing)?,
+            importers,
+            redis_prefix: self.redis_prefix.clone(),
+            project_segments: usize::try_from(segments.ok_or_else(missing)?).unwrap_or(2),
+            lease_ttl: Duration::from_secs(ttl.ok_or_else(missing)?),
+            enqueue_interval: Duration::from_millis(interval.ok_or_else(missing)?),
+            start_max_retries: u32::try_from(start_retries.ok_or_else(missing)?)
+                .unwrap_or(u32::MAX),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_every_bad_key() {
+        let args = SchedulerArgs::parse_from([
+            "ferry-scheduler",
+            "--redis-url",
+            "http://x",
+            "--importers",
+            "http://127.0.0.1:1,nope",
+            "--lease-ttl-secs",
+            "0",
+            "--storage-url",
+            "file:///tmp",
+        ]);
+        let message = args.validate().unwrap_err();
+        for key in [
+            "FERRY_DATABASE_URL",
+            "FERRY_REDIS_URL",
+            "FERRY_IMPORTERS",
+            "FERRY_LEASE_TTL_SECS",
+        ] {
+            assert!(message.contains(key), "{key} missing from {message}");
+        }
+        assert!(!message.contains("FERRY_STORAGE_URL"), "{message}");
+    }
+}

@@ -1,0 +1,411 @@
+//! `ferryctl`: the operator's command line, a gRPC client of the scheduler.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use ferry_proto::common::v1::ImportStats;
+use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use ferry_proto::scheduler::v1::{
+    GetMigrationSummaryRequest, GetRepositoryRequest, MigrationSummary, Repository,
+    RunInventoryRequest, SetMigrationEnabledRequest,
+};
+
+/// States in which a repository still has migration work ahead.
+const PENDING_STATES: [&str; 5] = [
+    "default",
+    "pre_importing",
+    "pre_import_done",
+    "importing",
+    "import_aborted",
+];
+
+/// `ferryctl`: drive and inspect a Ferry migration.
+#[derive(Debug, Parser)]
+#[command(name = "ferryctl", version, about)]
+pub struct CtlArgs {
+    /// The scheduler's gRPC URL.
+    #[arg(
+        long,
+        env = "FERRY_SCHEDULER_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub scheduler_url: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `ferryctl` commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Discover every repository in the bucket and register it.
+    Inventory,
+    /// Turn the migration on (the global switch) and optionally wait for it to finish.
+    Migrate {
+        /// Wait, showing progress, until no repository has work left; exit 1 unless all are done.
+        #[arg(long)]
+        wait: bool,
+        /// Repositories in process at once.
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// With --wait, print the final summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn the migration off: steps in flight finish, no new ones start.
+    Pause,
+    /// Show the migration's progress, or one repository's state.
+    Status {
+        /// A repository path.
+        path: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A `ferryctl` failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The scheduler URL is unusable or unreachable.
+    #[error("cannot reach the scheduler: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// The scheduler answered with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Rpc(#[from] tonic::Status),
+    /// Not every repository ended `import_done`.
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+/// Runs a `ferryctl` command.
+pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
+    let channel = tonic::transport::Endpoint::from_shared(args.scheduler_url.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let mut client = SchedulerClient::new(channel);
+    match args.command {
+        Command::Inventory => inventory(&mut client).await,
+        Command::Migrate {
+            wait,
+            capacity,
+            json,
+        } => {
+            let started = Instant::now();
+            let response = client
+                .set_migration_enabled(SetMigrationEnabledRequest {
+                    enabled: true,
+                    capacity,
+                })
+                .await?
+                .into_inner();
+            eprintln!("migration enabled (capacity {})", response.capacity);
+            if wait {
+                wait_for_migration(&mut client, started, json).await
+            } else {
+                Ok(())
+            }
+        }
+        Command::Pause => {
+            client
+                .set_migration_enabled(SetMigrationEnabledRequest {
+                    enabled: false,
+                    capacity: None,
+                })
+                .await?;
+            eprintln!("migration paused: steps in flight finish, no new ones start");
+            Ok(())
+        }
+        Command::Status {
+            path: Some(path),
+            json,
+        } => {
+            let repository = client
+                .get_repository(GetRepositoryRequest { path })
+                .await?
+                .into_inner();
+            if json {
+                println!("{}", repository_json(&repository));
+            } else {
+                print_repository(&repository);
+            }
+            Ok(())
+        }
+        Command::Status { path: None, json } => {
+            let summary = client
+                .get_migration_summary(GetMigrationSummaryRequest {})
+                .await?
+                .into_inner();
+            if json {
+                println!("{}", summary_json(&summary, None));
+            } else {
+                print_summary(&summary, None);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn inventory(client: &mut SchedulerClient<Channel>) -> Result<(), CtlError> {
+    let mut stream = client
+        .run_inventory(RunInventoryRequest {})
+        .await?
+        .into_inner();
+    let tty = std::io::stderr().is_terminal();
+    while let Some(progress) = stream.message().await? {
+        let line = format!(
+            "inventory: {} repositories found, {} new, {} new projects, {} list calls, {:.1} s",
+            progress.repositories_found,
+            progress.repositories_registered,
+            progress.projects_registered,
+            progress.list_calls,
+            progress.elapsed_ms as f64 / 1000.0
+        );
+        if progress.done {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!("{line}");
+        } else if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn count(summary: &MigrationSummary, state: &str) -> u64 {
+    summary
+        .states
+        .iter()
+        .filter(|s| s.state == state)
+        .map(|s| s.count)
+        .sum()
+}
+
+fn pending(summary: &MigrationSummary) -> u64 {
+    PENDING_STATES.iter().map(|s| count(summary, s)).sum()
+}
+
+async fn wait_for_migration(
+    client: &mut SchedulerClient<Channel>,
+    started: Instant,
+    json: bool,
+) -> Result<(), CtlError> {
+    let tty = std::io::stderr().is_terminal();
+    let initial_pending = pending(
+        &client
+            .get_migration_summary(GetMigrationSummaryRequest {})
+            .await?
+            .into_inner(),
+    );
+    let mut last_line = Instant::now() - Duration::from_secs(60);
+    let summary = loop {
+        let summary = client
+            .get_migration_summary(GetMigrationSummaryRequest {})
+            .await?
+            .into_inner();
+        let left = pending(&summary);
+        let finished = summary.total - left;
+        let finished_now = initial_pending.saturating_sub(left);
+        let elapsed = started.elapsed().as_secs_f64();
+        let rate = finished_now as f64 / elapsed.max(0.001);
+        let eta = if rate > 0.0 {
+            format!("{:.0} s", left as f64 / rate)
+        } else {
+            "-".to_owned()
+        };
+        let active = count(&summary, "pre_importing")
+            + count(&summary, "importing")
+            + count(&summary, "pre_import_done");
+        let line = format!(
+            "{} {finished}/{} done · {rate:.1} repos/s · ETA {eta} · {active} in process",
+            bar(finished, summary.total),
+            summary.total
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else if left == 0 || last_line.elapsed() >= Duration::from_secs(2) {
+            eprintln!("{line}");
+            last_line = Instant::now();
+        }
+        if left == 0 {
+            if tty {
+                eprintln!();
+            }
+            break summary;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let _ = std::io::stderr().flush();
+    let elapsed = started.elapsed();
+    if json {
+        println!("{}", summary_json(&summary, Some(elapsed)));
+    } else {
+        print_summary(&summary, Some(elapsed));
+    }
+    let done = count(&summary, "import_done");
+    if done == summary.total {
+        Ok(())
+    } else {
+        Err(CtlError::Incomplete(format!(
+            "{} of {} repositories did not end import_done",
+            summary.total - done,
+            summary.total
+        )))
+    }
+}
+
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    format!(
+        "[{}{}]",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize)
+    )
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn print_summary(summary: &MigrationSummary, elapsed: Option<Duration>) {
+    let totals = summary.totals.unwrap_or_default();
+    let done = count(summary, "import_done");
+    let skipped = count(summary, "import_skipped");
+    let failed = count(summary, "import_aborted");
+    println!("Ferry migration summary");
+    println!(
+        "  switch          {} (capacity {})",
+        if summary.enabled { "on" } else { "off" },
+        summary.capacity
+    );
+    println!(
+        "  repositories    {} total: {done} done, {skipped} skipped, {failed} failed (aborted, to retry)",
+        summary.total
+    );
+    for state in &summary.states {
+        println!("    {:<14}{}", state.state, state.count);
+    }
+    print_totals(&totals);
+    if let Some(elapsed) = elapsed {
+        let seconds = elapsed.as_secs_f64();
+        println!(
+            "  elapsed         {seconds:.1} s ({:.2} repositories/s)",
+            summary.total as f64 / seconds.max(0.001)
+        );
+    }
+    if !summary.problems.is_empty() {
+        println!("  needs attention");
+        for repo in &summary.problems {
+            let reason = if repo.skipped_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", repo.skipped_reason)
+            };
+            let error = if repo.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", repo.last_error)
+            };
+            println!("    {} {}{reason}{error}", repo.path, repo.migration_state);
+        }
+    }
+}
+
+fn print_totals(totals: &ImportStats) {
+    println!("  manifests       {} registered", totals.manifests);
+    println!(
+        "  tags            {} registered, {} skipped (no current link)",
+        totals.tags, totals.tags_skipped
+    );
+    println!(
+        "  blobs           {} registered, {} copied ({}), {} already under gitlab/",
+        totals.blobs,
+        totals.blobs_copied,
+        human_bytes(totals.bytes_copied),
+        totals.blobs_present
+    );
+}
+
+fn print_repository(repo: &Repository) {
+    println!("{}", repo.path);
+    println!("  project         {}", repo.project_path);
+    println!("  state           {}", repo.migration_state);
+    println!("  retries         {}", repo.retries_count);
+    for (label, value) in [
+        ("skipped reason", &repo.skipped_reason),
+        ("aborted in", &repo.aborted_in_state),
+        ("last error", &repo.last_error),
+        ("pre-import from", &repo.pre_import_started_at),
+        ("pre-import done", &repo.pre_import_done_at),
+        ("import from", &repo.import_started_at),
+        ("import done", &repo.import_done_at),
+        ("aborted at", &repo.aborted_at),
+        ("skipped at", &repo.skipped_at),
+    ] {
+        if !value.is_empty() {
+            println!("  {label:<15} {value}");
+        }
+    }
+    print_totals(&repo.stats.unwrap_or_default());
+}
+
+fn stats_json(stats: &ImportStats) -> serde_json::Value {
+    json!({
+        "manifests": stats.manifests, "tags": stats.tags, "tags_skipped": stats.tags_skipped,
+        "blobs": stats.blobs, "blobs_copied": stats.blobs_copied, "bytes_copied": stats.bytes_copied,
+        "blobs_present": stats.blobs_present, "duration_ms": stats.duration_ms,
+    })
+}
+
+fn repository_json(repo: &Repository) -> serde_json::Value {
+    json!({
+        "id": repo.id, "path": repo.path, "project_path": repo.project_path,
+        "migration_state": repo.migration_state, "retries_count": repo.retries_count,
+        "skipped_reason": repo.skipped_reason, "aborted_in_state": repo.aborted_in_state,
+        "last_error": repo.last_error, "pre_import_started_at": repo.pre_import_started_at,
+        "pre_import_done_at": repo.pre_import_done_at, "import_started_at": repo.import_started_at,
+        "import_done_at": repo.import_done_at, "aborted_at": repo.aborted_at, "skipped_at": repo.skipped_at,
+        "stats": stats_json(&repo.stats.unwrap_or_default()),
+    })
+}
+
+fn summary_json(summary: &MigrationSummary, elapsed: Option<Duration>) -> serde_json::Value {
+    let states: serde_json::Map<String, serde_json::Value> = summary
+        .states
+        .iter()
+        .map(|s| (s.state.clone(), json!(s.count)))
+        .collect();
+    json!({
+        "enabled": summary.enabled,
+        "capacity": summary.capacity,
+        "total": summary.total,
+        "states": states,
+        "totals": stats_json(&summary.totals.unwrap_or_default()),
+        "elapsed_seconds": elapsed.map(|e| e.as_secs_f64()),
+        "problems": summary.problems.iter().map(repository_json).collect::<Vec<_>>(),
+    })
+}

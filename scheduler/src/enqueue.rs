@@ -1,0 +1,195 @@
+//! The enqueue loop: under the exclusive lease, keeps the importers busy up to the capacity.
+//!
+//! Each pass, while the migration is enabled and the lease valid: start final imports for
+//! repositories whose pre-import is done; then, while below capacity, retry aborted repositories
+//! first and otherwise start the next `default` repository's pre-import. The loop wakes on a timer,
+//! on every completion notification (on any replica, through Redis pub/sub) and on API calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use ferry_proto::common::v1::ImportType;
+
+use crate::importers::{ImporterPool, StartResult};
+use crate::lease::{HeldLease, Lease};
+use crate::store::{Claimed, RepoKey, SchedulerStore};
+
+/// Tuning of the loop.
+#[derive(Debug, Clone)]
+pub struct EnqueueConfig {
+    /// Timer wake-up period.
+    pub interval: Duration,
+    /// Attempts to start a step while every importer is busy, before aborting it.
+    pub start_max_retries: u32,
+}
+
+/// The loop and what it drives.
+#[derive(Debug, Clone)]
+pub struct Enqueuer {
+    /// Scheduler database.
+    pub store: SchedulerStore,
+    /// Importers.
+    pub importers: Arc<ImporterPool>,
+    /// The lease.
+    pub lease: Lease,
+    /// Local wake-ups.
+    pub wake: Arc<Notify>,
+    /// Tuning.
+    pub config: EnqueueConfig,
+}
+
+impl Enqueuer {
+    /// Runs forever: acquire the lease, run passes while it is valid, repeat.
+    pub async fn run(self) {
+        loop {
+            match self.lease.try_acquire().await {
+                Ok(Some(held)) => {
+                    tracing::info!(fence = held.fence, "enqueue lease acquired");
+                    let renewer = tokio::spawn({
+                        let lease = self.lease.clone();
+                        let held = held.clone();
+                        async move { lease.keep_renewed(held).await }
+                    });
+                    self.lead(&held).await;
+                    renewer.abort();
+                    let _ = self.lease.release(&held).await;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot reach Redis for the enqueue lease"),
+            }
+            self.sleep_or_wake().await;
+        }
+    }
+
+    async fn sleep_or_wake(&self) {
+        tokio::select! {
+            () = self.wake.notified() => {},
+            () = tokio::time::sleep(self.config.interval) => {},
+        }
+    }
+
+    async fn lead(&self, held: &HeldLease) {
+        while held.is_valid().await {
+            if let Err(error) = self.pass(held).await {
+                tracing::warn!(%error, "enqueue pass failed");
+            }
+            self.sleep_or_wake().await;
+        }
+        tracing::warn!(
+            fence = held.fence,
+            "enqueue lease no longer valid; stopped dispatching"
+        );
+    }
+
+    /// One pass of the loop.
+    pub async fn pass(&self, held: &HeldLease) -> Result<(), sqlx::Error> {
+        let settings = self.store.settings().await?;
+        if !settings.enabled {
+            return Ok(());
+        }
+        while held.is_valid().await {
+            let Some(repo) = self.store.claim_pre_import_done().await? else {
+                break;
+            };
+            self.dispatch(held, &repo, ImportType::Final, settings.max_retries)
+                .await?;
+        }
+        while held.is_valid().await
+            && self.store.in_process_count().await? < i64::from(settings.capacity)
+        {
+            if let Some((repo, is_final)) = self.store.claim_aborted().await? {
+                let import_type = if is_final {
+                    ImportType::Final
+                } else {
+                    ImportType::Pre
+                };
+                tracing::info!(repository = %repo.path, ?import_type, "retrying aborted repository");
+                self.dispatch(held, &repo, import_type, settings.max_retries)
+                    .await?;
+            } else if let Some(repo) = self.store.claim_next_default().await? {
+                self.dispatch(held, &repo, ImportType::Pre, settings.max_retries)
+                    .await?;
+            } else {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn dispatch(
+        &self,
+        held: &HeldLease,
+        repo: &Claimed,
+        import_type: ImportType,
+        max_retries: i32,
+    ) -> Result<(), sqlx::Error> {
+        let state = if import_type == ImportType::Final {
+            "importing"
+        } else {
+            "pre_importing"
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .importers
+                .start(&repo.path, import_type, held.fence)
+                .await;
+            match result {
+                StartResult::Accepted => {
+                    tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, "step started");
+                    return Ok(());
+                }
+                StartResult::AlreadyImported => {
+                    self.store
+                        .finish_import_as(repo.id, "native_import")
+                        .await?;
+                    return Ok(());
+                }
+                StartResult::NotFound(message) => {
+                    tracing::warn!(repository = %repo.path, message, "not in old storage; finished as not_found");
+                    self.store.finish_import_as(repo.id, "not_found").await?;
+                    return Ok(());
+                }
+                StartResult::AllBusy(message)
+                    if attempt <= self.config.start_max_retries && held.is_valid().await =>
+                {
+                    tracing::debug!(repository = %repo.path, attempt, message, "every importer busy; backing off");
+                    tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                }
+                StartResult::AllBusy(message) | StartResult::Refused(message) => {
+                    let error = format!("could not start {}: {message}", state.replace('_', "-"));
+                    tracing::warn!(repository = %repo.path, error, "aborting");
+                    self.store
+                        .abort(RepoKey::Id(repo.id), &[state], &error, max_retries)
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Forwards Redis pub/sub wake-ups on `channel` to `wake` until the connection ends, then
+/// reconnects.
+pub async fn forward_wakeups(client: redis::Client, channel: String, wake: Arc<Notify>) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if let Err(error) = pubsub.subscribe(&channel).await {
+                    tracing::warn!(%error, "subscribing to wake-ups failed");
+                } else {
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        wake.notify_one();
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "connecting for wake-ups failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

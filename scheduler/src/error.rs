@@ -1,0 +1,46 @@
+//! The scheduler's API errors, mapped to gRPC in one place.
+
+use thiserror::Error;
+
+use ferry_shared::error::ErrorCode;
+
+use crate::inventory::InventoryError;
+
+/// Why a scheduler API call failed.
+#[derive(Debug, Error)]
+pub enum SchedulerError {
+    /// The request is malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No such repository.
+    #[error("repository {0} is not registered")]
+    NotFound(String),
+    /// The scheduler database failed.
+    #[error("scheduler database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The inventory failed.
+    #[error("inventory: {0}")]
+    Inventory(#[from] InventoryError),
+}
+
+impl SchedulerError {
+    /// The error's code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SchedulerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            SchedulerError::NotFound(_) => ErrorCode::NotFound,
+            SchedulerError::Database(_)
+            | SchedulerError::Redis(_)
+            | SchedulerError::Inventory(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+impl From<SchedulerError> for tonic::Status {
+    fn from(error: SchedulerError) -> Self {
+        error.code().into_status(error.to_string())
+    }
+}

@@ -1,0 +1,74 @@
+//! The tonic adapter: the only scheduler code that touches `tonic::Request` and `Status`.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use ferry_proto::scheduler::v1::scheduler_server::Scheduler as SchedulerRpc;
+use ferry_proto::scheduler::v1::{
+    GetMigrationSummaryRequest, GetRepositoryRequest, InventoryProgress, MigrationSummary,
+    NotifyImportResultRequest, NotifyImportResultResponse, Repository, RunInventoryRequest,
+    SetMigrationEnabledRequest, SetMigrationEnabledResponse,
+};
+
+use crate::service::SchedulerService;
+
+/// Serves any [`SchedulerService`] as `ferry.scheduler.v1.Scheduler`.
+#[derive(Debug)]
+pub struct SchedulerGrpc<S>(pub S);
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<InventoryProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
+    async fn notify_import_result(
+        &self,
+        request: Request<NotifyImportResultRequest>,
+    ) -> Result<Response<NotifyImportResultResponse>, Status> {
+        Ok(Response::new(
+            self.0.notify_import_result(request.into_inner()).await?,
+        ))
+    }
+
+    type RunInventoryStream = ProgressStream;
+
+    async fn run_inventory(
+        &self,
+        _request: Request<RunInventoryRequest>,
+    ) -> Result<Response<Self::RunInventoryStream>, Status> {
+        let receiver = self.0.run_inventory().await?;
+        let stream = ReceiverStream::new(receiver).map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn set_migration_enabled(
+        &self,
+        request: Request<SetMigrationEnabledRequest>,
+    ) -> Result<Response<SetMigrationEnabledResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.0
+                .set_migration_enabled(request.enabled, request.capacity)
+                .await?,
+        ))
+    }
+
+    async fn get_migration_summary(
+        &self,
+        _request: Request<GetMigrationSummaryRequest>,
+    ) -> Result<Response<MigrationSummary>, Status> {
+        Ok(Response::new(self.0.migration_summary().await?))
+    }
+
+    async fn get_repository(
+        &self,
+        request: Request<GetRepositoryRequest>,
+    ) -> Result<Response<Repository>, Status> {
+        Ok(Response::new(
+            self.0.repository(&request.into_inner().path).await?,
+        ))
+    }
+}

@@ -1,0 +1,117 @@
+//! The pool of importers the scheduler dispatches to.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use ferry_proto::common::v1::{ImportType, MigrationStatus};
+use ferry_proto::importer::v1::importer_client::ImporterClient;
+use ferry_proto::importer::v1::{GetImportStatusRequest, StartImportRequest, StartOutcome};
+
+/// How an importer answered a start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartResult {
+    /// Accepted; runs in the background.
+    Accepted,
+    /// Already on the new platform.
+    AlreadyImported,
+    /// Not in old storage.
+    NotFound(String),
+    /// Every importer is full or unreachable: try again later.
+    AllBusy(String),
+    /// Refused for another reason (a step in progress, a missing pre-import, ...).
+    Refused(String),
+}
+
+/// Importer clients, tried round-robin.
+#[derive(Debug)]
+pub struct ImporterPool {
+    clients: Vec<(String, ImporterClient<Channel>)>,
+    next: AtomicUsize,
+}
+
+impl ImporterPool {
+    /// Clients for each URL; they connect on first use.
+    pub fn new(urls: &[String]) -> Result<Self, tonic::transport::Error> {
+        let clients = urls
+            .iter()
+            .map(|url| {
+                let channel = Endpoint::from_shared(url.clone())?
+                    .connect_timeout(Duration::from_secs(3))
+                    .timeout(Duration::from_secs(30))
+                    .connect_lazy();
+                Ok((url.clone(), ImporterClient::new(channel)))
+            })
+            .collect::<Result<_, tonic::transport::Error>>()?;
+        Ok(Self {
+            clients,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Starts a step on the first importer, round-robin, that has room. Importers that answer
+    /// `RESOURCE_EXHAUSTED` or cannot be reached are passed over.
+    pub async fn start(&self, path: &str, import_type: ImportType, fence: u64) -> StartResult {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut busy = Vec::new();
+        for offset in 0..self.clients.len() {
+            let (url, client) = &self.clients[(first + offset) % self.clients.len()];
+            let request = StartImportRequest {
+                path: path.to_owned(),
+                import_type: import_type.into(),
+                fencing_token: fence,
+            };
+            match client.clone().start_import(request).await {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    return match StartOutcome::try_from(response.outcome) {
+                        Ok(StartOutcome::AlreadyImported) => StartResult::AlreadyImported,
+                        _ => StartResult::Accepted,
+                    };
+                }
+                Err(status) => match status.code() {
+                    tonic::Code::ResourceExhausted
+                    | tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded => {
+                        busy.push(format!("{url}: {}", status.message()));
+                    }
+                    tonic::Code::NotFound => {
+                        return StartResult::NotFound(status.message().to_owned());
+                    }
+                    _ => {
+                        return StartResult::Refused(format!(
+                            "{:?}: {}",
+                            status.code(),
+                            status.message()
+                        ));
+                    }
+                },
+            }
+        }
+        StartResult::AllBusy(busy.join("; "))
+    }
+
+    /// The repository's status as any reachable importer reports it.
+    pub async fn status(&self, path: &str) -> Result<MigrationStatus, tonic::Status> {
+        let mut last = tonic::Status::unavailable("no importers configured");
+        for (_, client) in &self.clients {
+            match client
+                .clone()
+                .get_import_status(GetImportStatusRequest {
+                    path: path.to_owned(),
+                })
+                .await
+            {
+                Ok(response) => {
+                    return Ok(
+                        MigrationStatus::try_from(response.into_inner().status).unwrap_or_default()
+                    );
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => last = status,
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,280 @@
+//! The scheduler service: the domain side of `ferry.scheduler.v1.Scheduler`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, mpsc};
+
+use ferry_proto::common::v1::MigrationStatus;
+use ferry_proto::scheduler::v1::{
+    InventoryProgress, MigrationSummary, NotifyImportResultRequest, NotifyImportResultResponse,
+    Repository, SetMigrationEnabledResponse, StateCount,
+};
+use ferry_shared::storage::BlobStore;
+
+use crate::error::SchedulerError;
+use crate::inventory;
+use crate::store::{RepoKey, RepositoryRecord, SchedulerStore};
+
+/// What the scheduler offers, independent of gRPC.
+#[async_trait]
+pub trait SchedulerService: Send + Sync + 'static {
+    /// Applies an importer's end-of-step report. Duplicates are acknowledged and change nothing.
+    async fn notify_import_result(
+        &self,
+        request: NotifyImportResultRequest,
+    ) -> Result<NotifyImportResultResponse, SchedulerError>;
+
+    /// Starts an inventory; progress arrives on the returned channel, the last item has `done`.
+    async fn run_inventory(
+        &self,
+    ) -> Result<mpsc::Receiver<Result<InventoryProgress, SchedulerError>>, SchedulerError>;
+
+    /// Sets the global switch (and optionally the capacity).
+    async fn set_migration_enabled(
+        &self,
+        enabled: bool,
+        capacity: Option<u32>,
+    ) -> Result<SetMigrationEnabledResponse, SchedulerError>;
+
+    /// Counts by state and totals.
+    async fn migration_summary(&self) -> Result<MigrationSummary, SchedulerError>;
+
+    /// One repository.
+    async fn repository(&self, path: &str) -> Result<Repository, SchedulerError>;
+}
+
+/// The scheduler.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    store: SchedulerStore,
+    storage: Arc<dyn BlobStore>,
+    wake: Arc<Notify>,
+    redis: redis::aio::ConnectionManager,
+    wake_channel: String,
+    project_segments: usize,
+}
+
+impl Scheduler {
+    /// A scheduler over its database and the bucket.
+    pub fn new(
+        store: SchedulerStore,
+        storage: Arc<dyn BlobStore>,
+        wake: Arc<Notify>,
+        redis: redis::aio::ConnectionManager,
+        wake_channel: String,
+        project_segments: usize,
+    ) -> Self {
+        Self {
+            store,
+            storage,
+            wake,
+            redis,
+            wake_channel,
+            project_segments,
+        }
+    }
+
+    /// Wakes the enqueue loop here and, through Redis, on whichever replica holds the lease.
+    async fn wake_enqueuer(&self) {
+        self.wake.notify_one();
+        let mut redis = self.redis.clone();
+        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(&self.wake_channel)
+            .arg("wake")
+            .query_async(&mut redis)
+            .await;
+        if let Err(error) = published {
+            tracing::warn!(%error, "publishing a wake-up failed; the timer will pick the work up");
+        }
+    }
+}
+
+fn timestamp(value: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    value.map(|t| t.to_rfc3339()).unwrap_or_default()
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl From<RepositoryRecord> for Repository {
+    fn from(r: RepositoryRecord) -> Self {
+        Repository {
+            id: r.id,
+            path: r.path,
+            project_path: r.project_path,
+            migration_state: r.migration_state,
+            retries_count: r.migration_retries_count,
+            skipped_reason: r.migration_skipped_reason.unwrap_or_default(),
+            aborted_in_state: r.migration_aborted_in_state.unwrap_or_default(),
+            last_error: r.migration_last_error.unwrap_or_default(),
+            pre_import_started_at: timestamp(r.migration_pre_import_started_at),
+            pre_import_done_at: timestamp(r.migration_pre_import_done_at),
+            import_started_at: timestamp(r.migration_import_started_at),
+            import_done_at: timestamp(r.migration_import_done_at),
+            aborted_at: timestamp(r.migration_aborted_at),
+            skipped_at: timestamp(r.migration_skipped_at),
+            stats: Some(ferry_proto::common::v1::ImportStats {
+                manifests: to_u64(r.import_manifests),
+                tags: to_u64(r.import_tags),
+                blobs: to_u64(r.import_blobs),
+                blobs_copied: to_u64(r.import_blobs_copied),
+                bytes_copied: to_u64(r.import_bytes_copied),
+                blobs_present: to_u64(r.import_blobs_present),
+                tags_skipped: to_u64(r.import_tags_skipped),
+                duration_ms: to_u64(r.import_duration_ms),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl SchedulerService for Scheduler {
+    async fn notify_import_result(
+        &self,
+        request: NotifyImportResultRequest,
+    ) -> Result<NotifyImportResultResponse, SchedulerError> {
+        use MigrationStatus::*;
+        let status = MigrationStatus::try_from(request.status).unwrap_or_default();
+        let stats = request.stats.unwrap_or_default();
+        let path = request.path.as_str();
+        let changed = match status {
+            PreImportComplete => self.store.finish_pre_import(path, &stats).await?,
+            ImportComplete => self.store.finish_import(path, &stats).await?,
+            PreImportFailed | PreImportCanceled | ImportFailed | ImportCanceled => {
+                let from = if matches!(status, PreImportFailed | PreImportCanceled) {
+                    "pre_importing"
+                } else {
+                    "importing"
+                };
+                let max_retries = self.store.settings().await?.max_retries;
+                let error = format!("{}: {}", status.as_db_str(), request.detail);
+                self.store
+                    .abort(RepoKey::Path(path), &[from], &error, max_retries)
+                    .await?
+                    .is_some()
+            }
+            other => {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "status {} does not end a step",
+                    other.as_db_str()
+                )));
+            }
+        };
+        let record = self
+            .store
+            .repository(path)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        tracing::info!(
+            repository = path,
+            status = status.as_db_str(),
+            state = record.migration_state,
+            duplicate = !changed,
+            "import result applied"
+        );
+        if changed {
+            self.wake_enqueuer().await;
+        }
+        Ok(NotifyImportResultResponse {
+            migration_state: record.migration_state,
+            duplicate: !changed,
+        })
+    }
+
+    async fn run_inventory(
+        &self,
+    ) -> Result<mpsc::Receiver<Result<InventoryProgress, SchedulerError>>, SchedulerError> {
+        let (tx, rx) = mpsc::channel(64);
+        let scheduler = self.clone();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let result = inventory::run(
+                Arc::clone(&scheduler.storage),
+                &scheduler.store,
+                scheduler.project_segments,
+                |progress| {
+                    // A slow or departed client must not stall the inventory.
+                    let _ = progress_tx.try_send(Ok(*progress));
+                },
+            )
+            .await;
+            match result {
+                Ok(report) => {
+                    tracing::info!(
+                        found = report.repositories_found,
+                        registered = report.repositories_registered,
+                        "inventory finished"
+                    );
+                    let _ = tx.send(Ok(report)).await;
+                    scheduler.wake_enqueuer().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "inventory failed");
+                    let _ = tx.send(Err(error.into())).await;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn set_migration_enabled(
+        &self,
+        enabled: bool,
+        capacity: Option<u32>,
+    ) -> Result<SetMigrationEnabledResponse, SchedulerError> {
+        let capacity = capacity
+            .map(|c| {
+                i32::try_from(c)
+                    .map_err(|_| SchedulerError::InvalidArgument("capacity too large".into()))
+            })
+            .transpose()?;
+        let settings = self.store.set_enabled(enabled, capacity).await?;
+        tracing::info!(
+            enabled = settings.enabled,
+            capacity = settings.capacity,
+            "migration switch set"
+        );
+        self.wake_enqueuer().await;
+        Ok(SetMigrationEnabledResponse {
+            enabled: settings.enabled,
+            capacity: u32::try_from(settings.capacity).unwrap_or(0),
+        })
+    }
+
+    async fn migration_summary(&self) -> Result<MigrationSummary, SchedulerError> {
+        let settings = self.store.settings().await?;
+        let states = self.store.state_counts().await?;
+        let total = states.iter().map(|(_, n)| to_u64(*n)).sum();
+        Ok(MigrationSummary {
+            enabled: settings.enabled,
+            capacity: u64::try_from(settings.capacity).unwrap_or(0),
+            total,
+            states: states
+                .into_iter()
+                .map(|(state, n)| StateCount {
+                    state,
+                    count: to_u64(n),
+                })
+                .collect(),
+            totals: Some(self.store.totals().await?),
+            problems: self
+                .store
+                .problems(100)
+                .await?
+                .into_iter()
+                .map(Repository::from)
+                .collect(),
+        })
+    }
+
+    async fn repository(&self, path: &str) -> Result<Repository, SchedulerError> {
+        let record = self
+            .store
+            .repository(path)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        Ok(record.into())
+    }
+}

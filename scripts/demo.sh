@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# `make demo`: migrate a registry end to end with one scheduler and two importers on 127.0.0.1.
+#
+# Without REGISTRY_DIR: builds a sample registry with docker-registry + skopeo in a temporary
+# directory and migrates it into fresh demo databases (ferry_demo_scheduler, ferry_demo_registry),
+# so every run starts clean. With REGISTRY_DIR=/abs/dir (the directory holding docker/): migrates
+# that registry, copying blobs into REGISTRY_DIR/gitlab/, into FERRY_DATABASE_URL and
+# FERRY_METADATA_DATABASE_URL (default ferry_scheduler / ferry_registry); a second run resumes.
+#
+# Exits 0 only if every repository ended import_done.
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+
+log() { printf 'demo: %s\n' "$*" >&2; }
+die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
+
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET_DIR/debug
+for binary in ferry-scheduler ferry-importer ferryctl; do
+  [[ -x $BIN/$binary ]] || die "$BIN/$binary is missing: run 'make build' first"
+done
+
+WORK=$(mktemp -d /tmp/ferry-demo.XXXXXX)
+PIDS=()
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ $status -ne 0 ]]; then
+    log "logs kept in $WORK (scheduler.log, importer-1.log, importer-2.log)"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+
+server_url() { printf '%s' "${1%/*}/postgres"; }
+reset_database() { # URL: drop and create the database it names
+  local url=$1 name=${1##*/}
+  name=${name%%\?*}
+  psql -q -v ON_ERROR_STOP=1 "$(server_url "$url")" \
+    -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" -c "CREATE DATABASE \"$name\"" >/dev/null
+}
+ensure_database() {
+  local url=$1 name=${1##*/}
+  name=${name%%\?*}
+  if ! psql -qtA "$(server_url "$url")" -c "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1; then
+    psql -q -v ON_ERROR_STOP=1 "$(server_url "$url")" -c "CREATE DATABASE \"$name\"" >/dev/null
+  fi
+}
+
+if [[ -n ${REGISTRY_DIR:-} ]]; then
+  [[ $REGISTRY_DIR == /* ]] || die "REGISTRY_DIR must be an absolute path"
+  [[ -d $REGISTRY_DIR/docker/registry/v2 ]] || die "$REGISTRY_DIR does not hold docker/registry/v2"
+  ROOT=$REGISTRY_DIR
+  export FERRY_DATABASE_URL=${FERRY_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ferry_scheduler}
+  export FERRY_METADATA_DATABASE_URL=${FERRY_METADATA_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ferry_registry}
+  ensure_database "$FERRY_DATABASE_URL"
+  ensure_database "$FERRY_METADATA_DATABASE_URL"
+else
+  ROOT=$WORK/registry
+  log "building a sample registry with docker-registry + skopeo in $ROOT"
+  bash scripts/sample-registry.sh "$ROOT" >&2
+  server=${FERRY_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ferry_scheduler}
+  export FERRY_DATABASE_URL=${server%/*}/ferry_demo_scheduler
+  export FERRY_METADATA_DATABASE_URL=${server%/*}/ferry_demo_registry
+  reset_database "$FERRY_DATABASE_URL"
+  reset_database "$FERRY_METADATA_DATABASE_URL"
+fi
+export FERRY_REDIS_URL=${FERRY_REDIS_URL:-redis://127.0.0.1:6379}
+export FERRY_STORAGE_URL=${FERRY_STORAGE_URL:-file://$ROOT}
+export FERRY_REDIS_PREFIX=ferry-demo-$$
+export FERRY_LOG_FORMAT=${FERRY_LOG_FORMAT:-json}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+SCHEDULER_PORT=$(free_port)
+IMPORTER_PORTS=("$(free_port)" "$(free_port)")
+export FERRY_SCHEDULER_URL=http://127.0.0.1:$SCHEDULER_PORT
+
+for i in 0 1; do
+  FERRY_LISTEN_ADDR=127.0.0.1:${IMPORTER_PORTS[$i]} "$BIN/ferry-importer" >"$WORK/importer-$((i + 1)).log" 2>&1 &
+  PIDS+=($!)
+done
+FERRY_LISTEN_ADDR=127.0.0.1:$SCHEDULER_PORT \
+FERRY_IMPORTERS=http://127.0.0.1:${IMPORTER_PORTS[0]},http://127.0.0.1:${IMPORTER_PORTS[1]} \
+FERRY_ENQUEUE_INTERVAL_MS=500 \
+  "$BIN/ferry-scheduler" >"$WORK/scheduler.log" 2>&1 &
+PIDS+=($!)
+log "scheduler on :$SCHEDULER_PORT, importers on :${IMPORTER_PORTS[0]} and :${IMPORTER_PORTS[1]}, storage $FERRY_STORAGE_URL"
+
+for _ in $(seq 1 100); do
+  "$BIN/ferryctl" status >/dev/null 2>&1 && break
+  for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || die "a service exited at start-up; see $WORK"; done
+  sleep 0.2
+done
+"$BIN/ferryctl" status >/dev/null || die "the scheduler did not come up; see $WORK/scheduler.log"
+
+"$BIN/ferryctl" inventory
+"$BIN/ferryctl" migrate --capacity "${CAPACITY:-4}" --wait
