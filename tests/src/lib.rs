@@ -1,1 +1,392 @@
-//! End-to-end tests (being built).
+//! Harness for Ferry's end-to-end tests: fresh PostgreSQL databases, a sample registry written by
+//! the real `docker-registry` with images pushed by `skopeo`, the scheduler and importers serving
+//! real gRPC on loopback ports, and a minimal HTTP client for the registry's own API.
+//!
+//! Needs what `make test` sets up: PostgreSQL (`FERRY_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), Redis (`FERRY_TEST_REDIS_URL`, default
+//! `redis://127.0.0.1:6379`), docker-registry, skopeo and umoci.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use ferry_proto::scheduler::v1::{GetMigrationSummaryRequest, MigrationSummary};
+
+/// The workspace root (where `scripts/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn postgres_server_url() -> String {
+    std::env::var("FERRY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The Redis URL tests use.
+pub fn redis_url() -> String {
+    std::env::var("FERRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A short random lowercase suffix for database names and Redis prefixes.
+pub fn unique_suffix() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:016x}",
+        RandomState::new().hash_one((nanos, std::process::id()))
+    )
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database(label: &str) -> String {
+    use sqlx::Connection;
+    let server = postgres_server_url();
+    let name = format!("ferry_test_{label}_{}", unique_suffix());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {server} (run `make test`): {e}"));
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let base = server
+        .rsplit_once('/')
+        .map_or(server.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A sample registry in a temporary directory, described by its `.ferry-sample.json`.
+#[derive(Debug)]
+pub struct SampleRegistry {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// The parsed description.
+    pub description: serde_json::Value,
+}
+
+impl SampleRegistry {
+    /// Builds the sample with `scripts/sample-registry.sh` (real docker-registry + skopeo).
+    pub fn build(with_broken: bool) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("registry");
+        let mut command = Command::new("bash");
+        command
+            .arg(workspace_root().join("scripts/sample-registry.sh"))
+            .arg(&root);
+        if with_broken {
+            command.arg("--with-broken");
+        }
+        let output = command.output().expect("run scripts/sample-registry.sh");
+        assert!(
+            output.status.success(),
+            "sample-registry.sh failed (run `make test` to install docker-registry, skopeo, umoci):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let description =
+            std::fs::read(root.join(".ferry-sample.json")).expect("sample description");
+        let description = serde_json::from_slice(&description).expect("sample description JSON");
+        Self { dir, description }
+    }
+
+    /// The directory that holds `docker/`.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("registry")
+    }
+
+    /// The sample's repositories.
+    pub fn repositories(&self) -> &Vec<serde_json::Value> {
+        self.description["repositories"]
+            .as_array()
+            .expect("repositories")
+    }
+
+    /// One repository's description.
+    pub fn repository(&self, path: &str) -> &serde_json::Value {
+        self.repositories()
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not in the sample"))
+    }
+}
+
+/// A scheduler and importers serving on loopback, in this process.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The scheduler's URL.
+    pub scheduler_url: String,
+    /// Scheduler database URL.
+    pub database_url: String,
+    /// Metadata database URL.
+    pub metadata_database_url: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn bind() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    (listener, url)
+}
+
+impl Cluster {
+    /// Starts `importers` importers and one scheduler over `storage_root`, with fresh databases.
+    pub async fn start(storage_root: &Path, importers: usize) -> Self {
+        let database_url = fresh_database("sched").await;
+        let metadata_database_url = fresh_database("meta").await;
+        let storage_url = format!("file://{}", storage_root.display());
+        let (scheduler_listener, scheduler_url) = bind().await;
+        let mut tasks = Vec::new();
+        let mut importer_urls = Vec::new();
+        for _ in 0..importers {
+            let (listener, url) = bind().await;
+            importer_urls.push(url);
+            let args = ferry_importer::config::ImporterArgs {
+                listen_addr: listener.local_addr().expect("addr").to_string(),
+                metadata_database_url: Some(metadata_database_url.clone()),
+                storage_url: Some(storage_url.clone()),
+                scheduler_url: Some(scheduler_url.clone()),
+                max_concurrent_imports: "2".into(),
+                pre_import_timeout_secs: "120".into(),
+                import_timeout_secs: "120".into(),
+                copy_concurrency: "4".into(),
+            };
+            let config = args.validate().expect("importer config");
+            tasks.push(tokio::spawn(async move {
+                ferry_importer::run(config, listener, std::future::pending())
+                    .await
+                    .expect("importer runs");
+            }));
+        }
+        let args = ferry_scheduler::config::SchedulerArgs {
+            listen_addr: scheduler_listener.local_addr().expect("addr").to_string(),
+            database_url: Some(database_url.clone()),
+            redis_url: Some(redis_url()),
+            storage_url: Some(storage_url),
+            importers: Some(importer_urls.join(",")),
+            redis_prefix: format!("ferry-test-{}", unique_suffix()),
+            project_segments: "2".into(),
+            lease_ttl_secs: "5".into(),
+            enqueue_interval_ms: "200".into(),
+            start_max_retries: "50".into(),
+        };
+        let config = args.validate().expect("scheduler config");
+        tasks.push(tokio::spawn(async move {
+            ferry_scheduler::run(config, scheduler_listener, std::future::pending())
+                .await
+                .expect("scheduler runs");
+        }));
+        let cluster = Self {
+            scheduler_url,
+            database_url,
+            metadata_database_url,
+            tasks,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut client) = SchedulerClient::connect(self.scheduler_url.clone()).await
+                && client
+                    .get_migration_summary(GetMigrationSummaryRequest {})
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "scheduler did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client of the scheduler.
+    pub async fn client(&self) -> SchedulerClient<tonic::transport::Channel> {
+        SchedulerClient::connect(self.scheduler_url.clone())
+            .await
+            .expect("connect to scheduler")
+    }
+
+    /// Polls until no repository has work left, or panics after `timeout`.
+    pub async fn wait_until_settled(&self, timeout: Duration) -> MigrationSummary {
+        const PENDING: [&str; 5] = [
+            "default",
+            "pre_importing",
+            "pre_import_done",
+            "importing",
+            "import_aborted",
+        ];
+        let mut client = self.client().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let summary = client
+                .get_migration_summary(GetMigrationSummaryRequest {})
+                .await
+                .expect("summary")
+                .into_inner();
+            let pending: u64 = summary
+                .states
+                .iter()
+                .filter(|s| PENDING.contains(&s.state.as_str()))
+                .map(|s| s.count)
+                .sum();
+            if pending == 0 && summary.total > 0 {
+                return summary;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "migration did not settle: {summary:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The real registry serving a storage root over HTTP (`scripts/registry-serve.sh`).
+#[derive(Debug)]
+pub struct RegistryServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl RegistryServer {
+    /// Starts docker-registry on a free port and waits until `/v2/` answers.
+    pub async fn start(root: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("bash")
+            .arg(workspace_root().join("scripts/registry-serve.sh"))
+            .arg(root)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_request(port, "GET", "/v2/", "")
+            .await
+            .map(|r| r.status)
+            != Some(200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not come up on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    /// The digest the registry serves for `repository:reference`, or `None` on 404.
+    pub async fn manifest_digest(&self, repository: &str, reference: &str) -> Option<String> {
+        const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+            application/vnd.oci.image.manifest.v1+json, \
+            application/vnd.docker.distribution.manifest.list.v2+json, \
+            application/vnd.docker.distribution.manifest.v2+json";
+        let response = http_request(
+            self.port,
+            "HEAD",
+            &format!("/v2/{repository}/manifests/{reference}"),
+            ACCEPT,
+        )
+        .await
+        .expect("registry answers");
+        match response.status {
+            200 => Some(
+                response
+                    .header("docker-content-digest")
+                    .expect("digest header")
+                    .to_owned(),
+            ),
+            404 => None,
+            other => panic!("registry answered {other} for {repository}:{reference}"),
+        }
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        // registry-serve.sh execs docker-registry, so the child is the registry itself.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response head.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl HttpResponse {
+    /// A header's value (name compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`; `None` if the connection fails.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    accept: &str,
+) -> Option<HttpResponse> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next()?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect();
+    Some(HttpResponse { status, headers })
+}
+
+/// SHA-256 of a file, as `sha256:<hex>`.
+pub fn file_digest(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let data = std::fs::read(path)?;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(&data))
+    ))
+}
