@@ -22,6 +22,7 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: setup lint ## Set up, lint, and run every test against real PostgreSQL, Redis and registry data
+	@bash scripts/drop-test-databases.sh
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
 fmt: ## Format the code

@@ -1,0 +1,292 @@
+//! Bad source data fails one repository's import with a precise reason, commits nothing of it,
+//! and leaves every other repository alone. Runs the importer against real PostgreSQL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{PgPool, Row};
+
+use ferry_importer::error::ApiError;
+use ferry_importer::notifier::Notifier;
+use ferry_importer::service::{ImportService, Importer, StepLimits};
+use ferry_importer::store::MetadataStore;
+use ferry_proto::common::v1::ImportType;
+use ferry_proto::importer::v1::StartOutcome;
+use ferry_shared::error::ErrorCode;
+use ferry_tests::{LayoutWriter, fresh_database};
+
+struct Harness {
+    importer: Importer,
+    pool: PgPool,
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    std::fs::create_dir_all(root.join("docker/registry/v2/repositories")).expect("mkdir");
+    let url = fresh_database("importer").await;
+    let db = MetadataStore::connect(&url, 4).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    let storage =
+        ferry_shared::storage::open(&format!("file://{}", root.display())).expect("storage");
+    // Nobody listens on port 1: notifications give up at once; the database is what we check.
+    let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
+    let limits = StepLimits {
+        max_concurrent_imports: 8,
+        pre_import_timeout: Duration::from_secs(60),
+        import_timeout: Duration::from_secs(60),
+        copy_concurrency: 4,
+    };
+    let importer = Importer::new(Arc::clone(&storage), db, notifier, limits);
+    let pool = PgPool::connect(&url).await.expect("pool");
+    Harness {
+        importer,
+        pool,
+        _dir: dir,
+        root,
+    }
+}
+
+impl Harness {
+    fn layout(&self) -> LayoutWriter {
+        LayoutWriter::new(&self.root)
+    }
+
+    /// Runs a step to its end and returns (status, error).
+    async fn run(&self, path: &str, import_type: ImportType) -> (String, Option<String>) {
+        let response = self
+            .importer
+            .start_import(path, import_type, 0)
+            .await
+            .expect("start");
+        assert_eq!(response.outcome(), StartOutcome::Accepted);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = sqlx::query(
+                "SELECT migration_status, migration_error FROM repositories WHERE path = $1",
+            )
+            .bind(path)
+            .fetch_one(&self.pool)
+            .await
+            .expect("row");
+            let status: String = row.get("migration_status");
+            if !status.ends_with("_in_progress") {
+                return (status, row.get("migration_error"));
+            }
+            assert!(Instant::now() < deadline, "{path} still {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn count(&self, table: &str, path: &str) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} x JOIN repositories r ON r.id = x.repository_id WHERE r.path = $1"
+        ))
+        .bind(path)
+        .fetch_one(&self.pool)
+        .await
+        .expect("count")
+    }
+}
+
+async fn assert_fails(h: &Harness, path: &str, expected_reason: &str) {
+    let (status, error) = h.run(path, ImportType::Pre).await;
+    assert_eq!(status, "pre_import_failed", "{path}");
+    let error = error.expect("a reason is recorded");
+    assert!(
+        error.contains(expected_reason),
+        "{path}: reason {error:?} should contain {expected_reason:?}"
+    );
+    for table in ["manifests", "repository_blobs", "tags"] {
+        assert_eq!(
+            h.count(table, path).await,
+            0,
+            "{path}: nothing committed in {table}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_kind_of_broken_data_fails_only_its_repository_with_a_reason() {
+    let h = harness().await;
+    let layout = h.layout();
+    layout.image("good/project/app", "v1", "good");
+
+    layout.tag_link("bad/link/app", "v1", "not-a-digest");
+    layout.image("bad/link/app", "v2", "link-neighbour");
+
+    let not_json = layout.blob(b"{ this is not json");
+    layout.tag_link("bad/json/app", "v1", &not_json);
+
+    let real = layout.image("bad/mismatch/source", "v1", "mismatch");
+    let wrong = format!("sha256:{}", "e".repeat(64));
+    let payload = std::fs::read(h.root.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{}/data",
+        &real[7..9],
+        &real[7..]
+    )))
+    .expect("manifest payload");
+    layout.blob_at(&wrong, &payload);
+    layout.tag_link("bad/mismatch/app", "v1", &wrong);
+
+    let config = layout.blob(br#"{"os":"linux"}"#);
+    let absent_layer = format!("sha256:{}", "a".repeat(64));
+    let manifest = layout.manifest((&config, 14), &[(&absent_layer, 10)]);
+    layout.tag_link("bad/missing-layer/app", "v1", &manifest);
+
+    let corrupt_layer = format!("sha256:{}", "b".repeat(64));
+    layout.blob_at(&corrupt_layer, b"these bytes hash to something else");
+    let manifest = layout.manifest((&config, 14), &[(&corrupt_layer, 34)]);
+    layout.tag_link("bad/corrupt-layer/app", "v1", &manifest);
+
+    layout.image("bad/tag-name/app", "v1", "tag-name");
+    layout.tag_link("bad/tag-name/app", "bad tag", &real);
+
+    assert_fails(&h, "bad/link/app", "tag v1: broken current link").await;
+    assert_fails(&h, "bad/json/app", "invalid manifest JSON").await;
+    assert_fails(
+        &h,
+        "bad/mismatch/app",
+        &format!("manifest {wrong}: stored content hashes to {real}"),
+    )
+    .await;
+    assert_fails(
+        &h,
+        "bad/missing-layer/app",
+        &format!("blob {absent_layer} referenced by manifest"),
+    )
+    .await;
+    assert_fails(
+        &h,
+        "bad/corrupt-layer/app",
+        &format!("blob {corrupt_layer} referenced by manifest"),
+    )
+    .await;
+    assert_fails(&h, "bad/tag-name/app", "invalid tag name \"bad tag\"").await;
+    let corrupt_hex = &corrupt_layer[7..];
+    let copied = h.root.join(format!(
+        "gitlab/docker/registry/v2/blobs/sha256/{}/{corrupt_hex}/data",
+        &corrupt_hex[..2]
+    ));
+    assert!(
+        !copied.exists(),
+        "a corrupt blob is never published under gitlab/"
+    );
+
+    // The good repository, imported after all of that, goes through both steps.
+    assert_eq!(
+        h.run("good/project/app", ImportType::Pre).await.0,
+        "pre_import_complete"
+    );
+    assert_eq!(
+        h.count("tags", "good/project/app").await,
+        0,
+        "pre-import registers no tags"
+    );
+    assert_eq!(
+        h.run("good/project/app", ImportType::Final).await.0,
+        "import_complete"
+    );
+    assert_eq!(h.count("tags", "good/project/app").await, 1);
+    assert_eq!(h.count("manifests", "good/project/app").await, 1);
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, ApiError>) -> ErrorCode {
+    result.expect_err("the call must be refused").code()
+}
+
+#[tokio::test]
+async fn start_import_answers_like_the_registry_import_api() {
+    let h = harness().await;
+    h.layout().image("group/project/app", "v1", "codes");
+
+    // Hostile or malformed paths never reach storage.
+    for path in ["../etc", "group/../../x", "Group/App", "a//b", ""] {
+        assert_eq!(
+            code(h.importer.start_import(path, ImportType::Pre, 0).await),
+            ErrorCode::InvalidArgument,
+            "{path:?}"
+        );
+    }
+    assert_eq!(
+        code(
+            h.importer
+                .start_import("group/project/app", ImportType::Unspecified, 0)
+                .await
+        ),
+        ErrorCode::InvalidArgument
+    );
+    // Not in old storage: 404.
+    assert_eq!(
+        code(
+            h.importer
+                .start_import("group/project/none", ImportType::Pre, 0)
+                .await
+        ),
+        ErrorCode::NotFound
+    );
+    // Final import before any pre-import: 424.
+    assert_eq!(
+        code(
+            h.importer
+                .start_import("group/project/app", ImportType::Final, 0)
+                .await
+        ),
+        ErrorCode::FailedPrecondition
+    );
+    assert_eq!(
+        h.run("group/project/app", ImportType::Pre).await.0,
+        "pre_import_complete"
+    );
+    assert_eq!(
+        h.run("group/project/app", ImportType::Final).await.0,
+        "import_complete"
+    );
+    // Already on the new platform: 200, nothing started.
+    let again = h
+        .importer
+        .start_import("group/project/app", ImportType::Pre, 0)
+        .await
+        .expect("start");
+    assert_eq!(again.outcome(), StartOutcome::AlreadyImported);
+    // Status of an unknown repository: 404.
+    assert_eq!(
+        code(h.importer.import_status("group/project/none").await),
+        ErrorCode::NotFound
+    );
+    let status = h
+        .importer
+        .import_status("group/project/app")
+        .await
+        .expect("status");
+    assert_eq!(status.detail, "final import completed successfully");
+}
+
+#[tokio::test]
+async fn a_failed_final_import_leaves_the_pre_import_and_no_tags() {
+    let h = harness().await;
+    let layout = h.layout();
+    layout.image("group/project/app", "v1", "first");
+    assert_eq!(
+        h.run("group/project/app", ImportType::Pre).await.0,
+        "pre_import_complete"
+    );
+    // A tag added after the pre-import points at a manifest whose blob is missing.
+    let missing = format!("sha256:{}", "c".repeat(64));
+    layout.tag_link("group/project/app", "v2", &missing);
+    let (status, error) = h.run("group/project/app", ImportType::Final).await;
+    assert_eq!(status, "import_failed");
+    assert!(error.expect("reason").contains(&missing));
+    assert_eq!(
+        h.count("tags", "group/project/app").await,
+        0,
+        "all tags or none"
+    );
+    assert_eq!(
+        h.count("manifests", "group/project/app").await,
+        1,
+        "the pre-import's rows stay"
+    );
+}

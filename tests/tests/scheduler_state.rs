@@ -1,0 +1,230 @@
+//! The scheduler's state machine and lease against real PostgreSQL and Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
+use ferry_proto::scheduler::v1::NotifyImportResultRequest;
+use ferry_scheduler::inventory::new_repository;
+use ferry_scheduler::lease::{Lease, LeaseConfig};
+use ferry_scheduler::service::{Scheduler, SchedulerService};
+use ferry_scheduler::store::SchedulerStore;
+use ferry_shared::ids::RepositoryPath;
+use ferry_tests::{fresh_database, redis_url, unique_suffix};
+
+async fn redis() -> redis::aio::ConnectionManager {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("redis (run `make test`)")
+}
+
+fn lease_config(ttl: Duration) -> LeaseConfig {
+    let prefix = format!("ferry-test-{}", unique_suffix());
+    LeaseConfig {
+        key: format!("{prefix}:lease"),
+        fence_key: format!("{prefix}:fence"),
+        ttl,
+    }
+}
+
+#[tokio::test]
+async fn the_lease_is_exclusive_fenced_and_released_only_by_its_owner() {
+    let config = lease_config(Duration::from_secs(10));
+    let a = Lease::new(redis().await, config.clone());
+    let b = Lease::new(redis().await, config);
+    let held_a = a
+        .try_acquire()
+        .await
+        .expect("redis")
+        .expect("free lease is taken");
+    assert!(held_a.is_valid().await);
+    assert!(
+        b.try_acquire().await.expect("redis").is_none(),
+        "a held lease is exclusive"
+    );
+    assert!(a.renew(&held_a).await.expect("redis"), "the owner renews");
+
+    a.release(&held_a).await.expect("release");
+    assert!(
+        !held_a.is_valid().await,
+        "a released lease is no longer valid for its holder"
+    );
+    let held_b = b
+        .try_acquire()
+        .await
+        .expect("redis")
+        .expect("released lease is free");
+    assert!(
+        held_b.fence > held_a.fence,
+        "each acquisition takes a higher fencing token"
+    );
+    // The old holder can neither renew nor release the new holder's lease.
+    assert!(!a.renew(&held_a).await.expect("redis"));
+    a.release(&held_a).await.expect("release is a no-op");
+    assert!(
+        a.try_acquire().await.expect("redis").is_none(),
+        "B still holds it"
+    );
+    assert!(held_b.is_valid().await);
+}
+
+#[tokio::test]
+async fn an_abandoned_lease_blocks_for_at_most_its_ttl() {
+    let config = lease_config(Duration::from_millis(600));
+    let crashed = Lease::new(redis().await, config.clone());
+    let other = Lease::new(redis().await, config);
+    let abandoned = crashed.try_acquire().await.expect("redis").expect("taken");
+    assert!(other.try_acquire().await.expect("redis").is_none());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !abandoned.is_valid().await,
+        "the holder's local deadline passed before the TTL"
+    );
+    let next = other
+        .try_acquire()
+        .await
+        .expect("redis")
+        .expect("expired lease is free");
+    assert!(next.fence > abandoned.fence);
+}
+
+async fn scheduler_with(paths: &[&str]) -> (Scheduler, SchedulerStore) {
+    let store = SchedulerStore::connect(&fresh_database("state").await, 4)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let batch: Vec<_> = paths
+        .iter()
+        .map(|p| new_repository(&RepositoryPath::parse(p).expect("path"), 2))
+        .collect();
+    store.register(&batch).await.expect("register");
+    let dir = std::env::temp_dir();
+    let storage =
+        ferry_shared::storage::open(&format!("file://{}", dir.display())).expect("storage");
+    let scheduler = Scheduler::new(
+        store.clone(),
+        storage,
+        Arc::new(tokio::sync::Notify::new()),
+        redis().await,
+        format!("ferry-test-{}:wake", unique_suffix()),
+        2,
+    );
+    (scheduler, store)
+}
+
+fn notification(path: &str, status: MigrationStatus, manifests: u64) -> NotifyImportResultRequest {
+    NotifyImportResultRequest {
+        path: path.into(),
+        name: path.rsplit('/').next().unwrap_or(path).into(),
+        status: status.into(),
+        detail: "test".into(),
+        import_type: ImportType::Pre.into(),
+        stats: Some(ImportStats {
+            manifests,
+            bytes_copied: 100,
+            ..ImportStats::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn duplicate_and_stale_notifications_change_nothing() {
+    let path = "group/project/app";
+    let (scheduler, store) = scheduler_with(&[path]).await;
+    let claimed = store
+        .claim_next_default()
+        .await
+        .expect("claim")
+        .expect("a default repository");
+    assert_eq!(claimed.path, path);
+    assert!(
+        store.claim_next_default().await.expect("claim").is_none(),
+        "claimed once"
+    );
+
+    // A final-import result while pre-importing is stale: acknowledged, ignored.
+    let stale = scheduler
+        .notify_import_result(notification(path, MigrationStatus::ImportComplete, 5))
+        .await
+        .expect("notify");
+    assert!(stale.duplicate);
+    assert_eq!(stale.migration_state, "pre_importing");
+
+    let first = scheduler
+        .notify_import_result(notification(path, MigrationStatus::PreImportComplete, 3))
+        .await
+        .expect("notify");
+    assert_eq!(
+        (first.migration_state.as_str(), first.duplicate),
+        ("pre_import_done", false)
+    );
+    let again = scheduler
+        .notify_import_result(notification(path, MigrationStatus::PreImportComplete, 3))
+        .await
+        .expect("notify");
+    assert_eq!(
+        (again.migration_state.as_str(), again.duplicate),
+        ("pre_import_done", true)
+    );
+    let record = store.repository(path).await.expect("read").expect("row");
+    assert_eq!(
+        record.import_manifests, 3,
+        "a duplicate is not counted twice"
+    );
+    assert_eq!(record.import_bytes_copied, 100);
+    assert!(record.migration_pre_import_done_at.is_some());
+
+    let importing = store
+        .claim_pre_import_done()
+        .await
+        .expect("claim")
+        .expect("ready for final");
+    assert_eq!(importing.path, path);
+    let done = scheduler
+        .notify_import_result(notification(path, MigrationStatus::ImportComplete, 0))
+        .await
+        .expect("notify");
+    assert_eq!(done.migration_state, "import_done");
+}
+
+#[tokio::test]
+async fn failures_abort_then_skip_after_max_retries() {
+    let path = "group/project/flaky";
+    let (scheduler, store) = scheduler_with(&[path]).await;
+    let max_retries = store.settings().await.expect("settings").max_retries;
+    assert_eq!(max_retries, 3, "the original's default");
+    store
+        .claim_next_default()
+        .await
+        .expect("claim")
+        .expect("claimed");
+    for attempt in 1..=max_retries {
+        let response = scheduler
+            .notify_import_result(notification(path, MigrationStatus::PreImportFailed, 0))
+            .await
+            .expect("notify");
+        let record = store.repository(path).await.expect("read").expect("row");
+        assert_eq!(record.migration_retries_count, attempt);
+        assert_eq!(
+            record.migration_aborted_in_state.as_deref(),
+            Some("pre_importing")
+        );
+        if attempt < max_retries {
+            assert_eq!(response.migration_state, "import_aborted");
+            let (retried, is_final) = store
+                .claim_aborted()
+                .await
+                .expect("claim")
+                .expect("aborted");
+            assert_eq!((retried.path.as_str(), is_final), (path, false));
+        } else {
+            assert_eq!(response.migration_state, "import_skipped");
+            assert_eq!(
+                record.migration_skipped_reason.as_deref(),
+                Some("too_many_retries")
+            );
+            assert!(store.claim_aborted().await.expect("claim").is_none());
+        }
+    }
+}
