@@ -245,11 +245,14 @@ async fn wait_for_migration(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let _ = std::io::stderr().flush();
-    let elapsed = started.elapsed();
+    let run = RunFigures {
+        elapsed: started.elapsed(),
+        finished: initial_pending.saturating_sub(pending(&summary)),
+    };
     if json {
-        println!("{}", summary_json(&summary, Some(elapsed)));
+        println!("{}", summary_json(&summary, Some(run)));
     } else {
-        print_summary(&summary, Some(elapsed));
+        print_summary(&summary, Some(run));
     }
     let done = count(&summary, "import_done");
     if done == summary.total {
@@ -260,6 +263,19 @@ async fn wait_for_migration(
             summary.total - done,
             summary.total
         )))
+    }
+}
+
+/// What one `migrate --wait` saw: its duration and how many repositories finished during it.
+#[derive(Debug, Clone, Copy)]
+struct RunFigures {
+    elapsed: Duration,
+    finished: u64,
+}
+
+impl RunFigures {
+    fn rate(self) -> f64 {
+        self.finished as f64 / self.elapsed.as_secs_f64().max(0.001)
     }
 }
 
@@ -291,7 +307,7 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn print_summary(summary: &MigrationSummary, elapsed: Option<Duration>) {
+fn print_summary(summary: &MigrationSummary, run: Option<RunFigures>) {
     let totals = summary.totals.unwrap_or_default();
     let done = count(summary, "import_done");
     let skipped = count(summary, "import_skipped");
@@ -310,11 +326,12 @@ fn print_summary(summary: &MigrationSummary, elapsed: Option<Duration>) {
         println!("    {:<14}{}", state.state, state.count);
     }
     print_totals(&totals);
-    if let Some(elapsed) = elapsed {
-        let seconds = elapsed.as_secs_f64();
+    if let Some(run) = run {
         println!(
-            "  elapsed         {seconds:.1} s ({:.2} repositories/s)",
-            summary.total as f64 / seconds.max(0.001)
+            "  elapsed         {:.1} s: {} repositories finished in this run ({:.2} repositories/s)",
+            run.elapsed.as_secs_f64(),
+            run.finished,
+            run.rate()
         );
     }
     if !summary.problems.is_empty() {
@@ -393,7 +410,7 @@ fn repository_json(repo: &Repository) -> serde_json::Value {
     })
 }
 
-fn summary_json(summary: &MigrationSummary, elapsed: Option<Duration>) -> serde_json::Value {
+fn summary_json(summary: &MigrationSummary, run: Option<RunFigures>) -> serde_json::Value {
     let states: serde_json::Map<String, serde_json::Value> = summary
         .states
         .iter()
@@ -405,7 +422,9 @@ fn summary_json(summary: &MigrationSummary, elapsed: Option<Duration>) -> serde_
         "total": summary.total,
         "states": states,
         "totals": stats_json(&summary.totals.unwrap_or_default()),
-        "elapsed_seconds": elapsed.map(|e| e.as_secs_f64()),
+        "elapsed_seconds": run.map(|r| r.elapsed.as_secs_f64()),
+        "finished_in_run": run.map(|r| r.finished),
+        "repositories_per_second": run.map(RunFigures::rate),
         "problems": summary.problems.iter().map(repository_json).collect::<Vec<_>>(),
     })
 }

@@ -132,6 +132,8 @@ pub struct Cluster {
     pub database_url: String,
     /// Metadata database URL.
     pub metadata_database_url: String,
+    /// The importers' URLs.
+    pub importer_urls: Vec<String>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -200,6 +202,7 @@ impl Cluster {
             scheduler_url,
             database_url,
             metadata_database_url,
+            importer_urls,
             tasks,
         };
         cluster.wait_ready().await;

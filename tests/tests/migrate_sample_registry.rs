@@ -39,6 +39,10 @@ async fn sample_registry_migrates_end_to_end_and_a_broken_repository_fails_alone
     let sample = SampleRegistry::build(true);
     let cluster = Cluster::start(&sample.root(), 2).await;
     let mut client = cluster.client().await;
+    check_health(&cluster.scheduler_url, "ferry.scheduler.v1.Scheduler").await;
+    for url in &cluster.importer_urls {
+        check_health(url, "ferry.importer.v1.Importer").await;
+    }
 
     // Inventory: every repository in the bucket, streamed.
     let mut stream = client
@@ -97,6 +101,28 @@ async fn sample_registry_migrates_end_to_end_and_a_broken_repository_fails_alone
         (again.repositories_found, again.repositories_registered),
         (expected_repositories, 0)
     );
+}
+
+/// The server answers `grpc.health.v1` for itself and for the whole server.
+async fn check_health(url: &str, service: &str) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    for name in ["", service] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: name.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(response.status(), ServingStatus::Serving, "{name:?}");
+    }
 }
 
 /// The repository whose tagged manifest blob is missing fails its pre-import with a reason naming
