@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup build demo test lint fmt bench clean
+.PHONY: help setup build demo test lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,5 @@ test: setup lint ## Set up, lint, and run every test against real PostgreSQL, Re
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-clean: ## Remove build output and demo state
+clean: ## Remove build output
 	$(CARGO) clean
-	rm -rf .ferry

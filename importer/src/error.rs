@@ -125,7 +125,7 @@ pub enum StepError {
         /// A manifest that references it.
         manifest: Digest,
     },
-    /// A config or layer blob does not hash to its digest, or its size differs from the manifest's.
+    /// A config or layer blob does not hash to its digest, or a config is larger than it can be.
     #[error("blob {digest} referenced by manifest {manifest} is corrupt: {detail}")]
     BlobCorrupt {
         /// The blob.

@@ -18,7 +18,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// A notifier for the scheduler at `url`; it connects on first use. After `give_up_after` of
-    /// failed attempts it stops (the scheduler's guard reconciles from the status instead).
+    /// failed attempts it stops (the importer's recorded status stays the source of truth for reconciliation).
     pub fn new(url: &str, give_up_after: Duration) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(5))
@@ -53,6 +53,10 @@ impl Notifier {
             let mut client = self.client.clone();
             match client.notify_import_result(request.clone()).await {
                 Ok(_) => return,
+                Err(status) if is_permanent(status.code()) => {
+                    tracing::error!(repository = %path, %status, "scheduler refused the step's result; not retrying");
+                    return;
+                }
                 Err(status) if started.elapsed() >= self.give_up_after => {
                     tracing::error!(repository = %path, %status, "scheduler never acknowledged the step's result; giving up");
                     return;
@@ -66,6 +70,14 @@ impl Notifier {
             }
         }
     }
+}
+
+/// Refusals that a retry cannot change.
+fn is_permanent(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::PermissionDenied
+    )
 }
 
 fn rand_jitter(max_ms: u64) -> u64 {

@@ -118,19 +118,21 @@ impl Importer {
         }
     }
 
-    /// Checks the repository's row and claims it for the step; `Ok(false)` means it is already on
-    /// the new platform.
+    /// Checks the repository's row and claims it for the step. `Ok(Some(status))` means it is
+    /// already on the new platform (`native` or `import_complete`) and nothing was claimed.
     async fn claim(
         &self,
         path: &RepositoryPath,
         import_type: ImportType,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<Option<MigrationStatus>, ApiError> {
         use MigrationStatus::*;
         let is_final = import_type == ImportType::Final;
         let row = self.inner.db.repository(path).await?;
         let observed = row.as_ref().map(|r| r.status);
         match &row {
-            Some(row) if matches!(row.status, Native | ImportComplete) => return Ok(false),
+            Some(row) if matches!(row.status, Native | ImportComplete) => {
+                return Ok(Some(row.status));
+            }
             Some(row) if row.status == PreImportInProgress => {
                 return Err(ApiError::PreImportInProgress(path.to_string()));
             }
@@ -172,7 +174,7 @@ impl Importer {
             .begin_step(path, observed, in_progress)
             .await?
         {
-            Ok(true)
+            Ok(None)
         } else {
             // Another importer claimed it between our read and our write.
             Err(match import_type {
@@ -371,10 +373,10 @@ impl ImportService for Importer {
         let permit = Arc::clone(&self.inner.permits)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyImports(self.inner.limits.max_concurrent_imports))?;
-        if !self.claim(&path, import_type).await? {
+        if let Some(status) = self.claim(&path, import_type).await? {
             return Ok(StartImportResponse {
                 outcome: StartOutcome::AlreadyImported.into(),
-                status: MigrationStatus::ImportComplete.into(),
+                status: status.into(),
             });
         }
         tracing::info!(repository = %path, ?import_type, fencing_token, "import step accepted");

@@ -25,7 +25,11 @@ const PENDING_STATES: [&str; 5] = [
 
 /// `ferryctl`: drive and inspect a Ferry migration.
 #[derive(Debug, Parser)]
-#[command(name = "ferryctl", version, about)]
+#[command(
+    name = "ferryctl",
+    version,
+    about = "Drive and inspect a Ferry migration: a gRPC client of the scheduler."
+)]
 pub struct CtlArgs {
     /// The scheduler's gRPC URL.
     #[arg(
@@ -53,8 +57,8 @@ pub enum Command {
         /// Repositories in process at once.
         #[arg(long)]
         capacity: Option<u32>,
-        /// With --wait, print the final summary as JSON on stdout.
-        #[arg(long)]
+        /// Print the final summary as JSON on stdout (needs --wait).
+        #[arg(long, requires = "wait")]
         json: bool,
     },
     /// Turn the migration off: steps in flight finish, no new ones start.

@@ -39,6 +39,8 @@ pub struct Enqueuer {
     pub wake: Arc<Notify>,
     /// Tuning.
     pub config: EnqueueConfig,
+    /// The lease while this replica holds it, so shutdown can release it at once.
+    pub held: Arc<tokio::sync::Mutex<Option<HeldLease>>>,
 }
 
 impl Enqueuer {
@@ -48,6 +50,7 @@ impl Enqueuer {
             match self.lease.try_acquire().await {
                 Ok(Some(held)) => {
                     tracing::info!(fence = held.fence, "enqueue lease acquired");
+                    *self.held.lock().await = Some(held.clone());
                     let renewer = tokio::spawn({
                         let lease = self.lease.clone();
                         let held = held.clone();
@@ -55,6 +58,7 @@ impl Enqueuer {
                     });
                     self.lead(&held).await;
                     renewer.abort();
+                    self.held.lock().await.take();
                     let _ = self.lease.release(&held).await;
                 }
                 Ok(None) => {}
@@ -82,6 +86,19 @@ impl Enqueuer {
             fence = held.fence,
             "enqueue lease no longer valid; stopped dispatching"
         );
+    }
+
+    /// Releases the lease if this replica holds it (on shutdown, after the loop is stopped), so
+    /// another replica takes over at once instead of after the TTL.
+    pub async fn release_held(lease: &Lease, held: &tokio::sync::Mutex<Option<HeldLease>>) {
+        if let Some(held) = held.lock().await.take() {
+            match lease.release(&held).await {
+                Ok(()) => tracing::info!(fence = held.fence, "enqueue lease released"),
+                Err(error) => {
+                    tracing::warn!(%error, "releasing the enqueue lease failed; it expires by itself");
+                }
+            }
+        }
     }
 
     /// One pass of the loop.
@@ -143,15 +160,22 @@ impl Enqueuer {
                     tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, "step started");
                     return Ok(());
                 }
-                StartResult::AlreadyImported => {
+                StartResult::AlreadyImported { imported: true } => {
+                    tracing::info!(repository = %repo.path, "importer already completed it; finishing");
+                    self.store.finish_import_as(repo.id, None).await?;
+                    return Ok(());
+                }
+                StartResult::AlreadyImported { imported: false } => {
                     self.store
-                        .finish_import_as(repo.id, "native_import")
+                        .finish_import_as(repo.id, Some("native_import"))
                         .await?;
                     return Ok(());
                 }
                 StartResult::NotFound(message) => {
                     tracing::warn!(repository = %repo.path, message, "not in old storage; finished as not_found");
-                    self.store.finish_import_as(repo.id, "not_found").await?;
+                    self.store
+                        .finish_import_as(repo.id, Some("not_found"))
+                        .await?;
                     return Ok(());
                 }
                 StartResult::AllBusy(message)

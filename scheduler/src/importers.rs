@@ -14,8 +14,12 @@ use ferry_proto::importer::v1::{GetImportStatusRequest, StartImportRequest, Star
 pub enum StartResult {
     /// Accepted; runs in the background.
     Accepted,
-    /// Already on the new platform.
-    AlreadyImported,
+    /// Already on the new platform: created there (`native`) or imported earlier (a final
+    /// import whose notification was lost).
+    AlreadyImported {
+        /// True when the importer recorded a completed import, false for a native repository.
+        imported: bool,
+    },
     /// Not in old storage.
     NotFound(String),
     /// Every importer is full or unreachable: try again later.
@@ -66,7 +70,9 @@ impl ImporterPool {
                 Ok(response) => {
                     let response = response.into_inner();
                     return match StartOutcome::try_from(response.outcome) {
-                        Ok(StartOutcome::AlreadyImported) => StartResult::AlreadyImported,
+                        Ok(StartOutcome::AlreadyImported) => StartResult::AlreadyImported {
+                            imported: response.status == i32::from(MigrationStatus::ImportComplete),
+                        },
                         _ => StartResult::Accepted,
                     };
                 }

@@ -73,7 +73,9 @@ pub async fn run(
             ttl: config.lease_ttl,
         },
     );
+    let held = Arc::new(tokio::sync::Mutex::new(None));
     let enqueuer = Enqueuer {
+        held: Arc::clone(&held),
         store: store.clone(),
         importers: Arc::new(ImporterPool::new(&config.importers)?),
         lease: lease.clone(),
@@ -107,6 +109,8 @@ pub async fn run(
     )
     .await;
     enqueue_loop.abort();
+    let _ = enqueue_loop.await;
+    Enqueuer::release_held(&lease, &held).await;
     wakeups.abort();
     served?;
     Ok(())

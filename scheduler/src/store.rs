@@ -308,9 +308,14 @@ impl SchedulerStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Finishes a repository as already on the new platform (`import_done` with `reason`:
-    /// `native_import` or `not_found`), from any active or default state.
-    pub async fn finish_import_as(&self, id: i64, reason: &str) -> Result<bool, sqlx::Error> {
+    /// Finishes a repository as `import_done` from any active or default state: with `reason`
+    /// `native_import` or `not_found` when nothing was imported, or none when the importer reports
+    /// an import it completed (whose notification was lost).
+    pub async fn finish_import_as(
+        &self,
+        id: i64,
+        reason: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
             "UPDATE container_repositories SET migration_state = 'import_done', migration_import_done_at = now(), \
                  migration_skipped_reason = $2, updated_at = now() \

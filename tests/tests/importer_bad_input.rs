@@ -10,7 +10,7 @@ use ferry_importer::error::ApiError;
 use ferry_importer::notifier::Notifier;
 use ferry_importer::service::{ImportService, Importer, StepLimits};
 use ferry_importer::store::MetadataStore;
-use ferry_proto::common::v1::ImportType;
+use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::StartOutcome;
 use ferry_shared::error::ErrorCode;
 use ferry_tests::{LayoutWriter, fresh_database};
@@ -251,6 +251,11 @@ async fn start_import_answers_like_the_registry_import_api() {
         .await
         .expect("start");
     assert_eq!(again.outcome(), StartOutcome::AlreadyImported);
+    assert_eq!(
+        again.status(),
+        MigrationStatus::ImportComplete,
+        "imported, not native"
+    );
     // Status of an unknown repository: 404.
     assert_eq!(
         code(h.importer.import_status("group/project/none").await),
