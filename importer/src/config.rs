@@ -37,6 +37,12 @@ pub struct ImporterArgs {
     /// Blob copies in flight per import.
     #[arg(long, env = "FERRY_COPY_CONCURRENCY", default_value = "8")]
     pub copy_concurrency: String,
+    /// After a cancellation, refuse a new pre-import of the repository for this many seconds.
+    #[arg(long, env = "FERRY_CANCEL_SETTLE_SECS", default_value = "5")]
+    pub cancel_settle_secs: String,
+    /// How often a running step checks for a cancellation made through another importer, in ms.
+    #[arg(long, env = "FERRY_CANCEL_POLL_MS", default_value = "1000")]
+    pub cancel_poll_ms: String,
 }
 
 /// Validated importer configuration.
@@ -81,6 +87,8 @@ impl ImporterArgs {
         );
         let fin = check.positive("FERRY_IMPORT_TIMEOUT_SECS", &self.import_timeout_secs);
         let copies = check.positive("FERRY_COPY_CONCURRENCY", &self.copy_concurrency);
+        let settle = check.positive("FERRY_CANCEL_SETTLE_SECS", &self.cancel_settle_secs);
+        let poll = check.positive("FERRY_CANCEL_POLL_MS", &self.cancel_poll_ms);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(ImporterConfig {
@@ -95,6 +103,8 @@ impl ImporterArgs {
                 import_timeout: Duration::from_secs(fin.ok_or_else(missing)?),
                 copy_concurrency: usize::try_from(copies.ok_or_else(missing)?)
                     .unwrap_or(usize::MAX),
+                cancel_settle: Duration::from_secs(settle.ok_or_else(missing)?),
+                cancel_poll: Duration::from_millis(poll.ok_or_else(missing)?),
             },
         })
     }

@@ -38,8 +38,18 @@ pub enum ApiError {
     #[error("importer is running its maximum of {0} concurrent imports")]
     TooManyImports(usize),
     /// 429: the repository's last step was canceled moments ago and may still be stopping.
-    #[error("repository {0} is not ready: its last import was canceled less than 5 s ago")]
+    #[error(
+        "repository {0} is not ready: its last import was canceled moments ago and may still be stopping"
+    )]
     NotReady(String),
+    /// 400: nothing to cancel (no step in progress, or a forced cancel of a native repository).
+    #[error("import of {path} cannot be canceled: its status is {status}")]
+    CannotCancel {
+        /// The repository.
+        path: String,
+        /// Its current status.
+        status: &'static str,
+    },
     /// The metadata database failed.
     #[error("metadata database: {0}")]
     Database(#[from] sqlx::Error),
@@ -57,7 +67,9 @@ impl ApiError {
             ApiError::PreImportInProgress(_) | ApiError::ImportInProgress(_) => {
                 ErrorCode::AlreadyExists
             }
-            ApiError::PreImportRequired { .. } => ErrorCode::FailedPrecondition,
+            ApiError::PreImportRequired { .. } | ApiError::CannotCancel { .. } => {
+                ErrorCode::FailedPrecondition
+            }
             ApiError::TooManyImports(_) | ApiError::NotReady(_) => ErrorCode::ResourceExhausted,
             ApiError::Database(_) | ApiError::Storage(_) => ErrorCode::Unavailable,
         }

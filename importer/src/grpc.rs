@@ -5,7 +5,8 @@ use tonic::{Request, Response, Status};
 use ferry_proto::common::v1::ImportType;
 use ferry_proto::importer::v1::importer_server::Importer as ImporterRpc;
 use ferry_proto::importer::v1::{
-    GetImportStatusRequest, GetImportStatusResponse, StartImportRequest, StartImportResponse,
+    CancelImportRequest, CancelImportResponse, GetImportStatusRequest, GetImportStatusResponse,
+    StartImportRequest, StartImportResponse,
 };
 
 use crate::service::ImportService;
@@ -36,6 +37,16 @@ impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
     ) -> Result<Response<GetImportStatusResponse>, Status> {
         Ok(Response::new(
             self.0.import_status(&request.into_inner().path).await?,
+        ))
+    }
+
+    async fn cancel_import(
+        &self,
+        request: Request<CancelImportRequest>,
+    ) -> Result<Response<CancelImportResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.0.cancel_import(&request.path, request.force).await?,
         ))
     }
 }

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod manifest;
 pub mod notifier;
 pub mod plan;
+pub mod running;
 pub mod service;
 pub mod store;
 

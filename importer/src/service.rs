@@ -8,7 +8,9 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
-use ferry_proto::importer::v1::{GetImportStatusResponse, StartImportResponse, StartOutcome};
+use ferry_proto::importer::v1::{
+    CancelImportResponse, GetImportStatusResponse, StartImportResponse, StartOutcome,
+};
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
 use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
@@ -16,10 +18,8 @@ use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
 use crate::error::{ApiError, StepError};
 use crate::notifier::Notifier;
 use crate::plan::{self, ImportPlan};
+use crate::running::{self, RunningSteps};
 use crate::store::{CommitOutcome, MetadataStore};
-
-/// A canceled step may still be stopping for this long; a new pre-import waits it out.
-pub const CANCEL_SETTLE_SECONDS: f64 = 5.0;
 
 /// What the importer offers, independent of gRPC.
 #[async_trait]
@@ -34,6 +34,13 @@ pub trait ImportService: Send + Sync + 'static {
 
     /// The repository's status in the metadata database.
     async fn import_status(&self, path: &str) -> Result<GetImportStatusResponse, ApiError>;
+
+    /// Cancels the repository's step (see the proto for the rules).
+    async fn cancel_import(
+        &self,
+        path: &str,
+        force: bool,
+    ) -> Result<CancelImportResponse, ApiError>;
 }
 
 /// Limits of import steps.
@@ -47,6 +54,11 @@ pub struct StepLimits {
     pub import_timeout: Duration,
     /// Blob copies in flight per import.
     pub copy_concurrency: usize,
+    /// After a cancellation, a new pre-import is refused for this long, so that a step still
+    /// stopping somewhere cannot race the new one (seed 004).
+    pub cancel_settle: Duration,
+    /// How often a running step checks the database for a cancellation made elsewhere.
+    pub cancel_poll: Duration,
 }
 
 /// The importer.
@@ -62,6 +74,7 @@ struct Inner {
     notifier: Notifier,
     limits: StepLimits,
     permits: Arc<Semaphore>,
+    running: Arc<RunningSteps>,
 }
 
 /// The statuses one kind of step moves through.
@@ -114,8 +127,15 @@ impl Importer {
                 notifier,
                 limits,
                 permits,
+                running: Arc::default(),
             }),
         }
+    }
+
+    /// Steps running on this importer now (each holds one of `max_concurrent_imports` slots until
+    /// its end status is written).
+    pub fn in_flight(&self) -> usize {
+        self.inner.limits.max_concurrent_imports - self.inner.permits.available_permits()
     }
 
     /// Checks the repository's row and claims it for the step. `Ok(Some(status))` means it is
@@ -152,7 +172,8 @@ impl Importer {
                 });
             }
             Some(row)
-                if row.status == PreImportCanceled && row.age_seconds < CANCEL_SETTLE_SECONDS =>
+                if row.status == PreImportCanceled
+                    && row.age_seconds < self.inner.limits.cancel_settle.as_secs_f64() =>
             {
                 return Err(ApiError::NotReady(path.to_string()));
             }
@@ -196,12 +217,21 @@ impl Importer {
             ImportType::Final => self.inner.limits.import_timeout,
             _ => self.inner.limits.pre_import_timeout,
         };
-        let result =
-            match tokio::time::timeout(limit, self.execute(&path, import_type, step).boxed()).await
-            {
-                Ok(result) => result,
-                Err(_) => Err(StepError::Timeout(limit)),
-            };
+        let running = self.inner.running.register(&path);
+        let canceled = running::wait_for_cancel(
+            running.canceled.clone(),
+            &self.inner.db,
+            &path,
+            step.in_progress,
+            self.inner.limits.cancel_poll,
+        );
+        let work = tokio::time::timeout(limit, self.execute(&path, import_type, step).boxed());
+        // Whichever ends first: the step, its time limit, or a cancellation (which drops the step).
+        let result = tokio::select! {
+            outcome = work => outcome.unwrap_or(Err(StepError::Timeout(limit))),
+            () = canceled.boxed() => Err(StepError::Canceled),
+        };
+        drop(running);
         let (status, detail, mut stats) = match result {
             Ok(stats) => (
                 step.complete,
@@ -385,6 +415,29 @@ impl ImportService for Importer {
             outcome: StartOutcome::Accepted.into(),
             status: statuses(import_type).in_progress.into(),
         })
+    }
+
+    async fn cancel_import(
+        &self,
+        path: &str,
+        force: bool,
+    ) -> Result<CancelImportResponse, ApiError> {
+        let path =
+            RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        match self.inner.db.cancel(&path, force).await? {
+            None => Err(ApiError::NotFound(path.to_string())),
+            Some((false, status)) => Err(ApiError::CannotCancel {
+                path: path.to_string(),
+                status: status.as_db_str(),
+            }),
+            Some((true, status)) => {
+                let here = self.inner.running.cancel(&path);
+                tracing::info!(repository = %path, force, status = status.as_db_str(), stopped_here = here, "import canceled");
+                Ok(CancelImportResponse {
+                    status: status.into(),
+                })
+            }
+        }
     }
 
     async fn import_status(&self, path: &str) -> Result<GetImportStatusResponse, ApiError> {

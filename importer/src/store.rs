@@ -115,6 +115,40 @@ impl MetadataStore {
         Ok(claimed.is_some())
     }
 
+    /// Cancels the repository's step: `pre_import_canceled` from a pre-import in progress (or,
+    /// forced, from a completed one), `import_canceled` otherwise. Without `force` only a step in
+    /// progress is canceled; `force` cancels anything but `native`. Returns the new status, or the
+    /// current one when nothing was canceled, or `None` when there is no row.
+    pub async fn cancel(
+        &self,
+        path: &RepositoryPath,
+        force: bool,
+    ) -> Result<Option<(bool, MigrationStatus)>, sqlx::Error> {
+        let canceled: Option<String> = sqlx::query_scalar(
+            "UPDATE repositories SET \
+                 migration_status = CASE WHEN migration_status IN ('pre_import_in_progress', 'pre_import_complete') \
+                     THEN 'pre_import_canceled' ELSE 'import_canceled' END, \
+                 migration_error = CASE WHEN $2 THEN 'forced cancelation' \
+                     WHEN migration_status = 'pre_import_in_progress' THEN 'pre import canceled' \
+                     ELSE 'final import canceled' END, \
+                 updated_at = now() \
+             WHERE path = $1 AND (migration_status IN ('pre_import_in_progress', 'import_in_progress') \
+                                  OR ($2 AND migration_status <> 'native')) \
+             RETURNING migration_status",
+        )
+        .bind(path.as_str())
+        .bind(force)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(status) = canceled {
+            return Ok(Some((
+                true,
+                MigrationStatus::from_db_str(&status).unwrap_or_default(),
+            )));
+        }
+        Ok(self.repository(path).await?.map(|row| (false, row.status)))
+    }
+
     /// Which of `digests` the repository already has registered (and therefore copied: a blob is
     /// registered only after its copy landed).
     pub async fn registered_blobs(

@@ -172,6 +172,8 @@ impl Cluster {
                 pre_import_timeout_secs: "120".into(),
                 import_timeout_secs: "120".into(),
                 copy_concurrency: "4".into(),
+                cancel_settle_secs: "5".into(),
+                cancel_poll_ms: "200".into(),
             };
             let config = args.validate().expect("importer config");
             tasks.push(tokio::spawn(async move {
@@ -472,5 +474,65 @@ impl LayoutWriter {
         );
         self.tag_link(repository, tag, &manifest);
         manifest
+    }
+}
+
+/// A store whose reads wait until the test opens a gate: holds an import step at its first read
+/// for as long as a test needs, to replay races deterministically.
+#[derive(Debug)]
+pub struct GatedStore {
+    inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
+    gate: tokio::sync::watch::Receiver<bool>,
+}
+
+impl GatedStore {
+    /// Wraps `inner`; reads wait until `true` is sent on the returned sender.
+    pub fn new(
+        inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
+    ) -> (Self, tokio::sync::watch::Sender<bool>) {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        (Self { inner, gate }, open)
+    }
+}
+
+#[async_trait::async_trait]
+impl ferry_shared::storage::BlobStore for GatedStore {
+    async fn list(
+        &self,
+        prefix: &str,
+        options: &ferry_shared::storage::ListOptions,
+    ) -> Result<ferry_shared::storage::ListPage, ferry_shared::storage::StorageError> {
+        self.inner.list(prefix, options).await
+    }
+
+    async fn stat(
+        &self,
+        key: &str,
+    ) -> Result<Option<ferry_shared::storage::ObjectMeta>, ferry_shared::storage::StorageError>
+    {
+        self.inner.stat(key).await
+    }
+
+    async fn read(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<bytes::Bytes, ferry_shared::storage::StorageError> {
+        let mut gate = self.gate.clone();
+        let _ = gate.wait_for(|open| *open).await;
+        self.inner.read(key, max_bytes).await
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        dst: &str,
+        expected: Option<&ferry_shared::ids::Digest>,
+    ) -> Result<ferry_shared::storage::CopyOutcome, ferry_shared::storage::StorageError> {
+        self.inner.copy(src, dst, expected).await
+    }
+
+    fn url(&self) -> String {
+        format!("gated+{}", self.inner.url())
     }
 }

@@ -38,6 +38,8 @@ async fn harness() -> Harness {
         pre_import_timeout: Duration::from_secs(60),
         import_timeout: Duration::from_secs(60),
         copy_concurrency: 4,
+        cancel_settle: Duration::from_secs(5),
+        cancel_poll: Duration::from_millis(200),
     };
     let importer = Importer::new(Arc::clone(&storage), db, notifier, limits);
     let pool = PgPool::connect(&url).await.expect("pool");

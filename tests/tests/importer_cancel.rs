@@ -1,0 +1,253 @@
+//! Cancellation and the retry race of seed 004, against real PostgreSQL: a canceled step stops at
+//! once in its own process and within a poll interval elsewhere; a pre-import right after a
+//! cancel is refused; and a pre-import that finishes after the final import can never overwrite
+//! `import_complete`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use ferry_importer::error::ApiError;
+use ferry_importer::notifier::Notifier;
+use ferry_importer::service::{ImportService, Importer, StepLimits};
+use ferry_importer::store::MetadataStore;
+use ferry_proto::common::v1::{ImportType, MigrationStatus};
+use ferry_proto::importer::v1::StartOutcome;
+use ferry_shared::error::ErrorCode;
+use ferry_shared::storage::BlobStore;
+use ferry_tests::{GatedStore, LayoutWriter, fresh_database};
+
+const PATH: &str = "group/project/app";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    local: Arc<dyn BlobStore>,
+    db: MetadataStore,
+    pool: PgPool,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    LayoutWriter::new(dir.path()).image(PATH, "v1", "seed-004");
+    let local =
+        ferry_shared::storage::open(&format!("file://{}", dir.path().display())).expect("storage");
+    let url = fresh_database("cancel").await;
+    let db = MetadataStore::connect(&url, 8).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    let pool = PgPool::connect(&url).await.expect("pool");
+    Setup {
+        _dir: dir,
+        local,
+        db,
+        pool,
+    }
+}
+
+fn importer(
+    setup: &Setup,
+    storage: Arc<dyn BlobStore>,
+    settle: Duration,
+    poll: Duration,
+) -> Importer {
+    let limits = StepLimits {
+        max_concurrent_imports: 1,
+        pre_import_timeout: Duration::from_secs(60),
+        import_timeout: Duration::from_secs(60),
+        copy_concurrency: 2,
+        cancel_settle: settle,
+        cancel_poll: poll,
+    };
+    let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
+    Importer::new(storage, setup.db.clone(), notifier, limits)
+}
+
+async fn status(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT migration_status FROM repositories WHERE path = $1")
+        .bind(PATH)
+        .fetch_one(pool)
+        .await
+        .expect("status")
+}
+
+async fn wait_for_status(pool: &PgPool, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(pool).await != wanted {
+        assert!(Instant::now() < deadline, "status never became {wanted}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `importer` runs no step; returns how long that took.
+async fn wait_idle(importer: &Importer, within: Duration) -> Duration {
+    let started = Instant::now();
+    while importer.in_flight() > 0 {
+        assert!(
+            started.elapsed() < within,
+            "the step did not stop within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+async fn count_tags(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tags")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_004_a_late_pre_import_never_overwrites_import_complete() {
+    let s = setup().await;
+    let (gated, open_gate) = GatedStore::new(Arc::clone(&s.local));
+    // The slow pre-import's importer checks for cancellation only every minute: like the
+    // original's 5-second window, it does not notice in time.
+    let slow = importer(
+        &s,
+        Arc::new(gated),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    let strict = importer(
+        &s,
+        Arc::clone(&s.local),
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+    );
+    // An importer without the settle window replays the original's acceptance of the restart.
+    let lenient = importer(
+        &s,
+        Arc::clone(&s.local),
+        Duration::ZERO,
+        Duration::from_millis(200),
+    );
+
+    // 1. A pre-import starts and is slow.
+    let started = slow
+        .start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("start");
+    assert_eq!(started.outcome(), StartOutcome::Accepted);
+    // 2. It is canceled (through another importer, so the slow one is not told directly).
+    let canceled = strict.cancel_import(PATH, false).await.expect("cancel");
+    assert_eq!(canceled.status(), MigrationStatus::PreImportCanceled);
+    // 3. Status check.
+    let seen = strict.import_status(PATH).await.expect("status");
+    assert_eq!(seen.status(), MigrationStatus::PreImportCanceled);
+    assert_eq!(seen.detail, "pre import canceled");
+    // 4. A new pre-import milliseconds later is refused: the old step may still be running.
+    let refused = strict.start_import(PATH, ImportType::Pre, 0).await;
+    assert!(matches!(refused, Err(ApiError::NotReady(_))), "{refused:?}");
+    assert_eq!(
+        refused.expect_err("refused").code(),
+        ErrorCode::ResourceExhausted
+    );
+    // 5. Had it been accepted (no settle window), the new pre-import and the final import complete...
+    lenient
+        .start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("restart");
+    wait_for_status(&s.pool, "pre_import_complete").await;
+    lenient
+        .start_import(PATH, ImportType::Final, 0)
+        .await
+        .expect("final");
+    wait_for_status(&s.pool, "import_complete").await;
+    assert_eq!(count_tags(&s.pool).await, 1);
+    // 6. ...and the old pre-import finishes last.
+    assert_eq!(slow.in_flight(), 1, "the old pre-import is still running");
+    open_gate.send(true).expect("open the gate");
+    wait_idle(&slow, Duration::from_secs(30)).await;
+    // Its end-of-step write was a compare-and-set on pre_import_in_progress: refused.
+    assert_eq!(status(&s.pool).await, "import_complete");
+    assert_eq!(count_tags(&s.pool).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_a_step_in_this_process_at_once_and_commits_nothing() {
+    let s = setup().await;
+    let (gated, open_gate) = GatedStore::new(Arc::clone(&s.local));
+    let importer = importer(
+        &s,
+        Arc::new(gated),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    importer
+        .start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("start");
+    assert_eq!(importer.in_flight(), 1);
+    importer.cancel_import(PATH, false).await.expect("cancel");
+    // The poll interval is a minute, so only the in-process signal can stop it this fast.
+    let took = wait_idle(&importer, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(5));
+    open_gate.send(true).expect("open the gate");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(status(&s.pool).await, "pre_import_canceled");
+    let manifests: i64 = sqlx::query_scalar("SELECT count(*) FROM manifests")
+        .fetch_one(&s.pool)
+        .await
+        .expect("count");
+    assert_eq!(manifests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_importer_notices_a_cancel_within_its_poll_interval() {
+    let s = setup().await;
+    let (gated, _gate_stays_closed) = GatedStore::new(Arc::clone(&s.local));
+    let running = importer(
+        &s,
+        Arc::new(gated),
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+    );
+    let other = importer(
+        &s,
+        Arc::clone(&s.local),
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+    );
+    running
+        .start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("start");
+    other.cancel_import(PATH, false).await.expect("cancel");
+    wait_idle(&running, Duration::from_secs(1)).await;
+    assert_eq!(status(&s.pool).await, "pre_import_canceled");
+}
+
+#[tokio::test]
+async fn cancel_follows_the_registry_rules() {
+    let s = setup().await;
+    let importer = importer(
+        &s,
+        Arc::clone(&s.local),
+        Duration::ZERO,
+        Duration::from_millis(200),
+    );
+    let refused = importer.cancel_import("group/project/none", false).await;
+    assert_eq!(refused.expect_err("unknown").code(), ErrorCode::NotFound);
+    importer
+        .start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("pre");
+    wait_for_status(&s.pool, "pre_import_complete").await;
+    let refused = importer.cancel_import(PATH, false).await;
+    assert_eq!(
+        refused.expect_err("nothing running").code(),
+        ErrorCode::FailedPrecondition
+    );
+    let forced = importer.cancel_import(PATH, true).await.expect("forced");
+    assert_eq!(forced.status(), MigrationStatus::PreImportCanceled);
+    let detail = importer.import_status(PATH).await.expect("status").detail;
+    assert_eq!(detail, "forced cancelation");
+    // A final import after a canceled pre-import is refused (424).
+    let refused = importer.start_import(PATH, ImportType::Final, 0).await;
+    assert_eq!(
+        refused.expect_err("424").code(),
+        ErrorCode::FailedPrecondition
+    );
+}
