@@ -6,6 +6,7 @@ use ferry_proto::common::v1::ImportType;
 use ferry_proto::importer::v1::importer_server::Importer as ImporterRpc;
 use ferry_proto::importer::v1::{
     CancelImportRequest, CancelImportResponse, GetImportStatusRequest, GetImportStatusResponse,
+    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesRequest, RepositoryPage,
     StartImportRequest, StartImportResponse,
 };
 
@@ -48,5 +49,27 @@ impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
         Ok(Response::new(
             self.0.cancel_import(&request.path, request.force).await?,
         ))
+    }
+
+    async fn list_sub_repositories(
+        &self,
+        request: Request<ListSubRepositoriesRequest>,
+    ) -> Result<Response<RepositoryPage>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.0.list_sub_repositories(&r.path, r.n, &r.last).await?,
+        ))
+    }
+
+    async fn list_repositories_created_since(
+        &self,
+        request: Request<ListRepositoriesCreatedSinceRequest>,
+    ) -> Result<Response<RepositoryPage>, Status> {
+        let r = request.into_inner();
+        let page = self
+            .0
+            .list_repositories_created_since(&r.since, r.n, &r.last)
+            .await?;
+        Ok(Response::new(page))
     }
 }

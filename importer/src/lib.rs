@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod listing;
 pub mod manifest;
 pub mod notifier;
 pub mod plan;

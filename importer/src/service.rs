@@ -9,13 +9,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_proto::importer::v1::{
-    CancelImportResponse, GetImportStatusResponse, StartImportResponse, StartOutcome,
+    CancelImportResponse, GetImportStatusResponse, RepositoryPage, StartImportResponse,
+    StartOutcome,
 };
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
 use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
 
 use crate::error::{ApiError, StepError};
+use crate::listing;
 use crate::notifier::Notifier;
 use crate::plan::{self, ImportPlan};
 use crate::running::{self, RunningSteps};
@@ -41,6 +43,22 @@ pub trait ImportService: Send + Sync + 'static {
         path: &str,
         force: bool,
     ) -> Result<CancelImportResponse, ApiError>;
+
+    /// One page of the tagged repositories at or under `path`.
+    async fn list_sub_repositories(
+        &self,
+        path: &str,
+        n: u32,
+        last: &str,
+    ) -> Result<RepositoryPage, ApiError>;
+
+    /// One page of the tagged repositories created at or after `since` (RFC 3339).
+    async fn list_repositories_created_since(
+        &self,
+        since: &str,
+        n: u32,
+        last: &str,
+    ) -> Result<RepositoryPage, ApiError>;
 }
 
 /// Limits of import steps.
@@ -438,6 +456,24 @@ impl ImportService for Importer {
                 })
             }
         }
+    }
+
+    async fn list_sub_repositories(
+        &self,
+        path: &str,
+        n: u32,
+        last: &str,
+    ) -> Result<RepositoryPage, ApiError> {
+        listing::sub_repositories(&self.inner.db, path, n, last).await
+    }
+
+    async fn list_repositories_created_since(
+        &self,
+        since: &str,
+        n: u32,
+        last: &str,
+    ) -> Result<RepositoryPage, ApiError> {
+        listing::created_since(&self.inner.db, since, n, last).await
     }
 
     async fn import_status(&self, path: &str) -> Result<GetImportStatusResponse, ApiError> {

@@ -24,6 +24,22 @@ pub struct RepositoryRow {
     pub age_seconds: f64,
 }
 
+/// A repository as the listing APIs return it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ListedRepository {
+    /// Its id (the created-since keyset's tie-breaker).
+    pub id: i64,
+    /// Its path.
+    pub path: String,
+    /// When its row was created.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When its row last changed.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Repositories with at least one tag.
+const TAGGED: &str = "EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = r.id)";
+
 /// What a committed step registered.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CommitCounts {
@@ -113,6 +129,61 @@ impl MetadataStore {
             .await?,
         };
         Ok(claimed.is_some())
+    }
+
+    /// Whether any repository lives in the top-level namespace `namespace`.
+    pub async fn namespace_exists(&self, namespace: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM repositories WHERE path COLLATE \"C\" = $1 \
+                 OR (path COLLATE \"C\" > $1 || '/' AND path COLLATE \"C\" < $1 || '0'))",
+        )
+        .bind(namespace)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Tagged repositories whose path is `path` or starts with `path/`, after `last`, in byte
+    /// order. (`'0'` is the byte after `'/'`, so the range is exactly the paths under `path/`.)
+    pub async fn sub_repositories(
+        &self,
+        path: &RepositoryPath,
+        last: &str,
+        limit: i64,
+    ) -> Result<Vec<ListedRepository>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT r.id, r.path, r.created_at, r.updated_at FROM repositories r \
+             WHERE (r.path COLLATE \"C\" = $1 \
+                    OR (r.path COLLATE \"C\" > $1 || '/' AND r.path COLLATE \"C\" < $1 || '0')) \
+               AND r.path COLLATE \"C\" > $2 AND {TAGGED} \
+             ORDER BY r.path COLLATE \"C\" LIMIT $3"
+        ))
+        .bind(path.as_str())
+        .bind(last)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Tagged repositories created at or after `since`, after the `(created_at, id)` marker.
+    pub async fn created_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        after: Option<(chrono::DateTime<chrono::Utc>, i64)>,
+        limit: i64,
+    ) -> Result<Vec<ListedRepository>, sqlx::Error> {
+        let (after_at, after_id) = after.unzip();
+        sqlx::query_as(&format!(
+            "SELECT r.id, r.path, r.created_at, r.updated_at FROM repositories r \
+             WHERE r.created_at >= $1 \
+               AND ($2::timestamptz IS NULL OR (r.created_at, r.id) > ($2, $3)) AND {TAGGED} \
+             ORDER BY r.created_at, r.id LIMIT $4"
+        ))
+        .bind(since)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Cancels the repository's step: `pre_import_canceled` from a pre-import in progress (or,

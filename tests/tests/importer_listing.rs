@@ -1,0 +1,239 @@
+//! `ListSubRepositories` and `ListRepositoriesCreatedSince` through a real importer gRPC server
+//! on real PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use ferry_proto::importer::v1::importer_client::ImporterClient;
+use ferry_proto::importer::v1::{
+    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesRequest, RepositoryPage,
+};
+use ferry_tests::fresh_database;
+
+struct Server {
+    client: ImporterClient<Channel>,
+    pool: PgPool,
+    _dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = fresh_database("listing").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let args = ferry_importer::config::ImporterArgs {
+        listen_addr: addr.to_string(),
+        metadata_database_url: Some(url.clone()),
+        storage_url: Some(format!("file://{}", dir.path().display())),
+        scheduler_url: Some("http://127.0.0.1:1".into()),
+        max_concurrent_imports: "1".into(),
+        pre_import_timeout_secs: "60".into(),
+        import_timeout_secs: "60".into(),
+        copy_concurrency: "1".into(),
+        cancel_settle_secs: "5".into(),
+        cancel_poll_ms: "1000".into(),
+    };
+    let config = args.validate().expect("config");
+    let task = tokio::spawn(async move {
+        ferry_importer::run(config, listener, std::future::pending())
+            .await
+            .expect("importer runs");
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        if let Ok(client) = ImporterClient::connect(format!("http://{addr}")).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "importer did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pool = PgPool::connect(&url).await.expect("pool");
+    // The server migrates at start-up; wait for its schema.
+    while sqlx::query("SELECT 1 FROM tags LIMIT 1")
+        .execute(&pool)
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "schema never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Server {
+        client,
+        pool,
+        _dir: dir,
+        _task: task,
+    }
+}
+
+/// Inserts a repository created at `created` (epoch seconds), with one tag when `tagged`.
+async fn repository(pool: &PgPool, path: &str, created: i64, tagged: bool) {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO repositories (path, name, migration_status, created_at, updated_at) \
+         VALUES ($1, $2, 'import_complete', to_timestamp($3), to_timestamp($3)) RETURNING id",
+    )
+    .bind(path)
+    .bind(path.rsplit('/').next().unwrap_or(path))
+    .bind(created as f64)
+    .fetch_one(pool)
+    .await
+    .expect("repository");
+    if tagged {
+        let manifest: i64 = sqlx::query_scalar(
+            "INSERT INTO manifests (repository_id, digest, media_type, schema_version, payload) \
+             VALUES ($1, $2, 'application/vnd.oci.image.manifest.v1+json', 2, '\\x7b7d') RETURNING id",
+        )
+        .bind(id)
+        .bind(format!("sha256:{}", "0".repeat(64)))
+        .fetch_one(pool)
+        .await
+        .expect("manifest");
+        sqlx::query(
+            "INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, 'latest', $2)",
+        )
+        .bind(id)
+        .bind(manifest)
+        .execute(pool)
+        .await
+        .expect("tag");
+    }
+}
+
+fn paths(page: &RepositoryPage) -> Vec<&str> {
+    page.repositories.iter().map(|r| r.path.as_str()).collect()
+}
+
+async fn sub(
+    client: &mut ImporterClient<Channel>,
+    path: &str,
+    n: u32,
+    last: &str,
+) -> Result<RepositoryPage, tonic::Status> {
+    let request = ListSubRepositoriesRequest {
+        path: path.into(),
+        n,
+        last: last.into(),
+    };
+    client
+        .list_sub_repositories(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn sub_repositories_are_the_tagged_paths_at_or_under_a_path_in_pages() {
+    let mut s = server().await;
+    for (path, tagged) in [
+        ("a/b", true),
+        ("a/b/c", true),
+        ("a/b/c/d", true),
+        ("a/b/untagged", false),
+        ("a/bc", true),  // shares the prefix "a/b" but is not under it
+        ("a/b_x", true), // "_" is a LIKE wildcard: must not match either
+        ("a-b/c", true),
+        ("z/other", true),
+    ] {
+        repository(&s.pool, path, 1_700_000_000, tagged).await;
+    }
+    let first = sub(&mut s.client, "a/b", 2, "").await.expect("page 1");
+    assert_eq!(paths(&first), ["a/b", "a/b/c"]);
+    assert_eq!(first.next_last, "a/b/c", "a full page carries the marker");
+    let second = sub(&mut s.client, "a/b", 2, &first.next_last)
+        .await
+        .expect("page 2");
+    assert_eq!(paths(&second), ["a/b/c/d"]);
+    assert_eq!(second.next_last, "", "a short page is the last");
+    assert_eq!(
+        paths(&sub(&mut s.client, "a/b/c", 0, "").await.expect("list")),
+        ["a/b/c", "a/b/c/d"]
+    );
+    let under_a = sub(&mut s.client, "a", 100, "").await.expect("list");
+    assert_eq!(
+        paths(&under_a),
+        ["a/b", "a/b/c", "a/b/c/d", "a/b_x", "a/bc"]
+    );
+    assert_eq!(under_a.repositories[1].name, "c");
+    assert!(
+        under_a.repositories[0]
+            .created_at
+            .starts_with("2023-11-14T22:13:20.000")
+    );
+    // A known namespace without such repositories is an empty page; an unknown one is NOT_FOUND.
+    assert!(
+        sub(&mut s.client, "a/zzz", 10, "")
+            .await
+            .expect("list")
+            .repositories
+            .is_empty()
+    );
+    assert_eq!(
+        sub(&mut s.client, "nope/x", 10, "")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    for (path, n, last) in [
+        ("a/b", 1001, ""),
+        ("a/b", 10, "../x"),
+        ("A/b", 10, ""),
+        ("a//b", 10, ""),
+    ] {
+        let code = sub(&mut s.client, path, n, last).await.unwrap_err().code();
+        assert_eq!(code, Code::InvalidArgument, "{path} {n} {last}");
+    }
+}
+
+#[tokio::test]
+async fn repositories_created_since_page_by_creation_time() {
+    let mut s = server().await;
+    let base = 1_700_000_000;
+    repository(&s.pool, "g/old", base - 3600, true).await;
+    // Three created in the same second: ties are broken by id, so paging neither repeats nor skips.
+    for path in ["g/one", "g/two", "g/three"] {
+        repository(&s.pool, path, base, true).await;
+    }
+    repository(&s.pool, "g/later", base + 60, true).await;
+    repository(&s.pool, "g/untagged", base + 60, false).await;
+    let since = "2023-11-14T22:13:20Z"; // == base
+    let mut seen = Vec::new();
+    let mut last = String::new();
+    loop {
+        let request = ListRepositoriesCreatedSinceRequest {
+            since: since.into(),
+            n: 2,
+            last: last.clone(),
+        };
+        let page = s
+            .client
+            .list_repositories_created_since(request)
+            .await
+            .expect("page")
+            .into_inner();
+        seen.extend(page.repositories.iter().map(|r| r.path.clone()));
+        if page.next_last.is_empty() {
+            break;
+        }
+        last = page.next_last;
+    }
+    assert_eq!(seen, ["g/one", "g/two", "g/three", "g/later"]);
+    for (since, last) in [("yesterday", ""), (since, "garbage")] {
+        let request = ListRepositoriesCreatedSinceRequest {
+            since: since.into(),
+            n: 2,
+            last: last.into(),
+        };
+        let code = s
+            .client
+            .list_repositories_created_since(request)
+            .await
+            .unwrap_err()
+            .code();
+        assert_eq!(code, Code::InvalidArgument);
+    }
+}
