@@ -113,6 +113,14 @@ pub enum StepError {
         /// What its content hashes to.
         actual: Digest,
     },
+    /// A manifest is larger than the importer reads into memory.
+    #[error("manifest {digest} is larger than the {limit}-byte limit")]
+    ManifestTooLarge {
+        /// The manifest digest.
+        digest: Digest,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A manifest cannot be parsed or is of an unsupported kind.
     #[error("manifest {digest}: {source}")]
     BadManifest {

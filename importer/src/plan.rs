@@ -55,6 +55,8 @@ pub struct PlannedManifest {
     pub children: Vec<Digest>,
     /// Config plus layer sizes.
     pub total_size: u64,
+    /// Layers left out because they are not linked to the repository.
+    pub layers_skipped: u64,
 }
 
 /// Everything one import step will register, read and checked up front.
@@ -62,8 +64,12 @@ pub struct PlannedManifest {
 pub struct ImportPlan {
     /// Tags with a valid current link, and the manifest each points to.
     pub tags: Vec<(String, Digest)>,
-    /// Tags skipped because their current link is missing.
+    /// Tags skipped: current link missing, or their manifest skipped.
     pub tags_skipped: u64,
+    /// Tagged manifests (and index children) skipped as the registry skipped them.
+    pub manifests_skipped: u64,
+    /// Layers left out of their manifests because they are not linked to the repository.
+    pub layers_skipped: u64,
     /// Manifests in dependency order: index children before their index.
     pub manifests: Vec<PlannedManifest>,
     /// Config and layer blobs, by digest.
@@ -136,11 +142,31 @@ async fn read_tag_link(
     }
 }
 
+/// A manifest the walk read, or the reason it is skipped (where the registry skipped it too).
+enum Loaded {
+    Planned(Box<PlannedManifest>),
+    Skipped(String),
+}
+
+async fn is_linked(store: &dyn BlobStore, key: &str) -> Result<bool, StepError> {
+    Ok(store.stat(key).await?.is_some())
+}
+
+/// Reads one manifest. A tagged manifest (`tagged`) must be a revision of the repository; every
+/// image's config must be linked to it; layers that are not linked are left out, as the registry
+/// did.
 async fn load_manifest(
     store: &dyn BlobStore,
+    path: &RepositoryPath,
     digest: Digest,
     referrer: String,
-) -> Result<PlannedManifest, StepError> {
+    tagged: bool,
+) -> Result<Loaded, StepError> {
+    if tagged && !is_linked(store, &layout::revision_link_key(path, &digest)).await? {
+        return Ok(Loaded::Skipped(format!(
+            "manifest {digest} ({referrer}) is not a revision of the repository (no revision link)"
+        )));
+    }
     let payload = match store
         .read(&layout::old_blob_key(&digest), MAX_MANIFEST_BYTES)
         .await
@@ -149,10 +175,8 @@ async fn load_manifest(
         Err(StorageError::NotFound { .. }) => {
             return Err(StepError::ManifestMissing { digest, referrer });
         }
-        Err(StorageError::TooLarge { .. }) => {
-            let source =
-                ManifestError::UnknownMediaType(format!("<over {MAX_MANIFEST_BYTES} bytes>"));
-            return Err(StepError::BadManifest { digest, source });
+        Err(StorageError::TooLarge { limit, .. }) => {
+            return Err(StepError::ManifestTooLarge { digest, limit });
         }
         Err(err) => return Err(err.into()),
     };
@@ -160,10 +184,15 @@ async fn load_manifest(
     if actual != digest {
         return Err(StepError::ManifestDigestMismatch { digest, actual });
     }
-    let parsed = manifest::parse(&payload).map_err(|source| StepError::BadManifest {
-        digest: digest.clone(),
-        source,
-    })?;
+    let parsed = match manifest::parse(&payload) {
+        Ok(parsed) => parsed,
+        Err(ManifestError::Schema1) => {
+            return Ok(Loaded::Skipped(format!(
+                "manifest {digest} ({referrer}): schema 1 manifests are not supported"
+            )));
+        }
+        Err(source) => return Err(StepError::BadManifest { digest, source }),
+    };
     let mut planned = PlannedManifest {
         digest,
         media_type: parsed.media_type,
@@ -173,19 +202,42 @@ async fn load_manifest(
         layers: Vec::new(),
         children: Vec::new(),
         total_size: 0,
+        layers_skipped: 0,
     };
     match parsed.body {
         ManifestBody::Image { config, layers } => {
+            if !is_linked(store, &layout::layer_link_key(path, &config.digest)).await? {
+                return Ok(Loaded::Skipped(format!(
+                    "manifest {} ({referrer}): config {} is not linked to the repository",
+                    planned.digest, config.digest
+                )));
+            }
             let config_payload = load_config(store, &config, &planned.digest).await?;
             planned.total_size = config.size + layers.iter().map(|l| l.size).sum::<u64>();
             planned.config = Some((config, config_payload));
-            planned.layers = layers;
+            // Foreign layers live outside the registry and are never linked; keep them.
+            let linked = futures::future::try_join_all(layers.iter().map(|layer| async move {
+                Ok::<bool, StepError>(
+                    layer.foreign
+                        || is_linked(store, &layout::layer_link_key(path, &layer.digest)).await?,
+                )
+            }))
+            .await?;
+            for (layer, linked) in layers.into_iter().zip(linked) {
+                if linked {
+                    planned.layers.push(layer);
+                } else {
+                    tracing::warn!(repository = %path, manifest = %planned.digest, layer = %layer.digest,
+                        "blob is not linked to the repository; layer skipped");
+                    planned.layers_skipped += 1;
+                }
+            }
         }
         ManifestBody::Index { manifests } => {
             planned.children = manifests.into_iter().map(|d| d.digest).collect();
         }
     }
-    Ok(planned)
+    Ok(Loaded::Planned(Box::new(planned)))
 }
 
 async fn load_config(
@@ -255,11 +307,32 @@ pub async fn build(store: &dyn BlobStore, path: &RepositoryPath) -> Result<Impor
             }
         }
     }
-    let top: Vec<PlannedManifest> = futures::stream::iter(roots)
-        .map(|(digest, referrer)| load_manifest(store, digest, referrer).boxed())
+    let loaded: Vec<(Digest, Loaded)> = futures::stream::iter(roots)
+        .map(|(digest, referrer)| {
+            async move {
+                let loaded = load_manifest(store, path, digest.clone(), referrer, true).await?;
+                Ok::<_, StepError>((digest, loaded))
+            }
+            .boxed()
+        })
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await?;
+    let mut top = Vec::with_capacity(loaded.len());
+    let mut skipped = BTreeSet::new();
+    for (digest, loaded) in loaded {
+        match loaded {
+            Loaded::Planned(manifest) => top.push(*manifest),
+            Loaded::Skipped(reason) => {
+                tracing::warn!(repository = %path, reason, "manifest skipped");
+                plan.manifests_skipped += 1;
+                skipped.insert(digest);
+            }
+        }
+    }
+    let tags_before = plan.tags.len();
+    plan.tags.retain(|(_, digest)| !skipped.contains(digest));
+    plan.tags_skipped += (tags_before - plan.tags.len()) as u64;
     let top_digests: BTreeSet<Digest> = top.iter().map(|m| m.digest.clone()).collect();
     let mut children_wanted: BTreeMap<Digest, String> = BTreeMap::new();
     for index in top.iter().filter(|m| !m.children.is_empty()) {
@@ -271,11 +344,31 @@ pub async fn build(store: &dyn BlobStore, path: &RepositoryPath) -> Result<Impor
             }
         }
     }
-    let children: Vec<PlannedManifest> = futures::stream::iter(children_wanted)
-        .map(|(digest, referrer)| load_manifest(store, digest, referrer).boxed())
+    let loaded_children: Vec<(Digest, Loaded)> = futures::stream::iter(children_wanted)
+        .map(|(digest, referrer)| {
+            async move {
+                let loaded = load_manifest(store, path, digest.clone(), referrer, false).await?;
+                Ok::<_, StepError>((digest, loaded))
+            }
+            .boxed()
+        })
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await?;
+    let mut children = Vec::with_capacity(loaded_children.len());
+    for (digest, loaded) in loaded_children {
+        match loaded {
+            Loaded::Planned(manifest) => children.push(*manifest),
+            Loaded::Skipped(reason) => {
+                // The index is kept without the reference, as the registry kept partial lists.
+                tracing::warn!(repository = %path, reason, "index child skipped");
+                plan.manifests_skipped += 1;
+                for index in &mut top {
+                    index.children.retain(|child| child != &digest);
+                }
+            }
+        }
+    }
     for child in &children {
         if !child.children.is_empty() {
             let parent = top.iter().find(|m| m.children.contains(&child.digest));
@@ -300,6 +393,7 @@ pub async fn build(store: &dyn BlobStore, path: &RepositoryPath) -> Result<Impor
         }
     }
     plan.manifests = children.into_iter().chain(images).chain(indexes).collect();
+    plan.layers_skipped = plan.manifests.iter().map(|m| m.layers_skipped).sum();
     for manifest in &plan.manifests {
         let config = manifest.config.as_ref().map(|(descriptor, _)| descriptor);
         for blob in config.into_iter().chain(&manifest.layers) {

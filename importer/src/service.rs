@@ -336,6 +336,8 @@ impl Importer {
                 stats.tags = counts.tags;
                 stats.blobs = plan.blobs.len() as u64;
                 stats.tags_skipped = plan.tags_skipped;
+                stats.manifests_skipped = plan.manifests_skipped;
+                stats.layers_skipped = plan.layers_skipped;
                 Ok(stats)
             }
             CommitOutcome::Superseded(status) => {

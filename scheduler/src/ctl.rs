@@ -357,9 +357,12 @@ fn print_summary(summary: &MigrationSummary, run: Option<RunFigures>) {
 }
 
 fn print_totals(totals: &ImportStats) {
-    println!("  manifests       {} registered", totals.manifests);
     println!(
-        "  tags            {} registered, {} skipped (no current link)",
+        "  manifests       {} registered, {} skipped (no revision link, schema 1 or unlinked config)",
+        totals.manifests, totals.manifests_skipped
+    );
+    println!(
+        "  tags            {} registered, {} skipped (no current link, or manifest skipped)",
         totals.tags, totals.tags_skipped
     );
     println!(
@@ -369,6 +372,12 @@ fn print_totals(totals: &ImportStats) {
         human_bytes(totals.bytes_copied),
         totals.blobs_present
     );
+    if totals.layers_skipped > 0 {
+        println!(
+            "  layers          {} skipped (not linked to their repository)",
+            totals.layers_skipped
+        );
+    }
 }
 
 fn print_repository(repo: &Repository) {
@@ -399,6 +408,7 @@ fn stats_json(stats: &ImportStats) -> serde_json::Value {
         "manifests": stats.manifests, "tags": stats.tags, "tags_skipped": stats.tags_skipped,
         "blobs": stats.blobs, "blobs_copied": stats.blobs_copied, "bytes_copied": stats.bytes_copied,
         "blobs_present": stats.blobs_present, "duration_ms": stats.duration_ms,
+        "manifests_skipped": stats.manifests_skipped, "layers_skipped": stats.layers_skipped,
     })
 }
 

@@ -124,6 +124,8 @@ impl From<RepositoryRecord> for Repository {
                 blobs_present: to_u64(r.import_blobs_present),
                 tags_skipped: to_u64(r.import_tags_skipped),
                 duration_ms: to_u64(r.import_duration_ms),
+                manifests_skipped: to_u64(r.import_manifests_skipped),
+                layers_skipped: to_u64(r.import_layers_skipped),
             }),
         }
     }

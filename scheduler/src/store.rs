@@ -63,6 +63,8 @@ pub struct RepositoryRecord {
     pub import_blobs_present: i64,
     pub import_tags_skipped: i64,
     pub import_duration_ms: i64,
+    pub import_manifests_skipped: i64,
+    pub import_layers_skipped: i64,
 }
 
 const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS project_path, r.migration_state, \
@@ -70,7 +72,8 @@ const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS project_path, r.m
     r.migration_last_error, r.migration_pre_import_started_at, r.migration_pre_import_done_at, \
     r.migration_import_started_at, r.migration_import_done_at, r.migration_aborted_at, \
     r.migration_skipped_at, r.import_manifests, r.import_tags, r.import_blobs, r.import_blobs_copied, \
-    r.import_bytes_copied, r.import_blobs_present, r.import_tags_skipped, r.import_duration_ms";
+    r.import_bytes_copied, r.import_blobs_present, r.import_tags_skipped, r.import_duration_ms, \
+    r.import_manifests_skipped, r.import_layers_skipped";
 
 /// Counts of what an inventory batch registered.
 #[derive(Debug, Clone, Copy, Default)]
@@ -288,7 +291,9 @@ impl SchedulerStore {
                  import_manifests = import_manifests + $4, import_tags = import_tags + $5, \
                  import_blobs = GREATEST(import_blobs, $6), import_blobs_copied = import_blobs_copied + $7, \
                  import_bytes_copied = import_bytes_copied + $8, import_blobs_present = import_blobs_present + $9, \
-                 import_tags_skipped = GREATEST(import_tags_skipped, $10), import_duration_ms = import_duration_ms + $11 \
+                 import_tags_skipped = GREATEST(import_tags_skipped, $10), import_duration_ms = import_duration_ms + $11, \
+                 import_manifests_skipped = GREATEST(import_manifests_skipped, $12), \
+                 import_layers_skipped = GREATEST(import_layers_skipped, $13) \
              WHERE path = $1 AND migration_state = $2"
         );
         let result = sqlx::query(&sql)
@@ -303,6 +308,8 @@ impl SchedulerStore {
             .bind(to_i64(stats.blobs_present))
             .bind(to_i64(stats.tags_skipped))
             .bind(to_i64(stats.duration_ms))
+            .bind(to_i64(stats.manifests_skipped))
+            .bind(to_i64(stats.layers_skipped))
             .execute(&self.pool)
             .await?;
         Ok(result.rows_affected() == 1)
@@ -409,7 +416,9 @@ impl SchedulerStore {
                     COALESCE(sum(import_bytes_copied), 0)::bigint AS bytes_copied, \
                     COALESCE(sum(import_blobs_present), 0)::bigint AS blobs_present, \
                     COALESCE(sum(import_tags_skipped), 0)::bigint AS tags_skipped, \
-                    COALESCE(sum(import_duration_ms), 0)::bigint AS duration_ms \
+                    COALESCE(sum(import_duration_ms), 0)::bigint AS duration_ms, \
+                    COALESCE(sum(import_manifests_skipped), 0)::bigint AS manifests_skipped, \
+                    COALESCE(sum(import_layers_skipped), 0)::bigint AS layers_skipped \
              FROM container_repositories",
         )
         .fetch_one(&self.pool)
@@ -424,6 +433,8 @@ impl SchedulerStore {
             blobs_present: get("blobs_present"),
             tags_skipped: get("tags_skipped"),
             duration_ms: get("duration_ms"),
+            manifests_skipped: get("manifests_skipped"),
+            layers_skipped: get("layers_skipped"),
         })
     }
 }

@@ -36,6 +36,22 @@ pub fn tag_current_link_key(path: &RepositoryPath, tag: &str) -> String {
     format!("{}{tag}/current/link", tags_prefix(path))
 }
 
+/// The key of the link that makes `digest` a manifest revision of the repository.
+pub fn revision_link_key(path: &RepositoryPath, digest: &Digest) -> String {
+    format!(
+        "{REPOSITORIES_PREFIX}{path}/_manifests/revisions/sha256/{}/link",
+        digest.hex()
+    )
+}
+
+/// The key of the link that makes blob `digest` (a layer or config) part of the repository.
+pub fn layer_link_key(path: &RepositoryPath, digest: &Digest) -> String {
+    format!(
+        "{REPOSITORIES_PREFIX}{path}/_layers/sha256/{}/link",
+        digest.hex()
+    )
+}
+
 /// Whether a tag name is valid under the distribution grammar (`[\w][\w.-]{0,127}`), which also
 /// keeps it from naming another directory.
 pub fn is_valid_tag(tag: &str) -> bool {

@@ -462,8 +462,27 @@ impl LayoutWriter {
         self.blob(&serde_json::to_vec(&manifest).expect("json"))
     }
 
-    /// A complete, valid image tagged `repository:tag`; returns the manifest digest.
-    pub fn image(&self, repository: &str, tag: &str, seed: &str) -> String {
+    /// Makes `digest` a manifest revision of the repository, as a push does.
+    pub fn link_revision(&self, repository: &str, digest: &str) {
+        let hex = &digest["sha256:".len()..];
+        self.write(
+            &format!("docker/registry/v2/repositories/{repository}/_manifests/revisions/sha256/{hex}/link"),
+            digest.as_bytes(),
+        );
+    }
+
+    /// Links blob `digest` (a layer or config) to the repository, as a push does.
+    pub fn link_layer(&self, repository: &str, digest: &str) {
+        let hex = &digest["sha256:".len()..];
+        self.write(
+            &format!("docker/registry/v2/repositories/{repository}/_layers/sha256/{hex}/link"),
+            digest.as_bytes(),
+        );
+    }
+
+    /// A complete, valid image tagged `repository:tag`, linked as a push links it; returns the
+    /// manifest, config and layer digests.
+    pub fn image_parts(&self, repository: &str, tag: &str, seed: &str) -> (String, String, String) {
         let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
         let layer = format!("layer of {seed}").repeat(50);
         let config_digest = self.blob(config.as_bytes());
@@ -472,8 +491,16 @@ impl LayoutWriter {
             (&config_digest, config.len()),
             &[(&layer_digest, layer.len())],
         );
+        self.link_layer(repository, &config_digest);
+        self.link_layer(repository, &layer_digest);
+        self.link_revision(repository, &manifest);
         self.tag_link(repository, tag, &manifest);
-        manifest
+        (manifest, config_digest, layer_digest)
+    }
+
+    /// A complete, valid image tagged `repository:tag`; returns the manifest digest.
+    pub fn image(&self, repository: &str, tag: &str, seed: &str) -> String {
+        self.image_parts(repository, tag, seed).0
     }
 }
 

@@ -120,6 +120,7 @@ async fn each_kind_of_broken_data_fails_only_its_repository_with_a_reason() {
     layout.image("bad/link/app", "v2", "link-neighbour");
 
     let not_json = layout.blob(b"{ this is not json");
+    layout.link_revision("bad/json/app", &not_json);
     layout.tag_link("bad/json/app", "v1", &not_json);
 
     let real = layout.image("bad/mismatch/source", "v1", "mismatch");
@@ -131,17 +132,41 @@ async fn each_kind_of_broken_data_fails_only_its_repository_with_a_reason() {
     )))
     .expect("manifest payload");
     layout.blob_at(&wrong, &payload);
+    layout.link_revision("bad/mismatch/app", &wrong);
     layout.tag_link("bad/mismatch/app", "v1", &wrong);
 
     let config = layout.blob(br#"{"os":"linux"}"#);
     let absent_layer = format!("sha256:{}", "a".repeat(64));
     let manifest = layout.manifest((&config, 14), &[(&absent_layer, 10)]);
+    for blob in [&config, &absent_layer] {
+        layout.link_layer("bad/missing-layer/app", blob);
+    }
+    layout.link_revision("bad/missing-layer/app", &manifest);
     layout.tag_link("bad/missing-layer/app", "v1", &manifest);
 
     let corrupt_layer = format!("sha256:{}", "b".repeat(64));
     layout.blob_at(&corrupt_layer, b"these bytes hash to something else");
     let manifest = layout.manifest((&config, 14), &[(&corrupt_layer, 34)]);
+    for blob in [&config, &corrupt_layer] {
+        layout.link_layer("bad/corrupt-layer/app", blob);
+    }
+    layout.link_revision("bad/corrupt-layer/app", &manifest);
     layout.tag_link("bad/corrupt-layer/app", "v1", &manifest);
+
+    // A config blob that is linked but missing from storage.
+    let absent_config = format!("sha256:{}", "d".repeat(64));
+    let manifest = layout.manifest((&absent_config, 20), &[]);
+    layout.link_layer("bad/missing-config/app", &absent_config);
+    layout.link_revision("bad/missing-config/app", &manifest);
+    layout.tag_link("bad/missing-config/app", "v1", &manifest);
+
+    // A manifest of an unknown media type, and one over the 4 MiB read limit.
+    let unknown = layout.blob(br#"{"schemaVersion":2,"mediaType":"application/x-unknown"}"#);
+    layout.link_revision("bad/unknown-type/app", &unknown);
+    layout.tag_link("bad/unknown-type/app", "v1", &unknown);
+    let huge = layout.blob(&vec![b' '; (4 << 20) + 1]);
+    layout.link_revision("bad/huge/app", &huge);
+    layout.tag_link("bad/huge/app", "v1", &huge);
 
     layout.image("bad/tag-name/app", "v1", "tag-name");
     layout.tag_link("bad/tag-name/app", "bad tag", &real);
@@ -167,6 +192,24 @@ async fn each_kind_of_broken_data_fails_only_its_repository_with_a_reason() {
     )
     .await;
     assert_fails(&h, "bad/tag-name/app", "invalid tag name \"bad tag\"").await;
+    assert_fails(
+        &h,
+        "bad/missing-config/app",
+        &format!("blob {absent_config} referenced by manifest"),
+    )
+    .await;
+    assert_fails(
+        &h,
+        "bad/unknown-type/app",
+        "unknown manifest media type \"application/x-unknown\"",
+    )
+    .await;
+    assert_fails(
+        &h,
+        "bad/huge/app",
+        &format!("manifest {huge} is larger than the 4194304-byte limit"),
+    )
+    .await;
     let corrupt_hex = &corrupt_layer[7..];
     let copied = h.root.join(format!(
         "gitlab/docker/registry/v2/blobs/sha256/{}/{corrupt_hex}/data",
@@ -280,8 +323,9 @@ async fn a_failed_final_import_leaves_the_pre_import_and_no_tags() {
         h.run("group/project/app", ImportType::Pre).await.0,
         "pre_import_complete"
     );
-    // A tag added after the pre-import points at a manifest whose blob is missing.
+    // A tag added after the pre-import points at a manifest revision whose blob is missing.
     let missing = format!("sha256:{}", "c".repeat(64));
+    layout.link_revision("group/project/app", &missing);
     layout.tag_link("group/project/app", "v2", &missing);
     let (status, error) = h.run("group/project/app", ImportType::Final).await;
     assert_eq!(status, "import_failed");
@@ -296,4 +340,70 @@ async fn a_failed_final_import_leaves_the_pre_import_and_no_tags() {
         1,
         "the pre-import's rows stay"
     );
+}
+
+/// Where the registry skipped rather than failed, so does the importer: a tagged manifest that
+/// is not a revision of the repository, a schema 1 manifest and a manifest whose config is not
+/// linked are skipped with their tags; a layer that is not linked is left out of its manifest.
+#[tokio::test]
+async fn what_the_registry_skipped_is_skipped_and_the_rest_imports() {
+    let h = harness().await;
+    let layout = h.layout();
+    let path = "group/project/skips";
+    layout.image(path, "good", "kept");
+
+    let (no_revision, _, _) = layout.image_parts(path, "no-revision", "no-revision");
+    let hex = &no_revision[7..];
+    std::fs::remove_file(h.root.join(format!(
+        "docker/registry/v2/repositories/{path}/_manifests/revisions/sha256/{hex}/link"
+    )))
+    .expect("remove revision link");
+
+    let schema1 = layout
+        .blob(br#"{"schemaVersion":1,"name":"group/project/skips","tag":"old","fsLayers":[]}"#);
+    layout.link_revision(path, &schema1);
+    layout.tag_link(path, "schema1", &schema1);
+
+    let (_, unlinked_config, _) = layout.image_parts(path, "unlinked-config", "unlinked-config");
+    let hex = &unlinked_config[7..];
+    std::fs::remove_file(h.root.join(format!(
+        "docker/registry/v2/repositories/{path}/_layers/sha256/{hex}/link"
+    )))
+    .expect("remove config link");
+
+    let (partial, _, unlinked_layer) = layout.image_parts(path, "partial", "unlinked-layer");
+    let hex = &unlinked_layer[7..];
+    std::fs::remove_file(h.root.join(format!(
+        "docker/registry/v2/repositories/{path}/_layers/sha256/{hex}/link"
+    )))
+    .expect("remove layer link");
+
+    assert_eq!(h.run(path, ImportType::Pre).await.0, "pre_import_complete");
+    assert_eq!(h.run(path, ImportType::Final).await.0, "import_complete");
+    let tags: Vec<String> = sqlx::query_scalar(
+        "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id WHERE r.path = $1 ORDER BY 1",
+    )
+    .bind(path)
+    .fetch_all(&h.pool)
+    .await
+    .expect("tags");
+    assert_eq!(tags, ["good", "partial"]);
+    let layers: Vec<String> = sqlx::query_scalar(
+        "SELECT l.digest FROM layers l JOIN manifests m ON m.id = l.manifest_id WHERE m.digest = $1",
+    )
+    .bind(&partial)
+    .fetch_all(&h.pool)
+    .await
+    .expect("layers");
+    assert!(
+        layers.is_empty(),
+        "the unlinked layer is left out: {layers:?}"
+    );
+    let hex = &unlinked_layer[7..];
+    let copied = h.root.join(format!(
+        "gitlab/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    assert!(!copied.exists(), "an unlinked layer is not copied");
+    assert_eq!(h.count("manifests", path).await, 2, "good and partial");
 }
