@@ -498,6 +498,24 @@ impl LayoutWriter {
         (manifest, config_digest, layer_digest)
     }
 
+    /// Stores an OCI index over `children` (digest, media type), makes it a revision of the
+    /// repository and tags it; returns its digest.
+    pub fn index(&self, repository: &str, tag: &str, children: &[(&str, &str)]) -> String {
+        let manifests: Vec<serde_json::Value> = children
+            .iter()
+            .map(|(digest, media_type)| serde_json::json!({"mediaType": media_type, "digest": digest, "size": 1}))
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        let digest = self.blob(&serde_json::to_vec(&index).expect("json"));
+        self.link_revision(repository, &digest);
+        self.tag_link(repository, tag, &digest);
+        digest
+    }
+
     /// A complete, valid image tagged `repository:tag`; returns the manifest digest.
     pub fn image(&self, repository: &str, tag: &str, seed: &str) -> String {
         self.image_parts(repository, tag, seed).0

@@ -407,3 +407,64 @@ async fn what_the_registry_skipped_is_skipped_and_the_rest_imports() {
     assert!(!copied.exists(), "an unlinked layer is not copied");
     assert_eq!(h.count("manifests", path).await, 2, "good and partial");
 }
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+#[tokio::test]
+async fn indexes_with_missing_schema1_or_nested_children() {
+    let h = harness().await;
+    let layout = h.layout();
+
+    // A missing child fails the repository, naming the child and its index.
+    let missing = format!("sha256:{}", "f".repeat(64));
+    let (present, _, _) = layout.image_parts("idx/missing/app", "child", "present-child");
+    let index = layout.index(
+        "idx/missing/app",
+        "v1",
+        &[(&present, OCI_MANIFEST), (&missing, OCI_MANIFEST)],
+    );
+    assert_fails(
+        &h,
+        "idx/missing/app",
+        &format!("manifest {missing} (index {index}) is missing from storage"),
+    )
+    .await;
+
+    // An index inside an index fails.
+    let (leaf, _, _) = layout.image_parts("idx/nested/app", "leaf", "nested-leaf");
+    let inner = layout.index("idx/nested/app", "inner", &[(&leaf, OCI_MANIFEST)]);
+    std::fs::remove_dir_all(
+        h.root
+            .join("docker/registry/v2/repositories/idx/nested/app/_manifests/tags/inner"),
+    )
+    .expect("untag the inner index");
+    let outer = layout.index("idx/nested/app", "v1", &[(&inner, OCI_INDEX)]);
+    assert_fails(
+        &h,
+        "idx/nested/app",
+        &format!("manifest {outer}: nested index {inner} is not supported"),
+    )
+    .await;
+
+    // A schema 1 child is skipped; the index is imported with its other child.
+    let path = "idx/schema1/app";
+    let (good, _, _) = layout.image_parts(path, "child", "schema1-sibling");
+    let schema1 = layout.blob(br#"{"schemaVersion":1,"name":"idx/schema1/app","fsLayers":[]}"#);
+    layout.link_revision(path, &schema1);
+    let index = layout.index(
+        path,
+        "v1",
+        &[(&good, OCI_MANIFEST), (&schema1, OCI_MANIFEST)],
+    );
+    assert_eq!(h.run(path, ImportType::Pre).await.0, "pre_import_complete");
+    let children: Vec<String> = sqlx::query_scalar(
+        "SELECT c.digest FROM manifest_references mr JOIN manifests p ON p.id = mr.parent_id \
+         JOIN manifests c ON c.id = mr.child_id WHERE p.digest = $1",
+    )
+    .bind(&index)
+    .fetch_all(&h.pool)
+    .await
+    .expect("references");
+    assert_eq!(children, [good]);
+}
