@@ -43,6 +43,9 @@ pub struct ImporterArgs {
     /// How often a running step checks for a cancellation made through another importer, in ms.
     #[arg(long, env = "FERRY_CANCEL_POLL_MS", default_value = "1000")]
     pub cancel_poll_ms: String,
+    /// On SIGTERM, how long to wait for stopped steps to record their end and notify, in seconds.
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE_SECS", default_value = "25")]
+    pub shutdown_grace_secs: String,
 }
 
 /// Validated importer configuration.
@@ -58,6 +61,8 @@ pub struct ImporterConfig {
     pub scheduler_url: String,
     /// Step limits.
     pub limits: StepLimits,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
 }
 
 impl ImporterArgs {
@@ -89,6 +94,7 @@ impl ImporterArgs {
         let copies = check.positive("FERRY_COPY_CONCURRENCY", &self.copy_concurrency);
         let settle = check.positive("FERRY_CANCEL_SETTLE_SECS", &self.cancel_settle_secs);
         let poll = check.positive("FERRY_CANCEL_POLL_MS", &self.cancel_poll_ms);
+        let grace = check.positive("FERRY_SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(ImporterConfig {
@@ -106,6 +112,7 @@ impl ImporterArgs {
                 cancel_settle: Duration::from_secs(settle.ok_or_else(missing)?),
                 cancel_poll: Duration::from_millis(poll.ok_or_else(missing)?),
             },
+            shutdown_grace: Duration::from_secs(grace.ok_or_else(missing)?),
         })
     }
 }

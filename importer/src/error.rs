@@ -56,6 +56,9 @@ pub enum ApiError {
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// The importer is shutting down and starts nothing new.
+    #[error("importer is shutting down")]
+    ShuttingDown,
 }
 
 impl ApiError {
@@ -71,7 +74,9 @@ impl ApiError {
                 ErrorCode::FailedPrecondition
             }
             ApiError::TooManyImports(_) | ApiError::NotReady(_) => ErrorCode::ResourceExhausted,
-            ApiError::Database(_) | ApiError::Storage(_) => ErrorCode::Unavailable,
+            ApiError::Database(_) | ApiError::Storage(_) | ApiError::ShuttingDown => {
+                ErrorCode::Unavailable
+            }
         }
     }
 }
@@ -167,6 +172,9 @@ pub enum StepError {
     /// The step was canceled (the repository's status changed under it).
     #[error("import was canceled")]
     Canceled,
+    /// The importer shut down while the step ran.
+    #[error("shutdown")]
+    Shutdown,
 }
 
 impl StepError {

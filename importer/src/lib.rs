@@ -61,7 +61,28 @@ pub async fn run(
     let notifier = Notifier::new(&config.scheduler_url, NOTIFY_GIVE_UP_AFTER)?;
     let importer = Importer::new(storage, db, notifier, config.limits.clone());
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), storage = %config.storage_url, "importer serving");
-    let routes = Routes::new(ImporterServer::new(grpc::ImporterGrpc(importer)));
-    ferry_shared::grpc::serve(listener, routes, &["ferry.importer.v1.Importer"], shutdown).await?;
+    let routes = Routes::new(ImporterServer::new(grpc::ImporterGrpc(importer.clone())));
+    let stopping = importer.clone();
+    let on_shutdown = async move {
+        shutdown.await;
+        // Refuse new starts and stop running steps before the server drains its requests.
+        stopping.begin_shutdown();
+    };
+    let served = ferry_shared::grpc::serve(
+        listener,
+        routes,
+        &["ferry.importer.v1.Importer"],
+        on_shutdown,
+    )
+    .await;
+    if importer.drain(config.shutdown_grace).await {
+        tracing::info!("importer stopped; every step recorded its end");
+    } else {
+        tracing::warn!(
+            grace_secs = config.shutdown_grace.as_secs(),
+            "grace period over with steps still stopping"
+        );
+    }
+    served?;
     Ok(())
 }

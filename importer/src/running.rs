@@ -1,5 +1,5 @@
-//! Steps running in this process, so that a cancellation stops them at once, and the watcher
-//! that notices a cancellation made through another importer instance.
+//! Steps running in this process, so that a cancellation or a shutdown stops them at once, and
+//! the watcher that notices a cancellation made through another importer instance.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,11 +13,29 @@ use ferry_shared::ids::RepositoryPath;
 
 use crate::store::MetadataStore;
 
+/// Why a running step is stopped before it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `CancelImport`: the status is already `*_canceled`; nothing more is recorded.
+    Canceled,
+    /// The importer is shutting down: the step is recorded as failed with reason `shutdown`.
+    Shutdown,
+}
+
+type StopSignal = watch::Sender<Option<StopReason>>;
+
 /// The registry of steps running here, by repository path.
 #[derive(Debug, Default)]
 pub struct RunningSteps {
     next_id: AtomicU64,
-    steps: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    steps: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_path: HashMap<String, (u64, StopSignal)>,
+    /// Set by [`RunningSteps::stop_all`]; a step registered afterwards starts stopped.
+    shutting_down: bool,
 }
 
 /// A registered step; dropping it unregisters the step.
@@ -26,32 +44,45 @@ pub struct RunningStep {
     registry: Arc<RunningSteps>,
     path: String,
     id: u64,
-    /// Becomes `true` when this process cancels the step.
-    pub canceled: watch::Receiver<bool>,
+    /// Set when this process stops the step.
+    pub stop: watch::Receiver<Option<StopReason>>,
 }
 
 impl RunningSteps {
     /// Registers a step for `path`.
     pub fn register(self: &Arc<Self>, path: &RepositoryPath) -> RunningStep {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = watch::channel(false);
-        self.lock().insert(path.to_string(), (id, sender));
+        let mut registry = self.lock();
+        let initial = registry.shutting_down.then_some(StopReason::Shutdown);
+        let (sender, receiver) = watch::channel(initial);
+        registry.by_path.insert(path.to_string(), (id, sender));
         RunningStep {
             registry: Arc::clone(self),
             path: path.to_string(),
             id,
-            canceled: receiver,
+            stop: receiver,
         }
     }
 
     /// Signals the step running here for `path`, if any. Returns whether one was running.
     pub fn cancel(&self, path: &RepositoryPath) -> bool {
         self.lock()
+            .by_path
             .get(path.as_str())
-            .is_some_and(|(_, sender)| sender.send(true).is_ok())
+            .is_some_and(|(_, sender)| sender.send(Some(StopReason::Canceled)).is_ok())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, watch::Sender<bool>)>> {
+    /// Signals every step running here to stop for shutdown; returns how many there were.
+    pub fn stop_all(&self) -> usize {
+        let mut registry = self.lock();
+        registry.shutting_down = true;
+        for (_, sender) in registry.by_path.values() {
+            let _ = sender.send(Some(StopReason::Shutdown));
+        }
+        registry.by_path.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.steps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -60,33 +91,44 @@ impl RunningSteps {
 
 impl Drop for RunningStep {
     fn drop(&mut self) {
-        let mut steps = self.registry.lock();
+        let mut registry = self.registry.lock();
         // A newer step for the same repository may have registered since; leave it alone.
-        if steps.get(&self.path).is_some_and(|(id, _)| *id == self.id) {
-            steps.remove(&self.path);
+        if registry
+            .by_path
+            .get(&self.path)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            registry.by_path.remove(&self.path);
         }
     }
 }
 
-/// Completes when the step is canceled: signalled in this process, or its status in the database
-/// is no longer `in_progress` (canceled through another importer), checked every `poll`.
-pub async fn wait_for_cancel(
-    mut canceled: watch::Receiver<bool>,
+/// Completes when the step must stop, with the reason: signalled in this process, or its status
+/// in the database is no longer `in_progress` (canceled through another importer), checked every
+/// `poll`.
+pub async fn wait_for_stop(
+    mut stop: watch::Receiver<Option<StopReason>>,
     db: &MetadataStore,
     path: &RepositoryPath,
     in_progress: MigrationStatus,
     poll: Duration,
-) {
+) -> StopReason {
+    if let Some(reason) = *stop.borrow_and_update() {
+        return reason;
+    }
     loop {
         tokio::select! {
-            changed = canceled.changed() => {
-                if changed.is_err() || *canceled.borrow() {
-                    return;
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return StopReason::Shutdown;
+                }
+                if let Some(reason) = *stop.borrow() {
+                    return reason;
                 }
             }
             () = tokio::time::sleep(poll) => {
                 match db.repository(path).await {
-                    Ok(Some(row)) if row.status != in_progress => return,
+                    Ok(Some(row)) if row.status != in_progress => return StopReason::Canceled,
                     Ok(_) => {}
                     Err(error) => tracing::warn!(repository = %path, %error, "checking for cancellation failed"),
                 }

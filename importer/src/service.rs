@@ -1,11 +1,13 @@
 //! The import service: the domain side of `ferry.importer.v1.Importer`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_proto::importer::v1::{
@@ -20,7 +22,7 @@ use crate::error::{ApiError, StepError};
 use crate::listing;
 use crate::notifier::Notifier;
 use crate::plan::{self, ImportPlan};
-use crate::running::{self, RunningSteps};
+use crate::running::{self, RunningStep, RunningSteps, StopReason};
 use crate::store::{CommitOutcome, MetadataStore};
 
 /// What the importer offers, independent of gRPC.
@@ -93,6 +95,9 @@ struct Inner {
     limits: StepLimits,
     permits: Arc<Semaphore>,
     running: Arc<RunningSteps>,
+    /// Background steps, so shutdown can wait for them to record their end and notify.
+    tasks: TaskTracker,
+    shutting_down: AtomicBool,
 }
 
 /// The statuses one kind of step moves through.
@@ -146,8 +151,27 @@ impl Importer {
                 limits,
                 permits,
                 running: Arc::default(),
+                tasks: TaskTracker::new(),
+                shutting_down: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Starts shutting down: new starts are refused (`UNAVAILABLE`) and every running step is
+    /// stopped, to be recorded as failed with reason `shutdown` and reported to the scheduler.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let stopped = self.inner.running.stop_all();
+        tracing::info!(stopped, "importer shutting down; running steps stopped");
+    }
+
+    /// Waits up to `grace` for stopped steps to record their end and notify the scheduler.
+    /// Returns false if some were still running when the grace period ended.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.inner.tasks.close();
+        tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// Steps running on this importer now (each holds one of `max_concurrent_imports` slots until
@@ -228,6 +252,7 @@ impl Importer {
         path: RepositoryPath,
         import_type: ImportType,
         permit: OwnedSemaphorePermit,
+        running: RunningStep,
     ) {
         let started = Instant::now();
         let step = statuses(import_type);
@@ -235,19 +260,21 @@ impl Importer {
             ImportType::Final => self.inner.limits.import_timeout,
             _ => self.inner.limits.pre_import_timeout,
         };
-        let running = self.inner.running.register(&path);
-        let canceled = running::wait_for_cancel(
-            running.canceled.clone(),
+        let stopped = running::wait_for_stop(
+            running.stop.clone(),
             &self.inner.db,
             &path,
             step.in_progress,
             self.inner.limits.cancel_poll,
         );
         let work = tokio::time::timeout(limit, self.execute(&path, import_type, step).boxed());
-        // Whichever ends first: the step, its time limit, or a cancellation (which drops the step).
+        // Whichever ends first: the step, its time limit, or a stop (which drops the step).
         let result = tokio::select! {
             outcome = work => outcome.unwrap_or(Err(StepError::Timeout(limit))),
-            () = canceled.boxed() => Err(StepError::Canceled),
+            reason = stopped.boxed() => Err(match reason {
+                StopReason::Canceled => StepError::Canceled,
+                StopReason::Shutdown => StepError::Shutdown,
+            }),
         };
         drop(running);
         let (status, detail, mut stats) = match result {
@@ -415,6 +442,9 @@ impl ImportService for Importer {
     ) -> Result<StartImportResponse, ApiError> {
         let path =
             RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::ShuttingDown);
+        }
         if import_type == ImportType::Unspecified {
             return Err(ApiError::InvalidArgument(
                 "import_type must be PRE or FINAL".into(),
@@ -430,7 +460,12 @@ impl ImportService for Importer {
             });
         }
         tracing::info!(repository = %path, ?import_type, fencing_token, "import step accepted");
-        tokio::spawn(self.clone().run_step(path, import_type, permit));
+        // Registered before the task starts, so a cancel or shutdown right after this answer
+        // always reaches the step.
+        let running = self.inner.running.register(&path);
+        self.inner
+            .tasks
+            .spawn(self.clone().run_step(path, import_type, permit, running));
         Ok(StartImportResponse {
             outcome: StartOutcome::Accepted.into(),
             status: statuses(import_type).in_progress.into(),

@@ -174,6 +174,7 @@ impl Cluster {
                 copy_concurrency: "4".into(),
                 cancel_settle_secs: "5".into(),
                 cancel_poll_ms: "200".into(),
+                shutdown_grace_secs: "5".into(),
             };
             let config = args.validate().expect("importer config");
             tasks.push(tokio::spawn(async move {

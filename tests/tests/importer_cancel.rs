@@ -251,3 +251,36 @@ async fn cancel_follows_the_registry_rules() {
         ErrorCode::FailedPrecondition
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_running_steps_with_reason_shutdown_and_refuses_new_ones() {
+    let s = setup().await;
+    let (gated, _gate_stays_closed) = GatedStore::new(Arc::clone(&s.local));
+    let importer = importer(
+        &s,
+        Arc::new(gated),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    importer
+        .start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("start");
+    assert_eq!(importer.in_flight(), 1);
+    importer.begin_shutdown();
+    let refused = importer
+        .start_import("group/project/other", ImportType::Pre, 0)
+        .await;
+    assert_eq!(
+        refused.expect_err("shutting down").code(),
+        ErrorCode::Unavailable
+    );
+    // The step records its end within the grace period even though its storage never answers.
+    assert!(
+        importer.drain(Duration::from_secs(10)).await,
+        "drained in time"
+    );
+    assert_eq!(status(&s.pool).await, "pre_import_failed");
+    let detail = importer.import_status(PATH).await.expect("status").detail;
+    assert_eq!(detail, "shutdown");
+}

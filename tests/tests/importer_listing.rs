@@ -38,6 +38,7 @@ async fn server() -> Server {
         copy_concurrency: "1".into(),
         cancel_settle_secs: "5".into(),
         cancel_poll_ms: "1000".into(),
+        shutdown_grace_secs: "5".into(),
     };
     let config = args.validate().expect("config");
     let task = tokio::spawn(async move {
