@@ -5,9 +5,9 @@ use tonic::{Request, Response, Status};
 use ferry_proto::common::v1::ImportType;
 use ferry_proto::importer::v1::importer_server::Importer as ImporterRpc;
 use ferry_proto::importer::v1::{
-    CancelImportRequest, CancelImportResponse, GetImportStatusRequest, GetImportStatusResponse,
-    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesRequest, RepositoryPage,
-    StartImportRequest, StartImportResponse,
+    CancelImportRequest, CancelImportResponse, CheckWritableRequest, CheckWritableResponse,
+    GetImportStatusRequest, GetImportStatusResponse, ListRepositoriesCreatedSinceRequest,
+    ListSubRepositoriesRequest, RepositoryPage, StartImportRequest, StartImportResponse,
 };
 
 use crate::service::ImportService;
@@ -48,6 +48,15 @@ impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
         let request = request.into_inner();
         Ok(Response::new(
             self.0.cancel_import(&request.path, request.force).await?,
+        ))
+    }
+
+    async fn check_writable(
+        &self,
+        request: Request<CheckWritableRequest>,
+    ) -> Result<Response<CheckWritableResponse>, Status> {
+        Ok(Response::new(
+            self.0.check_writable(&request.into_inner().path).await?,
         ))
     }
 

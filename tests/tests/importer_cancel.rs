@@ -284,3 +284,55 @@ async fn shutdown_fails_running_steps_with_reason_shutdown_and_refuses_new_ones(
     let detail = importer.import_status(PATH).await.expect("status").detail;
     assert_eq!(detail, "shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_is_read_only_exactly_while_its_final_import_runs() {
+    let s = setup().await;
+    let plain = importer(
+        &s,
+        Arc::clone(&s.local),
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+    );
+    let (gated, open_gate) = GatedStore::new(Arc::clone(&s.local));
+    let slow = importer(
+        &s,
+        Arc::new(gated),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    let unknown = plain
+        .check_writable("group/project/none")
+        .await
+        .expect("check");
+    assert!(
+        unknown.writable,
+        "a repository with no row lives in old storage"
+    );
+    plain
+        .start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("pre");
+    wait_for_status(&s.pool, "pre_import_complete").await;
+    assert!(
+        plain.check_writable(PATH).await.expect("check").writable,
+        "writable after the pre-import"
+    );
+    slow.start_import(PATH, ImportType::Final, 0)
+        .await
+        .expect("final");
+    let during = plain.check_writable(PATH).await.expect("check");
+    assert!(!during.writable, "read-only during the final import");
+    assert_eq!(during.status(), MigrationStatus::ImportInProgress);
+    assert!(
+        during.reason.contains("being migrated"),
+        "{}",
+        during.reason
+    );
+    open_gate.send(true).expect("open the gate");
+    wait_for_status(&s.pool, "import_complete").await;
+    assert!(
+        plain.check_writable(PATH).await.expect("check").writable,
+        "writable on the new platform"
+    );
+}
