@@ -14,6 +14,8 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// The config media type that marks an index as a buildx cache (`--cache-to type=registry`).
+pub const BUILDX_CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";
 const SCHEMA1_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
@@ -76,6 +78,10 @@ pub struct Manifest {
     pub schema_version: i32,
     /// What it references.
     pub body: ManifestBody,
+    /// True for a buildx cache index imported as an image manifest (its payload is kept as is).
+    pub non_conformant: bool,
+    /// The OCI `artifactType`, for artifacts.
+    pub artifact_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +92,7 @@ struct RawManifest {
     config: Option<RawDescriptor>,
     layers: Option<Vec<RawDescriptor>>,
     manifests: Option<Vec<RawDescriptor>>,
+    artifact_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +137,39 @@ pub fn parse(payload: &[u8]) -> Result<Manifest, ManifestError> {
         "" if raw.config.is_some() => OCI_MANIFEST.to_owned(),
         _ => return Err(ManifestError::UnknownMediaType(declared)),
     };
-    let body = if media_type == DOCKER_MANIFEST_LIST || media_type == OCI_INDEX {
+    let artifact_type = raw.artifact_type.clone().filter(|t| !t.is_empty());
+    let is_index = media_type == DOCKER_MANIFEST_LIST || media_type == OCI_INDEX;
+    let is_buildx_cache = is_index
+        && raw.manifests.as_ref().is_some_and(|m| {
+            m.iter()
+                .any(|d| d.media_type.as_deref() == Some(BUILDX_CACHE_CONFIG))
+        });
+    if is_buildx_cache {
+        // The registry imported these as image manifests: the cache config is the config and the
+        // other entries (layer blobs, not manifests) are the layers.
+        let mut config = None;
+        let mut layers = Vec::new();
+        for descriptor in raw.manifests.unwrap_or_default() {
+            let is_config = descriptor.media_type.as_deref() == Some(BUILDX_CACHE_CONFIG);
+            let descriptor =
+                descriptor.into_descriptor("application/vnd.oci.image.layer.v1.tar")?;
+            if is_config && config.is_none() {
+                config = Some(descriptor);
+            } else {
+                layers.push(descriptor);
+            }
+        }
+        let config =
+            config.ok_or_else(|| ManifestError::UnknownMediaType(BUILDX_CACHE_CONFIG.into()))?;
+        return Ok(Manifest {
+            media_type,
+            schema_version,
+            body: ManifestBody::Image { config, layers },
+            non_conformant: true,
+            artifact_type,
+        });
+    }
+    let body = if is_index {
         let manifests = raw
             .manifests
             .ok_or_else(|| serde::de::Error::missing_field("manifests"))
@@ -157,6 +196,8 @@ pub fn parse(payload: &[u8]) -> Result<Manifest, ManifestError> {
         media_type,
         schema_version,
         body,
+        non_conformant: false,
+        artifact_type,
     })
 }
 
@@ -201,6 +242,43 @@ mod tests {
         assert!(
             matches!(manifest.body, ManifestBody::Index { ref manifests } if manifests.len() == 1)
         );
+    }
+
+    #[test]
+    fn a_buildx_cache_index_becomes_a_non_conformant_image() {
+        let payload = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[
+                {{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":3}},
+                {{"mediaType":"{BUILDX_CACHE_CONFIG}","digest":"{}","size":4}}]}}"#,
+            digest('a'),
+            digest('b')
+        );
+        let manifest = parse(payload.as_bytes()).expect("parses");
+        assert!(manifest.non_conformant);
+        assert_eq!(
+            manifest.media_type, OCI_INDEX,
+            "the original media type is kept"
+        );
+        let ManifestBody::Image { config, layers } = manifest.body else {
+            panic!("image")
+        };
+        assert_eq!(config.media_type, BUILDX_CACHE_CONFIG);
+        assert_eq!(layers.len(), 1);
+    }
+
+    #[test]
+    fn artifacts_keep_their_artifact_type() {
+        let payload = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/vnd.example.sbom+json",
+            "config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{}","size":2}},"layers":[]}}"#,
+            digest('c')
+        );
+        let manifest = parse(payload.as_bytes()).expect("parses");
+        assert_eq!(
+            manifest.artifact_type.as_deref(),
+            Some("application/vnd.example.sbom+json")
+        );
+        assert!(!manifest.non_conformant);
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct PlannedManifest {
     pub total_size: u64,
     /// Layers left out because they are not linked to the repository.
     pub layers_skipped: u64,
+    /// A buildx cache index imported as an image manifest.
+    pub non_conformant: bool,
+    /// The OCI `artifactType`, for artifacts.
+    pub artifact_type: Option<String>,
 }
 
 /// Everything one import step will register, read and checked up front.
@@ -203,6 +207,8 @@ async fn load_manifest(
         children: Vec::new(),
         total_size: 0,
         layers_skipped: 0,
+        non_conformant: parsed.non_conformant,
+        artifact_type: parsed.artifact_type,
     };
     match parsed.body {
         ManifestBody::Image { config, layers } => {

@@ -347,8 +347,9 @@ async fn insert_manifests(
         };
         let row = sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, schema_version, payload, \
-                 configuration_media_type, configuration_blob_digest, configuration_payload, total_size) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 configuration_media_type, configuration_blob_digest, configuration_payload, total_size, \
+                 non_conformant, artifact_type) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (repository_id, digest) DO UPDATE SET digest = EXCLUDED.digest \
              RETURNING id, (xmax = 0) AS inserted",
         )
@@ -361,6 +362,8 @@ async fn insert_manifests(
         .bind(config_digest)
         .bind(config_payload)
         .bind(to_i64(manifest.total_size))
+        .bind(manifest.non_conformant)
+        .bind(manifest.artifact_type.as_deref())
         .fetch_one(&mut **tx)
         .await?;
         let manifest_id: i64 = row.get("id");

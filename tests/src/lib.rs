@@ -6,6 +6,10 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), Redis (`FERRY_TEST_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`), docker-registry, skopeo and umoci.
 
+mod importer_harness;
+
+pub use importer_harness::ImporterHarness;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,99 +1,14 @@
 //! Bad source data fails one repository's import with a precise reason, commits nothing of it,
 //! and leaves every other repository alone. Runs the importer against real PostgreSQL.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use sqlx::{PgPool, Row};
-
 use ferry_importer::error::ApiError;
-use ferry_importer::notifier::Notifier;
-use ferry_importer::service::{ImportService, Importer, StepLimits};
-use ferry_importer::store::MetadataStore;
+use ferry_importer::service::ImportService;
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::StartOutcome;
 use ferry_shared::error::ErrorCode;
-use ferry_tests::{LayoutWriter, fresh_database};
+use ferry_tests::ImporterHarness;
 
-struct Harness {
-    importer: Importer,
-    pool: PgPool,
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-}
-
-async fn harness() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().to_path_buf();
-    std::fs::create_dir_all(root.join("docker/registry/v2/repositories")).expect("mkdir");
-    let url = fresh_database("importer").await;
-    let db = MetadataStore::connect(&url, 4).await.expect("connect");
-    db.migrate().await.expect("migrate");
-    let storage =
-        ferry_shared::storage::open(&format!("file://{}", root.display())).expect("storage");
-    // Nobody listens on port 1: notifications give up at once; the database is what we check.
-    let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
-    let limits = StepLimits {
-        max_concurrent_imports: 8,
-        pre_import_timeout: Duration::from_secs(60),
-        import_timeout: Duration::from_secs(60),
-        copy_concurrency: 4,
-        cancel_settle: Duration::from_secs(5),
-        cancel_poll: Duration::from_millis(200),
-    };
-    let importer = Importer::new(Arc::clone(&storage), db, notifier, limits);
-    let pool = PgPool::connect(&url).await.expect("pool");
-    Harness {
-        importer,
-        pool,
-        _dir: dir,
-        root,
-    }
-}
-
-impl Harness {
-    fn layout(&self) -> LayoutWriter {
-        LayoutWriter::new(&self.root)
-    }
-
-    /// Runs a step to its end and returns (status, error).
-    async fn run(&self, path: &str, import_type: ImportType) -> (String, Option<String>) {
-        let response = self
-            .importer
-            .start_import(path, import_type, 0)
-            .await
-            .expect("start");
-        assert_eq!(response.outcome(), StartOutcome::Accepted);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let row = sqlx::query(
-                "SELECT migration_status, migration_error FROM repositories WHERE path = $1",
-            )
-            .bind(path)
-            .fetch_one(&self.pool)
-            .await
-            .expect("row");
-            let status: String = row.get("migration_status");
-            if !status.ends_with("_in_progress") {
-                return (status, row.get("migration_error"));
-            }
-            assert!(Instant::now() < deadline, "{path} still {status}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn count(&self, table: &str, path: &str) -> i64 {
-        sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} x JOIN repositories r ON r.id = x.repository_id WHERE r.path = $1"
-        ))
-        .bind(path)
-        .fetch_one(&self.pool)
-        .await
-        .expect("count")
-    }
-}
-
-async fn assert_fails(h: &Harness, path: &str, expected_reason: &str) {
+async fn assert_fails(h: &ImporterHarness, path: &str, expected_reason: &str) {
     let (status, error) = h.run(path, ImportType::Pre).await;
     assert_eq!(status, "pre_import_failed", "{path}");
     let error = error.expect("a reason is recorded");
@@ -112,7 +27,7 @@ async fn assert_fails(h: &Harness, path: &str, expected_reason: &str) {
 
 #[tokio::test]
 async fn each_kind_of_broken_data_fails_only_its_repository_with_a_reason() {
-    let h = harness().await;
+    let h = ImporterHarness::new().await;
     let layout = h.layout();
     layout.image("good/project/app", "v1", "good");
 
@@ -244,7 +159,7 @@ fn code<T: std::fmt::Debug>(result: Result<T, ApiError>) -> ErrorCode {
 
 #[tokio::test]
 async fn start_import_answers_like_the_registry_import_api() {
-    let h = harness().await;
+    let h = ImporterHarness::new().await;
     h.layout().image("group/project/app", "v1", "codes");
 
     // Hostile or malformed paths never reach storage.
@@ -316,7 +231,7 @@ async fn start_import_answers_like_the_registry_import_api() {
 
 #[tokio::test]
 async fn a_failed_final_import_leaves_the_pre_import_and_no_tags() {
-    let h = harness().await;
+    let h = ImporterHarness::new().await;
     let layout = h.layout();
     layout.image("group/project/app", "v1", "first");
     assert_eq!(
@@ -347,7 +262,7 @@ async fn a_failed_final_import_leaves_the_pre_import_and_no_tags() {
 /// linked are skipped with their tags; a layer that is not linked is left out of its manifest.
 #[tokio::test]
 async fn what_the_registry_skipped_is_skipped_and_the_rest_imports() {
-    let h = harness().await;
+    let h = ImporterHarness::new().await;
     let layout = h.layout();
     let path = "group/project/skips";
     layout.image(path, "good", "kept");
@@ -413,7 +328,7 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 #[tokio::test]
 async fn indexes_with_missing_schema1_or_nested_children() {
-    let h = harness().await;
+    let h = ImporterHarness::new().await;
     let layout = h.layout();
 
     // A missing child fails the repository, naming the child and its index.

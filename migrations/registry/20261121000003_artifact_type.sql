@@ -1,0 +1,2 @@
+-- OCI artifacts: the manifest's `artifactType` (NULL for images and indexes without one).
+ALTER TABLE manifests ADD COLUMN artifact_type text;
