@@ -37,6 +37,9 @@ pub struct ImporterArgs {
     /// Blob copies in flight per import.
     #[arg(long, env = "FERRY_COPY_CONCURRENCY", default_value = "8")]
     pub copy_concurrency: String,
+    /// Tags (and their manifests) looked up at once per import.
+    #[arg(long, env = "FERRY_TAG_CONCURRENCY", default_value = "10")]
+    pub tag_concurrency: String,
     /// After a cancellation, refuse a new pre-import of the repository for this many seconds.
     #[arg(long, env = "FERRY_CANCEL_SETTLE_SECS", default_value = "5")]
     pub cancel_settle_secs: String,
@@ -92,6 +95,7 @@ impl ImporterArgs {
         );
         let fin = check.positive("FERRY_IMPORT_TIMEOUT_SECS", &self.import_timeout_secs);
         let copies = check.positive("FERRY_COPY_CONCURRENCY", &self.copy_concurrency);
+        let tags = check.positive("FERRY_TAG_CONCURRENCY", &self.tag_concurrency);
         let settle = check.positive("FERRY_CANCEL_SETTLE_SECS", &self.cancel_settle_secs);
         let poll = check.positive("FERRY_CANCEL_POLL_MS", &self.cancel_poll_ms);
         let grace = check.positive("FERRY_SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs);
@@ -109,6 +113,7 @@ impl ImporterArgs {
                 import_timeout: Duration::from_secs(fin.ok_or_else(missing)?),
                 copy_concurrency: usize::try_from(copies.ok_or_else(missing)?)
                     .unwrap_or(usize::MAX),
+                tag_concurrency: usize::try_from(tags.ok_or_else(missing)?).unwrap_or(usize::MAX),
                 cancel_settle: Duration::from_secs(settle.ok_or_else(missing)?),
                 cancel_poll: Duration::from_millis(poll.ok_or_else(missing)?),
             },

@@ -20,8 +20,6 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 pub const CONFIG_PAYLOAD_LIMIT: u64 = 256_000;
 /// Link files are tiny; anything bigger is not a link.
 const MAX_LINK_BYTES: u64 = 1024;
-/// Concurrent storage reads while planning.
-const READ_CONCURRENCY: usize = 16;
 
 /// A config or layer blob the import registers.
 #[derive(Debug, Clone)]
@@ -288,13 +286,19 @@ async fn load_config(
     Ok(Some(data))
 }
 
-/// Reads the repository's tags and everything they reference. Fails on the first broken piece
+/// Reads the repository's tags and everything they reference, looking up to `concurrency` tags
+/// (and manifests) up at once (the registry's `tagconcurrency`). Fails on the first broken piece
 /// with a reason that names it; a tag whose current link is missing is skipped.
-pub async fn build(store: &dyn BlobStore, path: &RepositoryPath) -> Result<ImportPlan, StepError> {
+pub async fn build(
+    store: &dyn BlobStore,
+    path: &RepositoryPath,
+    concurrency: usize,
+) -> Result<ImportPlan, StepError> {
+    let concurrency = concurrency.max(1);
     let tag_names = list_tags(store, path).await?;
     let links: Vec<(String, Option<Digest>)> = futures::stream::iter(tag_names)
         .map(|tag| read_tag_link(store, path, tag).boxed())
-        .buffered(READ_CONCURRENCY)
+        .buffered(concurrency)
         .try_collect()
         .await?;
     let mut plan = ImportPlan::default();
@@ -321,7 +325,7 @@ pub async fn build(store: &dyn BlobStore, path: &RepositoryPath) -> Result<Impor
             }
             .boxed()
         })
-        .buffered(READ_CONCURRENCY)
+        .buffered(concurrency)
         .try_collect()
         .await?;
     let mut top = Vec::with_capacity(loaded.len());
@@ -358,7 +362,7 @@ pub async fn build(store: &dyn BlobStore, path: &RepositoryPath) -> Result<Impor
             }
             .boxed()
         })
-        .buffered(READ_CONCURRENCY)
+        .buffered(concurrency)
         .try_collect()
         .await?;
     let mut children = Vec::with_capacity(loaded_children.len());

@@ -77,6 +77,8 @@ pub struct StepLimits {
     pub import_timeout: Duration,
     /// Blob copies in flight per import.
     pub copy_concurrency: usize,
+    /// Tags (and their manifests) looked up at once per import.
+    pub tag_concurrency: usize,
     /// After a cancellation, a new pre-import is refused for this long, so that a step still
     /// stopping somewhere cannot race the new one (seed 004).
     pub cancel_settle: Duration,

@@ -176,6 +176,7 @@ impl Cluster {
                 pre_import_timeout_secs: "120".into(),
                 import_timeout_secs: "120".into(),
                 copy_concurrency: "4".into(),
+                tag_concurrency: "4".into(),
                 cancel_settle_secs: "5".into(),
                 cancel_poll_ms: "200".into(),
                 shutdown_grace_secs: "5".into(),

@@ -55,6 +55,7 @@ fn importer(
         pre_import_timeout: Duration::from_secs(60),
         import_timeout: Duration::from_secs(60),
         copy_concurrency: 2,
+        tag_concurrency: 4,
         cancel_settle: settle,
         cancel_poll: poll,
     };

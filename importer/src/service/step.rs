@@ -109,7 +109,12 @@ impl Importer {
         import_type: ImportType,
         step: StepStatuses,
     ) -> Result<ImportStats, StepError> {
-        let plan = plan::build(self.inner.storage.as_ref(), path).await?;
+        let plan = plan::build(
+            self.inner.storage.as_ref(),
+            path,
+            self.inner.limits.tag_concurrency,
+        )
+        .await?;
         // A final import copies only what its pre-import did not already register (and copy).
         let already: HashSet<String> = if import_type == ImportType::Final {
             let digests: Vec<&str> = plan.blobs.keys().map(Digest::as_str).collect();

@@ -5,6 +5,7 @@
 //! where the backend allows it. [`open`] picks the driver from `FERRY_STORAGE_URL`.
 
 mod local;
+mod retry;
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use thiserror::Error;
 use crate::ids::Digest;
 
 pub use local::LocalStore;
+pub use retry::{RetryPolicy, Retrying};
 
 /// Metadata of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +149,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn url(&self) -> String;
 }
 
-/// Opens the store that `url` names: `file:///abs/dir` (the directory that holds `docker/`).
+/// Opens the store that `url` names: `file:///abs/dir` (the directory that holds `docker/`),
+/// retrying transient failures with the default [`RetryPolicy`].
 ///
 /// `gs://bucket[/prefix]` is recognised but not available in this build yet.
 pub fn open(url: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
@@ -161,9 +164,11 @@ pub fn open(url: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
             let path = parsed
                 .to_file_path()
                 .map_err(|()| invalid("expected file:///absolute/path"))?;
-            Ok(Arc::new(
-                LocalStore::new(path).map_err(|err| invalid(&err.to_string()))?,
-            ))
+            let local = LocalStore::new(path).map_err(|err| invalid(&err.to_string()))?;
+            Ok(Arc::new(Retrying::new(
+                Arc::new(local),
+                RetryPolicy::default(),
+            )))
         }
         "gs" => Err(invalid(
             "the GCS driver is not part of this build yet; use file:///dir",

@@ -1,0 +1,236 @@
+//! Retrying transient storage failures (timeouts, connection resets, throttling) with jittered
+//! exponential backoff, around any driver. Every store [`super::open`] returns is wrapped.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError};
+use crate::ids::Digest;
+
+/// How hard to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each time.
+    pub initial_delay: Duration,
+    /// Longest delay between two attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1-based): exponential, capped, with jitter in
+    /// `[50 %, 100 %]` so that many importers do not retry in lockstep.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let exponential = self
+            .initial_delay
+            .saturating_mul(1 << retry.saturating_sub(1).min(20));
+        exponential
+            .min(self.max_delay)
+            .mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+}
+
+/// A store that retries its inner store's transient failures.
+#[derive(Debug)]
+pub struct Retrying {
+    inner: Arc<dyn BlobStore>,
+    policy: RetryPolicy,
+    retries: AtomicU64,
+}
+
+impl Retrying {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn BlobStore>, policy: RetryPolicy) -> Self {
+        Self {
+            inner,
+            policy,
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// Retries made so far (for metrics).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    async fn with_retry<'a, T, Fut>(
+        &'a self,
+        what: &str,
+        key: &str,
+        mut operation: impl FnMut() -> Fut + Send,
+    ) -> Result<T, StorageError>
+    where
+        Fut: Future<Output = Result<T, StorageError>> + Send + 'a,
+    {
+        let mut attempt = 1;
+        loop {
+            match operation().await {
+                Err(error) if error.is_transient() && attempt < self.policy.max_attempts => {
+                    let delay = self.policy.delay(attempt);
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(what, key, attempt, delay_ms = delay.as_millis() as u64, %error, "transient storage error; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for Retrying {
+    async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage, StorageError> {
+        self.with_retry("list", prefix, || self.inner.list(prefix, options))
+            .await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        self.with_retry("stat", key, || self.inner.stat(key)).await
+    }
+
+    async fn read(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
+        self.with_retry("read", key, || self.inner.read(key, max_bytes))
+            .await
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        dst: &str,
+        expected: Option<&Digest>,
+    ) -> Result<CopyOutcome, StorageError> {
+        // A copy is idempotent: it publishes whole or not at all, and skips an existing target.
+        self.with_retry("copy", src, || self.inner.copy(src, dst, expected))
+            .await
+    }
+
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Fails with `error()` the first `failures` calls of `read`, then answers.
+    #[derive(Debug)]
+    struct Flaky {
+        failures: Mutex<u32>,
+        calls: AtomicU64,
+        transient: bool,
+    }
+
+    #[async_trait]
+    impl BlobStore for Flaky {
+        async fn list(&self, _: &str, _: &ListOptions) -> Result<ListPage, StorageError> {
+            Ok(ListPage::default())
+        }
+        async fn stat(&self, _: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            Ok(None)
+        }
+        async fn read(&self, key: &str, _: u64) -> Result<Bytes, StorageError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut failures = self.failures.lock().unwrap();
+            if *failures == 0 {
+                return Ok(Bytes::from_static(b"ok"));
+            }
+            *failures -= 1;
+            if self.transient {
+                let source = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+                Err(StorageError::Io {
+                    key: key.to_owned(),
+                    source,
+                })
+            } else {
+                Err(StorageError::NotFound {
+                    key: key.to_owned(),
+                })
+            }
+        }
+        async fn copy(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&Digest>,
+        ) -> Result<CopyOutcome, StorageError> {
+            Ok(CopyOutcome::AlreadyPresent)
+        }
+        fn url(&self) -> String {
+            "flaky://".into()
+        }
+    }
+
+    fn store(failures: u32, transient: bool) -> (Arc<Flaky>, Retrying) {
+        let flaky = Arc::new(Flaky {
+            failures: Mutex::new(failures),
+            calls: AtomicU64::new(0),
+            transient,
+        });
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(4),
+        };
+        (Arc::clone(&flaky), Retrying::new(flaky, policy))
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_success() {
+        let (flaky, retrying) = store(3, true);
+        assert_eq!(retrying.read("k", 10).await.unwrap(), &b"ok"[..]);
+        assert_eq!(flaky.calls.load(Ordering::Relaxed), 4);
+        assert_eq!(retrying.retries(), 3);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_attempt_limit() {
+        let (flaky, retrying) = store(10, true);
+        assert!(retrying.read("k", 10).await.unwrap_err().is_transient());
+        assert_eq!(flaky.calls.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let (flaky, retrying) = store(1, false);
+        assert!(matches!(
+            retrying.read("k", 10).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert_eq!(flaky.calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn delays_grow_and_are_capped_with_jitter() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            let first = policy.delay(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let late = policy.delay(9);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_secs(1));
+        }
+    }
+}
