@@ -166,6 +166,9 @@ pub enum StepError {
     /// The metadata database failed.
     #[error("metadata database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The verification pass found the database or the copied blobs differ from the source.
+    #[error("verification failed: {0}")]
+    Verification(String),
     /// The step ran past its time limit.
     #[error("step timed out after {0:?}")]
     Timeout(Duration),

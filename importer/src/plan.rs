@@ -68,6 +68,8 @@ pub struct ImportPlan {
     pub tags: Vec<(String, Digest)>,
     /// Tags skipped: current link missing, or their manifest skipped.
     pub tags_skipped: u64,
+    /// Names of the tags skipped because their manifest was skipped.
+    pub tags_of_skipped_manifests: BTreeSet<String>,
     /// Tagged manifests (and index children) skipped as the registry skipped them.
     pub manifests_skipped: u64,
     /// Layers left out of their manifests because they are not linked to the repository.
@@ -103,6 +105,69 @@ pub async fn list_tags(
             None => return Ok(tags),
         }
     }
+}
+
+/// Every tag of the repository with the digest its current link holds (`None`: no current link).
+pub async fn read_tags(
+    store: &dyn BlobStore,
+    path: &RepositoryPath,
+    concurrency: usize,
+) -> Result<Vec<(String, Option<Digest>)>, StepError> {
+    let tag_names = list_tags(store, path).await?;
+    futures::stream::iter(tag_names)
+        .map(|tag| read_tag_link(store, path, tag).boxed())
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// The tags the database must hold after the final import: the source's tags as they are now,
+/// less those skipped with their manifest. A tag pushed or moved since the plan was made shows
+/// up as a difference.
+pub async fn expected_tags(
+    store: &dyn BlobStore,
+    path: &RepositoryPath,
+    plan: &ImportPlan,
+    concurrency: usize,
+) -> Result<BTreeMap<String, Digest>, StepError> {
+    Ok(read_tags(store, path, concurrency)
+        .await?
+        .into_iter()
+        .filter(|(tag, _)| !plan.tags_of_skipped_manifests.contains(tag))
+        .filter_map(|(tag, digest)| digest.map(|digest| (tag, digest)))
+        .collect())
+}
+
+/// Checks that every blob the plan copies is under the new prefix with the size its manifest
+/// declares.
+pub async fn verify_copied_blobs(
+    store: &dyn BlobStore,
+    plan: &ImportPlan,
+    concurrency: usize,
+) -> Result<(), StepError> {
+    let copied: Vec<(Digest, u64, Digest)> = plan
+        .blobs
+        .iter()
+        .filter(|entry| entry.1.copy)
+        .map(|(digest, blob)| (digest.clone(), blob.size, blob.referrer.clone()))
+        .collect();
+    let checks = copied.into_iter().map(|(digest, size, referrer)| {
+        async move {
+            match store.stat(&layout::new_blob_key(&digest)).await? {
+                None => Err(StepError::Verification(format!("blob {digest} is not under gitlab/"))),
+                Some(meta) if meta.size != size => Err(StepError::Verification(format!(
+                    "blob {digest} is {} bytes under gitlab/ but manifest {referrer} declares {size}",
+                    meta.size
+                ))),
+                Some(_) => Ok(()),
+            }
+        }
+        .boxed()
+    });
+    futures::stream::iter(checks)
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<()>()
+        .await
 }
 
 /// Whether the repository exists in old storage (has a tags directory with at least one entry).
@@ -295,12 +360,7 @@ pub async fn build(
     concurrency: usize,
 ) -> Result<ImportPlan, StepError> {
     let concurrency = concurrency.max(1);
-    let tag_names = list_tags(store, path).await?;
-    let links: Vec<(String, Option<Digest>)> = futures::stream::iter(tag_names)
-        .map(|tag| read_tag_link(store, path, tag).boxed())
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
+    let links = read_tags(store, path, concurrency).await?;
     let mut plan = ImportPlan::default();
     let mut roots: BTreeMap<Digest, String> = BTreeMap::new();
     for (tag, digest) in links {
@@ -340,9 +400,12 @@ pub async fn build(
             }
         }
     }
-    let tags_before = plan.tags.len();
-    plan.tags.retain(|(_, digest)| !skipped.contains(digest));
-    plan.tags_skipped += (tags_before - plan.tags.len()) as u64;
+    let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.tags)
+        .into_iter()
+        .partition(|(_, digest)| skipped.contains(digest));
+    plan.tags = kept;
+    plan.tags_skipped += dropped.len() as u64;
+    plan.tags_of_skipped_manifests = dropped.into_iter().map(|(tag, _)| tag).collect();
     let top_digests: BTreeSet<Digest> = top.iter().map(|m| m.digest.clone()).collect();
     let mut children_wanted: BTreeMap<Digest, String> = BTreeMap::new();
     for index in top.iter().filter(|m| !m.children.is_empty()) {

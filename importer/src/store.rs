@@ -1,6 +1,6 @@
 //! The metadata database: every SQL statement the importer runs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -50,13 +50,15 @@ pub struct CommitCounts {
 }
 
 /// The result of trying to commit a step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum CommitOutcome {
     /// Everything was written and the status set to complete.
     Committed(CommitCounts),
     /// The repository's status was no longer the step's in-progress status (canceled); nothing
     /// was written.
     Superseded(MigrationStatus),
+    /// The tags written differ from the expected ones; nothing was written. Says how.
+    TagsDiffer(String),
 }
 
 /// The metadata database.
@@ -259,16 +261,17 @@ impl MetadataStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Writes everything `plan` holds (and, with `with_tags`, its tags) and sets the status to
-    /// `complete`, in one transaction that commits only while the repository is still
-    /// `in_progress`.
+    /// Writes everything `plan` holds and sets the status to `complete`, in one transaction that
+    /// commits only while the repository is still `in_progress`. With `expected_tags` (the final
+    /// import) it also writes the plan's tags and commits only if the repository's tags then are
+    /// exactly `expected_tags`.
     pub async fn commit_step(
         &self,
         path: &RepositoryPath,
         in_progress: MigrationStatus,
         complete: MigrationStatus,
         plan: &ImportPlan,
-        with_tags: bool,
+        expected_tags: Option<&BTreeMap<String, Digest>>,
     ) -> Result<CommitOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let row =
@@ -285,8 +288,13 @@ impl MetadataStore {
         insert_blobs(&mut tx, repository_id, plan).await?;
         let mut counts = CommitCounts::default();
         let manifest_ids = insert_manifests(&mut tx, repository_id, plan, &mut counts).await?;
-        if with_tags {
+        if let Some(expected) = expected_tags {
             counts.tags = insert_tags(&mut tx, repository_id, plan, &manifest_ids).await?;
+            let written = repository_tags(&mut tx, repository_id).await?;
+            if let Some(difference) = describe_difference(expected, &written) {
+                tx.rollback().await?;
+                return Ok(CommitOutcome::TagsDiffer(difference));
+            }
         }
         sqlx::query(
             "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now() \
@@ -299,6 +307,49 @@ impl MetadataStore {
         tx.commit().await?;
         Ok(CommitOutcome::Committed(counts))
     }
+}
+
+async fn repository_tags(
+    tx: &mut Transaction<'_, Postgres>,
+    repository_id: i64,
+) -> Result<BTreeMap<String, String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT t.name, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id \
+         WHERE t.repository_id = $1",
+    )
+    .bind(repository_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.get("name"), row.get("digest")))
+        .collect())
+}
+
+/// The first difference between the source's tags and the database's, in words.
+fn describe_difference(
+    expected: &BTreeMap<String, Digest>,
+    written: &BTreeMap<String, String>,
+) -> Option<String> {
+    for (tag, digest) in expected {
+        match written.get(tag) {
+            None => {
+                return Some(format!(
+                    "tag {tag} ({digest}) is in storage but not in the database"
+                ));
+            }
+            Some(found) if found != digest.as_str() => {
+                return Some(format!(
+                    "tag {tag} is {found} in the database but {digest} in storage"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    written
+        .keys()
+        .find(|tag| !expected.contains_key(*tag))
+        .map(|tag| format!("tag {tag} is in the database but no longer in storage"))
 }
 
 async fn insert_blobs(

@@ -30,6 +30,15 @@ pub struct ImporterHarness {
 impl ImporterHarness {
     /// A fresh importer, bucket and database.
     pub async fn new() -> Self {
+        Self::with_storage(|store| store).await
+    }
+
+    /// Like [`Self::new`], with the bucket's store wrapped by `wrap` (to inject faults).
+    pub async fn with_storage(
+        wrap: impl FnOnce(
+            Arc<dyn ferry_shared::storage::BlobStore>,
+        ) -> Arc<dyn ferry_shared::storage::BlobStore>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         std::fs::create_dir_all(root.join("docker/registry/v2/repositories")).expect("mkdir");
@@ -49,7 +58,7 @@ impl ImporterHarness {
             cancel_settle: Duration::from_secs(5),
             cancel_poll: Duration::from_millis(200),
         };
-        let importer = Importer::new(Arc::clone(&storage), db, notifier, limits);
+        let importer = Importer::new(wrap(storage), db, notifier, limits);
         let pool = PgPool::connect(&url).await.expect("pool");
         Self {
             importer,

@@ -128,11 +128,26 @@ impl Importer {
             Default::default()
         };
         let mut stats = self.copy_blobs(&plan, &already).await?;
-        let with_tags = import_type == ImportType::Final;
+        let storage = self.inner.storage.as_ref();
+        let concurrency = self.inner.limits.tag_concurrency;
+        plan::verify_copied_blobs(storage, &plan, concurrency).await?;
+        // The final import commits only if the tags it writes are the source's tags right now.
+        let expected_tags = match import_type {
+            ImportType::Final => {
+                Some(plan::expected_tags(storage, path, &plan, concurrency).await?)
+            }
+            _ => None,
+        };
         match self
             .inner
             .db
-            .commit_step(path, step.in_progress, step.complete, &plan, with_tags)
+            .commit_step(
+                path,
+                step.in_progress,
+                step.complete,
+                &plan,
+                expected_tags.as_ref(),
+            )
             .await?
         {
             CommitOutcome::Committed(counts) => {
@@ -144,6 +159,7 @@ impl Importer {
                 stats.layers_skipped = plan.layers_skipped;
                 Ok(stats)
             }
+            CommitOutcome::TagsDiffer(difference) => Err(StepError::Verification(difference)),
             CommitOutcome::Superseded(status) => {
                 tracing::info!(repository = %path, status = status.as_db_str(), "step superseded; nothing committed");
                 Err(StepError::Canceled)
