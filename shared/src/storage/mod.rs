@@ -2,8 +2,10 @@
 //!
 //! [`BlobStore`] is what the importer and the scheduler's inventory need from a bucket: paginated
 //! listing by prefix (flat or directory-style), stat, bounded reads and a copy that is server-side
-//! where the backend allows it. [`open`] picks the driver from `FERRY_STORAGE_URL`.
+//! where the backend allows it. [`open`] picks the driver from `FERRY_STORAGE_URL`: [`LocalStore`]
+//! for `file://`, [`GcsStore`] for `gs://`.
 
+mod gcs;
 mod local;
 mod retry;
 
@@ -16,6 +18,7 @@ use thiserror::Error;
 
 use crate::ids::Digest;
 
+pub use gcs::GcsStore;
 pub use local::LocalStore;
 pub use retry::{RetryPolicy, Retrying};
 
@@ -98,6 +101,28 @@ pub enum StorageError {
         /// Why it was refused.
         reason: String,
     },
+    /// A server-side copy produced an object whose checksum differs from the source's (the
+    /// half-made destination has been removed).
+    #[error("copy of {key} produced CRC32C {actual}, the source has {expected}")]
+    ChecksumMismatch {
+        /// The source key.
+        key: String,
+        /// The source's checksum.
+        expected: String,
+        /// The destination's checksum.
+        actual: String,
+    },
+    /// A remote backend refused the request, or the request failed in transit.
+    #[error("storage backend on {key}: {}{message}", status.map(|s| format!("HTTP {s}: ")).unwrap_or_default())]
+    Backend {
+        /// The key (or listing prefix) being accessed.
+        key: String,
+        /// The HTTP status of the answer; `None` when no answer came (connection refused or
+        /// reset, timeout, truncated body), which is worth retrying.
+        status: Option<u16>,
+        /// What the backend said.
+        message: String,
+    },
     /// An I/O error from the backend.
     #[error("storage I/O on {key}: {source}")]
     Io {
@@ -110,10 +135,13 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// Whether retrying the same call may succeed (timeouts, resets, throttling).
+    /// Whether retrying the same call may succeed (timeouts, resets, throttling, server errors).
     pub fn is_transient(&self) -> bool {
         use std::io::ErrorKind::*;
         match self {
+            StorageError::Backend { status, .. } => {
+                status.is_none_or(|status| matches!(status, 408 | 429 | 500..=599))
+            }
             StorageError::Io { source, .. } => matches!(
                 source.kind(),
                 TimedOut | Interrupted | ConnectionReset | ConnectionAborted | WouldBlock
@@ -150,9 +178,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 }
 
 /// Opens the store that `url` names: `file:///abs/dir` (the directory that holds `docker/`),
-/// retrying transient failures with the default [`RetryPolicy`].
-///
-/// `gs://bucket[/prefix]` is recognised but not available in this build yet.
+/// or `gs://bucket[/prefix]` (see [`GcsStore`]; the client connects on first use), retrying
+/// transient failures with the default [`RetryPolicy`].
 pub fn open(url: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
     let invalid = |reason: &str| StorageError::InvalidUrl {
         url: url.to_owned(),
@@ -170,9 +197,10 @@ pub fn open(url: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
                 RetryPolicy::default(),
             )))
         }
-        "gs" => Err(invalid(
-            "the GCS driver is not part of this build yet; use file:///dir",
-        )),
+        "gs" => Ok(Arc::new(Retrying::new(
+            Arc::new(GcsStore::from_url(url)?),
+            RetryPolicy::default(),
+        ))),
         other => Err(invalid(&format!(
             "unsupported scheme {other:?}; expected file:// or gs://"
         ))),

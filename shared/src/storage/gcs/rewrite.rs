@@ -1,0 +1,139 @@
+//! The server-side copy (`objects.rewrite`), requested by hand: `gcloud-storage` 1.3's
+//! `RewriteObjectRequest` has no `ifGenerationMatch`, and without it a copy could replace an
+//! object another importer published meanwhile.
+
+use gcloud_storage::http::objects::Object;
+use serde::Deserialize;
+
+use super::{Connection, GcsStore, error_chain};
+use crate::storage::StorageError;
+
+/// The destination a finished rewrite made.
+#[derive(Debug)]
+pub(super) struct Copied {
+    pub(super) generation: i64,
+    pub(super) size: u64,
+    pub(super) crc32c: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RewriteResponse {
+    done: bool,
+    #[serde(default)]
+    rewrite_token: Option<String>,
+    resource: Option<Resource>,
+}
+
+/// The fields of the new object the copy needs (GCS sends 64-bit numbers as strings).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Resource {
+    generation: String,
+    #[serde(default)]
+    size: String,
+    crc32c: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: String,
+}
+
+impl GcsStore {
+    /// Rewrites `source` (that generation) to `dst_name` unless `dst_name` exists: `Ok(None)`
+    /// when it does (HTTP 412 on `ifGenerationMatch=0`).
+    pub(super) async fn rewrite(
+        &self,
+        connection: &Connection,
+        src: &str,
+        source: &Object,
+        dst_name: &str,
+    ) -> Result<Option<Copied>, StorageError> {
+        let mut url =
+            url::Url::parse(&format!("{}/storage/v1", connection.base)).map_err(|err| {
+                StorageError::InvalidUrl {
+                    url: connection.base.clone(),
+                    reason: err.to_string(),
+                }
+            })?;
+        url.path_segments_mut()
+            .map_err(|()| StorageError::InvalidUrl {
+                url: connection.base.clone(),
+                reason: "not a base URL".to_owned(),
+            })?
+            .extend(["b", &self.bucket, "o", &source.name, "rewriteTo"])
+            .extend(["b", &self.bucket, "o", dst_name]);
+        let mut rewrite_token: Option<String> = None;
+        loop {
+            let mut call = url.clone();
+            call.query_pairs_mut()
+                .append_pair("ifGenerationMatch", "0")
+                .append_pair("sourceGeneration", &source.generation.to_string());
+            if let Some(token) = &rewrite_token {
+                call.query_pairs_mut().append_pair("rewriteToken", token);
+            }
+            let mut request = (connection.http.post(call))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body("{}");
+            if let Some(token_source) = &connection.token {
+                let token = token_source
+                    .token()
+                    .await
+                    .map_err(|error| StorageError::Backend {
+                        key: src.to_owned(),
+                        status: None,
+                        message: format!("getting a Google access token: {error}"),
+                    })?;
+                request = request.header(reqwest::header::AUTHORIZATION, token);
+            }
+            let response = (request.send().await).map_err(|error| self.http_error(src, error))?;
+            let status = response.status();
+            let body = (response.bytes().await).map_err(|error| self.http_error(src, error))?;
+            if status.as_u16() == 412 {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                let message = serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|body| body.error.message)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+                return Err(self.status_error(src, status.as_u16(), message));
+            }
+            let answer: RewriteResponse =
+                serde_json::from_slice(&body).map_err(|error| StorageError::Io {
+                    key: src.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("unexpected rewrite answer: {}", error_chain(&error)),
+                    ),
+                })?;
+            let bad_answer = |what: &str| StorageError::Io {
+                key: src.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned()),
+            };
+            if !answer.done {
+                // fake-gcs-server sends `"rewriteToken": ""` when done; GCS omits it.
+                match answer.rewrite_token.filter(|token| !token.is_empty()) {
+                    Some(token) => rewrite_token = Some(token),
+                    None => return Err(bad_answer("rewrite not done and no token to continue")),
+                }
+                continue;
+            }
+            let resource =
+                (answer.resource).ok_or_else(|| bad_answer("rewrite done, no object"))?;
+            let generation = (resource.generation.parse())
+                .map_err(|_| bad_answer("rewrite done, bad generation"))?;
+            return Ok(Some(Copied {
+                generation,
+                size: resource.size.parse().unwrap_or(0),
+                crc32c: resource.crc32c,
+            }));
+        }
+    }
+}

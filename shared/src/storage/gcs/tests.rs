@@ -1,0 +1,301 @@
+//! What fake-gcs-server cannot show (see `tests/tests/storage_conformance.rs` for the rest): the
+//! driver against a scripted HTTP server that answers each request as a test says.
+
+use std::sync::Mutex;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::storage::{RetryPolicy, Retrying};
+
+type Respond = dyn Fn(&str, &str) -> (u16, String) + Send + Sync;
+
+/// A server on 127.0.0.1 that answers `respond(method, path?query)` and records each request.
+struct Scripted {
+    endpoint: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    async fn start(respond: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&requests);
+        let respond: Arc<Respond> = Arc::new(respond);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(serve(socket, Arc::clone(&seen), Arc::clone(&respond)));
+            }
+        });
+        Self { endpoint, requests }
+    }
+
+    fn store(&self) -> GcsStore {
+        GcsStore::with_endpoint("bkt", "pre", &self.endpoint).unwrap()
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// One request, one answer, then the connection closes.
+async fn serve(
+    mut socket: tokio::net::TcpStream,
+    seen: Arc<Mutex<Vec<String>>>,
+    respond: Arc<Respond>,
+) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let read = socket.read(&mut chunk).await.unwrap_or(0);
+        if read == 0 {
+            return;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let length: usize = (head.lines())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        let read = socket.read(&mut chunk).await.unwrap_or(0);
+        if read == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    seen.lock().unwrap().push(format!("{method} {target}"));
+    let (status, body) = respond(method, target);
+    let answer = format!(
+        "HTTP/1.1 {status} Scripted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = socket.write_all(answer.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
+fn object(name: &str, generation: u64, crc32c: &str) -> (u16, String) {
+    let body = serde_json::json!({
+        "kind": "storage#object", "id": format!("bkt/{name}"), "name": name, "bucket": "bkt",
+        "selfLink": "", "mediaLink": "", "etag": "e", "size": "5",
+        "generation": generation.to_string(), "metageneration": "1", "crc32c": crc32c,
+    });
+    (200, body.to_string())
+}
+
+fn error(status: u16) -> (u16, String) {
+    let body = serde_json::json!({"error": {"code": status, "message": format!("scripted {status}"),
+        "errors": [{"domain": "global", "reason": "scripted", "message": "scripted"}]}});
+    (status, body.to_string())
+}
+
+fn rewritten(done: bool, token: &str, generation: u64, crc32c: &str) -> (u16, String) {
+    let mut body = serde_json::json!({
+        "kind": "storage#rewriteResponse", "totalBytesRewritten": "5", "objectSize": "5",
+        "done": done, "rewriteToken": token,
+    });
+    if done {
+        body["resource"] = serde_json::from_str(&object("pre/dst", generation, crc32c).1).unwrap();
+    }
+    (200, body.to_string())
+}
+
+/// Answers for a copy of `pre/src` to `pre/dst`: the destination is missing, the source exists.
+fn copy_script(method: &str, target: &str) -> Option<(u16, String)> {
+    match method {
+        "GET" if target.starts_with("/storage/v1/b/bkt/o/pre%2Fdst") => Some(error(404)),
+        "GET" if target.starts_with("/storage/v1/b/bkt/o/pre%2Fsrc") => {
+            Some(object("pre/src", 7, "AAAAAA=="))
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn http_statuses_map_to_not_found_transient_and_permanent_errors() {
+    let server = Scripted::start(|_, target| {
+        let code = target.split("/o/pre%2F").nth(1).unwrap_or("0")[..3]
+            .parse()
+            .unwrap_or(500);
+        error(code)
+    })
+    .await;
+    let store = server.store();
+    assert_eq!(store.stat("404").await.unwrap(), None);
+    assert!(matches!(
+        store.read("404", 10).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    for (key, transient) in [("429", true), ("503", true), ("408", true), ("403", false)] {
+        let err = store.stat(key).await.unwrap_err();
+        let status = key.parse().ok();
+        assert!(
+            matches!(&err, StorageError::Backend { status: s, .. } if *s == status),
+            "{key}: {err}"
+        );
+        assert_eq!(err.is_transient(), transient, "{key}: {err}");
+    }
+    assert_eq!(store.throttled(), 1);
+}
+
+#[tokio::test]
+async fn retrying_wrapper_retries_throttling_until_success() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&calls);
+    let server = Scripted::start(move |_, _| {
+        if counter.fetch_add(1, Ordering::Relaxed) < 2 {
+            error(429)
+        } else {
+            object("pre/k", 1, "AAAAAA==")
+        }
+    })
+    .await;
+    let store = Arc::new(server.store());
+    let policy = RetryPolicy {
+        max_attempts: 4,
+        initial_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(2),
+    };
+    let retrying = Retrying::new(Arc::clone(&store) as Arc<dyn BlobStore>, policy);
+    let meta = retrying.stat("k").await.unwrap().unwrap();
+    assert_eq!((meta.key.as_str(), meta.size), ("k", 5));
+    assert_eq!((store.throttled(), retrying.retries()), (2, 2));
+}
+
+#[tokio::test]
+async fn no_answer_is_transient() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    drop(listener); // Nothing listens there now.
+    let store = GcsStore::with_endpoint("bkt", "", &endpoint).unwrap();
+    let err = store.stat("k").await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::Backend { status: None, .. }),
+        "{err}"
+    );
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn a_destination_published_during_the_copy_wins_the_race() {
+    let server =
+        Scripted::start(|method, target| copy_script(method, target).unwrap_or_else(|| error(412)))
+            .await;
+    let outcome = server.store().copy("src", "dst", None).await.unwrap();
+    assert_eq!(outcome, CopyOutcome::AlreadyPresent);
+    let rewrite = server.requests().pop().unwrap();
+    assert!(
+        rewrite.starts_with("POST /storage/v1/b/bkt/o/pre%2Fsrc/rewriteTo/b/bkt/o/pre%2Fdst?"),
+        "{rewrite}"
+    );
+    assert!(rewrite.contains("ifGenerationMatch=0"), "{rewrite}");
+    assert!(rewrite.contains("sourceGeneration=7"), "{rewrite}");
+}
+
+#[tokio::test]
+async fn a_rewrite_taking_several_calls_passes_the_token_on() {
+    let server = Scripted::start(|method, target| {
+        copy_script(method, target).unwrap_or_else(|| {
+            if target.contains("rewriteToken=t%2B1") {
+                rewritten(true, "", 9, "AAAAAA==")
+            } else {
+                rewritten(false, "t+1", 0, "")
+            }
+        })
+    })
+    .await;
+    let outcome = server.store().copy("src", "dst", None).await.unwrap();
+    assert_eq!(outcome, CopyOutcome::Copied(5));
+    let rewrites = (server.requests().into_iter())
+        .filter(|r| r.starts_with("POST"))
+        .count();
+    assert_eq!(rewrites, 2);
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_deletes_only_the_generation_the_copy_made() {
+    let server = Scripted::start(|method, target| {
+        copy_script(method, target).unwrap_or_else(|| match method {
+            "POST" => rewritten(true, "", 42, "BBBBBB=="),
+            _ => (204, String::new()),
+        })
+    })
+    .await;
+    let err = server.store().copy("src", "dst", None).await.unwrap_err();
+    assert!(
+        matches!(&err, StorageError::ChecksumMismatch { expected, actual, .. }
+            if expected == "AAAAAA==" && actual == "BBBBBB=="),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    let delete = server.requests().pop().unwrap();
+    assert_eq!(
+        delete,
+        "DELETE /storage/v1/b/bkt/o/pre%2Fdst?ifGenerationMatch=42"
+    );
+}
+
+#[tokio::test]
+async fn urls_name_a_bucket_and_an_optional_prefix() {
+    let store = GcsStore::from_url("gs://my-bucket/some/prefix/").unwrap();
+    assert_eq!(store.url(), "gs://my-bucket/some/prefix");
+    assert_eq!(store.prefix, "some/prefix/");
+    let store = GcsStore::with_endpoint("my-bucket", "", "127.0.0.1:1").unwrap();
+    assert_eq!(store.url(), "gs://my-bucket");
+    assert_eq!(
+        store.endpoint,
+        Endpoint::Anonymous("http://127.0.0.1:1".into())
+    );
+    for bad in [
+        "gs://",
+        "gs:///x",
+        "gs://Upper",
+        "gs://b/../x",
+        "gs://bkt/a//b",
+        "gs://bkt/p?x=1",
+        "s3://bkt",
+    ] {
+        let err = GcsStore::from_url(bad).unwrap_err();
+        assert!(matches!(err, StorageError::InvalidUrl { .. }), "{bad}");
+    }
+    let opened = crate::storage::open("gs://bkt/p/q").unwrap();
+    assert_eq!(opened.url(), "gs://bkt/p/q");
+}
+
+#[tokio::test]
+async fn hostile_keys_are_refused_before_any_request() {
+    let store = GcsStore::with_endpoint("bkt", "", "127.0.0.1:1").unwrap();
+    for key in [
+        "../etc/passwd",
+        "/etc/passwd",
+        "a/../../x",
+        "a//b",
+        "",
+        "a/",
+        "a\\b",
+    ] {
+        let err = store.read(key, 10).await.unwrap_err();
+        assert!(matches!(err, StorageError::InvalidKey(_)), "{key}: {err}");
+    }
+    let err = store.list("a/../", &ListOptions::default()).await;
+    assert!(matches!(err, Err(StorageError::InvalidKey(_))));
+}
+
+#[test]
+fn emulator_hosts_are_read_like_google_sdks_do() {
+    assert_eq!(emulator_base("localhost:4443"), "http://localhost:4443");
+    assert_eq!(emulator_base("http://h:1/"), "http://h:1");
+    assert_eq!(emulator_base("https://h:1"), "https://h:1");
+}

@@ -1,0 +1,394 @@
+//! One set of storage tests, run against every driver: the local directory driver and the GCS
+//! driver against fake-gcs-server (started by `make test` / `scripts/setup.sh`; the address is
+//! `FERRY_GCS_EMULATOR`, default `127.0.0.1:4443`). Each case seeds objects by their raw bucket
+//! key, bypassing the driver, then checks what the driver makes of them.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use ferry_shared::ids::Digest;
+use ferry_shared::storage::{
+    BlobStore, CopyOutcome, GcsStore, ListOptions, ListPage, LocalStore, StorageError,
+};
+use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::buckets::insert::{InsertBucketParam, InsertBucketRequest};
+use gcloud_storage::http::objects::download::Range;
+use gcloud_storage::http::objects::get::GetObjectRequest;
+use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
+
+/// A bucket to test a driver on, seeded and inspected behind the driver's back.
+#[async_trait]
+trait Bucket: Send + Sync {
+    /// Stores `data` under the raw key `key` (no store prefix applies).
+    async fn put(&self, key: &str, data: &[u8]);
+    /// The object under the raw key `key`, if any.
+    async fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// The driver's store for `prefix` of the bucket (`""`: all of it).
+    fn store(&self, prefix: &str) -> Box<dyn BlobStore>;
+}
+
+struct LocalBucket {
+    dir: tempfile::TempDir,
+}
+
+impl LocalBucket {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.path().join(key)
+    }
+}
+
+#[async_trait]
+impl Bucket for LocalBucket {
+    async fn put(&self, key: &str, data: &[u8]) {
+        let path = self.path(key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, data).expect("write");
+    }
+
+    async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path(key)).ok()
+    }
+
+    fn store(&self, prefix: &str) -> Box<dyn BlobStore> {
+        let root = self.path(prefix);
+        std::fs::create_dir_all(&root).expect("mkdir");
+        Box::new(LocalStore::new(root).expect("store"))
+    }
+}
+
+struct GcsBucket {
+    endpoint: String,
+    name: String,
+    client: Client,
+}
+
+impl GcsBucket {
+    /// A new, empty bucket on the emulator.
+    async fn new() -> Self {
+        static BUCKETS: AtomicUsize = AtomicUsize::new(0);
+        // The GCS driver installs this on first use; this client is built before the driver's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let host = std::env::var("FERRY_GCS_EMULATOR").unwrap_or_else(|_| "127.0.0.1:4443".into());
+        let endpoint = format!("http://{}", host.trim_start_matches("http://"));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "ferry-conformance-{}-{nanos}-{}",
+            std::process::id(),
+            BUCKETS.fetch_add(1, Ordering::Relaxed)
+        );
+        let config = ClientConfig {
+            storage_endpoint: endpoint.clone(),
+            ..ClientConfig::default()
+        };
+        let client = Client::new(config.anonymous());
+        let request = InsertBucketRequest {
+            name: name.clone(),
+            param: InsertBucketParam {
+                project: "ferry-tests".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if let Err(error) = client.insert_bucket(&request).await {
+            panic!(
+                "fake-gcs-server does not answer at {endpoint} ({error}): run `make test` \
+                 (or `bash scripts/setup.sh`) to start it, or set FERRY_GCS_EMULATOR"
+            );
+        }
+        Self {
+            endpoint,
+            name,
+            client,
+        }
+    }
+}
+
+#[async_trait]
+impl Bucket for GcsBucket {
+    async fn put(&self, key: &str, data: &[u8]) {
+        let request = UploadObjectRequest {
+            bucket: self.name.clone(),
+            ..Default::default()
+        };
+        let media = UploadType::Simple(Media::new(key.to_owned()));
+        self.client
+            .upload_object(&request, data.to_vec(), &media)
+            .await
+            .expect("upload");
+    }
+
+    async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let request = GetObjectRequest {
+            bucket: self.name.clone(),
+            object: key.to_owned(),
+            ..Default::default()
+        };
+        (self.client)
+            .download_object(&request, &Range::default())
+            .await
+            .ok()
+    }
+
+    fn store(&self, prefix: &str) -> Box<dyn BlobStore> {
+        Box::new(GcsStore::with_endpoint(&self.name, prefix, &self.endpoint).expect("store"))
+    }
+}
+
+/// A page's objects and prefixes as one list of keys, in order.
+fn entries(page: &ListPage) -> Vec<String> {
+    let objects = page.objects.iter().map(|o| o.key.clone());
+    let mut all: Vec<String> = objects.chain(page.prefixes.iter().cloned()).collect();
+    all.sort();
+    all
+}
+
+/// Every page of a listing, checking each against the page size.
+async fn pages(store: &dyn BlobStore, prefix: &str, delimited: bool, size: usize) -> Vec<ListPage> {
+    let mut options = ListOptions {
+        delimited,
+        page_token: None,
+        max_results: size,
+    };
+    let mut pages = Vec::new();
+    loop {
+        let page = store.list(prefix, &options).await.expect("list");
+        let count = page.objects.len() + page.prefixes.len();
+        assert!(count <= size, "{count} entries in a page of {size}");
+        assert!(pages.len() < 1000, "the listing does not end");
+        let token = page.next_page_token.clone();
+        pages.push(page);
+        match token {
+            Some(token) => options.page_token = Some(token),
+            None => return pages,
+        }
+    }
+}
+
+async fn list_all(
+    store: &dyn BlobStore,
+    prefix: &str,
+    delimited: bool,
+    size: usize,
+) -> Vec<String> {
+    let pages = pages(store, prefix, delimited, size).await;
+    pages.iter().flat_map(entries).collect()
+}
+
+async fn flat_listing_pages_through_every_key_in_order(bucket: &dyn Bucket) {
+    let mut expected = Vec::new();
+    for i in 0..25 {
+        for (key, data) in [
+            (format!("r/d{i:02}/x"), "x"),
+            (format!("r/d{i:02}.txt"), "yy"),
+        ] {
+            bucket.put(&key, data.as_bytes()).await;
+            expected.push(key);
+        }
+    }
+    bucket.put("q/outside", b"z").await;
+    bucket.put("rr", b"z").await;
+    expected.sort();
+    let store = bucket.store("");
+    for size in [1, 3, 7, 1000] {
+        let keys = list_all(&*store, "r/", false, size).await;
+        assert_eq!(keys, expected, "page size {size}");
+    }
+    let pages = pages(&*store, "r/", false, 7).await;
+    assert!(
+        pages.len() >= 8,
+        "50 keys in pages of 7: {} pages",
+        pages.len()
+    );
+    let sizes: Vec<u64> = pages[0].objects.iter().map(|o| o.size).collect();
+    assert_eq!(sizes, [2, 1, 2, 1, 2, 1, 2], "d00.txt sorts before d00/x");
+    assert!(pages.iter().all(|p| p.prefixes.is_empty()));
+    assert_eq!(list_all(&*store, "r/d0", false, 4).await.len(), 20);
+    assert_eq!(list_all(&*store, "r", false, 1000).await.len(), 51);
+}
+
+async fn delimited_listing_returns_directories_as_prefixes_and_paginates(bucket: &dyn Bucket) {
+    let keys = [
+        "t/a/current/link",
+        "t/b/current/link",
+        "t/c",
+        "t/d.txt",
+        "t/d/x/y",
+        "t/e",
+        "t/f.txt",
+        "t/g/1",
+        "t/g/2",
+        "t/h",
+        "u/x",
+    ];
+    for key in keys {
+        bucket.put(key, key.as_bytes()).await;
+    }
+    let store = bucket.store("");
+    let expected = [
+        "t/a/", "t/b/", "t/c", "t/d.txt", "t/d/", "t/e", "t/f.txt", "t/g/", "t/h",
+    ];
+    for size in [1, 2, 3, 1000] {
+        let all = list_all(&*store, "t/", true, size).await;
+        assert_eq!(all, expected, "page size {size}");
+    }
+    let options = ListOptions {
+        delimited: true,
+        page_token: None,
+        max_results: 2,
+    };
+    let first = store.list("t/", &options).await.expect("list");
+    assert_eq!(first.prefixes, ["t/a/", "t/b/"]);
+    assert!(first.objects.is_empty());
+    assert!(first.next_page_token.is_some());
+    let top = list_all(&*store, "", true, 1000).await;
+    assert_eq!(top, ["t/", "u/"]);
+    assert_eq!(list_all(&*store, "t/d", true, 1).await, ["t/d.txt", "t/d/"]);
+    assert!(list_all(&*store, "missing/", true, 10).await.is_empty());
+    let probe = ListOptions {
+        delimited: true,
+        page_token: None,
+        max_results: 1,
+    };
+    let page = store.list("t/g/", &probe).await.expect("list");
+    assert_eq!(entries(&page), ["t/g/1"]);
+}
+
+async fn stat_reports_objects_only(bucket: &dyn Bucket) {
+    bucket.put("a/b", b"12345").await;
+    let store = bucket.store("");
+    let meta = store.stat("a/b").await.expect("stat").expect("exists");
+    assert_eq!((meta.key.as_str(), meta.size), ("a/b", 5));
+    assert_eq!(store.stat("a").await.expect("stat"), None, "a directory");
+    assert_eq!(store.stat("a/c").await.expect("stat"), None);
+    assert_eq!(store.stat("zz").await.expect("stat"), None);
+}
+
+async fn reads_are_bounded(bucket: &dyn Bucket) {
+    bucket.put("a/b", b"12345").await;
+    bucket.put("a/empty", b"").await;
+    let store = bucket.store("");
+    assert_eq!(store.read("a/b", 5).await.expect("read"), &b"12345"[..]);
+    assert_eq!(
+        store.read("a/b", 1 << 20).await.expect("read"),
+        &b"12345"[..]
+    );
+    assert!(store.read("a/empty", 0).await.expect("read").is_empty());
+    let err = store.read("a/b", 4).await.expect_err("must fail");
+    assert!(
+        matches!(err, StorageError::TooLarge { limit: 4, .. }),
+        "{err}"
+    );
+    let err = store.read("a/c", 4).await.expect_err("must fail");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+}
+
+async fn copy_copies_once_and_leaves_existing_destinations_alone(bucket: &dyn Bucket) {
+    let data = b"layer bytes";
+    bucket.put("src/data", data).await;
+    bucket.put("taken/data", b"other").await;
+    let store = bucket.store("");
+    let digest = Digest::of(data);
+    let outcome = store.copy("src/data", "dst/x/data", Some(&digest)).await;
+    assert_eq!(
+        outcome.expect("copy"),
+        CopyOutcome::Copied(data.len() as u64)
+    );
+    assert_eq!(bucket.get("dst/x/data").await.as_deref(), Some(&data[..]));
+    let again = store.copy("src/data", "dst/x/data", Some(&digest)).await;
+    assert_eq!(again.expect("copy"), CopyOutcome::AlreadyPresent);
+    let taken = store.copy("src/data", "taken/data", None).await;
+    assert_eq!(taken.expect("copy"), CopyOutcome::AlreadyPresent);
+    assert_eq!(
+        bucket.get("taken/data").await.as_deref(),
+        Some(&b"other"[..])
+    );
+    let err = store
+        .copy("nope/data", "dst/z/data", None)
+        .await
+        .expect_err("must fail");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    assert_eq!(bucket.get("dst/z/data").await, None);
+    assert_eq!(bucket.get("src/data").await.as_deref(), Some(&data[..]));
+}
+
+async fn a_prefix_is_applied_and_stripped(bucket: &dyn Bucket) {
+    for key in [
+        "some/prefix/a/1",
+        "some/prefix/b",
+        "some/prefixed",
+        "some/other",
+        "elsewhere/b",
+    ] {
+        bucket.put(key, key.as_bytes()).await;
+    }
+    let store = bucket.store("some/prefix");
+    assert!(store.url().ends_with("/some/prefix"), "{}", store.url());
+    assert_eq!(list_all(&*store, "", false, 1).await, ["a/1", "b"]);
+    assert_eq!(list_all(&*store, "", true, 1).await, ["a/", "b"]);
+    assert_eq!(list_all(&*store, "a/", true, 10).await, ["a/1"]);
+    let meta = store.stat("b").await.expect("stat").expect("exists");
+    assert_eq!((meta.key.as_str(), meta.size), ("b", 13));
+    assert_eq!(
+        store.read("a/1", 100).await.expect("read"),
+        &b"some/prefix/a/1"[..]
+    );
+    assert_eq!(store.stat("some/prefix/b").await.expect("stat"), None);
+    let outcome = store.copy("b", "c/d", None).await.expect("copy");
+    assert_eq!(outcome, CopyOutcome::Copied(13));
+    assert_eq!(
+        bucket.get("some/prefix/c/d").await.as_deref(),
+        Some(&b"some/prefix/b"[..])
+    );
+}
+
+async fn hostile_keys_are_refused(bucket: &dyn Bucket) {
+    bucket.put("a/b", b"1").await;
+    let store = bucket.store("");
+    for key in ["../etc/passwd", "/etc/passwd", "a/../../x", "a//b", ""] {
+        let err = store.read(key, 10).await.expect_err("must fail");
+        assert!(matches!(err, StorageError::InvalidKey(_)), "{key}: {err}");
+        let err = store.copy("a/b", key, None).await.expect_err("must fail");
+        assert!(matches!(err, StorageError::InvalidKey(_)), "{key}: {err}");
+    }
+}
+
+/// Runs every case against both drivers: `local::<case>` and `gcs::<case>`.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::LocalBucket::new()).await;
+                }
+            )*
+        }
+        mod gcs {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::GcsBucket::new().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    flat_listing_pages_through_every_key_in_order,
+    delimited_listing_returns_directories_as_prefixes_and_paginates,
+    stat_reports_objects_only,
+    reads_are_bounded,
+    copy_copies_once_and_leaves_existing_destinations_alone,
+    a_prefix_is_applied_and_stripped,
+    hostile_keys_are_refused,
+);
