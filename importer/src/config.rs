@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use ferry_shared::config::ConfigCheck;
 
@@ -49,6 +49,9 @@ pub struct ImporterArgs {
     /// On SIGTERM, how long to wait for stopped steps to record their end and notify, in seconds.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE_SECS", default_value = "25")]
     pub shutdown_grace_secs: String,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<ImporterCommand>,
 }
 
 /// Validated importer configuration.
@@ -68,11 +71,55 @@ pub struct ImporterConfig {
     pub shutdown_grace: Duration,
 }
 
+/// What `ferry-importer` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImporterCommand {
+    /// Serve gRPC for the scheduler (the default).
+    Serve,
+    /// Import repositories straight from storage into the metadata database, without a
+    /// scheduler, with progress and a summary.
+    Import(ImportCommand),
+}
+
+/// `ferry-importer import`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportCommand {
+    /// Every repository in the bucket.
+    #[arg(long, conflicts_with = "paths", required_unless_present = "paths")]
+    pub all: bool,
+    /// A repository to import (repeatable).
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+    /// Read and check the source only: nothing is copied or written.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Validated one-shot configuration.
+#[derive(Debug, Clone)]
+pub struct OneShotConfig {
+    /// Metadata database URL.
+    pub metadata_database_url: String,
+    /// Storage URL.
+    pub storage_url: String,
+    /// Step limits (`max_concurrent_imports` repositories run at once).
+    pub limits: StepLimits,
+    /// What to import.
+    pub selection: crate::oneshot::Selection,
+    /// Check only.
+    pub dry_run: bool,
+}
+
+/// Values both modes need, validated.
+struct Common {
+    metadata_database_url: Option<String>,
+    storage_url: Option<String>,
+    limits: Option<StepLimits>,
+    shutdown_grace: Option<Duration>,
+}
+
 impl ImporterArgs {
-    /// Validates every value, naming every bad key.
-    pub fn validate(&self) -> Result<ImporterConfig, String> {
-        let mut check = ConfigCheck::default();
-        let listen_addr = check.socket_addr("FERRY_LISTEN_ADDR", &self.listen_addr);
+    fn check_common(&self, check: &mut ConfigCheck) -> Common {
         let metadata_database_url = check.url(
             "FERRY_METADATA_DATABASE_URL",
             self.metadata_database_url.as_deref(),
@@ -82,11 +129,6 @@ impl ImporterArgs {
             "FERRY_STORAGE_URL",
             self.storage_url.as_deref(),
             &["file", "gs"],
-        );
-        let scheduler_url = check.url(
-            "FERRY_SCHEDULER_URL",
-            self.scheduler_url.as_deref(),
-            &["http", "https"],
         );
         let max = check.positive("FERRY_MAX_CONCURRENT_IMPORTS", &self.max_concurrent_imports);
         let pre = check.positive(
@@ -99,25 +141,69 @@ impl ImporterArgs {
         let settle = check.positive("FERRY_CANCEL_SETTLE_SECS", &self.cancel_settle_secs);
         let poll = check.positive("FERRY_CANCEL_POLL_MS", &self.cancel_poll_ms);
         let grace = check.positive("FERRY_SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs);
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let limits = (|| {
+            Some(StepLimits {
+                max_concurrent_imports: size(max?),
+                pre_import_timeout: Duration::from_secs(pre?),
+                import_timeout: Duration::from_secs(fin?),
+                copy_concurrency: size(copies?),
+                tag_concurrency: size(tags?),
+                cancel_settle: Duration::from_secs(settle?),
+                cancel_poll: Duration::from_millis(poll?),
+            })
+        })();
+        Common {
+            metadata_database_url,
+            storage_url,
+            limits,
+            shutdown_grace: grace.map(Duration::from_secs),
+        }
+    }
+
+    /// Validates every value the server needs, naming every bad key.
+    pub fn validate(&self) -> Result<ImporterConfig, String> {
+        let mut check = ConfigCheck::default();
+        let listen_addr = check.socket_addr("FERRY_LISTEN_ADDR", &self.listen_addr);
+        let scheduler_url = check.url(
+            "FERRY_SCHEDULER_URL",
+            self.scheduler_url.as_deref(),
+            &["http", "https"],
+        );
+        let common = self.check_common(&mut check);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(ImporterConfig {
             listen_addr: listen_addr.ok_or_else(missing)?,
-            metadata_database_url: metadata_database_url.ok_or_else(missing)?,
-            storage_url: storage_url.ok_or_else(missing)?,
+            metadata_database_url: common.metadata_database_url.ok_or_else(missing)?,
+            storage_url: common.storage_url.ok_or_else(missing)?,
             scheduler_url: scheduler_url.ok_or_else(missing)?,
-            limits: StepLimits {
-                max_concurrent_imports: usize::try_from(max.ok_or_else(missing)?)
-                    .unwrap_or(usize::MAX),
-                pre_import_timeout: Duration::from_secs(pre.ok_or_else(missing)?),
-                import_timeout: Duration::from_secs(fin.ok_or_else(missing)?),
-                copy_concurrency: usize::try_from(copies.ok_or_else(missing)?)
-                    .unwrap_or(usize::MAX),
-                tag_concurrency: usize::try_from(tags.ok_or_else(missing)?).unwrap_or(usize::MAX),
-                cancel_settle: Duration::from_secs(settle.ok_or_else(missing)?),
-                cancel_poll: Duration::from_millis(poll.ok_or_else(missing)?),
+            limits: common.limits.ok_or_else(missing)?,
+            shutdown_grace: common.shutdown_grace.ok_or_else(missing)?,
+        })
+    }
+
+    /// Validates what the one-shot import needs (no scheduler, no listening address).
+    pub fn validate_import(&self, command: &ImportCommand) -> Result<OneShotConfig, String> {
+        let mut check = ConfigCheck::default();
+        let common = self.check_common(&mut check);
+        for path in &command.paths {
+            if let Err(error) = ferry_shared::ids::RepositoryPath::parse(path) {
+                check.problem("--path", error);
+            }
+        }
+        check.finish()?;
+        let missing = || "validated above".to_owned();
+        Ok(OneShotConfig {
+            metadata_database_url: common.metadata_database_url.ok_or_else(missing)?,
+            storage_url: common.storage_url.ok_or_else(missing)?,
+            limits: common.limits.ok_or_else(missing)?,
+            selection: if command.all {
+                crate::oneshot::Selection::All
+            } else {
+                crate::oneshot::Selection::Paths(command.paths.clone())
             },
-            shutdown_grace: Duration::from_secs(grace.ok_or_else(missing)?),
+            dry_run: command.dry_run,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod listing;
 pub mod manifest;
 pub mod notifier;
+pub mod oneshot;
 pub mod plan;
 pub mod running;
 pub mod service;
@@ -59,7 +60,7 @@ pub async fn run(
     let db = MetadataStore::connect(&config.metadata_database_url, pool_size).await?;
     db.migrate().await?;
     let notifier = Notifier::new(&config.scheduler_url, NOTIFY_GIVE_UP_AFTER)?;
-    let importer = Importer::new(storage, db, notifier, config.limits.clone());
+    let importer = Importer::new(storage, db, Some(notifier), config.limits.clone());
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), storage = %config.storage_url, "importer serving");
     let routes = Routes::new(ImporterServer::new(grpc::ImporterGrpc(importer.clone())));
     let stopping = importer.clone();
@@ -85,4 +86,25 @@ pub async fn run(
     }
     served?;
     Ok(())
+}
+
+/// Runs the one-shot import (`ferry-importer import`): migrates the metadata database, then
+/// imports the selection straight from storage and returns the summary.
+pub async fn run_import(config: config::OneShotConfig) -> Result<oneshot::Summary, StartupError> {
+    let storage = ferry_shared::storage::open(&config.storage_url)?;
+    let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
+    let db = MetadataStore::connect(&config.metadata_database_url, pool_size).await?;
+    db.migrate().await?;
+    let concurrency = config.limits.max_concurrent_imports;
+    let tag_concurrency = config.limits.tag_concurrency;
+    let importer = Importer::new(std::sync::Arc::clone(&storage), db, None, config.limits);
+    Ok(oneshot::run(
+        &importer,
+        storage.as_ref(),
+        config.selection,
+        config.dry_run,
+        concurrency,
+        tag_concurrency,
+    )
+    .await?)
 }

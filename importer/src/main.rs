@@ -1,15 +1,26 @@
 //! `ferry-importer`: see the crate documentation of `ferry_importer`.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
+use ferry_importer::config::{ImportCommand, ImporterArgs, ImporterCommand};
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let args = ferry_importer::config::ImporterArgs::parse();
+async fn main() -> ExitCode {
+    let args = ImporterArgs::parse();
+    match args.command.clone() {
+        Some(ImporterCommand::Import(command)) => import(&args, &command).await,
+        Some(ImporterCommand::Serve) | None => serve(&args).await,
+    }
+}
+
+async fn serve(args: &ImporterArgs) -> ExitCode {
     let config = match args.validate() {
         Ok(config) => config,
         Err(message) => {
             eprintln!("ferry-importer: {message}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     ferry_shared::telemetry::init("ferry-importer");
@@ -20,15 +31,41 @@ async fn main() -> std::process::ExitCode {
                 "ferry-importer: cannot listen on {}: {err}",
                 config.listen_addr
             );
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
     match ferry_importer::run(config, listener, ferry_shared::grpc::shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(%err, "importer stopped");
             eprintln!("ferry-importer: {err}");
-            std::process::ExitCode::from(1)
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn import(args: &ImporterArgs, command: &ImportCommand) -> ExitCode {
+    let config = match args.validate_import(command) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("ferry-importer: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    ferry_shared::telemetry::init("ferry-importer");
+    let dry_run = config.dry_run;
+    match ferry_importer::run_import(config).await {
+        Ok(summary) => {
+            summary.print(dry_run);
+            if summary.failed_count == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(err) => {
+            eprintln!("ferry-importer: {err}");
+            ExitCode::from(1)
         }
     }
 }

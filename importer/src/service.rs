@@ -96,13 +96,24 @@ pub struct Importer {
 struct Inner {
     storage: Arc<dyn BlobStore>,
     db: MetadataStore,
-    notifier: Notifier,
+    notifier: Option<Notifier>,
     limits: StepLimits,
     permits: Arc<Semaphore>,
     running: Arc<RunningSteps>,
     /// Background steps, so shutdown can wait for them to record their end and notify.
     tasks: TaskTracker,
     shutting_down: AtomicBool,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// The repository's status afterwards.
+    pub status: MigrationStatus,
+    /// The reason of a failure, else a description of the status.
+    pub detail: String,
+    /// What the step did.
+    pub stats: ferry_proto::common::v1::ImportStats,
 }
 
 /// The statuses one kind of step moves through.
@@ -140,11 +151,12 @@ pub fn status_detail(status: MigrationStatus) -> &'static str {
 }
 
 impl Importer {
-    /// An importer over `storage` and `db` that reports to `notifier`.
+    /// An importer over `storage` and `db` that reports each step's end to `notifier` (none in the
+    /// one-shot mode, which runs without a scheduler).
     pub fn new(
         storage: Arc<dyn BlobStore>,
         db: MetadataStore,
-        notifier: Notifier,
+        notifier: Option<Notifier>,
         limits: StepLimits,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_imports));
@@ -160,6 +172,34 @@ impl Importer {
                 shutting_down: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Runs a step in the calling task, waiting for a free slot, and returns how it ended (the
+    /// one-shot mode). A repository already on the new platform is reported as such.
+    pub async fn import_now(
+        &self,
+        path: &str,
+        import_type: ImportType,
+    ) -> Result<StepOutcome, ApiError> {
+        let path =
+            RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let permit = Arc::clone(&self.inner.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        if let Some(status) = self.claim(&path, import_type).await? {
+            let detail = "already on the new platform".to_owned();
+            return Ok(StepOutcome {
+                status,
+                detail,
+                stats: Default::default(),
+            });
+        }
+        let running = self.inner.running.register(&path);
+        Ok(self
+            .clone()
+            .run_step(path, import_type, permit, running)
+            .await)
     }
 
     /// Starts shutting down: new starts are refused (`UNAVAILABLE`) and every running step is

@@ -1,17 +1,13 @@
-//! Discovering every repository in the bucket without holding the listing in memory.
-//!
-//! The walk is depth-first over delimited listings of `docker/registry/v2/repositories/`: a
-//! directory holding `_manifests/` is a repository; other `_`-prefixed directories (`_layers`,
-//! `_uploads`) are its data; anything else is descended into, since repositories nest. Memory is
-//! bounded by depth × one listing page.
+//! The inventory: every repository in the bucket (found by [`ferry_shared::walk`]) registered
+//! in the scheduler database, in batches.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_proto::scheduler::v1::InventoryProgress;
 use ferry_shared::ids::RepositoryPath;
-use ferry_shared::layout::REPOSITORIES_PREFIX;
-use ferry_shared::storage::{BlobStore, ListOptions, StorageError};
+use ferry_shared::storage::{BlobStore, StorageError};
+use ferry_shared::walk::{Found, RepositoryWalk};
 
 use crate::store::{NewRepository, SchedulerStore};
 
@@ -29,24 +25,6 @@ pub enum InventoryError {
     Database(#[from] sqlx::Error),
 }
 
-struct Frame {
-    prefix: String,
-    page_token: Option<String>,
-    pending: std::vec::IntoIter<String>,
-    exhausted: bool,
-}
-
-impl Frame {
-    fn new(prefix: String) -> Self {
-        Self {
-            prefix,
-            page_token: None,
-            pending: Vec::new().into_iter(),
-            exhausted: false,
-        }
-    }
-}
-
 /// Walks the bucket and registers what it finds, calling `progress` after every batch; the
 /// returned report is the final one (`done` set).
 pub async fn run(
@@ -58,43 +36,22 @@ pub async fn run(
     let started = Instant::now();
     let mut report = InventoryProgress::default();
     let mut batch: Vec<NewRepository> = Vec::with_capacity(BATCH);
-    let mut stack = vec![Frame::new(REPOSITORIES_PREFIX.to_owned())];
-    while let Some(frame) = stack.last_mut() {
-        if let Some(child) = frame.pending.next() {
-            let name = child[frame.prefix.len()..].trim_end_matches('/');
-            if name == "_manifests" {
-                let path = frame.prefix[REPOSITORIES_PREFIX.len()..].trim_end_matches('/');
-                report.repositories_found += 1;
-                match RepositoryPath::parse(path) {
-                    Ok(path) => batch.push(new_repository(&path, project_segments)),
-                    Err(error) => {
-                        tracing::warn!(%error, "skipping a directory that is not a valid repository path")
-                    }
-                }
-                if batch.len() >= BATCH {
-                    flush(store, &mut batch, &mut report, started).await?;
-                    progress(&report);
-                }
-            } else if !name.starts_with('_') {
-                stack.push(Frame::new(child));
+    let mut walk = RepositoryWalk::new(storage.as_ref());
+    while let Some(found) = walk.next().await? {
+        report.repositories_found += 1;
+        match found {
+            Found::Repository(path) => batch.push(new_repository(&path, project_segments)),
+            Found::Invalid(error) => {
+                tracing::warn!(%error, "skipping a directory that is not a valid repository path");
             }
-            continue;
         }
-        if frame.exhausted {
-            stack.pop();
-            continue;
+        if batch.len() >= BATCH {
+            report.list_calls = walk.list_calls();
+            flush(store, &mut batch, &mut report, started).await?;
+            progress(&report);
         }
-        let options = ListOptions {
-            delimited: true,
-            page_token: frame.page_token.take(),
-            max_results: 1000,
-        };
-        let page = storage.list(&frame.prefix, &options).await?;
-        report.list_calls += 1;
-        frame.exhausted = page.next_page_token.is_none();
-        frame.page_token = page.next_page_token;
-        frame.pending = page.prefixes.into_iter();
     }
+    report.list_calls = walk.list_calls();
     flush(store, &mut batch, &mut report, started).await?;
     report.done = true;
     Ok(report)

@@ -7,6 +7,7 @@
 //! - [`ids`]: validated repository paths and digests.
 //! - [`error`]: error codes and their mapping to gRPC.
 //! - [`grpc`]: serving with health checks and reflection.
+//! - [`walk`]: discovering every repository of the old layout.
 
 pub mod config;
 pub mod error;
@@ -15,3 +16,4 @@ pub mod ids;
 pub mod layout;
 pub mod storage;
 pub mod telemetry;
+pub mod walk;

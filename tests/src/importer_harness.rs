@@ -58,7 +58,7 @@ impl ImporterHarness {
             cancel_settle: Duration::from_secs(5),
             cancel_poll: Duration::from_millis(200),
         };
-        let importer = Importer::new(wrap(storage), db, notifier, limits);
+        let importer = Importer::new(wrap(storage), db, Some(notifier), limits);
         let pool = PgPool::connect(&url).await.expect("pool");
         Self {
             importer,

@@ -180,6 +180,7 @@ impl Cluster {
                 cancel_settle_secs: "5".into(),
                 cancel_poll_ms: "200".into(),
                 shutdown_grace_secs: "5".into(),
+                command: None,
             };
             let config = args.validate().expect("importer config");
             tasks.push(tokio::spawn(async move {

@@ -60,7 +60,7 @@ fn importer(
         cancel_poll: poll,
     };
     let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
-    Importer::new(storage, setup.db.clone(), notifier, limits)
+    Importer::new(storage, setup.db.clone(), Some(notifier), limits)
 }
 
 async fn status(pool: &PgPool) -> String {

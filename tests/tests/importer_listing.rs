@@ -40,6 +40,7 @@ async fn server() -> Server {
         cancel_settle_secs: "5".into(),
         cancel_poll_ms: "1000".into(),
         shutdown_grace_secs: "5".into(),
+        command: None,
     };
     let config = args.validate().expect("config");
     let task = tokio::spawn(async move {

@@ -12,7 +12,7 @@ use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
 use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
 
-use super::{Importer, StepStatuses, status_detail, statuses};
+use super::{Importer, StepOutcome, StepStatuses, status_detail, statuses};
 use crate::error::StepError;
 use crate::plan::{self, ImportPlan};
 use crate::running::{self, RunningStep, StopReason};
@@ -25,7 +25,7 @@ impl Importer {
         import_type: ImportType,
         permit: OwnedSemaphorePermit,
         running: RunningStep,
-    ) {
+    ) -> StepOutcome {
         let started = Instant::now();
         let step = statuses(import_type);
         let limit = match import_type {
@@ -87,10 +87,16 @@ impl Importer {
         drop(permit);
         stats.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(repository = %path, ?import_type, status = status.as_db_str(), duration_ms = stats.duration_ms, "import step ended");
-        self.inner
-            .notifier
-            .notify(&path, import_type, status, detail, stats)
-            .await;
+        if let Some(notifier) = &self.inner.notifier {
+            notifier
+                .notify(&path, import_type, status, detail.clone(), stats)
+                .await;
+        }
+        StepOutcome {
+            status,
+            detail,
+            stats,
+        }
     }
 
     async fn current_status(&self, path: &RepositoryPath) -> Option<MigrationStatus> {
