@@ -8,7 +8,7 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: ## Install and start what Ferry needs (PostgreSQL, Redis, docker-registry, skopeo, umoci)
+setup: ## Install and start what Ferry needs (PostgreSQL, Redis, fake-gcs-server, docker-registry, skopeo, umoci)
 	@bash scripts/setup.sh
 
 build: ## Build every binary
@@ -23,7 +23,7 @@ lint: ## rustfmt check and clippy with warnings denied
 
 test: setup lint ## Set up, lint, and run every test against real PostgreSQL, Redis and registry data
 	@bash scripts/drop-test-databases.sh
-	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+	STORAGE_EMULATOR_HOST=$${FERRY_GCS_EMULATOR:-127.0.0.1:4443} $(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

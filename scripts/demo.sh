@@ -7,6 +7,9 @@
 # that registry, copying blobs into REGISTRY_DIR/gitlab/, into FERRY_DATABASE_URL and
 # FERRY_METADATA_DATABASE_URL (default ferry_scheduler / ferry_registry); a second run resumes.
 #
+# FERRY_STORAGE_URL=gs://bucket[/prefix] runs the same demo on the GCS driver against the local
+# GCS emulator: the registry is uploaded to the bucket first.
+#
 # Exits 0 only if every repository ended import_done.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -70,6 +73,33 @@ else
 fi
 export FERRY_REDIS_URL=${FERRY_REDIS_URL:-redis://127.0.0.1:6379}
 export FERRY_STORAGE_URL=${FERRY_STORAGE_URL:-file://$ROOT}
+
+# With gs://bucket[/prefix], the registry is uploaded to that bucket on the GCS emulator
+# (fake-gcs-server, started by setup.sh; STORAGE_EMULATOR_HOST, as Google's SDKs read it).
+upload_to_emulator() { # ROOT URL
+  local root=$1 rest=${2#gs://} bucket prefix endpoint count=0 key
+  bucket=${rest%%/*}
+  prefix=${rest#"$bucket"}
+  prefix=${prefix#/}
+  endpoint=http://${STORAGE_EMULATOR_HOST#http://}
+  curl -sf -X POST -H 'Content-Type: application/json' -d "{\"name\":\"$bucket\"}" \
+    "$endpoint/storage/v1/b?project=ferry-demo" >/dev/null ||
+    curl -sf "$endpoint/storage/v1/b/$bucket" >/dev/null ||
+    die "cannot create or find bucket $bucket on the GCS emulator at $endpoint"
+  while IFS= read -r -d '' file; do
+    key=${file#"$root"/}
+    key=${prefix:+$prefix/}$key
+    curl -sf -X POST --data-binary "@$file" -H 'Content-Type: application/octet-stream' \
+      "$endpoint/upload/storage/v1/b/$bucket/o?uploadType=media&name=$(python3 -c 'import sys,urllib.parse;print(urllib.parse.quote(sys.argv[1],safe=""))' "$key")" >/dev/null ||
+      die "uploading $key to $bucket failed"
+    count=$((count + 1))
+  done < <(find "$root/docker" -type f -print0)
+  log "uploaded $count objects of $root to gs://$rest on the emulator at $endpoint"
+}
+if [[ $FERRY_STORAGE_URL == gs://* ]]; then
+  export STORAGE_EMULATOR_HOST=${STORAGE_EMULATOR_HOST:-${FERRY_GCS_EMULATOR:-127.0.0.1:4443}}
+  upload_to_emulator "$ROOT" "$FERRY_STORAGE_URL"
+fi
 export FERRY_REDIS_PREFIX=ferry-demo-$$
 export FERRY_LOG_FORMAT=${FERRY_LOG_FORMAT:-json}
 

@@ -6,6 +6,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), Redis (`FERRY_TEST_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`), docker-registry, skopeo and umoci.
 
+pub mod buckets;
 mod importer_harness;
 
 pub use importer_harness::ImporterHarness;
@@ -158,9 +159,13 @@ async fn bind() -> (TcpListener, String) {
 impl Cluster {
     /// Starts `importers` importers and one scheduler over `storage_root`, with fresh databases.
     pub async fn start(storage_root: &Path, importers: usize) -> Self {
+        Self::start_with_storage(format!("file://{}", storage_root.display()), importers).await
+    }
+
+    /// Like [`Self::start`], over the bucket `storage_url` names (`file://` or `gs://`).
+    pub async fn start_with_storage(storage_url: String, importers: usize) -> Self {
         let database_url = fresh_database("sched").await;
         let metadata_database_url = fresh_database("meta").await;
-        let storage_url = format!("file://{}", storage_root.display());
         let (scheduler_listener, scheduler_url) = bind().await;
         let mut tasks = Vec::new();
         let mut importer_urls = Vec::new();

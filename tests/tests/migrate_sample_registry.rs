@@ -10,7 +10,8 @@ use sqlx::{PgPool, Row};
 use ferry_proto::scheduler::v1::{
     GetRepositoryRequest, MigrationSummary, RunInventoryRequest, SetMigrationEnabledRequest,
 };
-use ferry_tests::{Cluster, RegistryServer, SampleRegistry, file_digest};
+use ferry_tests::buckets::{Bucket, DirBucket, GcsBucket};
+use ferry_tests::{Cluster, RegistryServer, SampleRegistry};
 
 const BROKEN: &str = "group-d/project-6/broken";
 
@@ -38,6 +39,30 @@ fn strings(value: &serde_json::Value) -> Vec<String> {
 async fn sample_registry_migrates_end_to_end_and_a_broken_repository_fails_alone() {
     let sample = SampleRegistry::build(true);
     let cluster = Cluster::start(&sample.root(), 2).await;
+    let bucket = DirBucket(sample.root());
+    migrate_and_check(&sample, &cluster, &bucket).await;
+}
+
+/// The same migration with the registry in a GCS bucket (fake-gcs-server): the importers list,
+/// read and rewrite through the GCS driver. `make test` points `STORAGE_EMULATOR_HOST` at the
+/// emulator, as Google's SDKs expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_registry_migrates_end_to_end_from_a_gcs_bucket() {
+    let emulator = std::env::var("STORAGE_EMULATOR_HOST")
+        .expect("STORAGE_EMULATOR_HOST must point at fake-gcs-server: run `make test`");
+    let sample = SampleRegistry::build(true);
+    let bucket = GcsBucket::new().await;
+    assert!(
+        emulator.contains(bucket.endpoint().trim_start_matches("http://")),
+        "{emulator}"
+    );
+    let uploaded = bucket.upload_dir(&sample.root()).await;
+    assert!(uploaded > 50, "uploaded {uploaded} objects");
+    let cluster = Cluster::start_with_storage(format!("gs://{}", bucket.name()), 2).await;
+    migrate_and_check(&sample, &cluster, &bucket).await;
+}
+
+async fn migrate_and_check(sample: &SampleRegistry, cluster: &Cluster, bucket: &dyn Bucket) {
     let mut client = cluster.client().await;
     check_health(&cluster.scheduler_url, "ferry.scheduler.v1.Scheduler").await;
     for url in &cluster.importer_urls {
@@ -79,12 +104,12 @@ async fn sample_registry_migrates_end_to_end_and_a_broken_repository_fails_alone
     let meta = PgPool::connect(&cluster.metadata_database_url)
         .await
         .expect("metadata db");
-    check_broken_repository(&sample, &cluster, &meta).await;
-    check_statuses(&sample, &meta).await;
-    check_index_children(&sample, &meta).await;
-    check_untagged_and_removed(&sample, &meta).await;
-    check_blob_tree(&sample, &meta).await;
-    check_tags_against_registry(&sample, &meta).await;
+    check_broken_repository(sample, cluster, &meta).await;
+    check_statuses(sample, &meta).await;
+    check_index_children(sample, &meta).await;
+    check_untagged_and_removed(sample, &meta).await;
+    check_blob_tree(sample, &meta, bucket).await;
+    check_tags_against_registry(sample, &meta).await;
 
     // A second inventory registers nothing new.
     let mut stream = client
@@ -269,7 +294,7 @@ async fn check_untagged_and_removed(sample: &SampleRegistry, meta: &PgPool) {
 
 /// Every config and layer blob a registered manifest references sits under `gitlab/` with the
 /// right sha256, and the registered blobs are exactly those the sample's tagged manifests use.
-async fn check_blob_tree(sample: &SampleRegistry, meta: &PgPool) {
+async fn check_blob_tree(sample: &SampleRegistry, meta: &PgPool, bucket: &dyn Bucket) {
     let referenced: Vec<String> = sqlx::query_scalar(
         "SELECT digest FROM layers UNION SELECT configuration_blob_digest FROM manifests \
          WHERE configuration_blob_digest IS NOT NULL",
@@ -280,13 +305,15 @@ async fn check_blob_tree(sample: &SampleRegistry, meta: &PgPool) {
     assert!(!referenced.is_empty());
     for digest in &referenced {
         let hex = &digest["sha256:".len()..];
-        let path = sample.root().join(format!(
+        let key = format!(
             "gitlab/docker/registry/v2/blobs/sha256/{}/{hex}/data",
             &hex[..2]
-        ));
-        let actual =
-            file_digest(&path).unwrap_or_else(|e| panic!("{digest} not under gitlab/: {e}"));
-        assert_eq!(&actual, digest);
+        );
+        let data = bucket
+            .get(&key)
+            .await
+            .unwrap_or_else(|| panic!("{digest} not under gitlab/"));
+        assert_eq!(&ferry_shared::ids::Digest::of(&data).to_string(), digest);
     }
     let mut expected = BTreeSet::new();
     for repo in sample.repositories() {
