@@ -39,9 +39,14 @@ pub enum ApiError {
     TooManyImports(usize),
     /// 429: the repository's last step was canceled moments ago and may still be stopping.
     #[error(
-        "repository {0} is not ready: its last import was canceled moments ago and may still be stopping"
+        "repository {path} is not ready: its last import was canceled moments ago and may still be stopping"
     )]
-    NotReady(String),
+    NotReady {
+        /// The repository.
+        path: String,
+        /// When the settle window ends.
+        retry_after: Duration,
+    },
     /// 400: nothing to cancel (no step in progress, or a forced cancel of a native repository).
     #[error("import of {path} cannot be canceled: its status is {status}")]
     CannotCancel {
@@ -73,7 +78,7 @@ impl ApiError {
             ApiError::PreImportRequired { .. } | ApiError::CannotCancel { .. } => {
                 ErrorCode::FailedPrecondition
             }
-            ApiError::TooManyImports(_) | ApiError::NotReady(_) => ErrorCode::ResourceExhausted,
+            ApiError::TooManyImports(_) | ApiError::NotReady { .. } => ErrorCode::ResourceExhausted,
             ApiError::Database(_) | ApiError::Storage(_) | ApiError::ShuttingDown => {
                 ErrorCode::Unavailable
             }
@@ -81,9 +86,22 @@ impl ApiError {
     }
 }
 
+/// How long a busy importer asks its callers to wait.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
-        error.code().into_status(error.to_string())
+        let retry_after = match &error {
+            ApiError::NotReady { retry_after, .. } => Some(*retry_after),
+            ApiError::TooManyImports(_) | ApiError::ShuttingDown => Some(BUSY_RETRY_AFTER),
+            _ => None,
+        };
+        match retry_after {
+            Some(delay) => error
+                .code()
+                .into_status_retry_after(error.to_string(), delay),
+            None => error.code().into_status(error.to_string()),
+        }
     }
 }
 

@@ -262,7 +262,11 @@ impl Importer {
                 if row.status == PreImportCanceled
                     && row.age_seconds < self.inner.limits.cancel_settle.as_secs_f64() =>
             {
-                return Err(ApiError::NotReady(path.to_string()));
+                let left = self.inner.limits.cancel_settle.as_secs_f64() - row.age_seconds;
+                return Err(ApiError::NotReady {
+                    path: path.to_string(),
+                    retry_after: Duration::from_secs_f64(left.max(0.0)),
+                });
             }
             None if is_final => {
                 return Err(ApiError::PreImportRequired {

@@ -40,4 +40,27 @@ impl ErrorCode {
     pub fn into_status(self, message: impl Into<String>) -> tonic::Status {
         tonic::Status::new(self.grpc_code(), message)
     }
+
+    /// Builds the status with a `google.rpc.RetryInfo` detail saying when to try again (for
+    /// `RESOURCE_EXHAUSTED` and `UNAVAILABLE` answers).
+    pub fn into_status_retry_after(
+        self,
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> tonic::Status {
+        use tonic_types::{ErrorDetails, StatusExt};
+        tonic::Status::with_error_details(
+            self.grpc_code(),
+            message,
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        )
+    }
+
+    /// The retry delay a status carries in its `google.rpc.RetryInfo` detail, if any.
+    pub fn retry_after(status: &tonic::Status) -> Option<std::time::Duration> {
+        use tonic_types::StatusExt;
+        status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay)
+    }
 }

@@ -140,10 +140,16 @@ async fn seed_004_a_late_pre_import_never_overwrites_import_complete() {
     assert_eq!(seen.detail, "pre import canceled");
     // 4. A new pre-import milliseconds later is refused: the old step may still be running.
     let refused = strict.start_import(PATH, ImportType::Pre, 0).await;
-    assert!(matches!(refused, Err(ApiError::NotReady(_))), "{refused:?}");
-    assert_eq!(
-        refused.expect_err("refused").code(),
-        ErrorCode::ResourceExhausted
+    assert!(
+        matches!(refused, Err(ApiError::NotReady { .. })),
+        "{refused:?}"
+    );
+    let answer = tonic::Status::from(refused.expect_err("refused"));
+    assert_eq!(answer.code(), tonic::Code::ResourceExhausted);
+    let retry_after = ErrorCode::retry_after(&answer).expect("RetryInfo detail");
+    assert!(
+        retry_after > Duration::from_secs(3) && retry_after <= Duration::from_secs(5),
+        "{retry_after:?}"
     );
     // 5. Had it been accepted (no settle window), the new pre-import and the final import complete...
     lenient
@@ -336,4 +342,49 @@ async fn a_repository_is_read_only_exactly_while_its_final_import_runs() {
         plain.check_writable(PATH).await.expect("check").writable,
         "writable on the new platform"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_past_its_time_limit_fails_with_a_reason() {
+    let s = setup().await;
+    let (gated, _gate_stays_closed) = GatedStore::new(Arc::clone(&s.local));
+    let limits = StepLimits {
+        max_concurrent_imports: 1,
+        pre_import_timeout: Duration::from_millis(300),
+        import_timeout: Duration::from_secs(60),
+        copy_concurrency: 2,
+        tag_concurrency: 2,
+        cancel_settle: Duration::from_secs(5),
+        cancel_poll: Duration::from_secs(60),
+    };
+    let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
+    let importer = Importer::new(Arc::new(gated), s.db.clone(), Some(notifier), limits);
+    importer
+        .start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("start");
+    wait_for_status(&s.pool, "pre_import_failed").await;
+    let detail = importer.import_status(PATH).await.expect("status").detail;
+    assert_eq!(detail, "step timed out after 300ms");
+    // A full importer answers RESOURCE_EXHAUSTED with a retry delay.
+    wait_idle(&importer, Duration::from_secs(5)).await;
+    let (gated, _closed) = GatedStore::new(Arc::clone(&s.local));
+    let busy = importer_with_one_slot(&s, Arc::new(gated));
+    busy.start_import(PATH, ImportType::Pre, 0)
+        .await
+        .expect("first");
+    let status = tonic::Status::from(
+        busy.start_import("group/project/other", ImportType::Pre, 0)
+            .await
+            .expect_err("full"),
+    );
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        ErrorCode::retry_after(&status),
+        Some(Duration::from_secs(1))
+    );
+}
+
+fn importer_with_one_slot(s: &Setup, storage: Arc<dyn BlobStore>) -> Importer {
+    importer(s, storage, Duration::ZERO, Duration::from_secs(60))
 }
