@@ -44,13 +44,9 @@ async fn setup() -> Setup {
     }
 }
 
-fn importer(
-    setup: &Setup,
-    storage: Arc<dyn BlobStore>,
-    settle: Duration,
-    poll: Duration,
-) -> Importer {
-    let limits = StepLimits {
+/// One import slot, one-minute step limits, the given cancellation settings.
+fn limits(settle: Duration, poll: Duration) -> StepLimits {
+    StepLimits {
         max_concurrent_imports: 1,
         pre_import_timeout: Duration::from_secs(60),
         import_timeout: Duration::from_secs(60),
@@ -58,9 +54,22 @@ fn importer(
         tag_concurrency: 4,
         cancel_settle: settle,
         cancel_poll: poll,
-    };
+    }
+}
+
+fn importer_with(setup: &Setup, storage: Arc<dyn BlobStore>, limits: StepLimits) -> Importer {
+    // Nobody listens on port 1: notifications give up at once; the database is what we check.
     let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
     Importer::new(storage, setup.db.clone(), Some(notifier), limits)
+}
+
+fn importer(
+    setup: &Setup,
+    storage: Arc<dyn BlobStore>,
+    settle: Duration,
+    poll: Duration,
+) -> Importer {
+    importer_with(setup, storage, limits(settle, poll))
 }
 
 async fn status(pool: &PgPool) -> String {
@@ -348,28 +357,22 @@ async fn a_repository_is_read_only_exactly_while_its_final_import_runs() {
 async fn a_step_past_its_time_limit_fails_with_a_reason() {
     let s = setup().await;
     let (gated, _gate_stays_closed) = GatedStore::new(Arc::clone(&s.local));
-    let limits = StepLimits {
-        max_concurrent_imports: 1,
+    let quick = StepLimits {
         pre_import_timeout: Duration::from_millis(300),
-        import_timeout: Duration::from_secs(60),
-        copy_concurrency: 2,
-        tag_concurrency: 2,
-        cancel_settle: Duration::from_secs(5),
-        cancel_poll: Duration::from_secs(60),
+        ..limits(Duration::from_secs(5), Duration::from_secs(60))
     };
-    let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
-    let importer = Importer::new(Arc::new(gated), s.db.clone(), Some(notifier), limits);
-    importer
+    let timed = importer_with(&s, Arc::new(gated), quick);
+    timed
         .start_import(PATH, ImportType::Pre, 0)
         .await
         .expect("start");
     wait_for_status(&s.pool, "pre_import_failed").await;
-    let detail = importer.import_status(PATH).await.expect("status").detail;
+    let detail = timed.import_status(PATH).await.expect("status").detail;
     assert_eq!(detail, "step timed out after 300ms");
     // A full importer answers RESOURCE_EXHAUSTED with a retry delay.
-    wait_idle(&importer, Duration::from_secs(5)).await;
+    wait_idle(&timed, Duration::from_secs(5)).await;
     let (gated, _closed) = GatedStore::new(Arc::clone(&s.local));
-    let busy = importer_with_one_slot(&s, Arc::new(gated));
+    let busy = importer(&s, Arc::new(gated), Duration::ZERO, Duration::from_secs(60));
     busy.start_import(PATH, ImportType::Pre, 0)
         .await
         .expect("first");
@@ -383,8 +386,4 @@ async fn a_step_past_its_time_limit_fails_with_a_reason() {
         ErrorCode::retry_after(&status),
         Some(Duration::from_secs(1))
     );
-}
-
-fn importer_with_one_slot(s: &Setup, storage: Arc<dyn BlobStore>) -> Importer {
-    importer(s, storage, Duration::ZERO, Duration::from_secs(60))
 }
