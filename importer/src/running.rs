@@ -64,6 +64,11 @@ impl RunningSteps {
         }
     }
 
+    /// Whether a step of `path` runs in this process.
+    pub fn is_running(&self, path: &RepositoryPath) -> bool {
+        self.lock().by_path.contains_key(path.as_str())
+    }
+
     /// Signals the step running here for `path`, if any. Returns whether one was running.
     pub fn cancel(&self, path: &RepositoryPath) -> bool {
         self.lock()

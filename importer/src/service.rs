@@ -415,6 +415,7 @@ impl ImportService for Importer {
             detail: row
                 .error
                 .unwrap_or_else(|| status_detail(row.status).to_owned()),
+            running_here: self.inner.running.is_running(&path),
         })
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use ferry_proto::common::v1::ImportType;
 
+use crate::guard::Guard;
 use crate::importers::{ImporterPool, StartResult};
 use crate::lease::{HeldLease, Lease};
 use crate::store::{Claimed, RepoKey, SchedulerStore};
@@ -22,6 +23,8 @@ use crate::store::{Claimed, RepoKey, SchedulerStore};
 pub struct EnqueueConfig {
     /// Timer wake-up period.
     pub interval: Duration,
+    /// How often the guard checks stale steps.
+    pub guard_interval: Duration,
     /// Attempts to start a step while every importer is busy, before aborting it.
     pub start_max_retries: u32,
 }
@@ -39,6 +42,8 @@ pub struct Enqueuer {
     pub wake: Arc<Notify>,
     /// Tuning.
     pub config: EnqueueConfig,
+    /// The guard, run by the lease holder every `guard_interval`.
+    pub guard: Guard,
     /// The lease while this replica holds it, so shutdown can release it at once.
     pub held: Arc<tokio::sync::Mutex<Option<HeldLease>>>,
 }
@@ -76,7 +81,16 @@ impl Enqueuer {
     }
 
     async fn lead(&self, held: &HeldLease) {
+        let mut guarded_at: Option<std::time::Instant> = None;
         while held.is_valid().await {
+            if guarded_at.is_none_or(|at| at.elapsed() >= self.config.guard_interval) {
+                guarded_at = Some(std::time::Instant::now());
+                match self.guard.pass(held).await {
+                    Ok(report) if report.stale > 0 => tracing::info!(?report, "guard pass"),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "guard pass failed"),
+                }
+            }
             if let Err(error) = self.pass(held).await {
                 tracing::warn!(%error, "enqueue pass failed");
             }
@@ -156,8 +170,9 @@ impl Enqueuer {
                 .start(&repo.path, import_type, held.fence)
                 .await;
             match result {
-                StartResult::Accepted => {
-                    tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, "step started");
+                StartResult::Accepted { importer } => {
+                    tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, importer, "step started");
+                    self.store.record_importer(repo.id, &importer).await?;
                     return Ok(());
                 }
                 StartResult::AlreadyImported { imported: true } => {

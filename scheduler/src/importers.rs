@@ -7,13 +7,19 @@ use tonic::transport::{Channel, Endpoint};
 
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::importer_client::ImporterClient;
-use ferry_proto::importer::v1::{GetImportStatusRequest, StartImportRequest, StartOutcome};
+use ferry_proto::importer::v1::{
+    CancelImportRequest, GetImportStatusRequest, GetImportStatusResponse, StartImportRequest,
+    StartOutcome,
+};
 
 /// How an importer answered a start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartResult {
-    /// Accepted; runs in the background.
-    Accepted,
+    /// Accepted by the importer at this URL; runs in the background.
+    Accepted {
+        /// The importer that runs the step.
+        importer: String,
+    },
     /// Already on the new platform: created there (`native`) or imported earlier (a final
     /// import whose notification was lost).
     AlreadyImported {
@@ -26,6 +32,14 @@ pub enum StartResult {
     AllBusy(String),
     /// Refused for another reason (a step in progress, a missing pre-import, ...).
     Refused(String),
+}
+
+/// Whether a status means the importer could not be reached (as opposed to an answer).
+pub fn is_unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    )
 }
 
 /// Importer clients, tried round-robin.
@@ -73,7 +87,9 @@ impl ImporterPool {
                         Ok(StartOutcome::AlreadyImported) => StartResult::AlreadyImported {
                             imported: response.status == i32::from(MigrationStatus::ImportComplete),
                         },
-                        _ => StartResult::Accepted,
+                        _ => StartResult::Accepted {
+                            importer: url.clone(),
+                        },
                     };
                 }
                 Err(status) => match status.code() {
@@ -98,23 +114,56 @@ impl ImporterPool {
         StartResult::AllBusy(busy.join("; "))
     }
 
-    /// The repository's status as any reachable importer reports it.
-    pub async fn status(&self, path: &str) -> Result<MigrationStatus, tonic::Status> {
+    fn client(&self, url: &str) -> Option<ImporterClient<Channel>> {
+        self.clients
+            .iter()
+            .find(|(u, _)| u == url)
+            .map(|(_, client)| client.clone())
+    }
+
+    /// The repository's status as the importer at `url` reports it (including whether that
+    /// importer runs its step), or as any reachable importer does when `url` is unknown.
+    pub async fn status(
+        &self,
+        url: Option<&str>,
+        path: &str,
+    ) -> Result<GetImportStatusResponse, tonic::Status> {
+        let request = || GetImportStatusRequest {
+            path: path.to_owned(),
+        };
+        if let Some(mut client) = url.and_then(|url| self.client(url)) {
+            return client
+                .get_import_status(request())
+                .await
+                .map(tonic::Response::into_inner);
+        }
         let mut last = tonic::Status::unavailable("no importers configured");
         for (_, client) in &self.clients {
-            match client
-                .clone()
-                .get_import_status(GetImportStatusRequest {
-                    path: path.to_owned(),
-                })
-                .await
-            {
+            match client.clone().get_import_status(request()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if is_unreachable(&status) => last = status,
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last)
+    }
+
+    /// Cancels the repository's step through any reachable importer (they share the metadata
+    /// database; the one running the step notices within its poll interval).
+    pub async fn cancel(&self, path: &str, force: bool) -> Result<MigrationStatus, tonic::Status> {
+        let mut last = tonic::Status::unavailable("no importers configured");
+        for (_, client) in &self.clients {
+            let request = CancelImportRequest {
+                path: path.to_owned(),
+                force,
+            };
+            match client.clone().cancel_import(request).await {
                 Ok(response) => {
                     return Ok(
                         MigrationStatus::try_from(response.into_inner().status).unwrap_or_default()
                     );
                 }
-                Err(status) if status.code() == tonic::Code::Unavailable => last = status,
+                Err(status) if is_unreachable(&status) => last = status,
                 Err(status) => return Err(status),
             }
         }

@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod enqueue;
 pub mod error;
 pub mod grpc;
+pub mod guard;
 pub mod importers;
 pub mod inventory;
 pub mod lease;
@@ -74,15 +75,21 @@ pub async fn run(
         },
     );
     let held = Arc::new(tokio::sync::Mutex::new(None));
+    let importers = Arc::new(ImporterPool::new(&config.importers)?);
     let enqueuer = Enqueuer {
         held: Arc::clone(&held),
         store: store.clone(),
-        importers: Arc::new(ImporterPool::new(&config.importers)?),
+        guard: guard::Guard {
+            store: store.clone(),
+            importers: Arc::clone(&importers),
+        },
+        importers,
         lease: lease.clone(),
         wake: Arc::clone(&wake),
         config: EnqueueConfig {
             interval: config.enqueue_interval,
             start_max_retries: config.start_max_retries,
+            guard_interval: config.guard_interval,
         },
     };
     let wakeups = tokio::spawn(enqueue::forward_wakeups(

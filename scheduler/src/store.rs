@@ -7,6 +7,10 @@ use sqlx::{FromRow, Row};
 
 use ferry_proto::common::v1::ImportStats;
 
+mod guard;
+
+pub use guard::StaleStep;
+
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
 
@@ -25,6 +29,12 @@ pub struct Settings {
     pub capacity: i32,
     /// Aborts before a repository is skipped.
     pub max_retries: i32,
+    /// A step older than this is checked with its importer by the guard.
+    pub max_step_duration: std::time::Duration,
+    /// A pre-import still running after this long is canceled.
+    pub pre_import_timeout: std::time::Duration,
+    /// A final import still running after this long is canceled.
+    pub import_timeout: std::time::Duration,
 }
 
 /// A repository picked for a step.
@@ -122,13 +132,22 @@ impl SchedulerStore {
 
     /// Current settings.
     pub async fn settings(&self) -> Result<Settings, sqlx::Error> {
-        let row = sqlx::query("SELECT enabled, capacity, max_retries FROM migration_settings")
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT enabled, capacity, max_retries, max_step_duration_secs, pre_import_timeout_secs, \
+                    import_timeout_secs FROM migration_settings",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let secs = |name: &str| {
+            std::time::Duration::from_secs(u64::try_from(row.get::<i32, _>(name)).unwrap_or(1))
+        };
         Ok(Settings {
             enabled: row.get("enabled"),
             capacity: row.get("capacity"),
             max_retries: row.get("max_retries"),
+            max_step_duration: secs("max_step_duration_secs"),
+            pre_import_timeout: secs("pre_import_timeout_secs"),
+            import_timeout: secs("import_timeout_secs"),
         })
     }
 

@@ -128,6 +128,27 @@ impl SampleRegistry {
     }
 }
 
+/// How to shape a test [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Importers to run.
+    pub importers: usize,
+    /// Whether importers can reach the scheduler with their completion notifications.
+    pub notify: bool,
+    /// Importer URLs the scheduler is given but where nothing listens.
+    pub dead_importers: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            importers: 2,
+            notify: true,
+            dead_importers: Vec::new(),
+        }
+    }
+}
+
 /// A scheduler and importers serving on loopback, in this process.
 #[derive(Debug)]
 pub struct Cluster {
@@ -164,6 +185,16 @@ impl Cluster {
 
     /// Like [`Self::start`], over the bucket `storage_url` names (`file://` or `gs://`).
     pub async fn start_with_storage(storage_url: String, importers: usize) -> Self {
+        let options = ClusterOptions {
+            importers,
+            ..ClusterOptions::default()
+        };
+        Self::start_with(storage_url, options).await
+    }
+
+    /// A cluster shaped by `options`.
+    pub async fn start_with(storage_url: String, options: ClusterOptions) -> Self {
+        let importers = options.importers;
         let database_url = fresh_database("sched").await;
         let metadata_database_url = fresh_database("meta").await;
         let (scheduler_listener, scheduler_url) = bind().await;
@@ -176,7 +207,12 @@ impl Cluster {
                 listen_addr: listener.local_addr().expect("addr").to_string(),
                 metadata_database_url: Some(metadata_database_url.clone()),
                 storage_url: Some(storage_url.clone()),
-                scheduler_url: Some(scheduler_url.clone()),
+                // Port 1: nobody listens, so every completion notification is lost.
+                scheduler_url: Some(if options.notify {
+                    scheduler_url.clone()
+                } else {
+                    "http://127.0.0.1:1".to_owned()
+                }),
                 max_concurrent_imports: "2".into(),
                 pre_import_timeout_secs: "120".into(),
                 import_timeout_secs: "120".into(),
@@ -199,12 +235,20 @@ impl Cluster {
             database_url: Some(database_url.clone()),
             redis_url: Some(redis_url()),
             storage_url: Some(storage_url),
-            importers: Some(importer_urls.join(",")),
+            importers: Some(
+                importer_urls
+                    .iter()
+                    .chain(&options.dead_importers)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             redis_prefix: format!("ferry-test-{}", unique_suffix()),
             project_segments: "2".into(),
             lease_ttl_secs: "5".into(),
             enqueue_interval_ms: "200".into(),
             start_max_retries: "50".into(),
+            guard_interval_secs: "1".into(),
         };
         let config = args.validate().expect("scheduler config");
         tasks.push(tokio::spawn(async move {

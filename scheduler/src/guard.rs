@@ -1,0 +1,346 @@
+//! The guard: finds steps that have run longer than `max_step_duration`, asks the importer that
+//! owns each one, and repairs what it finds. It is what heals a lost completion notification, a
+//! dead importer and a step that runs past its time limit. Runs only under the enqueue lease.
+//!
+//! For each stale step, by what the owning importer says:
+//! - it runs the step and the step is within its time limit: leave it;
+//! - it runs the step past its limit (`pre_import_timeout` / `import_timeout`): cancel it, then
+//!   abort (retried later), or skip with `migration_canceled` when one more abort would reach
+//!   `max_retries`;
+//! - the status is in progress but no live importer runs it (the importer died or restarted), or
+//!   the importer cannot be reached: force-cancel through a live importer, then abort;
+//! - the step already ended: reconcile (`pre_import_complete` → pre-import done, `import_complete`
+//!   → done, failed or canceled → abort, `native` → done as `native_import`).
+
+use ferry_proto::common::v1::MigrationStatus;
+
+use crate::importers::{ImporterPool, is_unreachable};
+use crate::lease::HeldLease;
+use crate::store::{RepoKey, SchedulerStore, Settings, StaleStep};
+
+/// What one guard pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GuardReport {
+    /// Stale steps looked at.
+    pub stale: u64,
+    /// Steps left alone (still running within their limit).
+    pub running: u64,
+    /// Steps finished from the importer's status (a lost notification).
+    pub reconciled: u64,
+    /// Steps canceled for running too long.
+    pub canceled: u64,
+    /// Steps aborted (dead importer, failure, or after a cancel).
+    pub aborted: u64,
+    /// Steps skipped (canceled near the retry limit).
+    pub skipped: u64,
+}
+
+/// What the guard decides for one stale step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Still running within its limit.
+    LeaveAlone,
+    /// Running past its limit: cancel, then abort or skip.
+    CancelLongRunning,
+    /// Nobody runs it any more, or its importer is gone: force-cancel, then abort.
+    Orphaned(String),
+    /// Its pre-import completed.
+    FinishPreImport,
+    /// Its final import completed.
+    FinishImport,
+    /// The repository is native on the new platform.
+    Native,
+    /// The step failed or was canceled, or the state cannot continue: abort with this reason.
+    Abort(String),
+}
+
+/// Decides what to do with `step` given the importer's answer (`Err`: it could not be asked).
+pub fn verdict(
+    step: &StaleStep,
+    answer: Result<(MigrationStatus, bool, String), tonic::Status>,
+    settings: &Settings,
+) -> Verdict {
+    use MigrationStatus::*;
+    let (status, running_here, detail) = match answer {
+        Ok(answer) => answer,
+        Err(status) if is_unreachable(&status) => {
+            return Verdict::Orphaned(format!("importer unreachable: {}", status.message()));
+        }
+        Err(status) => return Verdict::Abort(format!("status check failed: {}", status.message())),
+    };
+    let state = step.migration_state.as_str();
+    let active = matches!(
+        (state, status),
+        ("pre_importing", PreImportInProgress) | ("importing", ImportInProgress)
+    );
+    if active {
+        if !running_here {
+            return Verdict::Orphaned(format!("{} but no importer runs it", status.as_db_str()));
+        }
+        let limit = if state == "pre_importing" {
+            settings.pre_import_timeout
+        } else {
+            settings.import_timeout
+        };
+        return if step.age_seconds > limit.as_secs_f64() {
+            Verdict::CancelLongRunning
+        } else {
+            Verdict::LeaveAlone
+        };
+    }
+    match (state, status) {
+        ("pre_importing", PreImportComplete) => Verdict::FinishPreImport,
+        ("importing", ImportComplete) => Verdict::FinishImport,
+        (_, Native) => Verdict::Native,
+        (_, other) => Verdict::Abort(format!(
+            "stale {state} step: importer reports {}: {detail}",
+            other.as_db_str()
+        )),
+    }
+}
+
+/// The guard and what it needs.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// Scheduler database.
+    pub store: SchedulerStore,
+    /// Importers.
+    pub importers: std::sync::Arc<ImporterPool>,
+}
+
+impl Guard {
+    /// One pass over the stale steps. Stops early if the lease is lost.
+    pub async fn pass(&self, held: &HeldLease) -> Result<GuardReport, sqlx::Error> {
+        let settings = self.store.settings().await?;
+        let limit = i64::from(settings.capacity.max(1)) * 2;
+        let stale = self
+            .store
+            .stale_steps(settings.max_step_duration, limit)
+            .await?;
+        let mut report = GuardReport {
+            stale: stale.len() as u64,
+            ..GuardReport::default()
+        };
+        for step in stale {
+            if !held.is_valid().await {
+                break;
+            }
+            let answer = self
+                .importers
+                .status(step.migration_importer.as_deref(), &step.path)
+                .await
+                .map(|r| {
+                    (
+                        MigrationStatus::try_from(r.status).unwrap_or_default(),
+                        r.running_here,
+                        r.detail,
+                    )
+                });
+            let verdict = verdict(&step, answer, &settings);
+            tracing::info!(repository = %step.path, state = step.migration_state, age_s = step.age_seconds, ?verdict, "guard");
+            self.apply(&step, verdict, &settings, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn apply(
+        &self,
+        step: &StaleStep,
+        verdict: Verdict,
+        settings: &Settings,
+        report: &mut GuardReport,
+    ) -> Result<(), sqlx::Error> {
+        let state = step.migration_state.as_str();
+        let abort = |reason: String| async move {
+            self.store
+                .abort(
+                    RepoKey::Id(step.id),
+                    &[state],
+                    &reason,
+                    settings.max_retries,
+                )
+                .await
+        };
+        match verdict {
+            Verdict::LeaveAlone => report.running += 1,
+            Verdict::FinishPreImport => {
+                let stats = Default::default();
+                if self.store.finish_pre_import(&step.path, &stats).await? {
+                    report.reconciled += 1;
+                }
+            }
+            Verdict::FinishImport => {
+                let stats = Default::default();
+                if self.store.finish_import(&step.path, &stats).await? {
+                    report.reconciled += 1;
+                }
+            }
+            Verdict::Native => {
+                if self
+                    .store
+                    .finish_import_as(step.id, Some("native_import"))
+                    .await?
+                {
+                    report.reconciled += 1;
+                }
+            }
+            Verdict::CancelLongRunning => {
+                if let Err(status) = self.importers.cancel(&step.path, false).await {
+                    tracing::warn!(repository = %step.path, %status, "canceling a long-running step failed");
+                }
+                report.canceled += 1;
+                let reason =
+                    format!("{state} ran longer than its time limit; canceled by the guard");
+                if step.migration_retries_count >= settings.max_retries - 1 {
+                    if self.store.skip_canceled(step.id, state, &reason).await? {
+                        report.skipped += 1;
+                    }
+                } else if abort(reason).await?.is_some() {
+                    report.aborted += 1;
+                }
+            }
+            Verdict::Orphaned(reason) => {
+                // Unlock it on the importer side too, so a retry elsewhere is accepted.
+                if let Err(status) = self.importers.cancel(&step.path, true).await {
+                    tracing::warn!(repository = %step.path, %status, "force-canceling an orphaned step failed");
+                }
+                if abort(format!("orphaned {state} step: {reason}"))
+                    .await?
+                    .is_some()
+                {
+                    report.aborted += 1;
+                }
+            }
+            Verdict::Abort(reason) => {
+                if abort(reason).await?.is_some() {
+                    report.aborted += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn step(state: &str, age_seconds: f64) -> StaleStep {
+        StaleStep {
+            id: 1,
+            path: "g/p/app".into(),
+            migration_state: state.into(),
+            migration_importer: Some("http://importer".into()),
+            migration_retries_count: 0,
+            age_seconds,
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            enabled: true,
+            capacity: 2,
+            max_retries: 3,
+            max_step_duration: Duration::from_secs(300),
+            pre_import_timeout: Duration::from_secs(1800),
+            import_timeout: Duration::from_secs(600),
+        }
+    }
+
+    fn ok(
+        status: MigrationStatus,
+        here: bool,
+    ) -> Result<(MigrationStatus, bool, String), tonic::Status> {
+        Ok((status, here, String::new()))
+    }
+
+    #[test]
+    fn running_steps_are_left_alone_until_their_limit() {
+        use MigrationStatus::*;
+        let s = settings();
+        assert_eq!(
+            verdict(
+                &step("pre_importing", 400.0),
+                ok(PreImportInProgress, true),
+                &s
+            ),
+            Verdict::LeaveAlone
+        );
+        assert_eq!(
+            verdict(
+                &step("pre_importing", 2000.0),
+                ok(PreImportInProgress, true),
+                &s
+            ),
+            Verdict::CancelLongRunning
+        );
+        assert_eq!(
+            verdict(&step("importing", 601.0), ok(ImportInProgress, true), &s),
+            Verdict::CancelLongRunning
+        );
+    }
+
+    #[test]
+    fn lost_notifications_are_reconciled_and_dead_steps_orphaned() {
+        use MigrationStatus::*;
+        let s = settings();
+        assert_eq!(
+            verdict(
+                &step("pre_importing", 400.0),
+                ok(PreImportComplete, false),
+                &s
+            ),
+            Verdict::FinishPreImport
+        );
+        assert_eq!(
+            verdict(&step("importing", 400.0), ok(ImportComplete, false), &s),
+            Verdict::FinishImport
+        );
+        assert_eq!(
+            verdict(&step("importing", 400.0), ok(Native, false), &s),
+            Verdict::Native
+        );
+        assert!(matches!(
+            verdict(
+                &step("pre_importing", 400.0),
+                ok(PreImportInProgress, false),
+                &s
+            ),
+            Verdict::Orphaned(_)
+        ));
+        assert!(matches!(
+            verdict(
+                &step("importing", 400.0),
+                Err(tonic::Status::unavailable("down")),
+                &s
+            ),
+            Verdict::Orphaned(_)
+        ));
+        assert!(matches!(
+            verdict(&step("importing", 400.0), ok(ImportFailed, false), &s),
+            Verdict::Abort(_)
+        ));
+        assert!(matches!(
+            verdict(
+                &step("pre_import_done", 400.0),
+                ok(PreImportComplete, false),
+                &s
+            ),
+            Verdict::Abort(_)
+        ));
+        assert!(matches!(
+            verdict(&step("importing", 400.0), ok(PreImportComplete, false), &s),
+            Verdict::Abort(_)
+        ));
+        assert!(matches!(
+            verdict(
+                &step("importing", 400.0),
+                Err(tonic::Status::not_found("no row")),
+                &s
+            ),
+            Verdict::Abort(_)
+        ));
+    }
+}
