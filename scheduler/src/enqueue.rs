@@ -52,7 +52,15 @@ impl Enqueuer {
     /// Runs forever: acquire the lease, run passes while it is valid, repeat.
     pub async fn run(self) {
         loop {
-            match self.lease.try_acquire().await {
+            let floor = match self.store.current_fence().await {
+                Ok(floor) => floor,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the fence; not taking the lease");
+                    self.sleep_or_wake().await;
+                    continue;
+                }
+            };
+            match self.lease.try_acquire(floor).await {
                 Ok(Some(held)) => {
                     tracing::info!(fence = held.fence, "enqueue lease acquired");
                     *self.held.lock().await = Some(held.clone());
@@ -122,7 +130,7 @@ impl Enqueuer {
             return Ok(());
         }
         while held.is_valid().await {
-            let Some(repo) = self.store.claim_pre_import_done().await? else {
+            let Some(repo) = self.store.claim_pre_import_done(Some(held.fence)).await? else {
                 break;
             };
             self.dispatch(held, &repo, ImportType::Final, settings.max_retries)
@@ -131,7 +139,7 @@ impl Enqueuer {
         while held.is_valid().await
             && self.store.in_process_count().await? < i64::from(settings.capacity)
         {
-            if let Some((repo, is_final)) = self.store.claim_aborted().await? {
+            if let Some((repo, is_final)) = self.store.claim_aborted(Some(held.fence)).await? {
                 let import_type = if is_final {
                     ImportType::Final
                 } else {
@@ -140,7 +148,7 @@ impl Enqueuer {
                 tracing::info!(repository = %repo.path, ?import_type, "retrying aborted repository");
                 self.dispatch(held, &repo, import_type, settings.max_retries)
                     .await?;
-            } else if let Some(repo) = self.store.claim_next_default().await? {
+            } else if let Some(repo) = self.store.claim_next_default(Some(held.fence)).await? {
                 self.dispatch(held, &repo, ImportType::Pre, settings.max_retries)
                     .await?;
             } else {
@@ -172,24 +180,28 @@ impl Enqueuer {
             match result {
                 StartResult::Accepted { importer } => {
                     tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, importer, "step started");
-                    self.store.record_importer(repo.id, &importer).await?;
+                    self.store
+                        .record_importer(repo.id, &importer, Some(held.fence))
+                        .await?;
                     return Ok(());
                 }
                 StartResult::AlreadyImported { imported: true } => {
                     tracing::info!(repository = %repo.path, "importer already completed it; finishing");
-                    self.store.finish_import_as(repo.id, None).await?;
+                    self.store
+                        .finish_import_as(repo.id, None, Some(held.fence))
+                        .await?;
                     return Ok(());
                 }
                 StartResult::AlreadyImported { imported: false } => {
                     self.store
-                        .finish_import_as(repo.id, Some("native_import"))
+                        .finish_import_as(repo.id, Some("native_import"), Some(held.fence))
                         .await?;
                     return Ok(());
                 }
                 StartResult::NotFound(message) => {
                     tracing::warn!(repository = %repo.path, message, "not in old storage; finished as not_found");
                     self.store
-                        .finish_import_as(repo.id, Some("not_found"))
+                        .finish_import_as(repo.id, Some("not_found"), Some(held.fence))
                         .await?;
                     return Ok(());
                 }
@@ -203,7 +215,13 @@ impl Enqueuer {
                     let error = format!("could not start {}: {message}", state.replace('_', "-"));
                     tracing::warn!(repository = %repo.path, error, "aborting");
                     self.store
-                        .abort(RepoKey::Id(repo.id), &[state], &error, max_retries)
+                        .abort(
+                            RepoKey::Id(repo.id),
+                            &[state],
+                            &error,
+                            max_retries,
+                            Some(held.fence),
+                        )
                         .await?;
                     return Ok(());
                 }

@@ -138,7 +138,8 @@ impl Guard {
                 });
             let verdict = verdict(&step, answer, &settings);
             tracing::info!(repository = %step.path, state = step.migration_state, age_s = step.age_seconds, ?verdict, "guard");
-            self.apply(&step, verdict, &settings, &mut report).await?;
+            self.apply(&step, verdict, &settings, held.fence, &mut report)
+                .await?;
         }
         Ok(report)
     }
@@ -148,6 +149,7 @@ impl Guard {
         step: &StaleStep,
         verdict: Verdict,
         settings: &Settings,
+        fence: u64,
         report: &mut GuardReport,
     ) -> Result<(), sqlx::Error> {
         let state = step.migration_state.as_str();
@@ -158,6 +160,7 @@ impl Guard {
                     &[state],
                     &reason,
                     settings.max_retries,
+                    Some(fence),
                 )
                 .await
         };
@@ -165,20 +168,28 @@ impl Guard {
             Verdict::LeaveAlone => report.running += 1,
             Verdict::FinishPreImport => {
                 let stats = Default::default();
-                if self.store.finish_pre_import(&step.path, &stats).await? {
+                if self
+                    .store
+                    .finish_pre_import(&step.path, &stats, Some(fence))
+                    .await?
+                {
                     report.reconciled += 1;
                 }
             }
             Verdict::FinishImport => {
                 let stats = Default::default();
-                if self.store.finish_import(&step.path, &stats).await? {
+                if self
+                    .store
+                    .finish_import(&step.path, &stats, Some(fence))
+                    .await?
+                {
                     report.reconciled += 1;
                 }
             }
             Verdict::Native => {
                 if self
                     .store
-                    .finish_import_as(step.id, Some("native_import"))
+                    .finish_import_as(step.id, Some("native_import"), Some(fence))
                     .await?
                 {
                     report.reconciled += 1;
@@ -192,7 +203,11 @@ impl Guard {
                 let reason =
                     format!("{state} ran longer than its time limit; canceled by the guard");
                 if step.migration_retries_count >= settings.max_retries - 1 {
-                    if self.store.skip_canceled(step.id, state, &reason).await? {
+                    if self
+                        .store
+                        .skip_canceled(step.id, state, &reason, Some(fence))
+                        .await?
+                    {
                         report.skipped += 1;
                     }
                 } else if abort(reason).await?.is_some() {

@@ -19,6 +19,17 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Takes the next fencing token, above `ARGV[1]` (the highest token the database has seen): a
+/// counter lost with a Redis restart can never hand out a token the database would refuse.
+const NEXT_FENCE_SCRIPT: &str = r"
+local fence = redis.call('incr', KEYS[1])
+local floor = tonumber(ARGV[1])
+if fence <= floor then
+  fence = floor + 1
+  redis.call('set', KEYS[1], fence)
+end
+return fence";
+
 const RELEASE_SCRIPT: &str = r"
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
@@ -75,8 +86,9 @@ impl Lease {
         Self { redis, config }
     }
 
-    /// Tries once to take the lease.
-    pub async fn try_acquire(&self) -> redis::RedisResult<Option<HeldLease>> {
+    /// Tries once to take the lease. Its fencing token is above `fence_floor`, the highest token
+    /// the scheduler database has accepted.
+    pub async fn try_acquire(&self, fence_floor: u64) -> redis::RedisResult<Option<HeldLease>> {
         let token = format!("{:032x}", rand::random::<u128>());
         let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
         let started = Instant::now();
@@ -92,9 +104,10 @@ impl Lease {
         if set.is_none() {
             return Ok(None);
         }
-        let fence: u64 = redis::cmd("INCR")
-            .arg(&self.config.fence_key)
-            .query_async(&mut redis)
+        let fence: u64 = Script::new(NEXT_FENCE_SCRIPT)
+            .key(&self.config.fence_key)
+            .arg(fence_floor)
+            .invoke_async(&mut redis)
             .await?;
         Ok(Some(HeldLease {
             token,

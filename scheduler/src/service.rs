@@ -142,8 +142,8 @@ impl SchedulerService for Scheduler {
         let stats = request.stats.unwrap_or_default();
         let path = request.path.as_str();
         let changed = match status {
-            PreImportComplete => self.store.finish_pre_import(path, &stats).await?,
-            ImportComplete => self.store.finish_import(path, &stats).await?,
+            PreImportComplete => self.store.finish_pre_import(path, &stats, None).await?,
+            ImportComplete => self.store.finish_import(path, &stats, None).await?,
             PreImportFailed | PreImportCanceled | ImportFailed | ImportCanceled => {
                 let from = if matches!(status, PreImportFailed | PreImportCanceled) {
                     "pre_importing"
@@ -153,7 +153,7 @@ impl SchedulerService for Scheduler {
                 let max_retries = self.store.settings().await?.max_retries;
                 let error = format!("{}: {}", status.as_db_str(), request.detail);
                 self.store
-                    .abort(RepoKey::Path(path), &[from], &error, max_retries)
+                    .abort(RepoKey::Path(path), &[from], &error, max_retries, None)
                     .await?
                     .is_some()
             }

@@ -111,6 +111,23 @@ pub struct SchedulerStore {
     pool: PgPool,
 }
 
+/// The fencing clauses for a statement whose fencing token is parameter `$n`: a `WITH` prefix
+/// that raises `scheduler_fence` to the token only if the token is not older, and a condition
+/// that holds only if it did. A `NULL` token (a write any replica may make) is not fenced.
+fn fenced(n: usize) -> (String, String) {
+    (
+        format!(
+            "WITH fence AS (UPDATE scheduler_fence SET fence = ${n}::bigint, updated_at = now() \
+             WHERE ${n}::bigint IS NOT NULL AND fence <= ${n}::bigint RETURNING 1) "
+        ),
+        format!("AND (${n}::bigint IS NULL OR EXISTS (SELECT 1 FROM fence))"),
+    )
+}
+
+fn fence_param(fence: Option<u64>) -> Option<i64> {
+    fence.map(to_i64)
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -207,39 +224,54 @@ impl SchedulerStore {
         .await
     }
 
-    /// Moves the next `default` repository to `pre_importing`.
-    pub async fn claim_next_default(&self) -> Result<Option<Claimed>, sqlx::Error> {
-        sqlx::query_as(
-            "UPDATE container_repositories SET migration_state = 'pre_importing', \
+    /// Moves the next `default` repository to `pre_importing` (fenced by the lease holder's
+    /// token).
+    pub async fn claim_next_default(
+        &self,
+        fence: Option<u64>,
+    ) -> Result<Option<Claimed>, sqlx::Error> {
+        let (with, check) = fenced(1);
+        sqlx::query_as(&format!(
+            "{with}UPDATE container_repositories SET migration_state = 'pre_importing', \
                  migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, updated_at = now() \
              WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'default' \
                          ORDER BY path LIMIT 1 FOR UPDATE SKIP LOCKED) \
-               AND migration_state = 'default' \
-             RETURNING id, path",
-        )
+               AND migration_state = 'default' {check} \
+             RETURNING id, path"
+        ))
+        .bind(fence_param(fence))
         .fetch_optional(&self.pool)
         .await
     }
 
-    /// Moves the oldest `pre_import_done` repository to `importing`.
-    pub async fn claim_pre_import_done(&self) -> Result<Option<Claimed>, sqlx::Error> {
-        sqlx::query_as(
-            "UPDATE container_repositories SET migration_state = 'importing', \
+    /// Moves the oldest `pre_import_done` repository to `importing` (fenced).
+    pub async fn claim_pre_import_done(
+        &self,
+        fence: Option<u64>,
+    ) -> Result<Option<Claimed>, sqlx::Error> {
+        let (with, check) = fenced(1);
+        sqlx::query_as(&format!(
+            "{with}UPDATE container_repositories SET migration_state = 'importing', \
                  migration_import_started_at = now(), migration_import_done_at = NULL, updated_at = now() \
              WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'pre_import_done' \
                          ORDER BY migration_pre_import_done_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-               AND migration_state = 'pre_import_done' \
-             RETURNING id, path",
-        )
+               AND migration_state = 'pre_import_done' {check} \
+             RETURNING id, path"
+        ))
+        .bind(fence_param(fence))
         .fetch_optional(&self.pool)
         .await
     }
 
     /// Moves the next `import_aborted` repository back into its step: `importing` when its
     /// pre-import had finished, else `pre_importing`. Returns it with `true` for a final import.
-    pub async fn claim_aborted(&self) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
-        let row = sqlx::query(
-            "UPDATE container_repositories SET \
+    pub async fn claim_aborted(
+        &self,
+        fence: Option<u64>,
+    ) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
+        let (with, check) = fenced(1);
+        let row = sqlx::query(&format!(
+            "{with}UPDATE container_repositories SET \
                  migration_state = CASE WHEN migration_pre_import_done_at IS NULL THEN 'pre_importing' ELSE 'importing' END, \
                  migration_pre_import_started_at = CASE WHEN migration_pre_import_done_at IS NULL THEN now() ELSE migration_pre_import_started_at END, \
                  migration_import_started_at = CASE WHEN migration_pre_import_done_at IS NULL THEN migration_import_started_at ELSE now() END, \
@@ -247,9 +279,10 @@ impl SchedulerStore {
                  migration_aborted_at = NULL, migration_aborted_in_state = NULL, updated_at = now() \
              WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'import_aborted' \
                          ORDER BY path LIMIT 1 FOR UPDATE SKIP LOCKED) \
-               AND migration_state = 'import_aborted' \
-             RETURNING id, path, migration_state = 'importing' AS is_final",
-        )
+               AND migration_state = 'import_aborted' {check} \
+             RETURNING id, path, migration_state = 'importing' AS is_final"
+        ))
+        .bind(fence_param(fence))
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|row| {
@@ -269,15 +302,14 @@ impl SchedulerStore {
         &self,
         path: &str,
         stats: &ImportStats,
+        fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
-        self.finish_step(
-            path,
+        let columns = (
             "pre_importing",
             "pre_import_done",
             "migration_pre_import_done_at",
-            stats,
-        )
-        .await
+        );
+        self.finish_step(path, columns, stats, fence).await
     }
 
     /// `importing` → `import_done`, adding the step's figures.
@@ -285,27 +317,22 @@ impl SchedulerStore {
         &self,
         path: &str,
         stats: &ImportStats,
+        fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
-        self.finish_step(
-            path,
-            "importing",
-            "import_done",
-            "migration_import_done_at",
-            stats,
-        )
-        .await
+        let columns = ("importing", "import_done", "migration_import_done_at");
+        self.finish_step(path, columns, stats, fence).await
     }
 
     async fn finish_step(
         &self,
         path: &str,
-        from: &str,
-        to: &str,
-        done_column: &str,
+        (from, to, done_column): (&str, &str, &str),
         stats: &ImportStats,
+        fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
+        let (with, check) = fenced(14);
         let sql = format!(
-            "UPDATE container_repositories SET migration_state = $3, {done_column} = now(), updated_at = now(), \
+            "{with}UPDATE container_repositories SET migration_state = $3, {done_column} = now(), updated_at = now(), \
                  migration_last_error = NULL, \
                  import_manifests = import_manifests + $4, import_tags = import_tags + $5, \
                  import_blobs = GREATEST(import_blobs, $6), import_blobs_copied = import_blobs_copied + $7, \
@@ -313,7 +340,7 @@ impl SchedulerStore {
                  import_tags_skipped = GREATEST(import_tags_skipped, $10), import_duration_ms = import_duration_ms + $11, \
                  import_manifests_skipped = GREATEST(import_manifests_skipped, $12), \
                  import_layers_skipped = GREATEST(import_layers_skipped, $13) \
-             WHERE path = $1 AND migration_state = $2"
+             WHERE path = $1 AND migration_state = $2 {check}"
         );
         let result = sqlx::query(&sql)
             .bind(path)
@@ -329,6 +356,7 @@ impl SchedulerStore {
             .bind(to_i64(stats.duration_ms))
             .bind(to_i64(stats.manifests_skipped))
             .bind(to_i64(stats.layers_skipped))
+            .bind(fence_param(fence))
             .execute(&self.pool)
             .await?;
         Ok(result.rows_affected() == 1)
@@ -341,21 +369,24 @@ impl SchedulerStore {
         &self,
         id: i64,
         reason: Option<&str>,
+        fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
-        let result = sqlx::query(
-            "UPDATE container_repositories SET migration_state = 'import_done', migration_import_done_at = now(), \
+        let (with, check) = fenced(4);
+        let result = sqlx::query(&format!(
+            "{with}UPDATE container_repositories SET migration_state = 'import_done', migration_import_done_at = now(), \
                  migration_skipped_reason = $2, updated_at = now() \
-             WHERE id = $1 AND migration_state = ANY($3)",
-        )
+             WHERE id = $1 AND migration_state = ANY($3) {check}"
+        ))
         .bind(id)
         .bind(reason)
         .bind(&["default", "pre_importing", "importing", "import_aborted"][..])
+        .bind(fence_param(fence))
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
     }
 
-    /// Aborts the step a repository is in (only from `from_states`): retries + 1, and skipped with
+    /// Aborts the step a repository is in (only from `from_states`; fenced when `fence` is set): retries + 1, and skipped with
     /// `too_many_retries` once retries reach `max_retries`. Returns the new state, or `None` when
     /// the repository was not in one of `from_states`.
     pub async fn abort(
@@ -364,13 +395,15 @@ impl SchedulerStore {
         from_states: &[&str],
         error: &str,
         max_retries: i32,
+        fence: Option<u64>,
     ) -> Result<Option<String>, sqlx::Error> {
         let (by_id, by_path) = match key {
             RepoKey::Id(id) => (Some(id), None),
             RepoKey::Path(path) => (None, Some(path)),
         };
-        sqlx::query_scalar(
-            "UPDATE container_repositories SET \
+        let (with, check) = fenced(6);
+        sqlx::query_scalar(&format!(
+            "{with}UPDATE container_repositories SET \
                  migration_aborted_in_state = migration_state, \
                  migration_aborted_at = now(), \
                  migration_retries_count = migration_retries_count + 1, \
@@ -378,14 +411,15 @@ impl SchedulerStore {
                  migration_skipped_reason = CASE WHEN migration_retries_count + 1 >= $4 THEN 'too_many_retries' ELSE migration_skipped_reason END, \
                  migration_skipped_at = CASE WHEN migration_retries_count + 1 >= $4 THEN now() ELSE migration_skipped_at END, \
                  migration_last_error = left($5, 1024), updated_at = now() \
-             WHERE (id = $1 OR path = $2) AND migration_state = ANY($3) \
-             RETURNING migration_state",
-        )
+             WHERE (id = $1 OR path = $2) AND migration_state = ANY($3) {check} \
+             RETURNING migration_state"
+        ))
         .bind(by_id)
         .bind(by_path)
         .bind(from_states)
         .bind(max_retries)
         .bind(error)
+        .bind(fence_param(fence))
         .fetch_optional(&self.pool)
         .await
     }

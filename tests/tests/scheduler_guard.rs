@@ -100,12 +100,12 @@ async fn a_step_whose_importer_died_is_unlocked_retried_elsewhere_and_completes(
     // A pre-import that an importer (now dead) claimed: pre_importing here, in progress on the
     // metadata side, and no process runs it.
     let orphan = store
-        .claim_next_default()
+        .claim_next_default(None)
         .await
         .expect("claim")
         .expect("a repository");
     store
-        .record_importer(orphan.id, DEAD)
+        .record_importer(orphan.id, DEAD, None)
         .await
         .expect("record");
     let meta = PgPool::connect(&cluster.metadata_database_url)

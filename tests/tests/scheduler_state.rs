@@ -8,7 +8,7 @@ use ferry_proto::scheduler::v1::NotifyImportResultRequest;
 use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
-use ferry_scheduler::store::SchedulerStore;
+use ferry_scheduler::store::{RepoKey, SchedulerStore};
 use ferry_shared::ids::RepositoryPath;
 use ferry_tests::{fresh_database, redis_url, unique_suffix};
 
@@ -34,13 +34,13 @@ async fn the_lease_is_exclusive_fenced_and_released_only_by_its_owner() {
     let a = Lease::new(redis().await, config.clone());
     let b = Lease::new(redis().await, config);
     let held_a = a
-        .try_acquire()
+        .try_acquire(0)
         .await
         .expect("redis")
         .expect("free lease is taken");
     assert!(held_a.is_valid().await);
     assert!(
-        b.try_acquire().await.expect("redis").is_none(),
+        b.try_acquire(0).await.expect("redis").is_none(),
         "a held lease is exclusive"
     );
     assert!(a.renew(&held_a).await.expect("redis"), "the owner renews");
@@ -51,7 +51,7 @@ async fn the_lease_is_exclusive_fenced_and_released_only_by_its_owner() {
         "a released lease is no longer valid for its holder"
     );
     let held_b = b
-        .try_acquire()
+        .try_acquire(0)
         .await
         .expect("redis")
         .expect("released lease is free");
@@ -63,7 +63,7 @@ async fn the_lease_is_exclusive_fenced_and_released_only_by_its_owner() {
     assert!(!a.renew(&held_a).await.expect("redis"));
     a.release(&held_a).await.expect("release is a no-op");
     assert!(
-        a.try_acquire().await.expect("redis").is_none(),
+        a.try_acquire(0).await.expect("redis").is_none(),
         "B still holds it"
     );
     assert!(held_b.is_valid().await);
@@ -74,15 +74,15 @@ async fn an_abandoned_lease_blocks_for_at_most_its_ttl() {
     let config = lease_config(Duration::from_millis(600));
     let crashed = Lease::new(redis().await, config.clone());
     let other = Lease::new(redis().await, config);
-    let abandoned = crashed.try_acquire().await.expect("redis").expect("taken");
-    assert!(other.try_acquire().await.expect("redis").is_none());
+    let abandoned = crashed.try_acquire(0).await.expect("redis").expect("taken");
+    assert!(other.try_acquire(0).await.expect("redis").is_none());
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         !abandoned.is_valid().await,
         "the holder's local deadline passed before the TTL"
     );
     let next = other
-        .try_acquire()
+        .try_acquire(0)
         .await
         .expect("redis")
         .expect("expired lease is free");
@@ -133,13 +133,17 @@ async fn duplicate_and_stale_notifications_change_nothing() {
     let path = "group/project/app";
     let (scheduler, store) = scheduler_with(&[path]).await;
     let claimed = store
-        .claim_next_default()
+        .claim_next_default(None)
         .await
         .expect("claim")
         .expect("a default repository");
     assert_eq!(claimed.path, path);
     assert!(
-        store.claim_next_default().await.expect("claim").is_none(),
+        store
+            .claim_next_default(None)
+            .await
+            .expect("claim")
+            .is_none(),
         "claimed once"
     );
 
@@ -176,7 +180,7 @@ async fn duplicate_and_stale_notifications_change_nothing() {
     assert!(record.migration_pre_import_done_at.is_some());
 
     let importing = store
-        .claim_pre_import_done()
+        .claim_pre_import_done(None)
         .await
         .expect("claim")
         .expect("ready for final");
@@ -195,7 +199,7 @@ async fn failures_abort_then_skip_after_max_retries() {
     let max_retries = store.settings().await.expect("settings").max_retries;
     assert_eq!(max_retries, 3, "the original's default");
     store
-        .claim_next_default()
+        .claim_next_default(None)
         .await
         .expect("claim")
         .expect("claimed");
@@ -213,7 +217,7 @@ async fn failures_abort_then_skip_after_max_retries() {
         if attempt < max_retries {
             assert_eq!(response.migration_state, "import_aborted");
             let (retried, is_final) = store
-                .claim_aborted()
+                .claim_aborted(None)
                 .await
                 .expect("claim")
                 .expect("aborted");
@@ -224,7 +228,100 @@ async fn failures_abort_then_skip_after_max_retries() {
                 record.migration_skipped_reason.as_deref(),
                 Some("too_many_retries")
             );
-            assert!(store.claim_aborted().await.expect("claim").is_none());
+            assert!(store.claim_aborted(None).await.expect("claim").is_none());
         }
     }
+}
+
+#[tokio::test]
+async fn a_holder_whose_lease_was_taken_over_cannot_write() {
+    let paths = ["group/project/a", "group/project/b", "group/project/c"];
+    let (_scheduler, store) = scheduler_with(&paths).await;
+    let config = lease_config(Duration::from_millis(300));
+    let paused = Lease::new(redis().await, config.clone());
+    let successor = Lease::new(redis().await, config);
+    let old = paused.try_acquire(0).await.expect("redis").expect("taken");
+    let first = store
+        .claim_next_default(Some(old.fence))
+        .await
+        .expect("claim");
+    assert!(first.is_some(), "the holder writes with its token");
+    // The holder stalls past its TTL (a long GC pause, SIGSTOP); another replica takes over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = successor
+        .try_acquire(0)
+        .await
+        .expect("redis")
+        .expect("expired lease is free");
+    assert!(new.fence > old.fence);
+    let second = store
+        .claim_next_default(Some(new.fence))
+        .await
+        .expect("claim");
+    assert!(second.is_some(), "the new holder writes");
+    // The old holder resumes and tries to dispatch: the database refuses its older token.
+    assert!(
+        store
+            .claim_next_default(Some(old.fence))
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    let first = first.expect("claimed");
+    let refused = store
+        .record_importer(first.id, "http://stale", Some(old.fence))
+        .await
+        .expect("write");
+    assert!(!refused, "a stale holder's write changes nothing");
+    let aborted = store
+        .abort(
+            RepoKey::Id(first.id),
+            &["pre_importing"],
+            "stale",
+            3,
+            Some(old.fence),
+        )
+        .await
+        .expect("abort");
+    assert_eq!(aborted, None);
+    assert!(
+        store
+            .record_importer(first.id, "http://live", Some(new.fence))
+            .await
+            .expect("write")
+    );
+    // Writes any replica may make (notifications) are not fenced.
+    assert!(
+        store
+            .finish_pre_import(&first.path, &ImportStats::default(), None)
+            .await
+            .expect("finish")
+    );
+    // One default repository is left; only the current holder can take it.
+    assert!(
+        store
+            .claim_next_default(Some(old.fence))
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    assert!(
+        store
+            .claim_next_default(Some(new.fence))
+            .await
+            .expect("claim")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_lost_fence_counter_never_hands_out_a_token_the_database_refuses() {
+    let config = lease_config(Duration::from_secs(5));
+    let lease = Lease::new(redis().await, config.clone());
+    // Redis restarted empty: the counter is gone, while the database has seen token 41.
+    let held = lease.try_acquire(41).await.expect("redis").expect("taken");
+    assert_eq!(held.fence, 42);
+    lease.release(&held).await.expect("release");
+    let next = lease.try_acquire(0).await.expect("redis").expect("taken");
+    assert_eq!(next.fence, 43, "the counter continues above the floor");
 }

@@ -31,14 +31,31 @@ const STEP_STARTED: &str = "CASE migration_state \
      ELSE migration_import_started_at END";
 
 impl SchedulerStore {
-    /// Records the importer a step was started on.
-    pub async fn record_importer(&self, id: i64, importer: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE container_repositories SET migration_importer = $2 WHERE id = $1")
-            .bind(id)
-            .bind(importer)
-            .execute(&self.pool)
+    /// The highest fencing token a lease holder has written with.
+    pub async fn current_fence(&self) -> Result<u64, sqlx::Error> {
+        let fence: i64 = sqlx::query_scalar("SELECT fence FROM scheduler_fence")
+            .fetch_one(&self.pool)
             .await?;
-        Ok(())
+        Ok(u64::try_from(fence).unwrap_or(0))
+    }
+
+    /// Records the importer a step was started on (fenced).
+    pub async fn record_importer(
+        &self,
+        id: i64,
+        importer: &str,
+        fence: Option<u64>,
+    ) -> Result<bool, sqlx::Error> {
+        let (with, check) = super::fenced(3);
+        let result = sqlx::query(&format!(
+            "{with}UPDATE container_repositories SET migration_importer = $2 WHERE id = $1 {check}"
+        ))
+        .bind(id)
+        .bind(importer)
+        .bind(super::fence_param(fence))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     /// Steps older than `older_than`, oldest first, at most `limit`.
@@ -61,23 +78,27 @@ impl SchedulerStore {
         .await
     }
 
-    /// Skips a repository whose step had to be canceled (`migration_canceled`), from `from`.
+    /// Skips a repository whose step had to be canceled (`migration_canceled`), from `from`
+    /// (fenced).
     pub async fn skip_canceled(
         &self,
         id: i64,
         from: &str,
         error: &str,
+        fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
-        let result = sqlx::query(
-            "UPDATE container_repositories SET migration_state = 'import_skipped', \
+        let (with, check) = super::fenced(4);
+        let result = sqlx::query(&format!(
+            "{with}UPDATE container_repositories SET migration_state = 'import_skipped', \
                  migration_skipped_reason = 'migration_canceled', migration_skipped_at = now(), \
                  migration_aborted_in_state = migration_state, migration_last_error = left($3, 1024), \
                  updated_at = now() \
-             WHERE id = $1 AND migration_state = $2",
-        )
+             WHERE id = $1 AND migration_state = $2 {check}"
+        ))
         .bind(id)
         .bind(from)
         .bind(error)
+        .bind(super::fence_param(fence))
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
