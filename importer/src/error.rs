@@ -47,6 +47,17 @@ pub enum ApiError {
         /// When the settle window ends.
         retry_after: Duration,
     },
+    /// A start from a scheduler whose lease was taken over: the repository was already started
+    /// with a higher fencing token.
+    #[error("stale fencing token {token} for {path}: a step was started with token {seen}")]
+    StaleFence {
+        /// The repository.
+        path: String,
+        /// The token the start carried.
+        token: u64,
+        /// The highest token seen for the repository.
+        seen: u64,
+    },
     /// 400: nothing to cancel (no step in progress, or a forced cancel of a native repository).
     #[error("import of {path} cannot be canceled: its status is {status}")]
     CannotCancel {
@@ -75,9 +86,9 @@ impl ApiError {
             ApiError::PreImportInProgress(_) | ApiError::ImportInProgress(_) => {
                 ErrorCode::AlreadyExists
             }
-            ApiError::PreImportRequired { .. } | ApiError::CannotCancel { .. } => {
-                ErrorCode::FailedPrecondition
-            }
+            ApiError::PreImportRequired { .. }
+            | ApiError::CannotCancel { .. }
+            | ApiError::StaleFence { .. } => ErrorCode::FailedPrecondition,
             ApiError::TooManyImports(_) | ApiError::NotReady { .. } => ErrorCode::ResourceExhausted,
             ApiError::Database(_) | ApiError::Storage(_) | ApiError::ShuttingDown => {
                 ErrorCode::Unavailable

@@ -187,7 +187,7 @@ impl Importer {
             .acquire_owned()
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
-        if let Some(status) = self.claim(&path, import_type).await? {
+        if let Some(status) = self.claim(&path, import_type, 0).await? {
             let detail = "already on the new platform".to_owned();
             return Ok(StepOutcome {
                 status,
@@ -231,11 +231,22 @@ impl Importer {
         &self,
         path: &RepositoryPath,
         import_type: ImportType,
+        fence: u64,
     ) -> Result<Option<MigrationStatus>, ApiError> {
         use MigrationStatus::*;
         let is_final = import_type == ImportType::Final;
         let row = self.inner.db.repository(path).await?;
         let observed = row.as_ref().map(|r| r.status);
+        if let Some(row) = &row
+            && fence != 0
+            && row.fence > fence
+        {
+            return Err(ApiError::StaleFence {
+                path: path.to_string(),
+                token: fence,
+                seen: row.fence,
+            });
+        }
         match &row {
             Some(row) if matches!(row.status, Native | ImportComplete) => {
                 return Ok(Some(row.status));
@@ -283,7 +294,7 @@ impl Importer {
         if self
             .inner
             .db
-            .begin_step(path, observed, in_progress)
+            .begin_step(path, observed, in_progress, fence)
             .await?
         {
             Ok(None)
@@ -318,7 +329,7 @@ impl ImportService for Importer {
         let permit = Arc::clone(&self.inner.permits)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyImports(self.inner.limits.max_concurrent_imports))?;
-        if let Some(status) = self.claim(&path, import_type).await? {
+        if let Some(status) = self.claim(&path, import_type, fencing_token).await? {
             return Ok(StartImportResponse {
                 outcome: StartOutcome::AlreadyImported.into(),
                 status: status.into(),

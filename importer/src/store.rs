@@ -22,6 +22,8 @@ pub struct RepositoryRow {
     pub error: Option<String>,
     /// Seconds since `updated_at`.
     pub age_seconds: f64,
+    /// The highest scheduler fencing token a step of it was started with.
+    pub fence: u64,
 }
 
 /// A repository as the listing APIs return it.
@@ -88,7 +90,7 @@ impl MetadataStore {
         path: &RepositoryPath,
     ) -> Result<Option<RepositoryRow>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT migration_status, migration_error, \
+            "SELECT migration_status, migration_error, migration_fence, \
                     EXTRACT(EPOCH FROM now() - updated_at)::float8 AS age \
              FROM repositories WHERE path = $1",
         )
@@ -99,34 +101,42 @@ impl MetadataStore {
             status: MigrationStatus::from_db_str(row.get("migration_status")).unwrap_or_default(),
             error: row.get("migration_error"),
             age_seconds: row.get("age"),
+            fence: u64::try_from(row.get::<i64, _>("migration_fence")).unwrap_or(0),
         }))
     }
 
     /// Moves the repository to `in_progress` if its status is still `observed` (`None`: it has no
-    /// row yet). Returns false when another actor changed it first.
+    /// row yet) and no start with a higher fencing token than `fence` was seen (0: unfenced, the
+    /// one-shot mode). Returns false when another actor changed it first.
     pub async fn begin_step(
         &self,
         path: &RepositoryPath,
         observed: Option<MigrationStatus>,
         in_progress: MigrationStatus,
+        fence: u64,
     ) -> Result<bool, sqlx::Error> {
+        let fence = i64::try_from(fence).unwrap_or(i64::MAX);
         let claimed = match observed {
             None => sqlx::query(
-                "INSERT INTO repositories (path, name, migration_status) VALUES ($1, $2, $3) \
-                 ON CONFLICT (path) DO NOTHING RETURNING id",
+                "INSERT INTO repositories (path, name, migration_status, migration_fence) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (path) DO NOTHING RETURNING id",
             )
             .bind(path.as_str())
             .bind(path.name())
             .bind(in_progress.as_db_str())
+            .bind(fence)
             .fetch_optional(&self.pool)
             .await?,
             Some(observed) => sqlx::query(
-                "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now() \
-                 WHERE path = $1 AND migration_status = $3 RETURNING id",
+                "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now(), \
+                     migration_fence = GREATEST(migration_fence, $4) \
+                 WHERE path = $1 AND migration_status = $3 AND ($4 = 0 OR migration_fence <= $4) \
+                 RETURNING id",
             )
             .bind(path.as_str())
             .bind(in_progress.as_db_str())
             .bind(observed.as_db_str())
+            .bind(fence)
             .fetch_optional(&self.pool)
             .await?,
         };

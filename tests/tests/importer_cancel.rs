@@ -387,3 +387,49 @@ async fn a_step_past_its_time_limit_fails_with_a_reason() {
         Some(Duration::from_secs(1))
     );
 }
+
+#[tokio::test]
+async fn an_importer_refuses_a_start_with_a_lower_fencing_token_than_it_has_seen() {
+    let s = setup().await;
+    let importer = importer(
+        &s,
+        Arc::clone(&s.local),
+        Duration::ZERO,
+        Duration::from_millis(200),
+    );
+    importer
+        .start_import(PATH, ImportType::Pre, 10)
+        .await
+        .expect("fenced start");
+    wait_for_status(&s.pool, "pre_import_complete").await;
+    // A scheduler whose lease was taken over (token 5 < 10) cannot start the final import.
+    let refused = importer.start_import(PATH, ImportType::Final, 5).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ApiError::StaleFence {
+                token: 5,
+                seen: 10,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        status(&s.pool).await,
+        "pre_import_complete",
+        "nothing changed"
+    );
+    // The current holder (same or higher token) can.
+    importer
+        .start_import(PATH, ImportType::Final, 10)
+        .await
+        .expect("current holder");
+    wait_for_status(&s.pool, "import_complete").await;
+    let fence: i64 = sqlx::query_scalar("SELECT migration_fence FROM repositories WHERE path = $1")
+        .bind(PATH)
+        .fetch_one(&s.pool)
+        .await
+        .expect("fence");
+    assert_eq!(fence, 10);
+}
