@@ -10,8 +10,8 @@ use tonic::transport::Channel;
 use ferry_proto::common::v1::ImportStats;
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
-    GetMigrationSummaryRequest, GetRepositoryRequest, MigrationSummary, Repository,
-    RunInventoryRequest, SetMigrationEnabledRequest,
+    GetLeaseRequest, GetMigrationSummaryRequest, GetRepositoryRequest, LeaseStatus,
+    MigrationSummary, Repository, RunInventoryRequest, SetMigrationEnabledRequest,
 };
 
 /// States in which a repository still has migration work ahead.
@@ -63,6 +63,12 @@ pub enum Command {
     },
     /// Turn the migration off: steps in flight finish, no new ones start.
     Pause,
+    /// Show who holds the enqueue lease (holder, age, fencing token, time left).
+    Lease {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the migration's progress, or one repository's state.
     Status {
         /// A repository path.
@@ -124,6 +130,11 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 })
                 .await?;
             eprintln!("migration paused: steps in flight finish, no new ones start");
+            Ok(())
+        }
+        Command::Lease { json } => {
+            let lease = client.get_lease(GetLeaseRequest {}).await?.into_inner();
+            print_lease(&lease, json);
             Ok(())
         }
         Command::Status {
@@ -280,6 +291,27 @@ struct RunFigures {
 impl RunFigures {
     fn rate(self) -> f64 {
         self.finished as f64 / self.elapsed.as_secs_f64().max(0.001)
+    }
+}
+
+fn print_lease(lease: &LeaseStatus, json: bool) {
+    if json {
+        let value = json!({
+            "held": lease.held, "holder": lease.holder, "fence": lease.fence,
+            "age_ms": lease.age_ms, "ttl_left_ms": lease.ttl_left_ms,
+            "deduplicated_triggers": lease.deduplicated_triggers,
+        });
+        println!("{value}");
+    } else if lease.held {
+        println!("enqueue lease held by {}", lease.holder);
+        println!("  fencing token   {}", lease.fence);
+        println!("  held for        {:.1} s", lease.age_ms as f64 / 1000.0);
+        println!(
+            "  expires in      {:.1} s unless renewed",
+            lease.ttl_left_ms as f64 / 1000.0
+        );
+    } else {
+        println!("nobody holds the enqueue lease: nothing dispatches until a scheduler takes it");
     }
 }
 

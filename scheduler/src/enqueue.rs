@@ -44,6 +44,8 @@ pub struct Enqueuer {
     pub config: EnqueueConfig,
     /// The guard, run by the lease holder every `guard_interval`.
     pub guard: Guard,
+    /// Deduplicated triggers; a pass consumes the pending one.
+    pub triggers: Triggers,
     /// The lease while this replica holds it, so shutdown can release it at once.
     pub held: Arc<tokio::sync::Mutex<Option<HeldLease>>>,
 }
@@ -98,6 +100,9 @@ impl Enqueuer {
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "guard pass failed"),
                 }
+            }
+            if let Err(error) = self.triggers.consume().await {
+                tracing::warn!(%error, "consuming the pending trigger failed; it expires by itself");
             }
             if let Err(error) = self.pass(held).await {
                 tracing::warn!(%error, "enqueue pass failed");
@@ -227,6 +232,100 @@ impl Enqueuer {
                 }
             }
         }
+    }
+}
+
+/// Enqueue triggers, deduplicated across replicas. A trigger sets `<prefix>:enqueuer:pending`
+/// (value: who triggered) with a short TTL and publishes a wake-up only if it set it; further
+/// triggers collapse into that pending run until the loop consumes the key at the start of a
+/// pass. The key can never outlive one TTL: a trigger that finds it without a TTL, or with a
+/// longer one (left by a crashed run or by hand), cuts it back. The loop's timer runs passes
+/// whatever the key says.
+#[derive(Clone)]
+pub struct Triggers {
+    redis: redis::aio::ConnectionManager,
+    pending_key: String,
+    channel: String,
+    owner: String,
+    ttl: Duration,
+    deduplicated: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Triggers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Triggers")
+            .field("pending_key", &self.pending_key)
+            .finish_non_exhaustive()
+    }
+}
+
+const TRIGGER_SCRIPT: &str = r"
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+local ttl = redis.call('pttl', KEYS[1])
+if ttl < 0 or ttl > tonumber(ARGV[2]) then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0";
+
+impl Triggers {
+    /// Triggers under `prefix`, published on `channel`, owned by `owner`, pending at most `ttl`.
+    pub fn new(
+        redis: redis::aio::ConnectionManager,
+        prefix: &str,
+        channel: String,
+        owner: String,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            redis,
+            pending_key: format!("{prefix}:enqueuer:pending"),
+            channel,
+            owner,
+            ttl,
+            deduplicated: Arc::default(),
+        }
+    }
+
+    /// Asks the lease holder, wherever it runs, for a pass. Returns false when the trigger
+    /// collapsed into a pending one.
+    pub async fn trigger(&self) -> redis::RedisResult<bool> {
+        let mut redis = self.redis.clone();
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let set: i64 = redis::Script::new(TRIGGER_SCRIPT)
+            .key(&self.pending_key)
+            .arg(&self.owner)
+            .arg(ttl_ms)
+            .invoke_async(&mut redis)
+            .await?;
+        if set == 1 {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(&self.owner)
+                .query_async(&mut redis)
+                .await?;
+            Ok(true)
+        } else {
+            self.deduplicated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(false)
+        }
+    }
+
+    /// Consumes the pending trigger (the pass it asked for is starting).
+    pub async fn consume(&self) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(&self.pending_key)
+            .query_async(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// Triggers that collapsed into a pending one (for metrics).
+    pub fn deduplicated(&self) -> u64 {
+        self.deduplicated.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

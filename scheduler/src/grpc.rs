@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 
 use ferry_proto::scheduler::v1::scheduler_server::Scheduler as SchedulerRpc;
 use ferry_proto::scheduler::v1::{
-    GetMigrationSummaryRequest, GetRepositoryRequest, InventoryProgress, MigrationSummary,
-    NotifyImportResultRequest, NotifyImportResultResponse, Repository, RunInventoryRequest,
-    SetMigrationEnabledRequest, SetMigrationEnabledResponse,
+    GetLeaseRequest, GetMigrationSummaryRequest, GetRepositoryRequest, InventoryProgress,
+    LeaseStatus, MigrationSummary, NotifyImportResultRequest, NotifyImportResultResponse,
+    Repository, RunInventoryRequest, SetMigrationEnabledRequest, SetMigrationEnabledResponse,
 };
 
 use crate::service::SchedulerService;
@@ -61,6 +61,13 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
         _request: Request<GetMigrationSummaryRequest>,
     ) -> Result<Response<MigrationSummary>, Status> {
         Ok(Response::new(self.0.migration_summary().await?))
+    }
+
+    async fn get_lease(
+        &self,
+        _request: Request<GetLeaseRequest>,
+    ) -> Result<Response<LeaseStatus>, Status> {
+        Ok(Response::new(self.0.lease().await?))
     }
 
     async fn get_repository(

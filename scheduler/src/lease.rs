@@ -45,6 +45,21 @@ pub struct LeaseConfig {
     pub fence_key: String,
     /// Time to live; renewed every third of it.
     pub ttl: Duration,
+    /// Who this replica is (host, process, address), shown as the holder.
+    pub holder: String,
+}
+
+/// Who holds the lease, as any replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The holder's identity.
+    pub holder: String,
+    /// When it took the lease (milliseconds since the epoch).
+    pub acquired_at_ms: u64,
+    /// The latest fencing token handed out (the holder's).
+    pub fence: u64,
+    /// Milliseconds left before the lease expires unless renewed.
+    pub ttl_left_ms: u64,
 }
 
 /// A held lease.
@@ -89,7 +104,15 @@ impl Lease {
     /// Tries once to take the lease. Its fencing token is above `fence_floor`, the highest token
     /// the scheduler database has accepted.
     pub async fn try_acquire(&self, fence_floor: u64) -> redis::RedisResult<Option<HeldLease>> {
-        let token = format!("{:032x}", rand::random::<u128>());
+        // holder|acquired-at|random: unique, and readable by any replica for `describe`.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let token = format!(
+            "{}|{now_ms}|{:016x}",
+            self.config.holder,
+            rand::random::<u64>()
+        );
         let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
         let started = Instant::now();
         let mut redis = self.redis.clone();
@@ -114,6 +137,28 @@ impl Lease {
             fence,
             deadline: Arc::new(Mutex::new(started + self.local_validity())),
             lost: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    /// Who holds the lease now, if anyone.
+    pub async fn describe(&self) -> redis::RedisResult<Option<LeaseInfo>> {
+        let mut redis = self.redis.clone();
+        let (value, ttl, fence): (Option<String>, i64, Option<u64>) = redis::pipe()
+            .get(&self.config.key)
+            .pttl(&self.config.key)
+            .get(&self.config.fence_key)
+            .query_async(&mut redis)
+            .await?;
+        Ok(value.map(|value| {
+            let mut parts = value.rsplitn(3, '|');
+            let _random = parts.next();
+            let acquired_at_ms = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+            LeaseInfo {
+                holder: parts.next().unwrap_or_default().to_owned(),
+                acquired_at_ms,
+                fence: fence.unwrap_or(0),
+                ttl_left_ms: u64::try_from(ttl).unwrap_or(0),
+            }
         }))
     }
 

@@ -53,6 +53,18 @@ pub enum StartupError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Who this replica is, for the lease holder's name: host (Kubernetes sets `HOSTNAME` to the
+/// pod), process and listening address.
+fn replica_identity(listen_addr: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{host}/pid-{}/{listen_addr}", std::process::id())
+}
+
 /// Connects, migrates, starts the enqueue loop and serves on `listener` until `shutdown`.
 pub async fn run(
     config: SchedulerConfig,
@@ -72,7 +84,16 @@ pub async fn run(
             key: format!("{}:enqueuer:lease", config.redis_prefix),
             fence_key: format!("{}:enqueuer:fence", config.redis_prefix),
             ttl: config.lease_ttl,
+            holder: replica_identity(&config.listen_addr.to_string()),
         },
+    );
+    // A pending trigger lives at most two loop periods: longer would only delay wake-ups.
+    let triggers = enqueue::Triggers::new(
+        redis,
+        &config.redis_prefix,
+        wake_channel.clone(),
+        replica_identity(&config.listen_addr.to_string()),
+        (config.enqueue_interval * 2).max(std::time::Duration::from_secs(1)),
     );
     let held = Arc::new(tokio::sync::Mutex::new(None));
     let importers = Arc::new(ImporterPool::new(&config.importers)?);
@@ -85,6 +106,7 @@ pub async fn run(
         },
         importers,
         lease: lease.clone(),
+        triggers: triggers.clone(),
         wake: Arc::clone(&wake),
         config: EnqueueConfig {
             interval: config.enqueue_interval,
@@ -102,8 +124,8 @@ pub async fn run(
         store,
         storage,
         wake,
-        redis,
-        wake_channel,
+        triggers,
+        lease.clone(),
         config.project_segments,
     );
     tracing::info!(addr = %config.listen_addr, importers = ?config.importers, "scheduler serving");

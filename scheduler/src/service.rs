@@ -7,13 +7,15 @@ use tokio::sync::{Notify, mpsc};
 
 use ferry_proto::common::v1::MigrationStatus;
 use ferry_proto::scheduler::v1::{
-    InventoryProgress, MigrationSummary, NotifyImportResultRequest, NotifyImportResultResponse,
-    Repository, SetMigrationEnabledResponse, StateCount,
+    InventoryProgress, LeaseStatus, MigrationSummary, NotifyImportResultRequest,
+    NotifyImportResultResponse, Repository, SetMigrationEnabledResponse, StateCount,
 };
 use ferry_shared::storage::BlobStore;
 
+use crate::enqueue::Triggers;
 use crate::error::SchedulerError;
 use crate::inventory;
+use crate::lease::Lease;
 use crate::store::{RepoKey, RepositoryRecord, SchedulerStore};
 
 /// What the scheduler offers, independent of gRPC.
@@ -42,6 +44,9 @@ pub trait SchedulerService: Send + Sync + 'static {
 
     /// One repository.
     async fn repository(&self, path: &str) -> Result<Repository, SchedulerError>;
+
+    /// Who holds the enqueue lease.
+    async fn lease(&self) -> Result<LeaseStatus, SchedulerError>;
 }
 
 /// The scheduler.
@@ -50,8 +55,8 @@ pub struct Scheduler {
     store: SchedulerStore,
     storage: Arc<dyn BlobStore>,
     wake: Arc<Notify>,
-    redis: redis::aio::ConnectionManager,
-    wake_channel: String,
+    triggers: Triggers,
+    lease: Lease,
     project_segments: usize,
 }
 
@@ -61,16 +66,16 @@ impl Scheduler {
         store: SchedulerStore,
         storage: Arc<dyn BlobStore>,
         wake: Arc<Notify>,
-        redis: redis::aio::ConnectionManager,
-        wake_channel: String,
+        triggers: Triggers,
+        lease: Lease,
         project_segments: usize,
     ) -> Self {
         Self {
             store,
             storage,
             wake,
-            redis,
-            wake_channel,
+            triggers,
+            lease,
             project_segments,
         }
     }
@@ -78,13 +83,7 @@ impl Scheduler {
     /// Wakes the enqueue loop here and, through Redis, on whichever replica holds the lease.
     async fn wake_enqueuer(&self) {
         self.wake.notify_one();
-        let mut redis = self.redis.clone();
-        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(&self.wake_channel)
-            .arg("wake")
-            .query_async(&mut redis)
-            .await;
-        if let Err(error) = published {
+        if let Err(error) = self.triggers.trigger().await {
             tracing::warn!(%error, "publishing a wake-up failed; the timer will pick the work up");
         }
     }
@@ -278,5 +277,26 @@ impl SchedulerService for Scheduler {
             .await?
             .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
         Ok(record.into())
+    }
+
+    async fn lease(&self) -> Result<LeaseStatus, SchedulerError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let deduplicated_triggers = self.triggers.deduplicated();
+        Ok(match self.lease.describe().await? {
+            Some(info) => LeaseStatus {
+                held: true,
+                holder: info.holder,
+                fence: info.fence,
+                age_ms: now_ms.saturating_sub(info.acquired_at_ms),
+                ttl_left_ms: info.ttl_left_ms,
+                deduplicated_triggers,
+            },
+            None => LeaseStatus {
+                deduplicated_triggers,
+                ..LeaseStatus::default()
+            },
+        })
     }
 }

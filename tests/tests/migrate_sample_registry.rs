@@ -8,7 +8,8 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 
 use ferry_proto::scheduler::v1::{
-    GetRepositoryRequest, MigrationSummary, RunInventoryRequest, SetMigrationEnabledRequest,
+    GetLeaseRequest, GetRepositoryRequest, MigrationSummary, RunInventoryRequest,
+    SetMigrationEnabledRequest,
 };
 use ferry_tests::buckets::{Bucket, DirBucket, GcsBucket};
 use ferry_tests::{Cluster, RegistryServer, SampleRegistry};
@@ -93,6 +94,15 @@ async fn migrate_and_check(sample: &SampleRegistry, cluster: &Cluster, bucket: &
         .await
         .expect("enable");
     let summary = cluster.wait_until_settled(Duration::from_secs(180)).await;
+    let lease = client
+        .get_lease(GetLeaseRequest {})
+        .await
+        .expect("lease")
+        .into_inner();
+    assert!(
+        lease.held && lease.fence >= 1 && !lease.holder.is_empty(),
+        "{lease:?}"
+    );
     assert_eq!(summary.total, expected_repositories);
     assert_eq!(
         state_count(&summary, "import_done"),

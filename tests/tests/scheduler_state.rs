@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_proto::scheduler::v1::NotifyImportResultRequest;
+use ferry_scheduler::enqueue::Triggers;
 use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
@@ -25,6 +26,7 @@ fn lease_config(ttl: Duration) -> LeaseConfig {
         key: format!("{prefix}:lease"),
         fence_key: format!("{prefix}:fence"),
         ttl,
+        holder: format!("test-holder-{prefix}"),
     }
 }
 
@@ -102,12 +104,21 @@ async fn scheduler_with(paths: &[&str]) -> (Scheduler, SchedulerStore) {
     let dir = std::env::temp_dir();
     let storage =
         ferry_shared::storage::open(&format!("file://{}", dir.display())).expect("storage");
+    let prefix = format!("ferry-test-{}", unique_suffix());
+    let triggers = Triggers::new(
+        redis().await,
+        &prefix,
+        format!("{prefix}:wake"),
+        "test".into(),
+        Duration::from_secs(1),
+    );
+    let lease = Lease::new(redis().await, lease_config(Duration::from_secs(5)));
     let scheduler = Scheduler::new(
         store.clone(),
         storage,
         Arc::new(tokio::sync::Notify::new()),
-        redis().await,
-        format!("ferry-test-{}:wake", unique_suffix()),
+        triggers,
+        lease,
         2,
     );
     (scheduler, store)
@@ -324,4 +335,96 @@ async fn a_lost_fence_counter_never_hands_out_a_token_the_database_refuses() {
     lease.release(&held).await.expect("release");
     let next = lease.try_acquire(0).await.expect("redis").expect("taken");
     assert_eq!(next.fence, 43, "the counter continues above the floor");
+}
+
+#[tokio::test]
+async fn triggers_collapse_and_an_orphaned_pending_key_blocks_for_at_most_one_ttl() {
+    use futures::StreamExt;
+    let prefix = format!("ferry-test-{}", unique_suffix());
+    let channel = format!("{prefix}:wake");
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(&channel).await.expect("subscribe");
+    let mut wakes = pubsub.into_on_message();
+    let ttl = Duration::from_millis(400);
+    let triggers = Triggers::new(
+        redis().await,
+        &prefix,
+        channel.clone(),
+        "replica-a".into(),
+        ttl,
+    );
+
+    // Many triggers before the loop runs collapse into one wake-up.
+    assert!(triggers.trigger().await.expect("trigger"));
+    for _ in 0..5 {
+        assert!(
+            !triggers.trigger().await.expect("trigger"),
+            "collapsed into the pending run"
+        );
+    }
+    assert_eq!(triggers.deduplicated(), 5);
+    tokio::time::timeout(Duration::from_secs(2), wakes.next())
+        .await
+        .expect("one wake")
+        .expect("message");
+    // The pass consumes it; the next trigger wakes again.
+    triggers.consume().await.expect("consume");
+    assert!(triggers.trigger().await.expect("trigger"));
+    tokio::time::timeout(Duration::from_secs(2), wakes.next())
+        .await
+        .expect("wake")
+        .expect("message");
+    triggers.consume().await.expect("consume");
+
+    // A run that owned the key died without consuming it, and the key has no expiry at all
+    // (the runbook's "stuck deduplication"). Triggers resume within one TTL, with no human action.
+    let mut redis = redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:enqueuer:pending"))
+        .arg("dead-run")
+        .query_async(&mut redis)
+        .await
+        .expect("orphan");
+    let started = std::time::Instant::now();
+    assert!(
+        !triggers.trigger().await.expect("trigger"),
+        "the orphan collapses this one..."
+    );
+    loop {
+        if triggers.trigger().await.expect("trigger") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still blocked after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let blocked = started.elapsed();
+    assert!(
+        blocked <= ttl + Duration::from_millis(300),
+        "blocked {blocked:?}, more than one TTL"
+    );
+    tokio::time::timeout(Duration::from_secs(2), wakes.next())
+        .await
+        .expect("wake")
+        .expect("message");
+}
+
+#[tokio::test]
+async fn the_lease_holder_is_visible() {
+    let (scheduler, _store) = scheduler_with(&[]).await;
+    let nobody = scheduler.lease().await.expect("lease");
+    assert!(!nobody.held);
+    let config = lease_config(Duration::from_secs(5));
+    let lease = Lease::new(redis().await, config.clone());
+    let held = lease.try_acquire(0).await.expect("redis").expect("taken");
+    let info = lease.describe().await.expect("describe").expect("held");
+    assert_eq!(info.holder, config.holder);
+    assert_eq!(info.fence, held.fence);
+    assert!(
+        info.ttl_left_ms > 4000 && info.ttl_left_ms <= 5000,
+        "{info:?}"
+    );
 }
