@@ -11,11 +11,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use ferry_proto::common::v1::ImportType;
+use ferry_proto::common::v1::{ImportType, MigrationStatus};
 
 use crate::guard::Guard;
 use crate::importers::{ImporterPool, StartResult};
 use crate::lease::{HeldLease, Lease};
+use crate::reconcile::{self, Resume};
 use crate::store::{Claimed, RepoKey, SchedulerStore};
 
 /// Tuning of the loop.
@@ -144,15 +145,13 @@ impl Enqueuer {
         while held.is_valid().await
             && self.store.in_process_count().await? < i64::from(settings.capacity)
         {
-            if let Some((repo, is_final)) = self.store.claim_aborted(Some(held.fence)).await? {
-                let import_type = if is_final {
-                    ImportType::Final
-                } else {
-                    ImportType::Pre
-                };
-                tracing::info!(repository = %repo.path, ?import_type, "retrying aborted repository");
-                self.dispatch(held, &repo, import_type, settings.max_retries)
-                    .await?;
+            if let Some((repo, pre_import_done)) = self.store.next_aborted().await? {
+                if !self
+                    .retry_aborted(held, &repo, pre_import_done, settings.max_retries)
+                    .await?
+                {
+                    break; // the write was refused: the lease is gone or another holder acts
+                }
             } else if let Some(repo) = self.store.claim_next_default(Some(held.fence)).await? {
                 self.dispatch(held, &repo, ImportType::Pre, settings.max_retries)
                     .await?;
@@ -161,6 +160,50 @@ impl Enqueuer {
             }
         }
         Ok(())
+    }
+
+    /// Retries an aborted repository after reconciling with the importer's status (see
+    /// [`reconcile`]). Returns false if its fenced write was refused.
+    async fn retry_aborted(
+        &self,
+        held: &HeldLease,
+        repo: &Claimed,
+        pre_import_done: bool,
+        max_retries: i32,
+    ) -> Result<bool, sqlx::Error> {
+        let status = match self.importers.status(None, &repo.path).await {
+            Ok(answer) => Some(MigrationStatus::try_from(answer.status).unwrap_or_default()),
+            Err(status) => {
+                tracing::debug!(repository = %repo.path, %status, "no importer status; retrying by the recorded state");
+                None
+            }
+        };
+        let resume = reconcile::resume(status, pre_import_done);
+        tracing::info!(repository = %repo.path, ?status, ?resume, "retrying aborted repository");
+        let fence = Some(held.fence);
+        Ok(match resume {
+            Resume::FinishNative => {
+                self.store
+                    .finish_import_as(repo.id, Some("native_import"), fence)
+                    .await?
+            }
+            Resume::FinishImport => self.store.finish_import_as(repo.id, None, fence).await?,
+            Resume::WatchPreImport => self.store.resume_aborted(repo.id, false, fence).await?,
+            Resume::WatchImport => self.store.resume_aborted(repo.id, true, fence).await?,
+            Resume::RetryPreImport | Resume::RetryImport => {
+                let to_final = resume == Resume::RetryImport;
+                let resumed = self.store.resume_aborted(repo.id, to_final, fence).await?;
+                if resumed {
+                    let import_type = if to_final {
+                        ImportType::Final
+                    } else {
+                        ImportType::Pre
+                    };
+                    self.dispatch(held, repo, import_type, max_retries).await?;
+                }
+                resumed
+            }
+        })
     }
 
     async fn dispatch(

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod importers;
 pub mod inventory;
 pub mod lease;
+pub mod reconcile;
 pub mod service;
 pub mod store;
 

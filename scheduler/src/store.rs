@@ -263,37 +263,48 @@ impl SchedulerStore {
         .await
     }
 
-    /// Moves the next `import_aborted` repository back into its step: `importing` when its
-    /// pre-import had finished, else `pre_importing`. Returns it with `true` for a final import.
-    pub async fn claim_aborted(
-        &self,
-        fence: Option<u64>,
-    ) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
-        let (with, check) = fenced(1);
-        let row = sqlx::query(&format!(
-            "{with}UPDATE container_repositories SET \
-                 migration_state = CASE WHEN migration_pre_import_done_at IS NULL THEN 'pre_importing' ELSE 'importing' END, \
-                 migration_pre_import_started_at = CASE WHEN migration_pre_import_done_at IS NULL THEN now() ELSE migration_pre_import_started_at END, \
-                 migration_import_started_at = CASE WHEN migration_pre_import_done_at IS NULL THEN migration_import_started_at ELSE now() END, \
-                 migration_import_done_at = NULL, \
-                 migration_aborted_at = NULL, migration_aborted_in_state = NULL, updated_at = now() \
-             WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'import_aborted' \
-                         ORDER BY path LIMIT 1 FOR UPDATE SKIP LOCKED) \
-               AND migration_state = 'import_aborted' {check} \
-             RETURNING id, path, migration_state = 'importing' AS is_final"
-        ))
-        .bind(fence_param(fence))
+    /// The next `import_aborted` repository to retry, with whether its pre-import had finished.
+    pub async fn next_aborted(&self) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT id, path, migration_pre_import_done_at IS NOT NULL AS pre_import_done \
+             FROM container_repositories WHERE migration_state = 'import_aborted' ORDER BY path LIMIT 1",
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|row| {
-            (
-                Claimed {
-                    id: row.get("id"),
-                    path: row.get("path"),
-                },
-                row.get("is_final"),
-            )
+            let claimed = Claimed {
+                id: row.get("id"),
+                path: row.get("path"),
+            };
+            (claimed, row.get("pre_import_done"))
         }))
+    }
+
+    /// Moves an `import_aborted` repository back into a step (fenced): `importing` (`to_final`,
+    /// its pre-import counted done) or `pre_importing`. False if it was no longer aborted.
+    pub async fn resume_aborted(
+        &self,
+        id: i64,
+        to_final: bool,
+        fence: Option<u64>,
+    ) -> Result<bool, sqlx::Error> {
+        let (with, check) = fenced(3);
+        let result = sqlx::query(&format!(
+            "{with}UPDATE container_repositories SET \
+                 migration_state = CASE WHEN $2 THEN 'importing' ELSE 'pre_importing' END, \
+                 migration_pre_import_started_at = CASE WHEN $2 THEN migration_pre_import_started_at ELSE now() END, \
+                 migration_pre_import_done_at = CASE WHEN $2 THEN COALESCE(migration_pre_import_done_at, now()) ELSE NULL END, \
+                 migration_import_started_at = CASE WHEN $2 THEN now() ELSE migration_import_started_at END, \
+                 migration_import_done_at = NULL, \
+                 migration_aborted_at = NULL, migration_aborted_in_state = NULL, updated_at = now() \
+             WHERE id = $1 AND migration_state = 'import_aborted' {check}"
+        ))
+        .bind(id)
+        .bind(to_final)
+        .bind(fence_param(fence))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     /// `pre_importing` → `pre_import_done`, adding the step's figures. False if the repository

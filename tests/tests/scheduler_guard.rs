@@ -159,3 +159,121 @@ async fn a_step_whose_importer_died_is_unlocked_retried_elsewhere_and_completes(
         "retried on the live importer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_repository_whose_import_completed_is_finished_not_redone() {
+    let sample = SampleRegistry::build(false);
+    let cluster = Cluster::start(&sample.root(), 2).await;
+    let repositories = inventory(&cluster).await;
+    let mut client = cluster.client().await;
+    let enable = SetMigrationEnabledRequest {
+        enabled: true,
+        capacity: Some(4),
+    };
+    client.set_migration_enabled(enable).await.expect("enable");
+    cluster.wait_until_settled(Duration::from_secs(120)).await;
+
+    // Its final import completed on the importer, but the scheduler aborted it (say the
+    // notification was lost and a guard pass saw a failure in between).
+    let path = "group-a/project-1/app";
+    let scheduler_db = PgPool::connect(&cluster.database_url)
+        .await
+        .expect("scheduler db");
+    sqlx::query(
+        "UPDATE container_repositories SET migration_state = 'import_aborted', migration_retries_count = 1, \
+             migration_aborted_at = now(), migration_aborted_in_state = 'importing', migration_import_done_at = NULL \
+         WHERE path = $1",
+    )
+    .bind(path)
+    .execute(&scheduler_db)
+    .await
+    .expect("abort by hand");
+    let meta = PgPool::connect(&cluster.metadata_database_url)
+        .await
+        .expect("metadata");
+    let updated_before: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT updated_at FROM repositories WHERE path = $1")
+            .bind(path)
+            .fetch_one(&meta)
+            .await
+            .expect("row");
+
+    client
+        .set_migration_enabled(enable)
+        .await
+        .expect("wake the loop");
+    let summary = cluster.wait_until_settled(Duration::from_secs(60)).await;
+    assert_eq!(
+        state_count(&summary, "import_done"),
+        repositories,
+        "{summary:?}"
+    );
+    let repo = client
+        .get_repository(GetRepositoryRequest { path: path.into() })
+        .await
+        .expect("repo")
+        .into_inner();
+    assert_eq!(
+        (repo.migration_state.as_str(), repo.retries_count),
+        ("import_done", 1)
+    );
+    assert!(
+        repo.skipped_reason.is_empty(),
+        "imported, not native: {:?}",
+        repo.skipped_reason
+    );
+    let updated_after: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT updated_at FROM repositories WHERE path = $1")
+            .bind(path)
+            .fetch_one(&meta)
+            .await
+            .expect("row");
+    assert_eq!(
+        updated_before, updated_after,
+        "no step ran again on the importer"
+    );
+
+    // Aborted here, but the importer reports its pre-import as running: it is watched again
+    // (pre_importing), not restarted (a start would be refused and abort it a second time).
+    let running = "group-a/project-2/base";
+    sqlx::query(
+        "UPDATE repositories SET migration_status = 'pre_import_in_progress' WHERE path = $1",
+    )
+    .bind(running)
+    .execute(&meta)
+    .await
+    .expect("running on the importer");
+    sqlx::query(
+        "UPDATE container_repositories SET migration_state = 'import_aborted', migration_retries_count = 1, \
+             migration_aborted_at = now(), migration_aborted_in_state = 'pre_importing', \
+             migration_pre_import_done_at = NULL, migration_import_done_at = NULL \
+         WHERE path = $1",
+    )
+    .bind(running)
+    .execute(&scheduler_db)
+    .await
+    .expect("abort by hand");
+    client
+        .set_migration_enabled(enable)
+        .await
+        .expect("wake the loop");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let repo = loop {
+        let repo = client
+            .get_repository(GetRepositoryRequest {
+                path: running.into(),
+            })
+            .await
+            .expect("repo")
+            .into_inner();
+        if repo.migration_state != "import_aborted" {
+            break repo;
+        }
+        assert!(std::time::Instant::now() < deadline, "never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (repo.migration_state.as_str(), repo.retries_count),
+        ("pre_importing", 1)
+    );
+}

@@ -227,19 +227,22 @@ async fn failures_abort_then_skip_after_max_retries() {
         );
         if attempt < max_retries {
             assert_eq!(response.migration_state, "import_aborted");
-            let (retried, is_final) = store
-                .claim_aborted(None)
-                .await
-                .expect("claim")
-                .expect("aborted");
-            assert_eq!((retried.path.as_str(), is_final), (path, false));
+            let (retried, pre_import_done) =
+                store.next_aborted().await.expect("next").expect("aborted");
+            assert_eq!((retried.path.as_str(), pre_import_done), (path, false));
+            assert!(
+                store
+                    .resume_aborted(retried.id, false, None)
+                    .await
+                    .expect("resume")
+            );
         } else {
             assert_eq!(response.migration_state, "import_skipped");
             assert_eq!(
                 record.migration_skipped_reason.as_deref(),
                 Some("too_many_retries")
             );
-            assert!(store.claim_aborted(None).await.expect("claim").is_none());
+            assert!(store.next_aborted().await.expect("next").is_none());
         }
     }
 }
