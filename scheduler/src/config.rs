@@ -38,9 +38,6 @@ pub struct SchedulerArgs {
     /// Timer period of the enqueue loop, in milliseconds.
     #[arg(long, env = "FERRY_ENQUEUE_INTERVAL_MS", default_value = "2000")]
     pub enqueue_interval_ms: String,
-    /// Attempts to start a step while every importer is busy.
-    #[arg(long, env = "FERRY_START_MAX_RETRIES", default_value = "50")]
-    pub start_max_retries: String,
     /// How often the lease holder's guard checks stale steps, in seconds.
     #[arg(long, env = "FERRY_GUARD_INTERVAL_SECS", default_value = "60")]
     pub guard_interval_secs: String,
@@ -67,8 +64,6 @@ pub struct SchedulerConfig {
     pub lease_ttl: Duration,
     /// Enqueue timer period.
     pub enqueue_interval: Duration,
-    /// Start attempts while every importer is busy.
-    pub start_max_retries: u32,
     /// Guard period.
     pub guard_interval: Duration,
 }
@@ -116,7 +111,6 @@ impl SchedulerArgs {
         let segments = check.positive("FERRY_PROJECT_SEGMENTS", &self.project_segments);
         let ttl = check.positive("FERRY_LEASE_TTL_SECS", &self.lease_ttl_secs);
         let interval = check.positive("FERRY_ENQUEUE_INTERVAL_MS", &self.enqueue_interval_ms);
-        let start_retries = check.positive("FERRY_START_MAX_RETRIES", &self.start_max_retries);
         let guard = check.positive("FERRY_GUARD_INTERVAL_SECS", &self.guard_interval_secs);
         check.finish()?;
         let missing = || "validated above".to_owned();
@@ -130,8 +124,6 @@ impl SchedulerArgs {
             project_segments: usize::try_from(segments.ok_or_else(missing)?).unwrap_or(2),
             lease_ttl: Duration::from_secs(ttl.ok_or_else(missing)?),
             enqueue_interval: Duration::from_millis(interval.ok_or_else(missing)?),
-            start_max_retries: u32::try_from(start_retries.ok_or_else(missing)?)
-                .unwrap_or(u32::MAX),
             guard_interval: Duration::from_secs(guard.ok_or_else(missing)?),
         })
     }

@@ -14,6 +14,8 @@ use ferry_proto::scheduler::v1::{
     MigrationSummary, Repository, RunInventoryRequest, SetMigrationEnabledRequest,
 };
 
+mod settings;
+
 /// States in which a repository still has migration work ahead.
 const PENDING_STATES: [&str; 5] = [
     "default",
@@ -63,6 +65,8 @@ pub enum Command {
     },
     /// Turn the migration off: steps in flight finish, no new ones start.
     Pause,
+    /// Show the run-time settings, or change the ones given.
+    Settings(settings::SettingsArgs),
     /// Show who holds the enqueue lease (holder, age, fencing token, time left).
     Lease {
         /// Print JSON.
@@ -132,6 +136,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             eprintln!("migration paused: steps in flight finish, no new ones start");
             Ok(())
         }
+        Command::Settings(args) => settings::run(&mut client, &args).await,
         Command::Lease { json } => {
             let lease = client.get_lease(GetLeaseRequest {}).await?.into_inner();
             print_lease(&lease, json);

@@ -17,7 +17,7 @@ use crate::guard::Guard;
 use crate::importers::{ImporterPool, StartResult};
 use crate::lease::{HeldLease, Lease};
 use crate::reconcile::{self, Resume};
-use crate::store::{Claimed, RepoKey, SchedulerStore};
+use crate::store::{Claimed, RepoKey, SchedulerStore, Settings};
 
 /// Tuning of the loop.
 #[derive(Debug, Clone)]
@@ -26,8 +26,6 @@ pub struct EnqueueConfig {
     pub interval: Duration,
     /// How often the guard checks stale steps.
     pub guard_interval: Duration,
-    /// Attempts to start a step while every importer is busy, before aborting it.
-    pub start_max_retries: u32,
 }
 
 /// The loop and what it drives.
@@ -45,6 +43,8 @@ pub struct Enqueuer {
     pub config: EnqueueConfig,
     /// The guard, run by the lease holder every `guard_interval`.
     pub guard: Guard,
+    /// The bucket, to count a repository's tags before its pre-import.
+    pub storage: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
     /// Deduplicated triggers; a pass consumes the pending one.
     pub triggers: Triggers,
     /// The lease while this replica holds it, so shutdown can release it at once.
@@ -139,22 +139,32 @@ impl Enqueuer {
             let Some(repo) = self.store.claim_pre_import_done(Some(held.fence)).await? else {
                 break;
             };
-            self.dispatch(held, &repo, ImportType::Final, settings.max_retries)
+            self.dispatch(held, &repo, ImportType::Final, &settings)
                 .await?;
         }
+        // Like the original's `waiting_time_passed?`: new repositories wait after a step ends.
+        let may_start = self
+            .store
+            .waiting_time_passed(settings.enqueue_waiting_time)
+            .await?;
         while held.is_valid().await
             && self.store.in_process_count().await? < i64::from(settings.capacity)
         {
+            if !may_start {
+                break;
+            }
             if let Some((repo, pre_import_done)) = self.store.next_aborted().await? {
                 if !self
-                    .retry_aborted(held, &repo, pre_import_done, settings.max_retries)
+                    .retry_aborted(held, &repo, pre_import_done, &settings)
                     .await?
                 {
                     break; // the write was refused: the lease is gone or another holder acts
                 }
             } else if let Some(repo) = self.store.claim_next_default(Some(held.fence)).await? {
-                self.dispatch(held, &repo, ImportType::Pre, settings.max_retries)
-                    .await?;
+                if self.within_tag_limit(held, &repo, &settings).await? {
+                    self.dispatch(held, &repo, ImportType::Pre, &settings)
+                        .await?;
+                }
             } else {
                 break;
             }
@@ -169,7 +179,7 @@ impl Enqueuer {
         held: &HeldLease,
         repo: &Claimed,
         pre_import_done: bool,
-        max_retries: i32,
+        settings: &Settings,
     ) -> Result<bool, sqlx::Error> {
         let status = match self.importers.status(None, &repo.path).await {
             Ok(answer) => Some(MigrationStatus::try_from(answer.status).unwrap_or_default()),
@@ -199,11 +209,41 @@ impl Enqueuer {
                     } else {
                         ImportType::Pre
                     };
-                    self.dispatch(held, repo, import_type, max_retries).await?;
+                    self.dispatch(held, repo, import_type, settings).await?;
                 }
                 resumed
             }
         })
+    }
+
+    /// Counts the repository's tags (recorded for the guard's pre-import limit) and skips it
+    /// with `too_many_tags` when over `max_tags_count`. Returns whether to start it.
+    async fn within_tag_limit(
+        &self,
+        held: &HeldLease,
+        repo: &Claimed,
+        settings: &Settings,
+    ) -> Result<bool, sqlx::Error> {
+        let Ok(path) = ferry_shared::ids::RepositoryPath::parse(&repo.path) else {
+            return Ok(true); // the importer refuses it with a reason
+        };
+        let tags = match ferry_shared::walk::count_tags(self.storage.as_ref(), &path).await {
+            Ok(tags) => i32::try_from(tags).unwrap_or(i32::MAX),
+            Err(error) => {
+                tracing::warn!(repository = %repo.path, %error, "counting tags failed; starting without a count");
+                return Ok(true);
+            }
+        };
+        let fence = Some(held.fence);
+        self.store.record_tags_count(repo.id, tags, fence).await?;
+        if settings.max_tags_count > 0 && tags > settings.max_tags_count {
+            tracing::info!(repository = %repo.path, tags, limit = settings.max_tags_count, "skipped: too many tags");
+            self.store
+                .skip_too_many_tags(repo.id, tags, settings.max_tags_count, fence)
+                .await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     async fn dispatch(
@@ -211,8 +251,10 @@ impl Enqueuer {
         held: &HeldLease,
         repo: &Claimed,
         import_type: ImportType,
-        max_retries: i32,
+        settings: &Settings,
     ) -> Result<(), sqlx::Error> {
+        let max_retries = settings.max_retries;
+        let start_max_retries = u32::try_from(settings.start_max_retries).unwrap_or(0);
         let state = if import_type == ImportType::Final {
             "importing"
         } else {
@@ -254,7 +296,7 @@ impl Enqueuer {
                     return Ok(());
                 }
                 StartResult::AllBusy(message)
-                    if attempt <= self.config.start_max_retries && held.is_valid().await =>
+                    if attempt <= start_max_retries && held.is_valid().await =>
                 {
                     tracing::debug!(repository = %repo.path, attempt, message, "every importer busy; backing off");
                     tokio::time::sleep(Duration::from_millis(100) * attempt).await;

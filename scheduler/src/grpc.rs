@@ -9,9 +9,10 @@ use tonic::{Request, Response, Status};
 
 use ferry_proto::scheduler::v1::scheduler_server::Scheduler as SchedulerRpc;
 use ferry_proto::scheduler::v1::{
-    GetLeaseRequest, GetMigrationSummaryRequest, GetRepositoryRequest, InventoryProgress,
-    LeaseStatus, MigrationSummary, NotifyImportResultRequest, NotifyImportResultResponse,
-    Repository, RunInventoryRequest, SetMigrationEnabledRequest, SetMigrationEnabledResponse,
+    GetLeaseRequest, GetMigrationSummaryRequest, GetRepositoryRequest, GetSettingsRequest,
+    InventoryProgress, LeaseStatus, MigrationSummary, NotifyImportResultRequest,
+    NotifyImportResultResponse, Repository, RunInventoryRequest, SetMigrationEnabledRequest,
+    SetMigrationEnabledResponse, Settings, UpdateSettingsRequest,
 };
 
 use crate::service::SchedulerService;
@@ -68,6 +69,22 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
         _request: Request<GetLeaseRequest>,
     ) -> Result<Response<LeaseStatus>, Status> {
         Ok(Response::new(self.0.lease().await?))
+    }
+
+    async fn get_settings(
+        &self,
+        _request: Request<GetSettingsRequest>,
+    ) -> Result<Response<Settings>, Status> {
+        Ok(Response::new(self.0.settings().await?))
+    }
+
+    async fn update_settings(
+        &self,
+        request: Request<UpdateSettingsRequest>,
+    ) -> Result<Response<Settings>, Status> {
+        Ok(Response::new(
+            self.0.update_settings(request.into_inner()).await?,
+        ))
     }
 
     async fn get_repository(

@@ -4,7 +4,8 @@
 //!
 //! For each stale step, by what the owning importer says:
 //! - it runs the step and the step is within its time limit: leave it;
-//! - it runs the step past its limit (`pre_import_timeout` / `import_timeout`): cancel it, then
+//! - it runs the step past its limit (`pre_import_timeout`, or tags × `pre_import_tags_rate` for a
+//!   big repository; `import_timeout`): cancel it, then
 //!   abort (retried later), or skip with `migration_canceled` when one more abort would reach
 //!   `max_retries`;
 //! - the status is in progress but no live importer runs it (the importer died or restarted), or
@@ -78,7 +79,7 @@ pub fn verdict(
             return Verdict::Orphaned(format!("{} but no importer runs it", status.as_db_str()));
         }
         let limit = if state == "pre_importing" {
-            settings.pre_import_timeout
+            settings.pre_import_limit(step.migration_tags_count)
         } else {
             settings.import_timeout
         };
@@ -250,6 +251,7 @@ mod tests {
             migration_importer: Some("http://importer".into()),
             migration_retries_count: 0,
             age_seconds,
+            migration_tags_count: None,
         }
     }
 
@@ -261,6 +263,13 @@ mod tests {
             max_step_duration: Duration::from_secs(300),
             pre_import_timeout: Duration::from_secs(1800),
             import_timeout: Duration::from_secs(600),
+            max_tags_count: 100,
+            start_max_retries: 50,
+            pre_import_tags_rate: 0.5,
+            enqueue_waiting_time: Duration::ZERO,
+            created_before: None,
+            target_plans: None,
+            deny_root_namespaces: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod lease;
 pub mod reconcile;
 pub mod service;
+pub mod settings_api;
 pub mod store;
 
 use std::future::Future;
@@ -106,12 +107,12 @@ pub async fn run(
             importers: Arc::clone(&importers),
         },
         importers,
+        storage: Arc::clone(&storage),
         lease: lease.clone(),
         triggers: triggers.clone(),
         wake: Arc::clone(&wake),
         config: EnqueueConfig {
             interval: config.enqueue_interval,
-            start_max_retries: config.start_max_retries,
             guard_interval: config.guard_interval,
         },
     };

@@ -16,6 +16,7 @@ use crate::enqueue::Triggers;
 use crate::error::SchedulerError;
 use crate::inventory;
 use crate::lease::Lease;
+use crate::settings_api;
 use crate::store::{RepoKey, RepositoryRecord, SchedulerStore};
 
 /// What the scheduler offers, independent of gRPC.
@@ -47,6 +48,15 @@ pub trait SchedulerService: Send + Sync + 'static {
 
     /// Who holds the enqueue lease.
     async fn lease(&self) -> Result<LeaseStatus, SchedulerError>;
+
+    /// The run-time settings.
+    async fn settings(&self) -> Result<ferry_proto::scheduler::v1::Settings, SchedulerError>;
+
+    /// Changes the settings the request gives.
+    async fn update_settings(
+        &self,
+        request: ferry_proto::scheduler::v1::UpdateSettingsRequest,
+    ) -> Result<ferry_proto::scheduler::v1::Settings, SchedulerError>;
 }
 
 /// The scheduler.
@@ -225,23 +235,31 @@ impl SchedulerService for Scheduler {
         enabled: bool,
         capacity: Option<u32>,
     ) -> Result<SetMigrationEnabledResponse, SchedulerError> {
-        let capacity = capacity
-            .map(|c| {
-                i32::try_from(c)
-                    .map_err(|_| SchedulerError::InvalidArgument("capacity too large".into()))
-            })
-            .transpose()?;
-        let settings = self.store.set_enabled(enabled, capacity).await?;
-        tracing::info!(
-            enabled = settings.enabled,
-            capacity = settings.capacity,
-            "migration switch set"
-        );
-        self.wake_enqueuer().await;
+        let request = ferry_proto::scheduler::v1::UpdateSettingsRequest {
+            enabled: Some(enabled),
+            capacity,
+            ..Default::default()
+        };
+        let settings = self.update_settings(request).await?;
         Ok(SetMigrationEnabledResponse {
             enabled: settings.enabled,
-            capacity: u32::try_from(settings.capacity).unwrap_or(0),
+            capacity: settings.capacity,
         })
+    }
+
+    async fn settings(&self) -> Result<ferry_proto::scheduler::v1::Settings, SchedulerError> {
+        Ok(settings_api::to_proto(&self.store.settings().await?))
+    }
+
+    async fn update_settings(
+        &self,
+        request: ferry_proto::scheduler::v1::UpdateSettingsRequest,
+    ) -> Result<ferry_proto::scheduler::v1::Settings, SchedulerError> {
+        let patch = settings_api::patch_from_proto(request)?;
+        let settings = self.store.update_settings(&patch).await?;
+        tracing::info!(?patch, "settings changed");
+        self.wake_enqueuer().await;
+        Ok(settings_api::to_proto(&settings))
     }
 
     async fn migration_summary(&self) -> Result<MigrationSummary, SchedulerError> {

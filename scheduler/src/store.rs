@@ -8,8 +8,10 @@ use sqlx::{FromRow, Row};
 use ferry_proto::common::v1::ImportStats;
 
 mod guard;
+mod settings;
 
 pub use guard::StaleStep;
+pub use settings::{Settings, SettingsPatch};
 
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
@@ -19,23 +21,6 @@ pub const IN_PROCESS_STATES: [&str; 3] = ["pre_importing", "pre_import_done", "i
 /// States from which an abort is allowed.
 pub const ABORTABLE_STATES: [&str; 4] =
     ["pre_importing", "importing", "pre_import_done", "default"];
-
-/// Run-time settings shared by every replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    /// The global switch.
-    pub enabled: bool,
-    /// Most repositories in process at once.
-    pub capacity: i32,
-    /// Aborts before a repository is skipped.
-    pub max_retries: i32,
-    /// A step older than this is checked with its importer by the guard.
-    pub max_step_duration: std::time::Duration,
-    /// A pre-import still running after this long is canceled.
-    pub pre_import_timeout: std::time::Duration,
-    /// A final import still running after this long is canceled.
-    pub import_timeout: std::time::Duration,
-}
 
 /// A repository picked for a step.
 #[derive(Debug, Clone, FromRow)]
@@ -147,43 +132,6 @@ impl SchedulerStore {
         MIGRATOR.run(&self.pool).await
     }
 
-    /// Current settings.
-    pub async fn settings(&self) -> Result<Settings, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT enabled, capacity, max_retries, max_step_duration_secs, pre_import_timeout_secs, \
-                    import_timeout_secs FROM migration_settings",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let secs = |name: &str| {
-            std::time::Duration::from_secs(u64::try_from(row.get::<i32, _>(name)).unwrap_or(1))
-        };
-        Ok(Settings {
-            enabled: row.get("enabled"),
-            capacity: row.get("capacity"),
-            max_retries: row.get("max_retries"),
-            max_step_duration: secs("max_step_duration_secs"),
-            pre_import_timeout: secs("pre_import_timeout_secs"),
-            import_timeout: secs("import_timeout_secs"),
-        })
-    }
-
-    /// Turns the migration on or off and optionally changes its capacity.
-    pub async fn set_enabled(
-        &self,
-        enabled: bool,
-        capacity: Option<i32>,
-    ) -> Result<Settings, sqlx::Error> {
-        sqlx::query(
-            "UPDATE migration_settings SET enabled = $1, capacity = COALESCE($2, capacity), updated_at = now()",
-        )
-        .bind(enabled)
-        .bind(capacity)
-        .execute(&self.pool)
-        .await?;
-        self.settings().await
-    }
-
     /// Registers repositories and their projects; already known ones are left alone.
     pub async fn register(&self, batch: &[NewRepository]) -> Result<Registered, sqlx::Error> {
         let paths: Vec<&str> = batch.iter().map(|r| r.path.as_str()).collect();
@@ -224,8 +172,9 @@ impl SchedulerStore {
         .await
     }
 
-    /// Moves the next `default` repository to `pre_importing` (fenced by the lease holder's
-    /// token).
+    /// Moves the next ready `default` repository to `pre_importing` (fenced by the lease holder's
+    /// token). Ready: registered before `created_before`, on a target plan, not under a denied
+    /// root namespace.
     pub async fn claim_next_default(
         &self,
         fence: Option<u64>,
@@ -234,8 +183,12 @@ impl SchedulerStore {
         sqlx::query_as(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'pre_importing', \
                  migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, updated_at = now() \
-             WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'default' \
-                         ORDER BY path LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             WHERE id = (SELECT r.id FROM container_repositories r, migration_settings s \
+                         WHERE r.migration_state = 'default' \
+                           AND (s.created_before IS NULL OR r.created_at < s.created_before) \
+                           AND (s.target_plans IS NULL OR COALESCE(r.migration_plan, 'free') = ANY(s.target_plans)) \
+                           AND NOT (split_part(r.path, '/', 1) = ANY(s.deny_root_namespaces)) \
+                         ORDER BY r.path LIMIT 1 FOR UPDATE OF r SKIP LOCKED) \
                AND migration_state = 'default' {check} \
              RETURNING id, path"
         ))

@@ -100,6 +100,25 @@ impl<'a> RepositoryWalk<'a> {
     }
 }
 
+/// How many tags a repository has (its tag directories, whether or not their links are intact).
+pub async fn count_tags(store: &dyn BlobStore, path: &RepositoryPath) -> Result<u64, StorageError> {
+    let prefix = crate::layout::tags_prefix(path);
+    let mut options = ListOptions {
+        delimited: true,
+        page_token: None,
+        max_results: 1000,
+    };
+    let mut count = 0;
+    loop {
+        let page = store.list(&prefix, &options).await?;
+        count += page.prefixes.len() as u64;
+        match page.next_page_token {
+            Some(token) => options.page_token = Some(token),
+            None => return Ok(count),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -247,7 +247,6 @@ impl Cluster {
             project_segments: "2".into(),
             lease_ttl_secs: "5".into(),
             enqueue_interval_ms: "200".into(),
-            start_max_retries: "50".into(),
             guard_interval_secs: "1".into(),
         };
         let config = args.validate().expect("scheduler config");

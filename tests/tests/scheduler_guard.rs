@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use ferry_proto::scheduler::v1::{
     GetRepositoryRequest, RunInventoryRequest, SetMigrationEnabledRequest,
 };
-use ferry_scheduler::store::SchedulerStore;
+use ferry_scheduler::store::{SchedulerStore, SettingsPatch};
 use ferry_tests::{Cluster, ClusterOptions, SampleRegistry};
 
 async fn inventory(cluster: &Cluster) -> u64 {
@@ -30,11 +30,11 @@ async fn quick_guard(cluster: &Cluster) -> SchedulerStore {
     let store = SchedulerStore::connect(&cluster.database_url, 2)
         .await
         .expect("connect");
-    let long = Duration::from_secs(600);
-    store
-        .set_step_limits(Duration::from_secs(1), long, long)
-        .await
-        .expect("settings");
+    let patch = SettingsPatch {
+        max_step_duration: Some(Duration::from_secs(1)),
+        ..SettingsPatch::default()
+    };
+    store.update_settings(&patch).await.expect("settings");
     store
 }
 

@@ -22,6 +22,8 @@ pub struct StaleStep {
     pub migration_retries_count: i32,
     /// Seconds since the step started (or, for `pre_import_done`, since the pre-import ended).
     pub age_seconds: f64,
+    /// Tags counted when the pre-import started.
+    pub migration_tags_count: Option<i32>,
 }
 
 /// When the current step of a repository in an in-process state started.
@@ -65,7 +67,7 @@ impl SchedulerStore {
         limit: i64,
     ) -> Result<Vec<StaleStep>, sqlx::Error> {
         sqlx::query_as(&format!(
-            "SELECT id, path, migration_state, migration_importer, migration_retries_count, \
+            "SELECT id, path, migration_state, migration_importer, migration_retries_count, migration_tags_count, \
                     EXTRACT(EPOCH FROM now() - COALESCE({STEP_STARTED}, 'epoch'))::float8 AS age_seconds \
              FROM container_repositories \
              WHERE migration_state IN ('pre_importing', 'pre_import_done', 'importing') \
@@ -76,6 +78,49 @@ impl SchedulerStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
+    }
+
+    /// Records how many tags a repository has (fenced).
+    pub async fn record_tags_count(
+        &self,
+        id: i64,
+        tags: i32,
+        fence: Option<u64>,
+    ) -> Result<bool, sqlx::Error> {
+        let (with, check) = super::fenced(3);
+        let result = sqlx::query(&format!(
+            "{with}UPDATE container_repositories SET migration_tags_count = $2 WHERE id = $1 {check}"
+        ))
+        .bind(id)
+        .bind(tags)
+        .bind(super::fence_param(fence))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Skips a pre-importing repository with too many tags (`too_many_tags`, fenced).
+    pub async fn skip_too_many_tags(
+        &self,
+        id: i64,
+        tags: i32,
+        limit: i32,
+        fence: Option<u64>,
+    ) -> Result<bool, sqlx::Error> {
+        let (with, check) = super::fenced(4);
+        let result = sqlx::query(&format!(
+            "{with}UPDATE container_repositories SET migration_state = 'import_skipped', \
+                 migration_skipped_reason = 'too_many_tags', migration_skipped_at = now(), \
+                 migration_last_error = $2 || ' tags, over the limit of ' || $3, updated_at = now() \
+             WHERE id = $1 AND migration_state = 'pre_importing' {check}"
+        ))
+        .bind(id)
+        .bind(tags.to_string())
+        .bind(limit.to_string())
+        .bind(super::fence_param(fence))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     /// Skips a repository whose step had to be canceled (`migration_canceled`), from `from`
@@ -102,25 +147,5 @@ impl SchedulerStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
-    }
-
-    /// Changes the guard's time limits (tests and the settings API).
-    pub async fn set_step_limits(
-        &self,
-        max_step_duration: Duration,
-        pre_import_timeout: Duration,
-        import_timeout: Duration,
-    ) -> Result<(), sqlx::Error> {
-        let secs = |d: Duration| i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX);
-        sqlx::query(
-            "UPDATE migration_settings SET max_step_duration_secs = $1, pre_import_timeout_secs = $2, \
-                 import_timeout_secs = $3, updated_at = now()",
-        )
-        .bind(secs(max_step_duration))
-        .bind(secs(pre_import_timeout))
-        .bind(secs(import_timeout))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 }
