@@ -14,6 +14,7 @@ use ferry_proto::scheduler::v1::{
     MigrationSummary, Repository, RunInventoryRequest, SetMigrationEnabledRequest,
 };
 
+mod admin;
 mod settings;
 
 /// States in which a repository still has migration work ahead.
@@ -65,6 +66,9 @@ pub enum Command {
     },
     /// Turn the migration off: steps in flight finish, no new ones start.
     Pause,
+    /// Operator commands on repositories and the queue.
+    #[command(flatten)]
+    Admin(admin::AdminCommand),
     /// Show the run-time settings, or change the ones given.
     Settings(settings::SettingsArgs),
     /// Show who holds the enqueue lease (holder, age, fencing token, time left).
@@ -137,6 +141,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             Ok(())
         }
         Command::Settings(args) => settings::run(&mut client, &args).await,
+        Command::Admin(command) => admin::run(&mut client, command).await,
         Command::Lease { json } => {
             let lease = client.get_lease(GetLeaseRequest {}).await?.into_inner();
             print_lease(&lease, json);
@@ -366,6 +371,15 @@ fn print_summary(summary: &MigrationSummary, run: Option<RunFigures>) {
     for state in &summary.states {
         println!("    {:<14}{}", state.state, state.count);
     }
+    let eta = if summary.eta_seconds > 0 {
+        format!("{} s", summary.eta_seconds)
+    } else {
+        "-".to_owned()
+    };
+    println!(
+        "  throughput      {} in flight, {:.1} done/min over 10 min, ETA {eta}",
+        summary.in_flight, summary.done_per_minute
+    );
     print_totals(&totals);
     if let Some(run) = run {
         println!(
@@ -417,7 +431,7 @@ fn print_totals(totals: &ImportStats) {
     }
 }
 
-fn print_repository(repo: &Repository) {
+pub(crate) fn print_repository(repo: &Repository) {
     println!("{}", repo.path);
     println!("  project         {}", repo.project_path);
     println!("  state           {}", repo.migration_state);
@@ -449,7 +463,7 @@ fn stats_json(stats: &ImportStats) -> serde_json::Value {
     })
 }
 
-fn repository_json(repo: &Repository) -> serde_json::Value {
+pub(crate) fn repository_json(repo: &Repository) -> serde_json::Value {
     json!({
         "id": repo.id, "path": repo.path, "project_path": repo.project_path,
         "migration_state": repo.migration_state, "retries_count": repo.retries_count,
@@ -477,5 +491,8 @@ fn summary_json(summary: &MigrationSummary, run: Option<RunFigures>) -> serde_js
         "finished_in_run": run.map(|r| r.finished),
         "repositories_per_second": run.map(RunFigures::rate),
         "problems": summary.problems.iter().map(repository_json).collect::<Vec<_>>(),
+        "in_flight": summary.in_flight,
+        "done_per_minute": summary.done_per_minute,
+        "eta_seconds": summary.eta_seconds,
     })
 }

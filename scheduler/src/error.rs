@@ -12,6 +12,12 @@ pub enum SchedulerError {
     /// The request is malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The repository's state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A peer (an importer) is unreachable.
+    #[error("{0}")]
+    Unavailable(String),
     /// No such repository.
     #[error("repository {0} is not registered")]
     NotFound(String),
@@ -32,6 +38,8 @@ impl SchedulerError {
         match self {
             SchedulerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             SchedulerError::NotFound(_) => ErrorCode::NotFound,
+            SchedulerError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            SchedulerError::Unavailable(_) => ErrorCode::Unavailable,
             SchedulerError::Database(_)
             | SchedulerError::Redis(_)
             | SchedulerError::Inventory(_) => ErrorCode::Unavailable,

@@ -9,6 +9,11 @@ use tonic::{Request, Response, Status};
 
 use ferry_proto::scheduler::v1::scheduler_server::Scheduler as SchedulerRpc;
 use ferry_proto::scheduler::v1::{
+    CancelMigrationRequest, CheckWritableRequest, ListRepositoriesRequest, PreviewQueueRequest,
+    QueuePreview, RegisterRepositoryRequest, RepositoryList, StartMigrationNowRequest,
+    WritableAnswer,
+};
+use ferry_proto::scheduler::v1::{
     GetLeaseRequest, GetMigrationSummaryRequest, GetRepositoryRequest, GetSettingsRequest,
     InventoryProgress, LeaseStatus, MigrationSummary, NotifyImportResultRequest,
     NotifyImportResultResponse, Repository, RunInventoryRequest, SetMigrationEnabledRequest,
@@ -69,6 +74,67 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
         _request: Request<GetLeaseRequest>,
     ) -> Result<Response<LeaseStatus>, Status> {
         Ok(Response::new(self.0.lease().await?))
+    }
+
+    async fn register_repository(
+        &self,
+        request: Request<RegisterRepositoryRequest>,
+    ) -> Result<Response<Repository>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.0
+                .register_repository(&r.path, r.on_new_platform)
+                .await?,
+        ))
+    }
+
+    async fn start_migration_now(
+        &self,
+        request: Request<StartMigrationNowRequest>,
+    ) -> Result<Response<Repository>, Status> {
+        Ok(Response::new(
+            self.0
+                .start_migration_now(&request.into_inner().path)
+                .await?,
+        ))
+    }
+
+    async fn cancel_migration(
+        &self,
+        request: Request<CancelMigrationRequest>,
+    ) -> Result<Response<Repository>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.0.cancel_migration(&r.path, r.force).await?,
+        ))
+    }
+
+    async fn list_repositories(
+        &self,
+        request: Request<ListRepositoriesRequest>,
+    ) -> Result<Response<RepositoryList>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.0
+                .list_repositories(&r.state, r.limit, &r.after)
+                .await?,
+        ))
+    }
+
+    async fn preview_queue(
+        &self,
+        _request: Request<PreviewQueueRequest>,
+    ) -> Result<Response<QueuePreview>, Status> {
+        Ok(Response::new(self.0.preview_queue().await?))
+    }
+
+    async fn check_writable(
+        &self,
+        request: Request<CheckWritableRequest>,
+    ) -> Result<Response<WritableAnswer>, Status> {
+        Ok(Response::new(
+            self.0.check_writable(&request.into_inner().path).await?,
+        ))
     }
 
     async fn get_settings(

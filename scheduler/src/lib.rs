@@ -99,6 +99,7 @@ pub async fn run(
     );
     let held = Arc::new(tokio::sync::Mutex::new(None));
     let importers = Arc::new(ImporterPool::new(&config.importers)?);
+    let importers_for_api = Arc::clone(&importers);
     let enqueuer = Enqueuer {
         held: Arc::clone(&held),
         store: store.clone(),
@@ -128,6 +129,7 @@ pub async fn run(
         wake,
         triggers,
         lease.clone(),
+        Arc::clone(&importers_for_api),
         config.project_segments,
     );
     tracing::info!(addr = %config.listen_addr, importers = ?config.importers, "scheduler serving");

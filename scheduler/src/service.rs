@@ -6,14 +6,18 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
 
 use ferry_proto::common::v1::MigrationStatus;
+use ferry_proto::scheduler::v1 as pb;
 use ferry_proto::scheduler::v1::{
     InventoryProgress, LeaseStatus, MigrationSummary, NotifyImportResultRequest,
     NotifyImportResultResponse, Repository, SetMigrationEnabledResponse, StateCount,
 };
 use ferry_shared::storage::BlobStore;
 
+mod admin;
+
 use crate::enqueue::Triggers;
 use crate::error::SchedulerError;
+use crate::importers::ImporterPool;
 use crate::inventory;
 use crate::lease::Lease;
 use crate::settings_api;
@@ -49,6 +53,34 @@ pub trait SchedulerService: Send + Sync + 'static {
     /// Who holds the enqueue lease.
     async fn lease(&self) -> Result<LeaseStatus, SchedulerError>;
 
+    /// Registers a repository (a create event).
+    async fn register_repository(
+        &self,
+        path: &str,
+        on_new_platform: bool,
+    ) -> Result<Repository, SchedulerError>;
+
+    /// Puts a repository at the front of the queue.
+    async fn start_migration_now(&self, path: &str) -> Result<Repository, SchedulerError>;
+
+    /// Cancels a repository's migration, on the importer too.
+    async fn cancel_migration(&self, path: &str, force: bool)
+    -> Result<Repository, SchedulerError>;
+
+    /// Repositories in a state, one page.
+    async fn list_repositories(
+        &self,
+        state: &str,
+        limit: u32,
+        after: &str,
+    ) -> Result<pb::RepositoryList, SchedulerError>;
+
+    /// What the loop would take next.
+    async fn preview_queue(&self) -> Result<pb::QueuePreview, SchedulerError>;
+
+    /// Whether a repository accepts writes.
+    async fn check_writable(&self, path: &str) -> Result<pb::WritableAnswer, SchedulerError>;
+
     /// The run-time settings.
     async fn settings(&self) -> Result<ferry_proto::scheduler::v1::Settings, SchedulerError>;
 
@@ -67,6 +99,7 @@ pub struct Scheduler {
     wake: Arc<Notify>,
     triggers: Triggers,
     lease: Lease,
+    importers: Arc<ImporterPool>,
     project_segments: usize,
 }
 
@@ -78,6 +111,7 @@ impl Scheduler {
         wake: Arc<Notify>,
         triggers: Triggers,
         lease: Lease,
+        importers: Arc<ImporterPool>,
         project_segments: usize,
     ) -> Self {
         Self {
@@ -86,6 +120,7 @@ impl Scheduler {
             wake,
             triggers,
             lease,
+            importers,
             project_segments,
         }
     }
@@ -98,6 +133,17 @@ impl Scheduler {
         }
     }
 }
+
+/// States in which a repository still has migration work ahead.
+const PENDING_STATES: [&str; 5] = [
+    "default",
+    "pre_importing",
+    "pre_import_done",
+    "importing",
+    "import_aborted",
+];
+/// The window of the completion rate in the statistics.
+const RATE_WINDOW_MINUTES: f64 = 10.0;
 
 fn timestamp(value: Option<chrono::DateTime<chrono::Utc>>) -> String {
     value.map(|t| t.to_rfc3339()).unwrap_or_default()
@@ -247,6 +293,43 @@ impl SchedulerService for Scheduler {
         })
     }
 
+    async fn register_repository(
+        &self,
+        path: &str,
+        on_new_platform: bool,
+    ) -> Result<Repository, SchedulerError> {
+        self.do_register(path, on_new_platform).await
+    }
+
+    async fn start_migration_now(&self, path: &str) -> Result<Repository, SchedulerError> {
+        self.do_start_now(path).await
+    }
+
+    async fn cancel_migration(
+        &self,
+        path: &str,
+        force: bool,
+    ) -> Result<Repository, SchedulerError> {
+        self.do_cancel(path, force).await
+    }
+
+    async fn list_repositories(
+        &self,
+        state: &str,
+        limit: u32,
+        after: &str,
+    ) -> Result<pb::RepositoryList, SchedulerError> {
+        self.do_list(state, limit, after).await
+    }
+
+    async fn preview_queue(&self) -> Result<pb::QueuePreview, SchedulerError> {
+        self.do_preview().await
+    }
+
+    async fn check_writable(&self, path: &str) -> Result<pb::WritableAnswer, SchedulerError> {
+        self.do_check_writable(path).await
+    }
+
     async fn settings(&self) -> Result<ferry_proto::scheduler::v1::Settings, SchedulerError> {
         Ok(settings_api::to_proto(&self.store.settings().await?))
     }
@@ -266,7 +349,22 @@ impl SchedulerService for Scheduler {
         let settings = self.store.settings().await?;
         let states = self.store.state_counts().await?;
         let total = states.iter().map(|(_, n)| to_u64(*n)).sum();
+        let pending: u64 = states
+            .iter()
+            .filter(|(state, _)| PENDING_STATES.contains(&state.as_str()))
+            .map(|(_, n)| to_u64(*n))
+            .sum();
+        let done_per_minute =
+            self.store.done_recently(RATE_WINDOW_MINUTES).await? as f64 / RATE_WINDOW_MINUTES;
+        let eta_seconds = if done_per_minute > 0.0 {
+            (pending as f64 / done_per_minute * 60.0) as u64
+        } else {
+            0
+        };
         Ok(MigrationSummary {
+            in_flight: to_u64(self.store.in_process_count().await?),
+            done_per_minute,
+            eta_seconds,
             enabled: settings.enabled,
             capacity: u64::try_from(settings.capacity).unwrap_or(0),
             total,

@@ -7,6 +7,7 @@ use sqlx::{FromRow, Row};
 
 use ferry_proto::common::v1::ImportStats;
 
+mod admin;
 mod guard;
 mod settings;
 
@@ -62,7 +63,7 @@ pub struct RepositoryRecord {
     pub import_layers_skipped: i64,
 }
 
-const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS project_path, r.migration_state, \
+pub(crate) const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS project_path, r.migration_state, \
     r.migration_retries_count, r.migration_skipped_reason, r.migration_aborted_in_state, \
     r.migration_last_error, r.migration_pre_import_started_at, r.migration_pre_import_done_at, \
     r.migration_import_started_at, r.migration_import_done_at, r.migration_aborted_at, \
@@ -180,15 +181,13 @@ impl SchedulerStore {
         fence: Option<u64>,
     ) -> Result<Option<Claimed>, sqlx::Error> {
         let (with, check) = fenced(1);
+        let ready = admin::READY;
         sqlx::query_as(&format!(
-            "{with}UPDATE container_repositories SET migration_state = 'pre_importing', \
+            "{with}UPDATE container_repositories SET migration_state = 'pre_importing', migration_priority = 0, \
                  migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, updated_at = now() \
              WHERE id = (SELECT r.id FROM container_repositories r, migration_settings s \
-                         WHERE r.migration_state = 'default' \
-                           AND (s.created_before IS NULL OR r.created_at < s.created_before) \
-                           AND (s.target_plans IS NULL OR COALESCE(r.migration_plan, 'free') = ANY(s.target_plans)) \
-                           AND NOT (split_part(r.path, '/', 1) = ANY(s.deny_root_namespaces)) \
-                         ORDER BY r.path LIMIT 1 FOR UPDATE OF r SKIP LOCKED) \
+                         WHERE {ready} \
+                         ORDER BY r.migration_priority DESC, r.path LIMIT 1 FOR UPDATE OF r SKIP LOCKED) \
                AND migration_state = 'default' {check} \
              RETURNING id, path"
         ))
@@ -220,7 +219,8 @@ impl SchedulerStore {
     pub async fn next_aborted(&self) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT id, path, migration_pre_import_done_at IS NOT NULL AS pre_import_done \
-             FROM container_repositories WHERE migration_state = 'import_aborted' ORDER BY path LIMIT 1",
+             FROM container_repositories WHERE migration_state = 'import_aborted' \
+             ORDER BY migration_priority DESC, path LIMIT 1",
         )
         .fetch_optional(&self.pool)
         .await?;
@@ -249,7 +249,8 @@ impl SchedulerStore {
                  migration_pre_import_done_at = CASE WHEN $2 THEN COALESCE(migration_pre_import_done_at, now()) ELSE NULL END, \
                  migration_import_started_at = CASE WHEN $2 THEN now() ELSE migration_import_started_at END, \
                  migration_import_done_at = NULL, \
-                 migration_aborted_at = NULL, migration_aborted_in_state = NULL, updated_at = now() \
+                 migration_aborted_at = NULL, migration_aborted_in_state = NULL, migration_priority = 0, \
+                 updated_at = now() \
              WHERE id = $1 AND migration_state = 'import_aborted' {check}"
         ))
         .bind(id)

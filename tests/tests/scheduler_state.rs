@@ -6,6 +6,7 @@ use std::time::Duration;
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_proto::scheduler::v1::NotifyImportResultRequest;
 use ferry_scheduler::enqueue::Triggers;
+use ferry_scheduler::importers::ImporterPool;
 use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
@@ -119,6 +120,7 @@ async fn scheduler_with(paths: &[&str]) -> (Scheduler, SchedulerStore) {
         Arc::new(tokio::sync::Notify::new()),
         triggers,
         lease,
+        Arc::new(ImporterPool::new(&[]).expect("no importers")),
         2,
     );
     (scheduler, store)

@@ -1,0 +1,164 @@
+//! The operator calls of the internal API: register, start now, cancel, list, preview, writable.
+
+use ferry_proto::scheduler::v1::{QueuePreview, Repository, RepositoryList, WritableAnswer};
+use ferry_shared::ids::RepositoryPath;
+
+use super::Scheduler;
+use crate::error::SchedulerError;
+use crate::importers::is_unreachable;
+use crate::inventory::new_repository;
+
+fn parse(path: &str) -> Result<RepositoryPath, SchedulerError> {
+    RepositoryPath::parse(path).map_err(|e| SchedulerError::InvalidArgument(e.to_string()))
+}
+
+impl Scheduler {
+    pub(super) async fn do_register(
+        &self,
+        path: &str,
+        on_new_platform: bool,
+    ) -> Result<Repository, SchedulerError> {
+        let path = parse(path)?;
+        let record = self
+            .store
+            .register_one(
+                &new_repository(&path, self.project_segments),
+                on_new_platform,
+            )
+            .await?;
+        tracing::info!(repository = %path, on_new_platform, state = record.migration_state, "repository registered");
+        self.wake_enqueuer().await;
+        Ok(record.into())
+    }
+
+    pub(super) async fn do_start_now(&self, path: &str) -> Result<Repository, SchedulerError> {
+        let record = self
+            .store
+            .repository(path)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        if !self.store.prioritize(path).await? {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "{path} is {}: only a default or aborted repository can be started",
+                record.migration_state
+            )));
+        }
+        self.wake_enqueuer().await;
+        let record = self
+            .store
+            .repository(path)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        Ok(record.into())
+    }
+
+    pub(super) async fn do_cancel(
+        &self,
+        path: &str,
+        force: bool,
+    ) -> Result<Repository, SchedulerError> {
+        let record = self
+            .store
+            .repository(path)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        if matches!(
+            record.migration_state.as_str(),
+            "import_done" | "import_skipped"
+        ) {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "{path} is {}: nothing to cancel",
+                record.migration_state
+            )));
+        }
+        // Unlock the importer side first: a step there stops, and its status becomes canceled.
+        match self.importers.cancel(path, force).await {
+            Ok(status) => tracing::info!(
+                repository = path,
+                status = status.as_db_str(),
+                "importer step canceled"
+            ),
+            Err(status) if is_unreachable(&status) => {
+                return Err(SchedulerError::Unavailable(format!(
+                    "no importer reachable to cancel {path}: {}",
+                    status.message()
+                )));
+            }
+            // Nothing to cancel there (never started, or not in progress): fine.
+            Err(status) => {
+                tracing::info!(repository = path, %status, "nothing to cancel on the importer")
+            }
+        }
+        let reason = if force {
+            "migration_forced_canceled"
+        } else {
+            "migration_canceled"
+        };
+        self.store.cancel_migration(path, reason).await?;
+        self.wake_enqueuer().await;
+        let record = self
+            .store
+            .repository(path)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        Ok(record.into())
+    }
+
+    pub(super) async fn do_list(
+        &self,
+        state: &str,
+        limit: u32,
+        after: &str,
+    ) -> Result<RepositoryList, SchedulerError> {
+        let limit = match limit {
+            0 => 100,
+            1..=1000 => i64::from(limit),
+            _ => {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "limit must be 1..1000, not {limit}"
+                )));
+            }
+        };
+        let state = Some(state).filter(|s| !s.is_empty());
+        let records = self.store.list_repositories(state, after, limit).await?;
+        let next_after = if records.len() as i64 == limit {
+            records.last().map(|r| r.path.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(RepositoryList {
+            repositories: records.into_iter().map(Repository::from).collect(),
+            next_after,
+        })
+    }
+
+    pub(super) async fn do_preview(&self) -> Result<QueuePreview, SchedulerError> {
+        let (next_ready, next_aborted, ready) = self.store.preview_queue().await?;
+        Ok(QueuePreview {
+            next_ready: next_ready.map(Repository::from),
+            next_aborted: next_aborted.map(Repository::from),
+            ready: u64::try_from(ready).unwrap_or(0),
+        })
+    }
+
+    pub(super) async fn do_check_writable(
+        &self,
+        path: &str,
+    ) -> Result<WritableAnswer, SchedulerError> {
+        let record = self
+            .store
+            .repository(path)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        let writable = record.migration_state != "importing";
+        Ok(WritableAnswer {
+            writable,
+            reason: if writable {
+                String::new()
+            } else {
+                "Your repository is currently being migrated to a new platform and writes are temporarily disabled".to_owned()
+            },
+            migration_state: record.migration_state,
+        })
+    }
+}
