@@ -23,6 +23,7 @@ lint: ## rustfmt check and clippy with warnings denied
 
 test: setup lint ## Set up, lint, and run every test against real PostgreSQL, Redis and registry data
 	@bash scripts/drop-test-databases.sh
+	$(CARGO) build --workspace --bins
 	STORAGE_EMULATOR_HOST=$${FERRY_GCS_EMULATOR:-127.0.0.1:4443} $(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
 fmt: ## Format the code

@@ -22,7 +22,7 @@ pub struct ImporterArgs {
     /// Bucket holding `docker/registry/v2`: file:///abs/dir.
     #[arg(long, env = "FERRY_STORAGE_URL")]
     pub storage_url: Option<String>,
-    /// The scheduler's gRPC URL, for completion notifications.
+    /// The scheduler replicas' gRPC URLs (comma-separated), for completion notifications.
     #[arg(long, env = "FERRY_SCHEDULER_URL")]
     pub scheduler_url: Option<String>,
     /// Imports run at once on this importer.
@@ -165,11 +165,28 @@ impl ImporterArgs {
     pub fn validate(&self) -> Result<ImporterConfig, String> {
         let mut check = ConfigCheck::default();
         let listen_addr = check.socket_addr("FERRY_LISTEN_ADDR", &self.listen_addr);
-        let scheduler_url = check.url(
-            "FERRY_SCHEDULER_URL",
-            self.scheduler_url.as_deref(),
-            &["http", "https"],
-        );
+        let scheduler_url = match self
+            .scheduler_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => {
+                check.problem(
+                    "FERRY_SCHEDULER_URL",
+                    "is required (comma-separated scheduler URLs)",
+                );
+                None
+            }
+            Some(list) => {
+                let valid = list.split(',').map(str::trim).all(|url| {
+                    check
+                        .url("FERRY_SCHEDULER_URL", Some(url), &["http", "https"])
+                        .is_some()
+                });
+                valid.then(|| list.to_owned())
+            }
+        };
         let common = self.check_common(&mut check);
         check.finish()?;
         let missing = || "validated above".to_owned();

@@ -12,20 +12,31 @@ use ferry_shared::ids::RepositoryPath;
 /// Sends `NotifyImportResult` to the scheduler.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    client: SchedulerClient<Channel>,
+    clients: Vec<SchedulerClient<Channel>>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     give_up_after: Duration,
 }
 
 impl Notifier {
-    /// A notifier for the scheduler at `url`; it connects on first use. After `give_up_after` of
+    /// A notifier for the scheduler replicas at `urls` (comma-separated); it connects on first
+    /// use and moves to the next replica when one fails. After `give_up_after` of
     /// failed attempts it stops (the importer's recorded status stays the source of truth for reconciliation).
-    pub fn new(url: &str, give_up_after: Duration) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy();
+    pub fn new(urls: &str, give_up_after: Duration) -> Result<Self, tonic::transport::Error> {
+        let clients = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| {
+                let channel = Endpoint::from_shared(url.to_owned())?
+                    .connect_timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(30))
+                    .connect_lazy();
+                Ok(SchedulerClient::new(channel))
+            })
+            .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
         Ok(Self {
-            client: SchedulerClient::new(channel),
+            clients,
+            next: Default::default(),
             give_up_after,
         })
     }
@@ -50,7 +61,12 @@ impl Notifier {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut client = self.client.clone();
+            // Any scheduler replica applies a notification; a failed one is passed over.
+            let index =
+                self.next.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len().max(1);
+            let Some(mut client) = self.clients.get(index).cloned() else {
+                return;
+            };
             match client.notify_import_result(request.clone()).await {
                 Ok(_) => return,
                 Err(status) if is_permanent(status.code()) => {
@@ -63,6 +79,8 @@ impl Notifier {
                 }
                 Err(status) => {
                     tracing::warn!(repository = %path, %status, retry_in_ms = backoff.as_millis() as u64, "notifying the scheduler failed");
+                    // Try the next replica on the next attempt.
+                    self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let jitter = Duration::from_millis(rand_jitter(backoff.as_millis() as u64 / 2));
                     tokio::time::sleep(backoff + jitter).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -8,6 +8,7 @@
 
 pub mod buckets;
 mod importer_harness;
+pub mod processes;
 
 pub use importer_harness::ImporterHarness;
 

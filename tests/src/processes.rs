@@ -1,0 +1,108 @@
+//! The real binaries as processes, for tests that kill, stop and resume them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Where the workspace's binaries are: `FERRY_BIN_DIR`, else `<target>/debug` (honouring
+/// `CARGO_TARGET_DIR`). `make test` builds them first.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("FERRY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| crate::workspace_root().join("target"));
+    target.join("debug")
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A running Ferry process; killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// Its name, for messages.
+    pub name: String,
+    /// Its gRPC address (`http://127.0.0.1:PORT`).
+    pub url: String,
+    /// Where its logs go.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `binary` with `env` (on top of a clean `FERRY_*` environment), serving on `port`.
+    pub fn start(
+        binary: &str,
+        name: &str,
+        port: u16,
+        env: &[(&str, String)],
+        log_dir: &std::path::Path,
+    ) -> Self {
+        let path = bin_dir().join(binary);
+        assert!(
+            path.exists(),
+            "{} is missing: run `make test` (it builds the binaries)",
+            path.display()
+        );
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(&path);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FERRY_")) {
+            command.env_remove(key);
+        }
+        command
+            .env("FERRY_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("FERRY_LOG_FORMAT", "json")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+        Self {
+            child,
+            name: name.to_owned(),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
