@@ -51,7 +51,32 @@ async fn done(client: &mut SchedulerClient<tonic::transport::Channel>) -> u64 {
 }
 
 /// `(repository, import type)` → how many starts the importers accepted, from their JSON logs.
-fn accepted_starts(importers: &[Process]) -> HashMap<(String, String), u32> {
+/// Steps `importer` accepted and has not ended, per its JSON log: running now, or, after a
+/// kill, cut off.
+fn cut_off_steps(importer: &Process) -> Vec<String> {
+    let mut open: HashMap<(String, String), i32> = HashMap::new();
+    for line in importer.log_text().lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let delta = match event["message"].as_str() {
+            Some("import step accepted") => 1,
+            Some("import step ended") => -1,
+            _ => continue,
+        };
+        let key = (
+            event["repository"].as_str().unwrap_or_default().to_owned(),
+            event["import_type"].as_str().unwrap_or_default().to_owned(),
+        );
+        *open.entry(key).or_default() += delta;
+    }
+    open.into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|((path, _), _)| path)
+        .collect()
+}
+
+fn accepted_starts(importers: &[&Process]) -> HashMap<(String, String), u32> {
     let mut starts = HashMap::new();
     for importer in importers {
         for line in importer
@@ -71,123 +96,222 @@ fn accepted_starts(importers: &[Process]) -> HashMap<(String, String), u32> {
     starts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_lease_holder_loses_nothing_and_starts_nothing_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let logs = tempfile::tempdir().expect("logs");
-    let layout = LayoutWriter::new(dir.path());
-    for i in 0..REPOSITORIES {
-        layout.image(&format!("load/p{i:03}/app"), "v1", &format!("image {i}"));
-    }
-    let storage = format!("file://{}", dir.path().display());
-    let database = fresh_database("failover").await;
-    let metadata = fresh_database("failover_meta").await;
-    let scheduler_ports = [free_port(), free_port()];
-    let scheduler_urls: Vec<String> = scheduler_ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
+/// Two schedulers and three importers as processes over one bucket of repositories,
+/// inventoried, with the migration switched on at capacity 2.
+struct Deployment {
+    _bucket: tempfile::TempDir,
+    _logs: tempfile::TempDir,
+    importers: Vec<Option<Process>>,
+    schedulers: Vec<Option<Process>>,
+    scheduler_ports: Vec<u16>,
+    scheduler_urls: Vec<String>,
+    repositories: usize,
+}
 
-    let mut importers = Vec::new();
-    let mut importer_urls = Vec::new();
-    for i in 0..3 {
-        let env = [
-            ("FERRY_METADATA_DATABASE_URL", metadata.clone()),
-            ("FERRY_STORAGE_URL", storage.clone()),
-            ("FERRY_SCHEDULER_URL", scheduler_urls.join(",")),
-            ("FERRY_CANCEL_POLL_MS", "200".to_owned()),
-        ];
-        let importer = Process::start(
-            "ferry-importer",
-            &format!("importer-{i}"),
-            free_port(),
-            &env,
-            logs.path(),
-        );
-        importer_urls.push(importer.url.clone());
-        importers.push(importer);
+impl Deployment {
+    async fn start() -> Self {
+        Self::start_with(REPOSITORIES, 1).await
     }
-    let prefix = format!("ferry-failover-{}", unique_suffix());
-    let mut schedulers: Vec<Option<Process>> = scheduler_ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
+
+    /// Like [`Self::start`], with `repositories` repositories of `tags` distinct images each
+    /// (more tags, longer steps).
+    async fn start_with(repositories: usize, tags: usize) -> Self {
+        let bucket = tempfile::tempdir().expect("tempdir");
+        let logs = tempfile::tempdir().expect("logs");
+        let layout = LayoutWriter::new(bucket.path());
+        for i in 0..repositories {
+            for t in 0..tags {
+                layout.image(
+                    &format!("load/p{i:03}/app"),
+                    &format!("v{t}"),
+                    &format!("image {i}.{t}"),
+                );
+            }
+        }
+        let storage = format!("file://{}", bucket.path().display());
+        let database = fresh_database("failover").await;
+        let metadata = fresh_database("failover_meta").await;
+        let scheduler_ports = vec![free_port(), free_port()];
+        let scheduler_urls: Vec<String> = scheduler_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let mut importers = Vec::new();
+        let mut importer_urls = Vec::new();
+        for i in 0..3 {
             let env = [
-                ("FERRY_DATABASE_URL", database.clone()),
-                ("FERRY_REDIS_URL", redis_url()),
+                ("FERRY_METADATA_DATABASE_URL", metadata.clone()),
                 ("FERRY_STORAGE_URL", storage.clone()),
-                ("FERRY_IMPORTERS", importer_urls.join(",")),
-                ("FERRY_REDIS_PREFIX", prefix.clone()),
-                ("FERRY_LEASE_TTL_SECS", LEASE_TTL.as_secs().to_string()),
-                ("FERRY_ENQUEUE_INTERVAL_MS", "200".to_owned()),
-                ("FERRY_GUARD_INTERVAL_SECS", "1".to_owned()),
+                ("FERRY_SCHEDULER_URL", scheduler_urls.join(",")),
+                ("FERRY_CANCEL_POLL_MS", "200".to_owned()),
+                ("FERRY_CANCEL_SETTLE_SECS", "1".to_owned()),
             ];
-            Some(Process::start(
-                "ferry-scheduler",
-                &format!("scheduler-{i}"),
-                *port,
+            let importer = Process::start(
+                "ferry-importer",
+                &format!("importer-{i}"),
+                free_port(),
                 &env,
                 logs.path(),
-            ))
-        })
-        .collect();
-    let mut first = connect(&scheduler_urls[0]).await;
-    connect(&scheduler_urls[1]).await;
-
-    let settings = UpdateSettingsRequest {
-        max_step_duration_secs: Some(2),
-        ..Default::default()
-    };
-    first.update_settings(settings).await.expect("settings");
-    let mut stream = first
-        .run_inventory(RunInventoryRequest {})
-        .await
-        .expect("inventory")
-        .into_inner();
-    while stream.message().await.expect("progress").is_some() {}
-    first
-        .set_migration_enabled(SetMigrationEnabledRequest {
-            enabled: true,
-            capacity: Some(2),
-        })
-        .await
-        .expect("enable");
-
-    // Let the migration get going, then kill the lease holder outright.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done(&mut first).await < 10 {
-        assert!(Instant::now() < deadline, "the migration did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            );
+            importer_urls.push(importer.url.clone());
+            importers.push(Some(importer));
+        }
+        let prefix = format!("ferry-failover-{}", unique_suffix());
+        let schedulers = scheduler_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let env = [
+                    ("FERRY_DATABASE_URL", database.clone()),
+                    ("FERRY_REDIS_URL", redis_url()),
+                    ("FERRY_STORAGE_URL", storage.clone()),
+                    ("FERRY_IMPORTERS", importer_urls.join(",")),
+                    ("FERRY_REDIS_PREFIX", prefix.clone()),
+                    ("FERRY_LEASE_TTL_SECS", LEASE_TTL.as_secs().to_string()),
+                    ("FERRY_ENQUEUE_INTERVAL_MS", "200".to_owned()),
+                    ("FERRY_GUARD_INTERVAL_SECS", "1".to_owned()),
+                ];
+                Some(Process::start(
+                    "ferry-scheduler",
+                    &format!("scheduler-{i}"),
+                    *port,
+                    &env,
+                    logs.path(),
+                ))
+            })
+            .collect();
+        let deployment = Self {
+            _bucket: bucket,
+            _logs: logs,
+            importers,
+            schedulers,
+            scheduler_ports,
+            scheduler_urls,
+            repositories,
+        };
+        let mut client = connect(&deployment.scheduler_urls[0]).await;
+        connect(&deployment.scheduler_urls[1]).await;
+        let settings = UpdateSettingsRequest {
+            max_step_duration_secs: Some(2),
+            ..Default::default()
+        };
+        client.update_settings(settings).await.expect("settings");
+        let mut stream = client
+            .run_inventory(RunInventoryRequest {})
+            .await
+            .expect("inventory")
+            .into_inner();
+        while stream.message().await.expect("progress").is_some() {}
+        client
+            .set_migration_enabled(SetMigrationEnabledRequest {
+                enabled: true,
+                capacity: Some(2),
+            })
+            .await
+            .expect("enable");
+        deployment
     }
-    let lease = first
-        .get_lease(GetLeaseRequest {})
-        .await
-        .expect("lease")
-        .into_inner();
-    assert!(lease.held, "{lease:?}");
-    let holder = scheduler_ports
-        .iter()
-        .position(|p| lease.holder.ends_with(&format!(":{p}")))
-        .expect("holder is one of ours");
+
+    /// Waits until at least `count` repositories are done, asking scheduler `index`.
+    async fn wait_done(&self, index: usize, count: u64, timeout: Duration) {
+        let mut client = connect(&self.scheduler_urls[index]).await;
+        let deadline = Instant::now() + timeout;
+        while done(&mut client).await < count {
+            let summary = client
+                .get_migration_summary(GetMigrationSummaryRequest {})
+                .await
+                .expect("summary")
+                .into_inner();
+            assert!(
+                Instant::now() < deadline,
+                "only {:?} after {timeout:?}",
+                summary.states
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Which scheduler holds the lease now, and the lease.
+    async fn holder(&self, ask: usize) -> (usize, ferry_proto::scheduler::v1::LeaseStatus) {
+        let mut client = connect(&self.scheduler_urls[ask]).await;
+        let lease = client
+            .get_lease(GetLeaseRequest {})
+            .await
+            .expect("lease")
+            .into_inner();
+        assert!(lease.held, "{lease:?}");
+        let holder = self
+            .scheduler_ports
+            .iter()
+            .position(|p| lease.holder.ends_with(&format!(":{p}")))
+            .expect("the holder is one of ours");
+        (holder, lease)
+    }
+
+    /// Every repository is done, and no step started more often than its retries allow.
+    async fn check_all_done_once(&self, ask: usize) -> Vec<ferry_proto::scheduler::v1::Repository> {
+        let mut client = connect(&self.scheduler_urls[ask]).await;
+        let listing = ListRepositoriesRequest {
+            state: String::new(),
+            limit: 1000,
+            after: String::new(),
+        };
+        let repositories = client
+            .list_repositories(listing)
+            .await
+            .expect("list")
+            .into_inner()
+            .repositories;
+        assert_eq!(repositories.len(), self.repositories);
+        let importers: Vec<&Process> = self.importers.iter().flatten().collect();
+        let starts = accepted_starts(&importers);
+        for repository in &repositories {
+            assert_eq!(
+                repository.migration_state, "import_done",
+                "{}",
+                repository.path
+            );
+            for import_type in ["Pre", "Final"] {
+                let count = starts
+                    .get(&(repository.path.clone(), import_type.to_owned()))
+                    .copied()
+                    .unwrap_or(0);
+                let allowed = 1 + u32::try_from(repository.retries_count).unwrap_or(0);
+                assert!(
+                    count <= allowed,
+                    "{} {import_type} started {count} times with {} retries",
+                    repository.path,
+                    repository.retries_count
+                );
+            }
+        }
+        repositories
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_lease_holder_loses_nothing_and_starts_nothing_twice() {
+    let mut deployment = Deployment::start().await;
+    deployment.wait_done(0, 10, Duration::from_secs(60)).await;
+    let (holder, lease) = deployment.holder(0).await;
     let survivor = 1 - holder;
-    let done_at_kill = done(&mut first).await;
-    schedulers[holder].as_ref().expect("running").signal("KILL");
+    deployment.schedulers[holder]
+        .as_ref()
+        .expect("running")
+        .signal("KILL");
     let killed_at = Instant::now();
-    schedulers[holder] = None;
+    deployment.schedulers[holder] = None;
 
     // The survivor takes the lease, with a higher fencing token, within two TTLs.
-    let mut client = connect(&scheduler_urls[survivor]).await;
+    let mut client = connect(&deployment.scheduler_urls[survivor]).await;
+    let survivor_port = deployment.scheduler_ports[survivor];
     let took_over = loop {
         let now = client
             .get_lease(GetLeaseRequest {})
             .await
             .expect("lease")
             .into_inner();
-        if now.held
-            && now.fence > lease.fence
-            && now
-                .holder
-                .ends_with(&format!(":{}", scheduler_ports[survivor]))
+        if now.held && now.fence > lease.fence && now.holder.ends_with(&format!(":{survivor_port}"))
         {
             break killed_at.elapsed();
         }
@@ -197,57 +321,120 @@ async fn killing_the_lease_holder_loses_nothing_and_starts_nothing_twice() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    deployment
+        .wait_done(
+            survivor,
+            deployment.repositories as u64,
+            Duration::from_secs(120),
+        )
+        .await;
+    deployment.check_all_done_once(survivor).await;
+    eprintln!("failover: takeover {took_over:?} after SIGKILL of the holder");
+}
 
-    // Everything still ends import_done.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while done(&mut client).await < REPOSITORIES as u64 {
-        let summary = client
-            .get_migration_summary(GetMigrationSummaryRequest {})
-            .await
-            .expect("summary")
-            .into_inner();
-        assert!(
-            Instant::now() < deadline,
-            "not all done after the failover: {:?}",
-            summary.states
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // No step started more often than the repository's retries allow.
-    let listing = ListRepositoriesRequest {
-        state: String::new(),
-        limit: 1000,
-        after: String::new(),
-    };
-    let repositories = client
-        .list_repositories(listing)
-        .await
-        .expect("list")
-        .into_inner()
-        .repositories;
-    assert_eq!(repositories.len(), REPOSITORIES);
-    let starts = accepted_starts(&importers);
-    for repository in &repositories {
-        assert_eq!(
-            repository.migration_state, "import_done",
-            "{}",
-            repository.path
-        );
-        for import_type in ["Pre", "Final"] {
-            let count = starts
-                .get(&(repository.path.clone(), import_type.to_owned()))
-                .copied()
-                .unwrap_or(0);
-            let allowed = 1 + u32::try_from(repository.retries_count).unwrap_or(0);
-            assert!(
-                count <= allowed,
-                "{} {import_type} started {count} times with {} retries",
-                repository.path,
-                repository.retries_count
-            );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_importer_killed_mid_import_is_unlocked_and_its_steps_retried_elsewhere() {
+    // Forty images a repository: each step reads forty manifests and copies eighty blobs, so a
+    // step caught running is nearly certain to be cut off by the kill.
+    let mut deployment = Deployment::start_with(20, 40).await;
+    deployment.wait_done(0, 3, Duration::from_secs(60)).await;
+    // An importer whose log shows a step it accepted and has not ended is killed at once.
+    let (victim, in_flight) = loop {
+        let running = deployment
+            .importers
+            .iter()
+            .enumerate()
+            .find_map(|(i, importer)| {
+                let open = cut_off_steps(importer.as_ref()?);
+                (!open.is_empty()).then_some((i, open))
+            });
+        if let Some((victim, open)) = running {
+            deployment.importers[victim]
+                .as_ref()
+                .expect("running")
+                .signal("KILL");
+            break (victim, open);
         }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let mut killed = deployment.importers[victim].take().expect("the victim");
+    while killed.is_running() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The victim's own log is exact: a step it accepted and never ended was cut off.
+    let orphans = cut_off_steps(&killed);
+    assert!(
+        !orphans.is_empty(),
+        "the kill cut off no step ({in_flight:?} had just ended); steps are too short"
+    );
+    deployment
+        .wait_done(0, deployment.repositories as u64, Duration::from_secs(180))
+        .await;
+    let repositories = deployment.check_all_done_once(0).await;
+    for orphan in &orphans {
+        let repository = repositories
+            .iter()
+            .find(|r| &r.path == orphan)
+            .expect("listed");
+        assert!(
+            repository.retries_count >= 1,
+            "{orphan} was aborted by the guard and retried"
+        );
     }
     eprintln!(
-        "failover: holder killed with {done_at_kill}/{REPOSITORIES} done; takeover after {took_over:?}"
+        "importer killed with {} step(s) cut off; all retried elsewhere and done",
+        orphans.len()
+    );
+    drop(killed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_stops_dispatching_when_it_resumes() {
+    let deployment = Deployment::start().await;
+    deployment.wait_done(0, 5, Duration::from_secs(60)).await;
+    let (holder, lease) = deployment.holder(0).await;
+    let other = 1 - holder;
+    let paused = deployment.schedulers[holder].as_ref().expect("running");
+    paused.signal("STOP");
+    // Past its TTL, the other replica takes over with a higher fencing token.
+    let deadline = Instant::now() + LEASE_TTL * 3;
+    let mut client = connect(&deployment.scheduler_urls[other]).await;
+    let other_port = deployment.scheduler_ports[other];
+    let taken = loop {
+        // Between the expiry and the takeover nobody holds it: keep asking.
+        let now = client
+            .get_lease(GetLeaseRequest {})
+            .await
+            .expect("lease")
+            .into_inner();
+        if now.held && now.fence > lease.fence && now.holder.ends_with(&format!(":{other_port}")) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no takeover while the holder was paused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    paused.signal("CONT");
+    // The resumed holder finds its lease expired and stops dispatching; the other finishes.
+    deployment
+        .wait_done(
+            other,
+            deployment.repositories as u64,
+            Duration::from_secs(120),
+        )
+        .await;
+    deployment.check_all_done_once(other).await;
+    let (final_holder, final_lease) = deployment.holder(other).await;
+    assert_eq!(
+        (final_holder, final_lease.fence),
+        (other, taken.fence),
+        "the resumed replica did not take the lease back"
+    );
+    let log = paused.log_text();
+    assert!(
+        log.contains("stopped dispatching"),
+        "the resumed holder noticed its lease was gone"
     );
 }
