@@ -5,9 +5,10 @@ use tonic::{Request, Response, Status};
 use ferry_proto::common::v1::ImportType;
 use ferry_proto::importer::v1::importer_server::Importer as ImporterRpc;
 use ferry_proto::importer::v1::{
-    CancelImportRequest, CancelImportResponse, CheckWritableRequest, CheckWritableResponse,
-    GetImportStatusRequest, GetImportStatusResponse, ListRepositoriesCreatedSinceRequest,
-    ListSubRepositoriesRequest, RepositoryPage, StartImportRequest, StartImportResponse,
+    CancelImportRequest, CancelImportResponse, Capacity, CheckWritableRequest,
+    CheckWritableResponse, GetCapacityRequest, GetImportStatusRequest, GetImportStatusResponse,
+    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesRequest, RepositoryPage,
+    StartImportRequest, StartImportResponse,
 };
 
 use crate::service::ImportService;
@@ -49,6 +50,13 @@ impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
         Ok(Response::new(
             self.0.cancel_import(&request.path, request.force).await?,
         ))
+    }
+
+    async fn get_capacity(
+        &self,
+        _request: Request<GetCapacityRequest>,
+    ) -> Result<Response<Capacity>, Status> {
+        Ok(Response::new(self.0.capacity()))
     }
 
     async fn check_writable(

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::{
-    CancelImportResponse, CheckWritableResponse, GetImportStatusResponse, RepositoryPage,
+    CancelImportResponse, Capacity, CheckWritableResponse, GetImportStatusResponse, RepositoryPage,
     StartImportResponse, StartOutcome,
 };
 use ferry_shared::ids::RepositoryPath;
@@ -45,6 +45,9 @@ pub trait ImportService: Send + Sync + 'static {
         path: &str,
         force: bool,
     ) -> Result<CancelImportResponse, ApiError>;
+
+    /// How busy this importer is.
+    fn capacity(&self) -> Capacity;
 
     /// Whether the repository accepts writes: not while its final import runs.
     async fn check_writable(&self, path: &str) -> Result<CheckWritableResponse, ApiError>;
@@ -219,6 +222,16 @@ impl Importer {
             .is_ok()
     }
 
+    /// This importer's load: steps running, the limit, whether it is shutting down.
+    pub fn capacity(&self) -> Capacity {
+        let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Capacity {
+            in_flight: as_u32(self.in_flight()),
+            max_concurrent_imports: as_u32(self.inner.limits.max_concurrent_imports),
+            shutting_down: self.inner.shutting_down.load(Ordering::SeqCst),
+        }
+    }
+
     /// Steps running on this importer now (each holds one of `max_concurrent_imports` slots until
     /// its end status is written).
     pub fn in_flight(&self) -> usize {
@@ -333,6 +346,7 @@ impl ImportService for Importer {
             return Ok(StartImportResponse {
                 outcome: StartOutcome::AlreadyImported.into(),
                 status: status.into(),
+                capacity: Some(self.capacity()),
             });
         }
         tracing::info!(repository = %path, ?import_type, fencing_token, "import step accepted");
@@ -345,6 +359,7 @@ impl ImportService for Importer {
         Ok(StartImportResponse {
             outcome: StartOutcome::Accepted.into(),
             status: statuses(import_type).in_progress.into(),
+            capacity: Some(self.capacity()),
         })
     }
 
@@ -387,6 +402,10 @@ impl ImportService for Importer {
         last: &str,
     ) -> Result<RepositoryPage, ApiError> {
         listing::created_since(&self.inner.db, since, n, last).await
+    }
+
+    fn capacity(&self) -> Capacity {
+        Importer::capacity(self)
     }
 
     async fn check_writable(&self, path: &str) -> Result<CheckWritableResponse, ApiError> {

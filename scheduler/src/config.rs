@@ -23,7 +23,8 @@ pub struct SchedulerArgs {
     /// Bucket holding `docker/registry/v2`, for the inventory: file:///abs/dir.
     #[arg(long, env = "FERRY_STORAGE_URL")]
     pub storage_url: Option<String>,
-    /// Importer gRPC URLs, comma-separated.
+    /// Importers, comma-separated: `http://host:port` endpoints and `dns://name:port` names that
+    /// stand for every address they resolve to (a Kubernetes headless Service).
     #[arg(long, env = "FERRY_IMPORTERS")]
     pub importers: Option<String>,
     /// Prefix of every Redis key this deployment uses.
@@ -101,7 +102,11 @@ impl SchedulerArgs {
             ),
             Some(list) => {
                 for url in list.split(',').map(str::trim) {
-                    importers.extend(check.url("FERRY_IMPORTERS", Some(url), &["http", "https"]));
+                    importers.extend(check.url(
+                        "FERRY_IMPORTERS",
+                        Some(url),
+                        &["http", "https", "dns"],
+                    ));
                 }
             }
         }

@@ -1,6 +1,8 @@
-//! The pool of importers the scheduler dispatches to.
+//! The pool of importers the scheduler dispatches to: fixed endpoints and DNS names (a
+//! Kubernetes headless Service) re-resolved periodically, each with its last known load.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -8,8 +10,8 @@ use tonic::transport::{Channel, Endpoint};
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::importer_client::ImporterClient;
 use ferry_proto::importer::v1::{
-    CancelImportRequest, GetImportStatusRequest, GetImportStatusResponse, StartImportRequest,
-    StartOutcome,
+    CancelImportRequest, Capacity, GetCapacityRequest, GetImportStatusRequest,
+    GetImportStatusResponse, StartImportRequest, StartOutcome,
 };
 
 /// How an importer answered a start.
@@ -34,6 +36,13 @@ pub enum StartResult {
     Refused(String),
 }
 
+fn free_slots(capacity: &Capacity) -> i64 {
+    if capacity.shutting_down {
+        return 0;
+    }
+    i64::from(capacity.max_concurrent_imports) - i64::from(capacity.in_flight)
+}
+
 /// Whether a status means the importer could not be reached (as opposed to an answer).
 pub fn is_unreachable(status: &tonic::Status) -> bool {
     matches!(
@@ -42,53 +51,180 @@ pub fn is_unreachable(status: &tonic::Status) -> bool {
     )
 }
 
-/// Importer clients, tried round-robin.
+/// Where importers come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// A fixed endpoint.
+    Url(String),
+    /// `dns://host:port`: every address the name resolves to (a Kubernetes headless Service),
+    /// re-resolved on every refresh.
+    Dns { host: String, port: u16 },
+}
+
+/// One importer, with what it last said about its load.
+#[derive(Debug)]
+struct Member {
+    url: String,
+    client: ImporterClient<Channel>,
+    /// Free slots when last heard of (unknown: 1; unreachable or full: 0).
+    free: AtomicI64,
+}
+
+/// The importers the scheduler dispatches to.
 #[derive(Debug)]
 pub struct ImporterPool {
-    clients: Vec<(String, ImporterClient<Channel>)>,
+    sources: Vec<Source>,
+    members: RwLock<Vec<Arc<Member>>>,
     next: AtomicUsize,
 }
 
+fn member(url: String) -> Result<Arc<Member>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(url.clone())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    Ok(Arc::new(Member {
+        url,
+        client: ImporterClient::new(channel),
+        free: AtomicI64::new(1),
+    }))
+}
+
+fn parse_source(entry: &str) -> Source {
+    match entry
+        .strip_prefix("dns://")
+        .and_then(|rest| rest.trim_end_matches('/').rsplit_once(':'))
+    {
+        Some((host, port)) => match port.parse() {
+            Ok(port) => Source::Dns {
+                host: host.to_owned(),
+                port,
+            },
+            Err(_) => Source::Url(entry.to_owned()),
+        },
+        None => Source::Url(entry.to_owned()),
+    }
+}
+
 impl ImporterPool {
-    /// Clients for each URL; they connect on first use.
-    pub fn new(urls: &[String]) -> Result<Self, tonic::transport::Error> {
-        let clients = urls
+    /// A pool of `entries`: `http(s)://host:port` endpoints, and `dns://name:port` names that
+    /// stand for every address they resolve to (see [`Self::refresh`]). Fixed endpoints are
+    /// members at once; clients connect on first use.
+    pub fn new(entries: &[String]) -> Result<Self, tonic::transport::Error> {
+        let sources: Vec<Source> = entries.iter().map(|e| parse_source(e)).collect();
+        let members = sources
             .iter()
-            .map(|url| {
-                let channel = Endpoint::from_shared(url.clone())?
-                    .connect_timeout(Duration::from_secs(3))
-                    .timeout(Duration::from_secs(30))
-                    .connect_lazy();
-                Ok((url.clone(), ImporterClient::new(channel)))
+            .filter_map(|source| match source {
+                Source::Url(url) => Some(member(url.clone())),
+                Source::Dns { .. } => None,
             })
-            .collect::<Result<_, tonic::transport::Error>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            clients,
+            sources,
+            members: RwLock::new(members),
             next: AtomicUsize::new(0),
         })
     }
 
-    /// Starts a step on the first importer, round-robin, that has room. Importers that answer
-    /// `RESOURCE_EXHAUSTED` or cannot be reached are passed over.
+    fn members(&self) -> Vec<Arc<Member>> {
+        self.members
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-resolves DNS names (importers come and go with a headless Service) and asks every
+    /// member for its load. Returns the members' URLs.
+    pub async fn refresh(&self) -> Vec<String> {
+        let mut urls = Vec::new();
+        for source in &self.sources {
+            match source {
+                Source::Url(url) => urls.push(url.clone()),
+                Source::Dns { host, port } => {
+                    match tokio::net::lookup_host((host.as_str(), *port)).await {
+                        Ok(addresses) => {
+                            let mut found: Vec<String> =
+                                addresses.map(|a| format!("http://{a}")).collect();
+                            found.sort();
+                            found.dedup();
+                            urls.extend(found);
+                        }
+                        Err(error) => {
+                            // Keep the members this name had: a DNS hiccup must not empty the pool.
+                            tracing::warn!(host, %error, "resolving importers failed; keeping the last answer");
+                            let known = self.members();
+                            urls.extend(
+                                known
+                                    .iter()
+                                    .filter(|m| !self.is_fixed(&m.url))
+                                    .map(|m| m.url.clone()),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let known = self.members();
+        let mut next = Vec::with_capacity(urls.len());
+        for url in &urls {
+            match known.iter().find(|m| &m.url == url) {
+                Some(existing) => next.push(Arc::clone(existing)),
+                None => match member(url.clone()) {
+                    Ok(new) => next.push(new),
+                    Err(error) => tracing::warn!(url, %error, "bad importer address"),
+                },
+            }
+        }
+        futures::future::join_all(next.iter().map(|m| async move {
+            let free = match m.client.clone().get_capacity(GetCapacityRequest {}).await {
+                Ok(answer) => free_slots(&answer.into_inner()),
+                Err(_) => 0,
+            };
+            m.free.store(free, Ordering::Relaxed);
+        }))
+        .await;
+        *self
+            .members
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        urls
+    }
+
+    fn is_fixed(&self, url: &str) -> bool {
+        self.sources
+            .iter()
+            .any(|s| matches!(s, Source::Url(u) if u == url))
+    }
+
+    /// Starts a step on the importer with the most free slots (ties round-robin). Importers that
+    /// answer `RESOURCE_EXHAUSTED` or cannot be reached are passed over.
     pub async fn start(&self, path: &str, import_type: ImportType, fence: u64) -> StartResult {
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut members = self.members();
+        if members.is_empty() {
+            return StartResult::AllBusy("no importers known".into());
+        }
+        let len = members.len();
+        members.rotate_left(self.next.fetch_add(1, Ordering::Relaxed) % len);
+        members.sort_by_key(|m| std::cmp::Reverse(m.free.load(Ordering::Relaxed)));
         let mut busy = Vec::new();
-        for offset in 0..self.clients.len() {
-            let (url, client) = &self.clients[(first + offset) % self.clients.len()];
+        for m in members {
             let request = StartImportRequest {
                 path: path.to_owned(),
                 import_type: import_type.into(),
                 fencing_token: fence,
             };
-            match client.clone().start_import(request).await {
+            match m.client.clone().start_import(request).await {
                 Ok(response) => {
                     let response = response.into_inner();
+                    if let Some(capacity) = &response.capacity {
+                        m.free.store(free_slots(capacity), Ordering::Relaxed);
+                    }
                     return match StartOutcome::try_from(response.outcome) {
                         Ok(StartOutcome::AlreadyImported) => StartResult::AlreadyImported {
                             imported: response.status == i32::from(MigrationStatus::ImportComplete),
                         },
                         _ => StartResult::Accepted {
-                            importer: url.clone(),
+                            importer: m.url.clone(),
                         },
                     };
                 }
@@ -96,7 +232,8 @@ impl ImporterPool {
                     tonic::Code::ResourceExhausted
                     | tonic::Code::Unavailable
                     | tonic::Code::DeadlineExceeded => {
-                        busy.push(format!("{url}: {}", status.message()));
+                        m.free.store(0, Ordering::Relaxed);
+                        busy.push(format!("{}: {}", m.url, status.message()));
                     }
                     tonic::Code::NotFound => {
                         return StartResult::NotFound(status.message().to_owned());
@@ -115,10 +252,10 @@ impl ImporterPool {
     }
 
     fn client(&self, url: &str) -> Option<ImporterClient<Channel>> {
-        self.clients
+        self.members()
             .iter()
-            .find(|(u, _)| u == url)
-            .map(|(_, client)| client.clone())
+            .find(|m| m.url == url)
+            .map(|m| m.client.clone())
     }
 
     /// The repository's status as the importer at `url` reports it (including whether that
@@ -138,8 +275,8 @@ impl ImporterPool {
                 .map(tonic::Response::into_inner);
         }
         let mut last = tonic::Status::unavailable("no importers configured");
-        for (_, client) in &self.clients {
-            match client.clone().get_import_status(request()).await {
+        for m in self.members() {
+            match m.client.clone().get_import_status(request()).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if is_unreachable(&status) => last = status,
                 Err(status) => return Err(status),
@@ -152,12 +289,12 @@ impl ImporterPool {
     /// database; the one running the step notices within its poll interval).
     pub async fn cancel(&self, path: &str, force: bool) -> Result<MigrationStatus, tonic::Status> {
         let mut last = tonic::Status::unavailable("no importers configured");
-        for (_, client) in &self.clients {
+        for m in self.members() {
             let request = CancelImportRequest {
                 path: path.to_owned(),
                 force,
             };
-            match client.clone().cancel_import(request).await {
+            match m.client.clone().cancel_import(request).await {
                 Ok(response) => {
                     return Ok(
                         MigrationStatus::try_from(response.into_inner().status).unwrap_or_default()

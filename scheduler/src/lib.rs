@@ -35,6 +35,9 @@ use crate::lease::{Lease, LeaseConfig};
 use crate::service::Scheduler;
 use crate::store::SchedulerStore;
 
+/// How often importer DNS names are re-resolved and every importer asked for its load.
+const IMPORTER_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Errors that stop the scheduler from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -100,6 +103,17 @@ pub async fn run(
     let held = Arc::new(tokio::sync::Mutex::new(None));
     let importers = Arc::new(ImporterPool::new(&config.importers)?);
     let importers_for_api = Arc::clone(&importers);
+    let members = importers.refresh().await;
+    tracing::info!(?members, "importers");
+    let refresher = tokio::spawn({
+        let importers = Arc::clone(&importers);
+        async move {
+            loop {
+                tokio::time::sleep(IMPORTER_REFRESH).await;
+                importers.refresh().await;
+            }
+        }
+    });
     let enqueuer = Enqueuer {
         held: Arc::clone(&held),
         store: store.clone(),
@@ -145,6 +159,7 @@ pub async fn run(
     let _ = enqueue_loop.await;
     Enqueuer::release_held(&lease, &held).await;
     wakeups.abort();
+    refresher.abort();
     served?;
     Ok(())
 }

@@ -1,0 +1,117 @@
+//! The scheduler's importer pool against real importer gRPC servers on real PostgreSQL: DNS
+//! names resolve to every address, and starts go to the importer with the most free slots.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::service::Routes;
+
+use ferry_importer::grpc::ImporterGrpc;
+use ferry_importer::notifier::Notifier;
+use ferry_importer::service::{Importer, StepLimits};
+use ferry_importer::store::MetadataStore;
+use ferry_proto::common::v1::ImportType;
+use ferry_proto::importer::v1::importer_server::ImporterServer;
+use ferry_scheduler::importers::{ImporterPool, StartResult};
+use ferry_shared::storage::BlobStore;
+use ferry_tests::{GatedStore, LayoutWriter, fresh_database};
+
+/// An importer with `slots` slots whose steps block on a closed gate, served on 127.0.0.1.
+async fn serve_importer(
+    storage: Arc<dyn BlobStore>,
+    db: MetadataStore,
+    slots: usize,
+) -> (Importer, u16, tokio::sync::watch::Sender<bool>) {
+    let (gated, gate) = GatedStore::new(storage);
+    let limits = StepLimits {
+        max_concurrent_imports: slots,
+        pre_import_timeout: Duration::from_secs(60),
+        import_timeout: Duration::from_secs(60),
+        copy_concurrency: 2,
+        tag_concurrency: 2,
+        cancel_settle: Duration::from_secs(5),
+        cancel_poll: Duration::from_secs(60),
+    };
+    let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
+    let importer = Importer::new(Arc::new(gated), db, Some(notifier), limits);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let routes = Routes::new(ImporterServer::new(ImporterGrpc(importer.clone())));
+    tokio::spawn(ferry_shared::grpc::serve(
+        listener,
+        routes,
+        &[],
+        std::future::pending(),
+    ));
+    (importer, port, gate)
+}
+
+async fn setup() -> (tempfile::TempDir, Arc<dyn BlobStore>, MetadataStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = LayoutWriter::new(dir.path());
+    for i in 0..6 {
+        layout.image(&format!("pool/p{i}/app"), "v1", &format!("pool {i}"));
+    }
+    let storage =
+        ferry_shared::storage::open(&format!("file://{}", dir.path().display())).expect("storage");
+    let db = MetadataStore::connect(&fresh_database("pool").await, 8)
+        .await
+        .expect("db");
+    db.migrate().await.expect("migrate");
+    (dir, storage, db)
+}
+
+#[tokio::test]
+async fn a_dns_name_stands_for_every_address_it_resolves_to() {
+    let (_dir, storage, db) = setup().await;
+    let (_importer, port, _gate) = serve_importer(storage, db, 2).await;
+    let pool = ImporterPool::new(&[format!("dns://localhost:{port}")]).expect("pool");
+    let members = pool.refresh().await;
+    assert!(
+        members.contains(&format!("http://127.0.0.1:{port}")),
+        "{members:?}"
+    );
+    let started = pool.start("pool/p0/app", ImportType::Pre, 0).await;
+    assert_eq!(
+        started,
+        StartResult::Accepted {
+            importer: format!("http://127.0.0.1:{port}")
+        }
+    );
+    // An unresolvable name keeps the pool as it was instead of emptying it.
+    let missing = ImporterPool::new(&["dns://no-such-host.invalid:1".to_owned()]).expect("pool");
+    assert!(missing.refresh().await.is_empty());
+    assert!(matches!(
+        missing.start("pool/p1/app", ImportType::Pre, 0).await,
+        StartResult::AllBusy(_)
+    ));
+}
+
+#[tokio::test]
+async fn starts_go_to_the_importer_with_the_most_free_slots() {
+    let (_dir, storage, db) = setup().await;
+    let (small, small_port, _small_gate) =
+        serve_importer(Arc::clone(&storage), db.clone(), 1).await;
+    let (large, large_port, _large_gate) = serve_importer(storage, db, 3).await;
+    let urls = vec![
+        format!("http://127.0.0.1:{small_port}"),
+        format!("http://127.0.0.1:{large_port}"),
+    ];
+    let pool = ImporterPool::new(&urls).expect("pool");
+    pool.refresh().await;
+    for i in 0..4 {
+        let started = pool
+            .start(&format!("pool/p{i}/app"), ImportType::Pre, 0)
+            .await;
+        assert!(
+            matches!(started, StartResult::Accepted { .. }),
+            "start {i}: {started:?}"
+        );
+    }
+    // Four slots in all, four starts, none refused for lack of room: 1 + 3.
+    assert_eq!((small.in_flight(), large.in_flight()), (1, 3));
+    let full = pool.start("pool/p4/app", ImportType::Pre, 0).await;
+    assert!(matches!(full, StartResult::AllBusy(_)), "{full:?}");
+}
