@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup build demo test lint fmt clean
+.PHONY: help setup build demo test lint fmt bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test: setup lint ## Set up, lint, and run every test against real PostgreSQL, Re
 	@bash scripts/drop-test-databases.sh
 	$(CARGO) build --workspace --bins
 	STORAGE_EMULATOR_HOST=$${FERRY_GCS_EMULATOR:-127.0.0.1:4443} $(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+bench: setup ## Benchmarks (release build): scheduler capacity use; figures go in docs/benchmarks.md
+	$(CARGO) bench -p ferry-tests --bench capacity
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -135,24 +135,32 @@ impl Enqueuer {
         if !settings.enabled {
             return Ok(());
         }
-        while held.is_valid().await {
-            let Some(repo) = self.store.claim_pre_import_done(Some(held.fence)).await? else {
-                break;
-            };
-            self.dispatch(held, &repo, ImportType::Final, &settings)
-                .await?;
+        // Final imports of finished pre-imports: their slots are taken already. Claimed one by
+        // one, started together.
+        let mut finals = Vec::new();
+        while held.is_valid().await && finals.len() < settings.capacity.max(1) as usize {
+            match self.store.claim_pre_import_done(Some(held.fence)).await? {
+                Some(repo) => finals.push(repo),
+                None => break,
+            }
+        }
+        for repo in finals {
+            self.spawn_dispatch(held, repo, ImportType::Final, &settings);
         }
         // Like the original's `waiting_time_passed?`: new repositories wait after a step ends.
-        let may_start = self
+        if !self
             .store
             .waiting_time_passed(settings.enqueue_waiting_time)
-            .await?;
-        while held.is_valid().await
-            && self.store.in_process_count().await? < i64::from(settings.capacity)
+            .await?
         {
-            if !may_start {
+            return Ok(());
+        }
+        while held.is_valid().await {
+            let free = i64::from(settings.capacity) - self.store.in_process_count().await?;
+            if free <= 0 {
                 break;
             }
+            // Aborted repositories first, one at a time (rare, and each asks its importer).
             if let Some((repo, pre_import_done)) = self.store.next_aborted().await? {
                 if !self
                     .retry_aborted(held, &repo, pre_import_done, &settings)
@@ -160,13 +168,22 @@ impl Enqueuer {
                 {
                     break; // the write was refused: the lease is gone or another holder acts
                 }
-            } else if let Some(repo) = self.store.claim_next_default(Some(held.fence)).await? {
-                if self.within_tag_limit(held, &repo, &settings).await? {
-                    self.dispatch(held, &repo, ImportType::Pre, &settings)
-                        .await?;
+                continue;
+            }
+            // Then fill every free slot with ready repositories, started together: a slot is
+            // never left idle while the others are being started one after another.
+            let mut batch = Vec::new();
+            while (batch.len() as i64) < free {
+                match self.store.claim_next_default(Some(held.fence)).await? {
+                    Some(repo) => batch.push(repo),
+                    None => break,
                 }
-            } else {
+            }
+            if batch.is_empty() {
                 break;
+            }
+            for repo in batch {
+                self.spawn_dispatch(held, repo, ImportType::Pre, &settings);
             }
         }
         Ok(())
@@ -244,6 +261,35 @@ impl Enqueuer {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Starts a claimed repository's step in a task of its own: the loop goes straight back to
+    /// claiming, so a slot never waits for another repository's start round trip. (The claim
+    /// already took the slot in the database.) A pre-import first checks the tag limit.
+    fn spawn_dispatch(
+        &self,
+        held: &HeldLease,
+        repo: Claimed,
+        import_type: ImportType,
+        settings: &Settings,
+    ) {
+        let this = self.clone();
+        let held = held.clone();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            let result = async {
+                if import_type == ImportType::Pre
+                    && !this.within_tag_limit(&held, &repo, &settings).await?
+                {
+                    return Ok(());
+                }
+                this.dispatch(&held, &repo, import_type, &settings).await
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(repository = %repo.path, %error, "dispatch failed; the guard will pick it up");
+            }
+        });
     }
 
     async fn dispatch(

@@ -219,6 +219,10 @@ impl SchedulerService for Scheduler {
                 )));
             }
         };
+        // Wake the loop first: a freed slot is refilled while the reply is put together.
+        if changed {
+            self.wake_enqueuer().await;
+        }
         let record = self
             .store
             .repository(path)
@@ -231,9 +235,6 @@ impl SchedulerService for Scheduler {
             duplicate = !changed,
             "import result applied"
         );
-        if changed {
-            self.wake_enqueuer().await;
-        }
         Ok(NotifyImportResultResponse {
             migration_state: record.migration_state,
             duplicate: !changed,
