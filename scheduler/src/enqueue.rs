@@ -316,9 +316,14 @@ impl Enqueuer {
             match result {
                 StartResult::Accepted { importer } => {
                     tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, importer, "step started");
-                    self.store
+                    if !self
+                        .store
                         .record_importer(repo.id, &importer, Some(held.fence))
-                        .await?;
+                        .await?
+                    {
+                        tracing::warn!(repository = %repo.path, fence = held.fence,
+                            "write refused by the fence: a newer lease holder exists");
+                    }
                     return Ok(());
                 }
                 StartResult::AlreadyImported { imported: true } => {

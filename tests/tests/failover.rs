@@ -106,6 +106,7 @@ struct Deployment {
     scheduler_ports: Vec<u16>,
     scheduler_urls: Vec<String>,
     repositories: usize,
+    prefix: String,
 }
 
 impl Deployment {
@@ -116,6 +117,14 @@ impl Deployment {
     /// Like [`Self::start`], with `repositories` repositories of `tags` distinct images each
     /// (more tags, longer steps).
     async fn start_with(repositories: usize, tags: usize) -> Self {
+        let deployment = Self::start_shaped(repositories, tags, true).await;
+        deployment.enable(2).await;
+        deployment
+    }
+
+    /// The deployment, not yet switched on; with `notify` false, importers send their step
+    /// results to a port where nobody listens (every notification is lost).
+    async fn start_shaped(repositories: usize, tags: usize, notify: bool) -> Self {
         let bucket = tempfile::tempdir().expect("tempdir");
         let logs = tempfile::tempdir().expect("logs");
         let layout = LayoutWriter::new(bucket.path());
@@ -142,7 +151,14 @@ impl Deployment {
             let env = [
                 ("FERRY_METADATA_DATABASE_URL", metadata.clone()),
                 ("FERRY_STORAGE_URL", storage.clone()),
-                ("FERRY_SCHEDULER_URL", scheduler_urls.join(",")),
+                (
+                    "FERRY_SCHEDULER_URL",
+                    if notify {
+                        scheduler_urls.join(",")
+                    } else {
+                        "http://127.0.0.1:1".to_owned()
+                    },
+                ),
                 ("FERRY_CANCEL_POLL_MS", "200".to_owned()),
                 ("FERRY_CANCEL_SETTLE_SECS", "1".to_owned()),
             ];
@@ -188,6 +204,7 @@ impl Deployment {
             scheduler_ports,
             scheduler_urls,
             repositories,
+            prefix: prefix.clone(),
         };
         let mut client = connect(&deployment.scheduler_urls[0]).await;
         connect(&deployment.scheduler_urls[1]).await;
@@ -202,14 +219,17 @@ impl Deployment {
             .expect("inventory")
             .into_inner();
         while stream.message().await.expect("progress").is_some() {}
-        client
-            .set_migration_enabled(SetMigrationEnabledRequest {
-                enabled: true,
-                capacity: Some(2),
-            })
-            .await
-            .expect("enable");
         deployment
+    }
+
+    /// Switches the migration on at `capacity`.
+    async fn enable(&self, capacity: u32) {
+        let mut client = connect(&self.scheduler_urls[0]).await;
+        let request = SetMigrationEnabledRequest {
+            enabled: true,
+            capacity: Some(capacity),
+        };
+        client.set_migration_enabled(request).await.expect("enable");
     }
 
     /// Waits until at least `count` repositories are done, asking scheduler `index`.
@@ -437,4 +457,65 @@ async fn a_paused_holder_stops_dispatching_when_it_resumes() {
         log.contains("stopped dispatching"),
         "the resumed holder noticed its lease was gone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_heals_every_dropped_notification() {
+    let deployment = Deployment::start_shaped(12, 1, false).await;
+    let mut client = connect(&deployment.scheduler_urls[0]).await;
+    let quick = UpdateSettingsRequest {
+        max_step_duration_secs: Some(1),
+        ..Default::default()
+    };
+    client.update_settings(quick).await.expect("settings");
+    deployment.enable(6).await;
+    // No step result ever reaches a scheduler: only the guard moves repositories on.
+    deployment
+        .wait_done(0, deployment.repositories as u64, Duration::from_secs(120))
+        .await;
+    deployment.check_all_done_once(1).await;
+    for scheduler in deployment.schedulers.iter().flatten() {
+        assert!(
+            !scheduler.log_text().contains("import result applied"),
+            "{} got a notification",
+            scheduler.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_dedup_key_blocks_nothing() {
+    let deployment = Deployment::start_shaped(20, 1, true).await;
+    // A run that set the pending-trigger key died without consuming it, and the key has no
+    // expiry at all: the runbook's "stuck deduplication".
+    let key = format!("{}:enqueuer:pending", deployment.prefix);
+    let redis = redis::Client::open(redis_url()).expect("redis url");
+    let mut connection = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("dead-run")
+        .query_async(&mut connection)
+        .await
+        .expect("orphan");
+    let started = Instant::now();
+    deployment.enable(2).await;
+    deployment.wait_done(0, 1, Duration::from_secs(10)).await;
+    let first_done = started.elapsed();
+    deployment
+        .wait_done(0, deployment.repositories as u64, Duration::from_secs(120))
+        .await;
+    deployment.check_all_done_once(1).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .expect("pttl");
+    assert!(
+        ttl != -1,
+        "the key never keeps living without an expiry (PTTL {ttl})"
+    );
+    eprintln!("orphaned dedup key: first repository done after {first_done:?}, no human action");
 }
