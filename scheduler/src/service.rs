@@ -223,11 +223,7 @@ impl SchedulerService for Scheduler {
         if changed {
             self.wake_enqueuer().await;
         }
-        let record = self
-            .store
-            .repository(path)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        let record = self.record(path).await?;
         tracing::info!(
             repository = path,
             status = status.as_db_str(),
@@ -388,11 +384,7 @@ impl SchedulerService for Scheduler {
     }
 
     async fn repository(&self, path: &str) -> Result<Repository, SchedulerError> {
-        let record = self
-            .store
-            .repository(path)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        let record = self.record(path).await?;
         Ok(record.into())
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{PgPool, Row};
 
-use ferry_proto::scheduler::v1::{RunInventoryRequest, SetMigrationEnabledRequest};
+use ferry_proto::scheduler::v1::SetMigrationEnabledRequest;
 use ferry_tests::{Cluster, ClusterOptions, LayoutWriter};
 
 /// Repositories, images per repository and capacity; `FERRY_BENCH_REPOSITORIES`,
@@ -45,12 +45,7 @@ async fn main() {
     };
     let cluster = Cluster::start_with(format!("file://{}", dir.path().display()), options).await;
     let mut client = cluster.client().await;
-    let mut stream = client
-        .run_inventory(RunInventoryRequest {})
-        .await
-        .expect("inventory")
-        .into_inner();
-    while stream.message().await.expect("progress").is_some() {}
+    ferry_tests::run_inventory(&mut client).await;
     let db = PgPool::connect(&cluster.database_url)
         .await
         .expect("scheduler db");

@@ -283,6 +283,11 @@ impl Cluster {
         }
     }
 
+    /// Runs an inventory to its end and returns its last progress report.
+    pub async fn inventory(&self) -> ferry_proto::scheduler::v1::InventoryProgress {
+        run_inventory(&mut self.client().await).await
+    }
+
     /// A client of the scheduler.
     pub async fn client(&self) -> SchedulerClient<tonic::transport::Channel> {
         SchedulerClient::connect(self.scheduler_url.clone())
@@ -323,6 +328,23 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Runs an inventory through `client` to its end and returns its last progress report.
+pub async fn run_inventory(
+    client: &mut SchedulerClient<tonic::transport::Channel>,
+) -> ferry_proto::scheduler::v1::InventoryProgress {
+    let request = ferry_proto::scheduler::v1::RunInventoryRequest {};
+    let mut stream = client
+        .run_inventory(request)
+        .await
+        .expect("inventory")
+        .into_inner();
+    let mut last = None;
+    while let Some(progress) = stream.message().await.expect("inventory progress") {
+        last = Some(progress);
+    }
+    last.expect("the inventory reports at least once")
 }
 
 /// The real registry serving a storage root over HTTP (`scripts/registry-serve.sh`).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
-    GetLeaseRequest, GetMigrationSummaryRequest, ListRepositoriesRequest, RunInventoryRequest,
+    GetLeaseRequest, GetMigrationSummaryRequest, ListRepositoriesRequest,
     SetMigrationEnabledRequest, UpdateSettingsRequest,
 };
 use ferry_tests::processes::{Process, free_port};
@@ -213,12 +213,7 @@ impl Deployment {
             ..Default::default()
         };
         client.update_settings(settings).await.expect("settings");
-        let mut stream = client
-            .run_inventory(RunInventoryRequest {})
-            .await
-            .expect("inventory")
-            .into_inner();
-        while stream.message().await.expect("progress").is_some() {}
+        ferry_tests::run_inventory(&mut client).await;
         deployment
     }
 

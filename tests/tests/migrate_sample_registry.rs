@@ -8,8 +8,7 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 
 use ferry_proto::scheduler::v1::{
-    GetLeaseRequest, GetRepositoryRequest, MigrationSummary, RunInventoryRequest,
-    SetMigrationEnabledRequest,
+    GetLeaseRequest, GetRepositoryRequest, MigrationSummary, SetMigrationEnabledRequest,
 };
 use ferry_tests::buckets::{Bucket, DirBucket, GcsBucket};
 use ferry_tests::{Cluster, RegistryServer, SampleRegistry};
@@ -71,16 +70,7 @@ async fn migrate_and_check(sample: &SampleRegistry, cluster: &Cluster, bucket: &
     }
 
     // Inventory: every repository in the bucket, streamed.
-    let mut stream = client
-        .run_inventory(RunInventoryRequest {})
-        .await
-        .expect("inventory")
-        .into_inner();
-    let mut last = None;
-    while let Some(progress) = stream.message().await.expect("progress") {
-        last = Some(progress);
-    }
-    let last = last.expect("at least one progress message");
+    let last = ferry_tests::run_inventory(&mut client).await;
     let expected_repositories = sample.repositories().len() as u64;
     assert!(last.done);
     assert_eq!(last.repositories_found, expected_repositories);
@@ -122,16 +112,7 @@ async fn migrate_and_check(sample: &SampleRegistry, cluster: &Cluster, bucket: &
     check_tags_against_registry(sample, &meta).await;
 
     // A second inventory registers nothing new.
-    let mut stream = client
-        .run_inventory(RunInventoryRequest {})
-        .await
-        .expect("inventory")
-        .into_inner();
-    let mut again = None;
-    while let Some(progress) = stream.message().await.expect("progress") {
-        again = Some(progress);
-    }
-    let again = again.expect("progress");
+    let again = ferry_tests::run_inventory(&mut client).await;
     assert_eq!(
         (again.repositories_found, again.repositories_registered),
         (expected_repositories, 0)

@@ -8,7 +8,7 @@ use tonic::Code;
 
 use ferry_proto::scheduler::v1::{
     CancelMigrationRequest, CheckWritableRequest, GetMigrationSummaryRequest, GetRepositoryRequest,
-    ListRepositoriesRequest, PreviewQueueRequest, RegisterRepositoryRequest, RunInventoryRequest,
+    ListRepositoriesRequest, PreviewQueueRequest, RegisterRepositoryRequest,
     SetMigrationEnabledRequest, StartMigrationNowRequest,
 };
 use ferry_tests::{Cluster, SampleRegistry};
@@ -18,12 +18,7 @@ async fn the_operator_api_drives_single_repositories() {
     let sample = SampleRegistry::build(false);
     let cluster = Cluster::start(&sample.root(), 2).await;
     let mut client = cluster.client().await;
-    let mut stream = client
-        .run_inventory(RunInventoryRequest {})
-        .await
-        .expect("inventory")
-        .into_inner();
-    while stream.message().await.expect("progress").is_some() {}
+    ferry_tests::run_inventory(&mut client).await;
 
     // The queue, before anything runs.
     let preview = client

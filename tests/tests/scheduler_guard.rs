@@ -6,24 +6,12 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use ferry_proto::scheduler::v1::{
-    GetRepositoryRequest, RunInventoryRequest, SetMigrationEnabledRequest,
-};
+use ferry_proto::scheduler::v1::{GetRepositoryRequest, SetMigrationEnabledRequest};
 use ferry_scheduler::store::{SchedulerStore, SettingsPatch};
 use ferry_tests::{Cluster, ClusterOptions, SampleRegistry};
 
 async fn inventory(cluster: &Cluster) -> u64 {
-    let mut client = cluster.client().await;
-    let mut stream = client
-        .run_inventory(RunInventoryRequest {})
-        .await
-        .expect("inventory")
-        .into_inner();
-    let mut found = 0;
-    while let Some(progress) = stream.message().await.expect("progress") {
-        found = progress.repositories_found;
-    }
-    found
+    cluster.inventory().await.repositories_found
 }
 
 async fn quick_guard(cluster: &Cluster) -> SchedulerStore {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ferry_proto::scheduler::v1::{
-    GetMigrationSummaryRequest, GetRepositoryRequest, GetSettingsRequest, RunInventoryRequest,
-    StringList, UpdateSettingsRequest,
+    GetMigrationSummaryRequest, GetRepositoryRequest, GetSettingsRequest, StringList,
+    UpdateSettingsRequest,
 };
 use ferry_tests::{Cluster, SampleRegistry};
 
@@ -48,12 +48,7 @@ async fn settings_decide_what_is_migrated() {
     let sample = SampleRegistry::build(false);
     let cluster = Cluster::start(&sample.root(), 2).await;
     let mut client = cluster.client().await;
-    let mut stream = client
-        .run_inventory(RunInventoryRequest {})
-        .await
-        .expect("inventory")
-        .into_inner();
-    while stream.message().await.expect("progress").is_some() {}
+    ferry_tests::run_inventory(&mut client).await;
 
     // Bad values are refused, each named.
     let bad = UpdateSettingsRequest {

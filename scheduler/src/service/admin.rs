@@ -13,6 +13,17 @@ fn parse(path: &str) -> Result<RepositoryPath, SchedulerError> {
 }
 
 impl Scheduler {
+    /// The repository's row, or NOT_FOUND.
+    pub(super) async fn record(
+        &self,
+        path: &str,
+    ) -> Result<crate::store::RepositoryRecord, SchedulerError> {
+        self.store
+            .repository(path)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))
+    }
+
     pub(super) async fn do_register(
         &self,
         path: &str,
@@ -32,11 +43,7 @@ impl Scheduler {
     }
 
     pub(super) async fn do_start_now(&self, path: &str) -> Result<Repository, SchedulerError> {
-        let record = self
-            .store
-            .repository(path)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        let record = self.record(path).await?;
         if !self.store.prioritize(path).await? {
             return Err(SchedulerError::FailedPrecondition(format!(
                 "{path} is {}: only a default or aborted repository can be started",
@@ -44,11 +51,7 @@ impl Scheduler {
             )));
         }
         self.wake_enqueuer().await;
-        let record = self
-            .store
-            .repository(path)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        let record = self.record(path).await?;
         Ok(record.into())
     }
 
@@ -57,11 +60,7 @@ impl Scheduler {
         path: &str,
         force: bool,
     ) -> Result<Repository, SchedulerError> {
-        let record = self
-            .store
-            .repository(path)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        let record = self.record(path).await?;
         if matches!(
             record.migration_state.as_str(),
             "import_done" | "import_skipped"
@@ -96,11 +95,7 @@ impl Scheduler {
         };
         self.store.cancel_migration(path, reason).await?;
         self.wake_enqueuer().await;
-        let record = self
-            .store
-            .repository(path)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        let record = self.record(path).await?;
         Ok(record.into())
     }
 
@@ -145,11 +140,7 @@ impl Scheduler {
         &self,
         path: &str,
     ) -> Result<WritableAnswer, SchedulerError> {
-        let record = self
-            .store
-            .repository(path)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(path.to_owned()))?;
+        let record = self.record(path).await?;
         let writable = record.migration_state != "importing";
         Ok(WritableAnswer {
             writable,
