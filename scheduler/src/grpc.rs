@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 
 use ferry_proto::scheduler::v1::scheduler_server::Scheduler as SchedulerRpc;
 use ferry_proto::scheduler::v1::{
-    CancelMigrationRequest, CheckWritableRequest, ListRepositoriesRequest, PreviewQueueRequest,
-    QueuePreview, RegisterRepositoryRequest, RepositoryList, StartMigrationNowRequest,
-    WritableAnswer,
+    CancelMigrationRequest, CheckWritableRequest, DoubleCheckReport, DoubleCheckRequest,
+    ListRepositoriesRequest, PreviewQueueRequest, QueuePreview, RegisterRepositoryRequest,
+    RepositoryList, StartMigrationNowRequest, WritableAnswer,
 };
 use ferry_proto::scheduler::v1::{
     GetLeaseRequest, GetMigrationSummaryRequest, GetRepositoryRequest, GetSettingsRequest,
@@ -126,6 +126,16 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
         _request: Request<PreviewQueueRequest>,
     ) -> Result<Response<QueuePreview>, Status> {
         Ok(Response::new(self.0.preview_queue().await?))
+    }
+
+    async fn double_check(
+        &self,
+        request: Request<DoubleCheckRequest>,
+    ) -> Result<Response<DoubleCheckReport>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.0.double_check(r.since_hours, r.dry_run).await?,
+        ))
     }
 
     async fn check_writable(

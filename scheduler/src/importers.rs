@@ -11,7 +11,8 @@ use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::importer_client::ImporterClient;
 use ferry_proto::importer::v1::{
     CancelImportRequest, Capacity, GetCapacityRequest, GetImportStatusRequest,
-    GetImportStatusResponse, StartImportRequest, StartOutcome,
+    GetImportStatusResponse, ListRepositoriesCreatedSinceRequest, RepositoryPage,
+    StartImportRequest, StartOutcome,
 };
 
 /// How an importer answered a start.
@@ -283,6 +284,35 @@ impl ImporterPool {
             }
         }
         Err(last)
+    }
+
+    /// One page of the repositories (with tags) created since `since` (RFC 3339), from any
+    /// reachable importer (they share the metadata database).
+    pub async fn list_created_since(
+        &self,
+        since: &str,
+        n: u32,
+        last: &str,
+    ) -> Result<RepositoryPage, tonic::Status> {
+        let mut failure = tonic::Status::unavailable("no importers configured");
+        for m in self.members() {
+            let request = ListRepositoriesCreatedSinceRequest {
+                since: since.to_owned(),
+                n,
+                last: last.to_owned(),
+            };
+            match m
+                .client
+                .clone()
+                .list_repositories_created_since(request)
+                .await
+            {
+                Ok(page) => return Ok(page.into_inner()),
+                Err(status) if is_unreachable(&status) => failure = status,
+                Err(status) => return Err(status),
+            }
+        }
+        Err(failure)
     }
 
     /// Cancels the repository's step through any reachable importer (they share the metadata

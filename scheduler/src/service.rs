@@ -78,6 +78,13 @@ pub trait SchedulerService: Send + Sync + 'static {
     /// What the loop would take next.
     async fn preview_queue(&self) -> Result<pb::QueuePreview, SchedulerError>;
 
+    /// The double-check for dropped create events.
+    async fn double_check(
+        &self,
+        since_hours: u32,
+        dry_run: bool,
+    ) -> Result<pb::DoubleCheckReport, SchedulerError>;
+
     /// Whether a repository accepts writes.
     async fn check_writable(&self, path: &str) -> Result<pb::WritableAnswer, SchedulerError>;
 
@@ -321,6 +328,14 @@ impl SchedulerService for Scheduler {
 
     async fn preview_queue(&self) -> Result<pb::QueuePreview, SchedulerError> {
         self.do_preview().await
+    }
+
+    async fn double_check(
+        &self,
+        since_hours: u32,
+        dry_run: bool,
+    ) -> Result<pb::DoubleCheckReport, SchedulerError> {
+        self.do_double_check(since_hours, dry_run).await
     }
 
     async fn check_writable(&self, path: &str) -> Result<pb::WritableAnswer, SchedulerError> {

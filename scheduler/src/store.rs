@@ -8,6 +8,7 @@ use sqlx::{FromRow, Row};
 use ferry_proto::common::v1::ImportStats;
 
 mod admin;
+mod double_check;
 mod guard;
 mod settings;
 

@@ -7,8 +7,8 @@ use tonic::transport::Channel;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
-    CancelMigrationRequest, CheckWritableRequest, ListRepositoriesRequest, PreviewQueueRequest,
-    RegisterRepositoryRequest, Repository, StartMigrationNowRequest,
+    CancelMigrationRequest, CheckWritableRequest, DoubleCheckRequest, ListRepositoriesRequest,
+    PreviewQueueRequest, RegisterRepositoryRequest, Repository, StartMigrationNowRequest,
 };
 
 use super::{CtlError, print_repository, repository_json};
@@ -63,6 +63,18 @@ pub enum AdminCommand {
     },
     /// Show what the enqueue loop takes next.
     Queue {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make sure every repository created in the last hours exists here (dropped create events).
+    DoubleCheck {
+        /// How far back to check, in hours (back to the last full repair pass is enough).
+        #[arg(long)]
+        since_hours: u32,
+        /// Report only; create nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -174,6 +186,50 @@ pub async fn run(
                     path(&preview.next_aborted)
                 );
                 println!("next ready          {}", path(&preview.next_ready));
+            }
+        }
+        AdminCommand::DoubleCheck {
+            since_hours,
+            dry_run,
+            json,
+        } => {
+            let report = client
+                .double_check(DoubleCheckRequest {
+                    since_hours,
+                    dry_run,
+                })
+                .await?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "since": report.since, "checked": report.checked, "missing": report.missing,
+                        "created": report.created, "missing_paths": report.missing_paths,
+                        "last_full_repair_pass_at": (!report.last_full_repair_pass_at.is_empty()).then_some(&report.last_full_repair_pass_at),
+                    })
+                );
+            } else {
+                println!(
+                    "double-check since {}{}",
+                    report.since,
+                    if dry_run { " (dry run)" } else { "" }
+                );
+                println!("  repositories created in the window   {}", report.checked);
+                println!("  missing here                          {}", report.missing);
+                println!("  created                               {}", report.created);
+                for path in &report.missing_paths {
+                    println!("    {path}");
+                }
+                let pass = if report.last_full_repair_pass_at.is_empty() {
+                    "none yet: check back to the start of the migration".to_owned()
+                } else {
+                    format!(
+                        "{} (checking back to then is enough)",
+                        report.last_full_repair_pass_at
+                    )
+                };
+                println!("  last full repair pass                 {pass}");
             }
         }
         AdminCommand::Writable { path, json } => {

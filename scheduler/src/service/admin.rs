@@ -1,6 +1,8 @@
 //! The operator calls of the internal API: register, start now, cancel, list, preview, writable.
 
-use ferry_proto::scheduler::v1::{QueuePreview, Repository, RepositoryList, WritableAnswer};
+use ferry_proto::scheduler::v1::{
+    DoubleCheckReport, QueuePreview, Repository, RepositoryList, WritableAnswer,
+};
 use ferry_shared::ids::RepositoryPath;
 
 use super::Scheduler;
@@ -152,4 +154,74 @@ impl Scheduler {
             migration_state: record.migration_state,
         })
     }
+
+    pub(super) async fn do_double_check(
+        &self,
+        since_hours: u32,
+        dry_run: bool,
+    ) -> Result<DoubleCheckReport, SchedulerError> {
+        if since_hours == 0 {
+            return Err(SchedulerError::InvalidArgument(
+                "since_hours must be at least 1".into(),
+            ));
+        }
+        let since =
+            (chrono::Utc::now() - chrono::Duration::hours(i64::from(since_hours))).to_rfc3339();
+        let mut report = DoubleCheckReport {
+            since: since.clone(),
+            ..DoubleCheckReport::default()
+        };
+        let mut last = String::new();
+        loop {
+            let page = self
+                .importers
+                .list_created_since(&since, DOUBLE_CHECK_PAGE, &last)
+                .await
+                .map_err(|status| {
+                    SchedulerError::Unavailable(format!(
+                        "listing repositories: {}",
+                        status.message()
+                    ))
+                })?;
+            let paths: Vec<String> = page.repositories.iter().map(|r| r.path.clone()).collect();
+            report.checked += paths.len() as u64;
+            let existing = self.store.existing_paths(&paths).await?;
+            let missing: Vec<_> = paths
+                .iter()
+                .filter(|path| !existing.contains(*path))
+                .filter_map(|path| RepositoryPath::parse(path).ok())
+                .map(|path| new_repository(&path, self.project_segments))
+                .collect();
+            report.missing += missing.len() as u64;
+            let room = 100usize.saturating_sub(report.missing_paths.len());
+            report
+                .missing_paths
+                .extend(missing.iter().take(room).map(|r| r.path.clone()));
+            if !dry_run && !missing.is_empty() {
+                report.created += self.store.register_native(&missing).await?;
+            }
+            if page.next_last.is_empty() {
+                break;
+            }
+            last = page.next_last;
+        }
+        report.last_full_repair_pass_at = self
+            .store
+            .last_full_repair_pass()
+            .await?
+            .map(|at| at.to_rfc3339())
+            .unwrap_or_default();
+        tracing::info!(
+            since,
+            checked = report.checked,
+            missing = report.missing,
+            created = report.created,
+            dry_run,
+            "double-check done"
+        );
+        Ok(report)
+    }
 }
+
+/// Repositories asked for per page by the double-check.
+const DOUBLE_CHECK_PAGE: u32 = 1000;
