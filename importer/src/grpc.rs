@@ -7,8 +7,9 @@ use ferry_proto::importer::v1::importer_server::Importer as ImporterRpc;
 use ferry_proto::importer::v1::{
     CancelImportRequest, CancelImportResponse, Capacity, CheckWritableRequest,
     CheckWritableResponse, GetCapacityRequest, GetImportStatusRequest, GetImportStatusResponse,
-    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesRequest, RepositoryPage,
-    StartImportRequest, StartImportResponse,
+    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesBatchRequest,
+    ListSubRepositoriesRequest, RepositoryPage, StartImportRequest, StartImportResponse,
+    SubRepositoriesBatchPage,
 };
 
 use crate::service::ImportService;
@@ -75,6 +76,17 @@ impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
         let r = request.into_inner();
         Ok(Response::new(
             self.0.list_sub_repositories(&r.path, r.n, &r.last).await?,
+        ))
+    }
+
+    async fn list_sub_repositories_batch(
+        &self,
+        request: Request<ListSubRepositoriesBatchRequest>,
+    ) -> Result<Response<SubRepositoriesBatchPage>, Status> {
+        Ok(Response::new(
+            self.0
+                .list_sub_repositories_batch(&request.into_inner())
+                .await?,
         ))
     }
 

@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use ferry_proto::importer::v1::{RepositoryEntry, RepositoryPage};
+use ferry_proto::importer::v1::{
+    ListSubRepositoriesBatchRequest, RepositoryEntry, RepositoryPage, SubRepositoriesBatchPage,
+    SubRepositoryPosition,
+};
 use ferry_shared::ids::RepositoryPath;
 
 use crate::error::ApiError;
@@ -72,6 +75,87 @@ pub async fn sub_repositories(
     }
     let rows = db.sub_repositories(&path, last, limit).await?;
     Ok(page(rows, limit, |row| row.path.clone()))
+}
+
+/// Most paths in one batch request.
+pub const MAX_BATCH_PATHS: usize = 1000;
+/// Batch page size when the request gives none.
+pub const DEFAULT_BATCH_PAGE_SIZE: u32 = 1000;
+/// Largest batch page size.
+pub const MAX_BATCH_PAGE_SIZE: u32 = 10_000;
+
+/// One page of the tagged repositories at or under each of `paths` (the repair scan's bulk form
+/// of [`sub_repositories`]). Invalid paths are reported, not fatal: one bad project must not
+/// stop the scan of the others.
+pub async fn sub_repositories_batch(
+    db: &MetadataStore,
+    request: &ListSubRepositoriesBatchRequest,
+) -> Result<SubRepositoriesBatchPage, ApiError> {
+    let count = request.paths.len();
+    if count == 0 || count > MAX_BATCH_PATHS {
+        return Err(ApiError::InvalidArgument(format!(
+            "paths must hold 1 to {MAX_BATCH_PATHS} paths, not {count}"
+        )));
+    }
+    let limit = match request.n {
+        0 => DEFAULT_BATCH_PAGE_SIZE,
+        1..=MAX_BATCH_PAGE_SIZE => request.n,
+        n => {
+            return Err(ApiError::InvalidArgument(format!(
+                "n must be between 1 and {MAX_BATCH_PAGE_SIZE}, not {n}"
+            )));
+        }
+    };
+    let after = match &request.after {
+        None => None,
+        Some(position) => {
+            let index = i32::try_from(position.index)
+                .ok()
+                .filter(|i| (*i as usize) < count)
+                .ok_or_else(|| {
+                    ApiError::InvalidArgument(format!(
+                        "after.index {} is out of range",
+                        position.index
+                    ))
+                })?;
+            Some((index, position.path.as_str()))
+        }
+    };
+    let mut invalid = Vec::new();
+    // An invalid path is replaced by one that matches nothing ('' is never a repository path).
+    let paths: Vec<&str> = request
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| match RepositoryPath::parse(path) {
+            Ok(_) => path.as_str(),
+            Err(_) => {
+                invalid.push(i as u32);
+                ""
+            }
+        })
+        .collect();
+    let rows = db
+        .sub_repositories_batch(&paths, after, i64::from(limit))
+        .await?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last())
+        .flatten()
+        .map(|(index, path)| SubRepositoryPosition {
+            index: *index as u32,
+            path: path.clone(),
+        });
+    Ok(SubRepositoriesBatchPage {
+        repositories: rows
+            .into_iter()
+            .map(|(index, path)| SubRepositoryPosition {
+                index: index as u32,
+                path,
+            })
+            .collect(),
+        invalid,
+        next,
+    })
 }
 
 /// Encodes the keyset marker of a created-since page.

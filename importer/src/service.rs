@@ -10,8 +10,9 @@ use tokio_util::task::TaskTracker;
 
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::{
-    CancelImportResponse, Capacity, CheckWritableResponse, GetImportStatusResponse, RepositoryPage,
-    StartImportResponse, StartOutcome,
+    CancelImportResponse, Capacity, CheckWritableResponse, GetImportStatusResponse,
+    ListSubRepositoriesBatchRequest, RepositoryPage, StartImportResponse, StartOutcome,
+    SubRepositoriesBatchPage,
 };
 use ferry_shared::ids::RepositoryPath;
 use ferry_shared::storage::BlobStore;
@@ -59,6 +60,12 @@ pub trait ImportService: Send + Sync + 'static {
         n: u32,
         last: &str,
     ) -> Result<RepositoryPage, ApiError>;
+
+    /// One page of the tagged repositories at or under each of several paths.
+    async fn list_sub_repositories_batch(
+        &self,
+        request: &ListSubRepositoriesBatchRequest,
+    ) -> Result<SubRepositoriesBatchPage, ApiError>;
 
     /// One page of the tagged repositories created at or after `since` (RFC 3339).
     async fn list_repositories_created_since(
@@ -393,6 +400,13 @@ impl ImportService for Importer {
         last: &str,
     ) -> Result<RepositoryPage, ApiError> {
         listing::sub_repositories(&self.inner.db, path, n, last).await
+    }
+
+    async fn list_sub_repositories_batch(
+        &self,
+        request: &ListSubRepositoriesBatchRequest,
+    ) -> Result<SubRepositoriesBatchPage, ApiError> {
+        listing::sub_repositories_batch(&self.inner.db, request).await
     }
 
     async fn list_repositories_created_since(

@@ -42,6 +42,16 @@ pub struct SchedulerArgs {
     /// How often the lease holder's guard checks stale steps, in seconds.
     #[arg(long, env = "FERRY_GUARD_INTERVAL_SECS", default_value = "60")]
     pub guard_interval_secs: String,
+    /// Seconds between batched background migration runs (plus up to 5 s of jitter); 0 turns
+    /// the worker off on this replica.
+    #[arg(long, env = "FERRY_BBM_INTERVAL_SECS", default_value = "60")]
+    pub bbm_interval_secs: String,
+    /// Attempts a background migration job gets before it fails its migration.
+    #[arg(long, env = "FERRY_BBM_MAX_JOB_ATTEMPTS", default_value = "5")]
+    pub bbm_max_job_attempts: String,
+    /// Seconds between sweeps of the project repair scan (and between checks of its flag).
+    #[arg(long, env = "FERRY_REPAIR_INTERVAL_SECS", default_value = "30")]
+    pub repair_interval_secs: String,
 }
 
 /// Validated scheduler configuration.
@@ -67,6 +77,10 @@ pub struct SchedulerConfig {
     pub enqueue_interval: Duration,
     /// Guard period.
     pub guard_interval: Duration,
+    /// The background migration worker.
+    pub bbm: crate::bbm::WorkerConfig,
+    /// The project repair scan.
+    pub repair: crate::repair::ScanConfig,
 }
 
 impl SchedulerArgs {
@@ -117,6 +131,10 @@ impl SchedulerArgs {
         let ttl = check.positive("FERRY_LEASE_TTL_SECS", &self.lease_ttl_secs);
         let interval = check.positive("FERRY_ENQUEUE_INTERVAL_MS", &self.enqueue_interval_ms);
         let guard = check.positive("FERRY_GUARD_INTERVAL_SECS", &self.guard_interval_secs);
+        let bbm_interval = check.whole("FERRY_BBM_INTERVAL_SECS", &self.bbm_interval_secs);
+        let bbm_attempts = check.positive("FERRY_BBM_MAX_JOB_ATTEMPTS", &self.bbm_max_job_attempts);
+        let repair_interval =
+            check.positive("FERRY_REPAIR_INTERVAL_SECS", &self.repair_interval_secs);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(SchedulerConfig {
@@ -130,6 +148,16 @@ impl SchedulerArgs {
             lease_ttl: Duration::from_secs(ttl.ok_or_else(missing)?),
             enqueue_interval: Duration::from_millis(interval.ok_or_else(missing)?),
             guard_interval: Duration::from_secs(guard.ok_or_else(missing)?),
+            bbm: crate::bbm::WorkerConfig {
+                interval: Duration::from_secs(bbm_interval.ok_or_else(missing)?),
+                max_job_attempts: i32::try_from(bbm_attempts.ok_or_else(missing)?)
+                    .unwrap_or(i32::MAX),
+                max_run_time: crate::bbm::MAX_RUN_TIME,
+            },
+            repair: crate::repair::ScanConfig {
+                idle: Duration::from_secs(repair_interval.ok_or_else(missing)?),
+                ..crate::repair::ScanConfig::default()
+            },
         })
     }
 }

@@ -15,6 +15,7 @@ use ferry_proto::scheduler::v1::{
 };
 
 mod admin;
+mod repair;
 mod settings;
 
 /// States in which a repository still has migration work ahead.
@@ -69,6 +70,12 @@ pub enum Command {
     /// Operator commands on repositories and the queue.
     #[command(flatten)]
     Admin(admin::AdminCommand),
+    /// The project repair scan and its part 2 (restoring missing repositories).
+    #[command(subcommand)]
+    Repair(repair::RepairCommand),
+    /// Batched background migrations: list, pause, resume.
+    #[command(subcommand, name = "bbm", alias = "background-migrations")]
+    Bbm(repair::BbmCommand),
     /// Show the run-time settings, or change the ones given.
     Settings(settings::SettingsArgs),
     /// Show who holds the enqueue lease (holder, age, fencing token, time left).
@@ -141,6 +148,8 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             Ok(())
         }
         Command::Settings(args) => settings::run(&mut client, &args).await,
+        Command::Repair(command) => repair::run_repair(&mut client, command).await,
+        Command::Bbm(command) => repair::run_bbm(&mut client, command).await,
         Command::Admin(command) => admin::run(&mut client, command).await,
         Command::Lease { json } => {
             let lease = client.get_lease(GetLeaseRequest {}).await?.into_inner();

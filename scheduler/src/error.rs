@@ -21,6 +21,12 @@ pub enum SchedulerError {
     /// No such repository.
     #[error("repository {0} is not registered")]
     NotFound(String),
+    /// No background migration has this name.
+    #[error("background migration {0} does not exist")]
+    UnknownBackgroundMigration(String),
+    /// The thing to create exists and is still in use.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The scheduler database failed.
     #[error("scheduler database: {0}")]
     Database(#[from] sqlx::Error),
@@ -37,7 +43,10 @@ impl SchedulerError {
     pub fn code(&self) -> ErrorCode {
         match self {
             SchedulerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            SchedulerError::NotFound(_) => ErrorCode::NotFound,
+            SchedulerError::NotFound(_) | SchedulerError::UnknownBackgroundMigration(_) => {
+                ErrorCode::NotFound
+            }
+            SchedulerError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             SchedulerError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             SchedulerError::Unavailable(_) => ErrorCode::Unavailable,
             SchedulerError::Database(_)

@@ -7,6 +7,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use ferry_proto::scheduler::v1 as pb;
 use ferry_proto::scheduler::v1::scheduler_server::Scheduler as SchedulerRpc;
 use ferry_proto::scheduler::v1::{
     CancelMigrationRequest, CheckWritableRequest, DoubleCheckReport, DoubleCheckRequest,
@@ -160,6 +161,60 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
     ) -> Result<Response<Settings>, Status> {
         Ok(Response::new(
             self.0.update_settings(request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_background_migrations(
+        &self,
+        request: Request<pb::BackgroundMigrationSelector>,
+    ) -> Result<Response<pb::BackgroundMigrationList>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(
+            self.0.list_background_migrations(&name).await?,
+        ))
+    }
+
+    async fn pause_background_migrations(
+        &self,
+        request: Request<pb::BackgroundMigrationSelector>,
+    ) -> Result<Response<pb::BackgroundMigrationNames>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(
+            self.0.pause_background_migrations(&name, false).await?,
+        ))
+    }
+
+    async fn resume_background_migrations(
+        &self,
+        request: Request<pb::BackgroundMigrationSelector>,
+    ) -> Result<Response<pb::BackgroundMigrationNames>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(
+            self.0.pause_background_migrations(&name, true).await?,
+        ))
+    }
+
+    async fn get_repair_status(
+        &self,
+        _request: Request<pb::GetRepairStatusRequest>,
+    ) -> Result<Response<pb::RepairStatus>, Status> {
+        Ok(Response::new(self.0.repair_status().await?))
+    }
+
+    async fn retry_failed_repairs(
+        &self,
+        _request: Request<pb::RetryFailedRepairsRequest>,
+    ) -> Result<Response<pb::RetryFailedRepairsResponse>, Status> {
+        Ok(Response::new(self.0.retry_failed_repairs().await?))
+    }
+
+    async fn start_repair_restore(
+        &self,
+        request: Request<pb::StartRepairRestoreRequest>,
+    ) -> Result<Response<pb::BackgroundMigration>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.0.start_repair_restore(r.batch_size, r.force).await?,
         ))
     }
 

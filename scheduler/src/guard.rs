@@ -239,7 +239,6 @@ impl Guard {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -259,17 +258,7 @@ mod tests {
         Settings {
             enabled: true,
             capacity: 2,
-            max_retries: 3,
-            max_step_duration: Duration::from_secs(300),
-            pre_import_timeout: Duration::from_secs(1800),
-            import_timeout: Duration::from_secs(600),
-            max_tags_count: 100,
-            start_max_retries: 50,
-            pre_import_tags_rate: 0.5,
-            enqueue_waiting_time: Duration::ZERO,
-            created_before: None,
-            target_plans: None,
-            deny_root_namespaces: Vec::new(),
+            ..Settings::default()
         }
     }
 

@@ -11,9 +11,13 @@ use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::importer_client::ImporterClient;
 use ferry_proto::importer::v1::{
     CancelImportRequest, Capacity, GetCapacityRequest, GetImportStatusRequest,
-    GetImportStatusResponse, ListRepositoriesCreatedSinceRequest, RepositoryPage,
-    StartImportRequest, StartOutcome,
+    GetImportStatusResponse, ListRepositoriesCreatedSinceRequest, ListSubRepositoriesBatchRequest,
+    RepositoryPage, StartImportRequest, StartOutcome, SubRepositoriesBatchPage,
 };
+
+/// Deadline of one listing call (a page is milliseconds of work; a stuck call must not stall
+/// the repair scan).
+pub const LISTING_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How an importer answered a start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,6 +311,25 @@ impl ImporterPool {
                 .list_repositories_created_since(request)
                 .await
             {
+                Ok(page) => return Ok(page.into_inner()),
+                Err(status) if is_unreachable(&status) => failure = status,
+                Err(status) => return Err(status),
+            }
+        }
+        Err(failure)
+    }
+
+    /// One page of [`ListSubRepositoriesBatch`](ListSubRepositoriesBatchRequest) from any
+    /// reachable importer, within [`LISTING_DEADLINE`].
+    pub async fn list_sub_repositories_batch(
+        &self,
+        request: ListSubRepositoriesBatchRequest,
+    ) -> Result<SubRepositoriesBatchPage, tonic::Status> {
+        let mut failure = tonic::Status::unavailable("no importers configured");
+        for m in self.members() {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(LISTING_DEADLINE);
+            match m.client.clone().list_sub_repositories_batch(call).await {
                 Ok(page) => return Ok(page.into_inner()),
                 Err(status) if is_unreachable(&status) => failure = status,
                 Err(status) => return Err(status),

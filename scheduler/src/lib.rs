@@ -5,6 +5,7 @@
 //! [`service::SchedulerService`] is the domain; [`grpc::SchedulerGrpc`] is its tonic adapter;
 //! [`store::SchedulerStore`] holds every SQL statement.
 
+pub mod bbm;
 pub mod config;
 pub mod ctl;
 pub mod enqueue;
@@ -15,6 +16,7 @@ pub mod importers;
 pub mod inventory;
 pub mod lease;
 pub mod reconcile;
+pub mod repair;
 pub mod service;
 pub mod settings_api;
 pub mod store;
@@ -28,15 +30,33 @@ use tonic::service::Routes;
 
 use ferry_proto::scheduler::v1::scheduler_server::SchedulerServer;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::bbm::WorkRegistry;
 use crate::config::SchedulerConfig;
 use crate::enqueue::{EnqueueConfig, Enqueuer};
 use crate::importers::ImporterPool;
 use crate::lease::{Lease, LeaseConfig};
+use crate::repair::RepairScan;
+use crate::repair::restore::RestoreMissingRepositories;
 use crate::service::Scheduler;
 use crate::store::SchedulerStore;
 
 /// How often importer DNS names are re-resolved and every importer asked for its load.
 const IMPORTER_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the repair scan and the background migration worker get to stop at shutdown.
+const SIDE_WORK_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The background migration work functions this scheduler runs.
+pub fn background_work(importers: Arc<ImporterPool>) -> WorkRegistry {
+    let mut work = WorkRegistry::default();
+    let restore = Arc::new(RestoreMissingRepositories::new(importers));
+    if let Err(error) = work.register(restore) {
+        tracing::error!(%error, "background migration work not registered");
+    }
+    work
+}
 
 /// Errors that stop the scheduler from starting or serving.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +157,25 @@ pub async fn run(
         Arc::clone(&wake),
     ));
     let enqueue_loop = tokio::spawn(enqueuer.run());
+    let stop_side_work = CancellationToken::new();
+    let bbm_worker = tokio::spawn(
+        bbm::Worker::new(
+            store.clone(),
+            background_work(Arc::clone(&importers_for_api)),
+            config.bbm.clone(),
+        )
+        .run(stop_side_work.clone().cancelled_owned()),
+    );
+    let repair_scan = tokio::spawn(
+        RepairScan::new(
+            store.clone(),
+            Arc::clone(&importers_for_api),
+            Arc::clone(&held),
+            replica_identity(&config.listen_addr.to_string()),
+            config.repair.clone(),
+        )
+        .run(stop_side_work.clone()),
+    );
     let scheduler = Scheduler::new(
         store,
         storage,
@@ -155,6 +194,15 @@ pub async fn run(
         shutdown,
     )
     .await;
+    // The scan flushes what it stashed; a background migration run is capped but may be long,
+    // and a job cut short is retried, so neither gets more than a few seconds.
+    stop_side_work.cancel();
+    for task in [repair_scan, bbm_worker] {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(SIDE_WORK_GRACE, task).await.is_err() {
+            abort.abort();
+        }
+    }
     enqueue_loop.abort();
     let _ = enqueue_loop.await;
     Enqueuer::release_held(&lease, &held).await;

@@ -14,6 +14,7 @@ use ferry_proto::scheduler::v1::{
 use ferry_shared::storage::BlobStore;
 
 mod admin;
+mod repair;
 
 use crate::enqueue::Triggers;
 use crate::error::SchedulerError;
@@ -96,6 +97,32 @@ pub trait SchedulerService: Send + Sync + 'static {
         &self,
         request: ferry_proto::scheduler::v1::UpdateSettingsRequest,
     ) -> Result<ferry_proto::scheduler::v1::Settings, SchedulerError>;
+
+    /// Background migrations with their figures (all when `name` is empty).
+    async fn list_background_migrations(
+        &self,
+        name: &str,
+    ) -> Result<pb::BackgroundMigrationList, SchedulerError>;
+
+    /// Pauses (or, with `resume`, resumes) background migrations (all when `name` is empty).
+    async fn pause_background_migrations(
+        &self,
+        name: &str,
+        resume: bool,
+    ) -> Result<pb::BackgroundMigrationNames, SchedulerError>;
+
+    /// The project repair scan's progress.
+    async fn repair_status(&self) -> Result<pb::RepairStatus, SchedulerError>;
+
+    /// Returns failed repair analyses to the scan.
+    async fn retry_failed_repairs(&self) -> Result<pb::RetryFailedRepairsResponse, SchedulerError>;
+
+    /// Creates repair part 2's background migration.
+    async fn start_repair_restore(
+        &self,
+        batch_size: u32,
+        force: bool,
+    ) -> Result<pb::BackgroundMigration, SchedulerError>;
 }
 
 /// The scheduler.
@@ -344,6 +371,37 @@ impl SchedulerService for Scheduler {
 
     async fn settings(&self) -> Result<ferry_proto::scheduler::v1::Settings, SchedulerError> {
         Ok(settings_api::to_proto(&self.store.settings().await?))
+    }
+
+    async fn list_background_migrations(
+        &self,
+        name: &str,
+    ) -> Result<pb::BackgroundMigrationList, SchedulerError> {
+        self.do_list_background_migrations(name).await
+    }
+
+    async fn pause_background_migrations(
+        &self,
+        name: &str,
+        resume: bool,
+    ) -> Result<pb::BackgroundMigrationNames, SchedulerError> {
+        self.do_pause_background_migrations(name, resume).await
+    }
+
+    async fn repair_status(&self) -> Result<pb::RepairStatus, SchedulerError> {
+        self.do_repair_status().await
+    }
+
+    async fn retry_failed_repairs(&self) -> Result<pb::RetryFailedRepairsResponse, SchedulerError> {
+        self.do_retry_failed_repairs().await
+    }
+
+    async fn start_repair_restore(
+        &self,
+        batch_size: u32,
+        force: bool,
+    ) -> Result<pb::BackgroundMigration, SchedulerError> {
+        self.do_start_repair_restore(batch_size, force).await
     }
 
     async fn update_settings(

@@ -38,6 +38,9 @@ pub fn to_proto(settings: &Settings) -> pb::Settings {
             .clone()
             .map(|values| pb::StringList { values }),
         deny_root_namespaces: settings.deny_root_namespaces.clone(),
+        repair_enabled: settings.repair_enabled,
+        repair_max_concurrency: uint(settings.repair_max_concurrency),
+        repair_stale_after_secs: secs(settings.repair_stale_after),
     }
 }
 
@@ -59,6 +62,7 @@ pub fn patch_from_proto(
     let max_retries = int("max_retries", request.max_retries);
     let max_tags_count = int("max_tags_count", request.max_tags_count);
     let start_max_retries = int("start_max_retries", request.start_max_retries);
+    let repair_max_concurrency = int("repair_max_concurrency", request.repair_max_concurrency);
     let duration = |v: Option<u32>| v.map(|s| Duration::from_secs(u64::from(s)));
     let created_before = match request.created_before.as_deref() {
         None => None,
@@ -89,6 +93,9 @@ pub fn patch_from_proto(
             .target_plans
             .map(|l| Some(l.values).filter(|v| !v.is_empty())),
         deny_root_namespaces: request.deny_root_namespaces.map(|l| l.values),
+        repair_enabled: request.repair_enabled,
+        repair_max_concurrency,
+        repair_stale_after: duration(request.repair_stale_after_secs),
     };
     problems.extend(patch.problems());
     if problems.is_empty() {

@@ -2,14 +2,16 @@
 //! compare-and-set `UPDATE ... WHERE migration_state = ANY(...)`, so replicas and retries cannot
 //! move a repository along a path the state machine does not allow.
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{FromRow, Row};
 
 use ferry_proto::common::v1::ImportStats;
 
 mod admin;
+pub mod bbm;
 mod double_check;
 mod guard;
+pub mod repair;
 mod settings;
 
 pub use guard::StaleStep;
@@ -122,9 +124,12 @@ fn to_i64(value: u64) -> i64 {
 impl SchedulerStore {
     /// Connects with a pool of at most `max_connections`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        // Every statement here is short; JIT compilation, which PostgreSQL's cost estimates
+        // switch on over big tables, costs more than it saves (15-20 ms a listing call).
+        let options = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .connect(url)
+            .connect_with(options)
             .await?;
         Ok(Self { pool })
     }

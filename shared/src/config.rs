@@ -68,6 +68,17 @@ impl ConfigCheck {
         }
     }
 
+    /// Checks that `value` is a whole number (0 allowed).
+    pub fn whole(&mut self, key: &str, value: &str) -> Option<u64> {
+        match value.trim().parse::<u64>() {
+            Ok(number) => Some(number),
+            Err(_) => {
+                self.problem(key, format!("{value:?} is not a whole number"));
+                None
+            }
+        }
+    }
+
     /// Finishes the check: `Err` lists every problem, one per line.
     pub fn finish(self) -> Result<(), String> {
         if self.problems.is_empty() {

@@ -9,6 +9,7 @@
 pub mod buckets;
 mod importer_harness;
 pub mod processes;
+pub mod repair_seed;
 
 pub use importer_harness::ImporterHarness;
 
@@ -249,6 +250,9 @@ impl Cluster {
             lease_ttl_secs: "5".into(),
             enqueue_interval_ms: "200".into(),
             guard_interval_secs: "1".into(),
+            bbm_interval_secs: "1".into(),
+            bbm_max_job_attempts: "5".into(),
+            repair_interval_secs: "1".into(),
         };
         let config = args.validate().expect("scheduler config");
         tasks.push(tokio::spawn(async move {

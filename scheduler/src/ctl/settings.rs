@@ -48,6 +48,12 @@ pub struct SettingsArgs {
     /// Comma-separated root namespaces never migrated; "none" to clear.
     #[arg(long)]
     pub deny_root_namespaces: Option<String>,
+    /// Project repair scan workers at once (0 = off); `ferryctl repair enable` sets the flag.
+    #[arg(long)]
+    pub repair_max_concurrency: Option<u32>,
+    /// Seconds after which an ongoing repair analysis goes back to the scan.
+    #[arg(long)]
+    pub repair_stale_after_secs: Option<u32>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +98,9 @@ impl SettingsArgs {
                 .deny_root_namespaces
                 .as_deref()
                 .map(|v| list(v, "none")),
+            repair_enabled: None,
+            repair_max_concurrency: self.repair_max_concurrency,
+            repair_stale_after_secs: self.repair_stale_after_secs,
         };
         (request != UpdateSettingsRequest::default()).then_some(request)
     }
@@ -128,6 +137,9 @@ fn settings_json(s: &Settings) -> serde_json::Value {
         "created_before": (!s.created_before.is_empty()).then_some(&s.created_before),
         "target_plans": s.target_plans.as_ref().map(|l| &l.values),
         "deny_root_namespaces": s.deny_root_namespaces,
+        "repair_enabled": s.repair_enabled,
+        "repair_max_concurrency": s.repair_max_concurrency,
+        "repair_stale_after_secs": s.repair_stale_after_secs,
     })
 }
 
@@ -178,5 +190,11 @@ fn print_settings(s: &Settings) {
     println!(
         "  denied root namespaces     {}",
         or(&s.deny_root_namespaces.join(", "), "none")
+    );
+    println!(
+        "  repair scan                {} ({} workers, stale after {} s)",
+        if s.repair_enabled { "on" } else { "off" },
+        s.repair_max_concurrency,
+        s.repair_stale_after_secs
     );
 }

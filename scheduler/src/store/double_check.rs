@@ -19,9 +19,7 @@ impl SchedulerStore {
     /// Creates repositories that live on the new platform already (`import_done`,
     /// `native_import`); existing ones are left alone. Returns how many were created.
     pub async fn register_native(&self, batch: &[NewRepository]) -> Result<u64, sqlx::Error> {
-        let paths: Vec<&str> = batch.iter().map(|r| r.path.as_str()).collect();
         let projects: Vec<&str> = batch.iter().map(|r| r.project_path.as_str()).collect();
-        let names: Vec<&str> = batch.iter().map(|r| r.name.as_str()).collect();
         sqlx::query(
             "INSERT INTO projects (full_path) SELECT DISTINCT p FROM UNNEST($1::text[]) AS p \
              ORDER BY p ON CONFLICT (full_path) DO NOTHING",
@@ -29,20 +27,8 @@ impl SchedulerStore {
         .bind(&projects)
         .execute(&self.pool)
         .await?;
-        let created = sqlx::query(
-            "INSERT INTO container_repositories (project_id, name, path, migration_state, \
-                 migration_skipped_reason, migration_import_done_at) \
-             SELECT p.id, i.name, i.path, 'import_done', 'native_import', now() \
-             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS i(path, project_path, name) \
-             JOIN projects p ON p.full_path = i.project_path \
-             ORDER BY i.path ON CONFLICT (path) DO NOTHING",
-        )
-        .bind(&paths)
-        .bind(&projects)
-        .bind(&names)
-        .execute(&self.pool)
-        .await?;
-        Ok(created.rows_affected())
+        let mut conn = self.pool.acquire().await?;
+        super::repair::register_native_on(&mut conn, batch).await
     }
 
     /// When the last full repair pass finished, if one did.

@@ -36,6 +36,36 @@ pub struct Settings {
     pub target_plans: Option<Vec<String>>,
     /// Root namespaces never migrated.
     pub deny_root_namespaces: Vec<String>,
+    /// The project repair scan's feature flag.
+    pub repair_enabled: bool,
+    /// Repair scan workers at once; 0 = off.
+    pub repair_max_concurrency: i32,
+    /// An ongoing repair analysis older than this goes back to the scan.
+    pub repair_stale_after: Duration,
+}
+
+impl Default for Settings {
+    /// The defaults of the settings table (its column defaults).
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            capacity: 4,
+            max_retries: 3,
+            max_step_duration: Duration::from_secs(300),
+            pre_import_timeout: Duration::from_secs(1800),
+            import_timeout: Duration::from_secs(600),
+            max_tags_count: 100,
+            start_max_retries: 50,
+            pre_import_tags_rate: 0.5,
+            enqueue_waiting_time: Duration::ZERO,
+            created_before: None,
+            target_plans: None,
+            deny_root_namespaces: Vec::new(),
+            repair_enabled: false,
+            repair_max_concurrency: 2,
+            repair_stale_after: Duration::from_secs(7200),
+        }
+    }
 }
 
 impl Settings {
@@ -78,6 +108,12 @@ pub struct SettingsPatch {
     pub target_plans: Option<Option<Vec<String>>>,
     /// See [`Settings::deny_root_namespaces`].
     pub deny_root_namespaces: Option<Vec<String>>,
+    /// See [`Settings::repair_enabled`].
+    pub repair_enabled: Option<bool>,
+    /// See [`Settings::repair_max_concurrency`].
+    pub repair_max_concurrency: Option<i32>,
+    /// See [`Settings::repair_stale_after`].
+    pub repair_stale_after: Option<Duration>,
 }
 
 impl SettingsPatch {
@@ -92,11 +128,13 @@ impl SettingsPatch {
         positive_secs("max_step_duration", self.max_step_duration);
         positive_secs("pre_import_timeout", self.pre_import_timeout);
         positive_secs("import_timeout", self.import_timeout);
+        positive_secs("repair_stale_after", self.repair_stale_after);
         for (name, value) in [
             ("capacity", self.capacity),
             ("max_retries", self.max_retries),
             ("max_tags_count", self.max_tags_count),
             ("start_max_retries", self.start_max_retries),
+            ("repair_max_concurrency", self.repair_max_concurrency),
         ] {
             if value.is_some_and(|v| v < 0) {
                 problems.push(format!("{name} must not be negative"));
@@ -135,7 +173,8 @@ impl SchedulerStore {
         let row = sqlx::query(
             "SELECT enabled, capacity, max_retries, max_step_duration_secs, pre_import_timeout_secs, \
                     import_timeout_secs, max_tags_count, start_max_retries, pre_import_tags_rate, \
-                    enqueue_waiting_time_secs, created_before, target_plans, deny_root_namespaces \
+                    enqueue_waiting_time_secs, created_before, target_plans, deny_root_namespaces, \
+                    repair_enabled, repair_max_concurrency, repair_stale_after_secs \
              FROM migration_settings",
         )
         .fetch_one(&self.pool)
@@ -156,6 +195,9 @@ impl SchedulerStore {
             created_before: row.get("created_before"),
             target_plans: row.get("target_plans"),
             deny_root_namespaces: row.get("deny_root_namespaces"),
+            repair_enabled: row.get("repair_enabled"),
+            repair_max_concurrency: row.get("repair_max_concurrency"),
+            repair_stale_after: duration("repair_stale_after_secs"),
         })
     }
 
@@ -175,6 +217,9 @@ impl SchedulerStore {
                  created_before = CASE WHEN $11 THEN $12 ELSE created_before END, \
                  target_plans = CASE WHEN $13 THEN $14 ELSE target_plans END, \
                  deny_root_namespaces = COALESCE($15, deny_root_namespaces), \
+                 repair_enabled = COALESCE($16, repair_enabled), \
+                 repair_max_concurrency = COALESCE($17, repair_max_concurrency), \
+                 repair_stale_after_secs = COALESCE($18, repair_stale_after_secs), \
                  updated_at = now()",
         )
         .bind(patch.enabled)
@@ -192,6 +237,9 @@ impl SchedulerStore {
         .bind(patch.target_plans.is_some())
         .bind(patch.target_plans.clone().flatten())
         .bind(patch.deny_root_namespaces.clone())
+        .bind(patch.repair_enabled)
+        .bind(patch.repair_max_concurrency)
+        .bind(patch.repair_stale_after.map(secs))
         .execute(&self.pool)
         .await?;
         self.settings().await
@@ -243,17 +291,7 @@ mod tests {
         let settings = Settings {
             enabled: true,
             capacity: 1,
-            max_retries: 3,
-            max_step_duration: Duration::from_secs(300),
-            pre_import_timeout: Duration::from_secs(1800),
-            import_timeout: Duration::from_secs(600),
-            max_tags_count: 100,
-            start_max_retries: 50,
-            pre_import_tags_rate: 0.5,
-            enqueue_waiting_time: Duration::ZERO,
-            created_before: None,
-            target_plans: None,
-            deny_root_namespaces: Vec::new(),
+            ..Settings::default()
         };
         assert_eq!(
             settings.pre_import_limit(Some(10)),

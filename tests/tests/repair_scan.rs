@@ -1,0 +1,183 @@
+//! The project repair scan (seed 002) and its part 2 on a real cluster: 100,000 projects and
+//! 200,000 tagged repositories in real PostgreSQL, a known set missing on the scheduler side.
+//! The scan finds exactly that set; the restore migration then creates exactly those
+//! repositories, as already on the new platform.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tonic::Code;
+
+use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use ferry_proto::scheduler::v1::{
+    BackgroundMigrationSelector, GetRepairStatusRequest, RepairStatus, RetryFailedRepairsRequest,
+    StartRepairRestoreRequest, UpdateSettingsRequest,
+};
+use ferry_tests::Cluster;
+use ferry_tests::repair_seed::{expectation, seed_registry, seed_scheduler, wrong_analyses};
+
+const PROJECTS: i64 = 100_000;
+
+async fn status(client: &mut SchedulerClient<tonic::transport::Channel>) -> RepairStatus {
+    client
+        .get_repair_status(GetRepairStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_them() {
+    let bucket = tempfile::tempdir().expect("bucket");
+    let cluster = Cluster::start(bucket.path(), 1).await;
+    let scheduler_db = PgPool::connect(&cluster.database_url).await.expect("db");
+    let metadata_db = PgPool::connect(&cluster.metadata_database_url)
+        .await
+        .expect("metadata db");
+    seed_scheduler(&scheduler_db, PROJECTS).await;
+    seed_registry(&metadata_db, PROJECTS).await;
+    let expected = expectation(PROJECTS);
+    let mut client = cluster.client().await;
+
+    let before = status(&mut client).await;
+    assert_eq!(
+        (before.projects, before.pending, before.completed),
+        (100_000, 100_000, 0)
+    );
+    assert!(!before.enabled, "the flag is off by default");
+    assert_eq!(before.max_concurrency, 2);
+    let early = client
+        .start_repair_restore(StartRepairRestoreRequest::default())
+        .await;
+    assert_eq!(
+        early.unwrap_err().code(),
+        Code::FailedPrecondition,
+        "nothing scanned yet"
+    );
+
+    let started = Instant::now();
+    client
+        .update_settings(UpdateSettingsRequest {
+            repair_enabled: Some(true),
+            ..UpdateSettingsRequest::default()
+        })
+        .await
+        .expect("enable");
+    let done = loop {
+        let s = status(&mut client).await;
+        if !s.passes.is_empty() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no full pass: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "repair scan: {PROJECTS} projects in {seconds:.1} s ({:.0} projects/s, debug build)",
+        PROJECTS as f64 / seconds
+    );
+    assert_eq!(
+        (done.completed, done.pending, done.ongoing, done.failed),
+        (100_000, 0, 0, 0)
+    );
+    assert_eq!(done.missing_repositories as i64, expected.missing);
+    assert_eq!(
+        done.projects_with_missing as i64,
+        expected.projects_with_missing
+    );
+    let pass = &done.passes[0];
+    assert_eq!(
+        (pass.projects as i64, pass.missing as i64),
+        (PROJECTS, expected.missing),
+        "every project recorded exactly once in the pass"
+    );
+    assert!(!done.scanner.is_empty(), "the scanning replica reported");
+    assert_eq!(wrong_analyses(&scheduler_db, PROJECTS).await, vec![]);
+    assert_eq!(
+        client
+            .retry_failed_repairs(RetryFailedRepairsRequest {})
+            .await
+            .expect("retry")
+            .into_inner()
+            .projects,
+        0
+    );
+
+    // Part 2: the restore migration creates exactly the missing repositories.
+    let repositories_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM container_repositories")
+            .fetch_one(&scheduler_db)
+            .await
+            .expect("count");
+    let migration = client
+        .start_repair_restore(StartRepairRestoreRequest {
+            batch_size: 20_000,
+            force: false,
+        })
+        .await
+        .expect("restore")
+        .into_inner();
+    assert_eq!(migration.status, "active");
+    let again = client
+        .start_repair_restore(StartRepairRestoreRequest::default())
+        .await;
+    assert_eq!(again.unwrap_err().code(), Code::AlreadyExists);
+    let ended = loop {
+        let m = client
+            .list_background_migrations(BackgroundMigrationSelector {
+                name: migration.name.clone(),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .migrations
+            .remove(0);
+        if m.status == "finished" || m.status == "failed" {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "restore stuck: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(ended.status, "finished", "{ended:?}");
+    assert_eq!(ended.jobs_failed, 0);
+    let (total, native): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE migration_state = 'import_done' \
+             AND migration_skipped_reason = 'native_import') FROM container_repositories",
+    )
+    .fetch_one(&scheduler_db)
+    .await
+    .expect("counts");
+    assert_eq!(total - repositories_before, expected.missing);
+    assert_eq!(
+        native, expected.missing,
+        "restored as already on the new platform"
+    );
+    let untagged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM container_repositories WHERE path LIKE '%/untagged'",
+    )
+    .fetch_one(&scheduler_db)
+    .await
+    .expect("untagged");
+    assert_eq!(untagged, 0, "untagged repositories are never restored");
+    // Every registry repository is now known to the scheduler.
+    let registry_paths: Vec<String> = sqlx::query_scalar(
+        "SELECT r.path FROM repositories r WHERE EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = r.id)",
+    )
+    .fetch_all(&metadata_db)
+    .await
+    .expect("registry");
+    assert_eq!(registry_paths.len() as i64, expected.registry_repositories);
+    let known: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM container_repositories WHERE path = ANY($1)")
+            .bind(&registry_paths)
+            .fetch_one(&scheduler_db)
+            .await
+            .expect("known");
+    assert_eq!(known, expected.registry_repositories);
+}
