@@ -26,8 +26,9 @@ test: setup lint ## Set up, lint, and run every test against real PostgreSQL, Re
 	$(CARGO) build --workspace --bins
 	STORAGE_EMULATOR_HOST=$${FERRY_GCS_EMULATOR:-127.0.0.1:4443} $(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
-bench: setup ## Benchmarks (release build): scheduler capacity use; figures go in docs/benchmarks.md
+bench: setup ## Benchmarks (release build): capacity use, repair scan rate; figures go in docs/benchmarks.md
 	$(CARGO) bench -p ferry-tests --bench capacity
+	$(CARGO) bench -p ferry-tests --bench repair_scan
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -54,7 +54,7 @@ impl Default for ScanConfig {
         Self {
             chunk: 1000,
             page: 10_000,
-            flush_every: 10_000,
+            flush_every: 5_000,
             idle: Duration::from_secs(30),
             report_every: Duration::from_secs(5),
             listing_attempts: 5,

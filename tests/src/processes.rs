@@ -2,6 +2,30 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_proto::scheduler::v1::GetMigrationSummaryRequest;
+use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
+
+/// A client of the scheduler at `url`, once it answers (panics after 30 s).
+pub async fn connect_scheduler(url: &str) -> SchedulerClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut client) = SchedulerClient::connect(url.to_owned()).await
+            && client
+                .get_migration_summary(GetMigrationSummaryRequest {})
+                .await
+                .is_ok()
+        {
+            return client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "scheduler at {url} did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Where the workspace's binaries are: `FERRY_BIN_DIR`, else `<target>/debug` (honouring
 /// `CARGO_TARGET_DIR`). `make test` builds them first.
@@ -92,6 +116,15 @@ impl Process {
     /// Whether it still runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for it to exit (panics after `timeout`).
+    pub async fn wait_exit(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Its log so far.

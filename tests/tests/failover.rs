@@ -18,22 +18,7 @@ const REPOSITORIES: usize = 60;
 const LEASE_TTL: Duration = Duration::from_secs(2);
 
 async fn connect(url: &str) -> SchedulerClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut client) = SchedulerClient::connect(url.to_owned()).await
-            && client
-                .get_migration_summary(GetMigrationSummaryRequest {})
-                .await
-                .is_ok()
-        {
-            return client;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scheduler at {url} did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ferry_tests::processes::connect_scheduler(url).await
 }
 
 async fn done(client: &mut SchedulerClient<tonic::transport::Channel>) -> u64 {

@@ -18,6 +18,18 @@ use ferry_tests::repair_seed::{expectation, seed_registry, seed_scheduler, wrong
 
 const PROJECTS: i64 = 100_000;
 
+/// Runs `ferryctl ARGS --json` against the cluster and parses its output.
+fn ferryctl(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new(ferry_tests::processes::bin_dir().join("ferryctl"))
+        .args(args)
+        .arg("--json")
+        .env("FERRY_SCHEDULER_URL", &cluster.scheduler_url)
+        .output()
+        .expect("ferryctl runs (make test builds it)");
+    assert!(output.status.success(), "ferryctl {args:?}: {output:?}");
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
 async fn status(client: &mut SchedulerClient<tonic::transport::Channel>) -> RepairStatus {
     client
         .get_repair_status(GetRepairStatusRequest {})
@@ -96,6 +108,10 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
     );
     assert!(!done.scanner.is_empty(), "the scanning replica reported");
     assert_eq!(wrong_analyses(&scheduler_db, PROJECTS).await, vec![]);
+    let shown = ferryctl(&cluster, &["repair", "status"]);
+    assert_eq!(shown["completed"], 100_000);
+    assert_eq!(shown["missing_repositories"], expected.missing);
+    assert_eq!(shown["passes"][0]["projects"], 100_000);
     assert_eq!(
         client
             .retry_failed_repairs(RetryFailedRepairsRequest {})
@@ -145,6 +161,10 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(ended.status, "finished", "{ended:?}");
+    let listed = ferryctl(&cluster, &["bbm", "list"]);
+    assert_eq!(listed[0]["name"], "restore_missing_repositories");
+    assert_eq!(listed[0]["status"], "finished");
+    assert_eq!(listed[0]["progress"], 1.0);
     assert_eq!(ended.jobs_failed, 0);
     let (total, native): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE migration_state = 'import_done' \
