@@ -105,6 +105,7 @@ export FERRY_LOG_FORMAT=${FERRY_LOG_FORMAT:-json}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 SCHEDULER_PORT=$(free_port)
+METRICS_PORT=$(free_port)
 IMPORTER_PORTS=("$(free_port)" "$(free_port)")
 export FERRY_SCHEDULER_URL=http://127.0.0.1:$SCHEDULER_PORT
 
@@ -113,6 +114,7 @@ for i in 0 1; do
   PIDS+=($!)
 done
 FERRY_LISTEN_ADDR=127.0.0.1:$SCHEDULER_PORT \
+FERRY_METRICS_ADDR=127.0.0.1:$METRICS_PORT \
 FERRY_IMPORTERS=http://127.0.0.1:${IMPORTER_PORTS[0]},http://127.0.0.1:${IMPORTER_PORTS[1]} \
 FERRY_ENQUEUE_INTERVAL_MS=500 \
   "$BIN/ferry-scheduler" >"$WORK/scheduler.log" 2>&1 &

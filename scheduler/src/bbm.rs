@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sqlx::{Connection, PgConnection};
 
+use crate::metrics::BbmMetrics;
 use crate::store::SchedulerStore;
 use crate::store::bbm::{self, BackgroundMigration, BackgroundMigrationJob, TargetCheck};
 
@@ -184,12 +185,29 @@ pub enum RunOutcome {
     TimedOut,
 }
 
+impl RunOutcome {
+    /// The outcome's name, for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RunOutcome::LockInUse => "lock_in_use",
+            RunOutcome::Idle => "idle",
+            RunOutcome::Paused => "paused",
+            RunOutcome::JobFinished { .. } => "job_finished",
+            RunOutcome::JobFailed { .. } => "job_failed",
+            RunOutcome::MigrationFinished(_) => "migration_finished",
+            RunOutcome::MigrationFailed { .. } => "migration_failed",
+            RunOutcome::TimedOut => "timed_out",
+        }
+    }
+}
+
 /// The worker.
 #[derive(Debug, Clone)]
 pub struct Worker {
     store: SchedulerStore,
     work: WorkRegistry,
     config: WorkerConfig,
+    metrics: BbmMetrics,
 }
 
 /// What to run next.
@@ -205,7 +223,13 @@ impl Worker {
             store,
             work,
             config,
+            metrics: BbmMetrics::default(),
         }
+    }
+
+    /// The worker, reporting to `metrics`.
+    pub fn with_metrics(self, metrics: BbmMetrics) -> Self {
+        Self { metrics, ..self }
     }
 
     /// Runs until `shutdown`: one run per interval (plus jitter). A run in progress finishes
@@ -232,6 +256,16 @@ impl Worker {
 
     /// One run: take the lock, pick a job, run it. Capped at `max_run_time`.
     pub async fn run_once(&self) -> Result<RunOutcome, sqlx::Error> {
+        let outcome = self.run_capped().await?;
+        self.metrics.run(outcome.label());
+        if outcome != RunOutcome::LockInUse {
+            self.metrics
+                .migrations(&self.store.background_migrations(None).await?);
+        }
+        Ok(outcome)
+    }
+
+    async fn run_capped(&self) -> Result<RunOutcome, sqlx::Error> {
         let Some(mut conn) = self.store.lock_background_migrations().await? else {
             return Ok(RunOutcome::LockInUse);
         };
@@ -285,6 +319,12 @@ impl Worker {
         let mut tx = conn.begin().await?;
         let result = work.run(&mut tx, &range).await;
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.metrics.job(
+            &migration.name,
+            result.is_ok(),
+            started.elapsed().as_secs_f64(),
+            migration.batch_size,
+        );
         match result {
             Ok(()) => {
                 bbm::end_attempt(&mut tx, job.id, None, Some(duration_ms)).await?;

@@ -52,6 +52,9 @@ pub struct SchedulerArgs {
     /// Seconds between sweeps of the project repair scan (and between checks of its flag).
     #[arg(long, env = "FERRY_REPAIR_INTERVAL_SECS", default_value = "30")]
     pub repair_interval_secs: String,
+    /// Address of the Prometheus `/metrics` endpoint; `off` serves none.
+    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
 }
 
 /// Validated scheduler configuration.
@@ -81,6 +84,8 @@ pub struct SchedulerConfig {
     pub bbm: crate::bbm::WorkerConfig,
     /// The project repair scan.
     pub repair: crate::repair::ScanConfig,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl SchedulerArgs {
@@ -135,6 +140,10 @@ impl SchedulerArgs {
         let bbm_attempts = check.positive("FERRY_BBM_MAX_JOB_ATTEMPTS", &self.bbm_max_job_attempts);
         let repair_interval =
             check.positive("FERRY_REPAIR_INTERVAL_SECS", &self.repair_interval_secs);
+        let metrics_addr = match self.metrics_addr.trim() {
+            "off" => None,
+            addr => check.socket_addr("FERRY_METRICS_ADDR", addr),
+        };
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(SchedulerConfig {
@@ -158,6 +167,7 @@ impl SchedulerArgs {
                 idle: Duration::from_secs(repair_interval.ok_or_else(missing)?),
                 ..crate::repair::ScanConfig::default()
             },
+            metrics_addr,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod importers;
 pub mod inventory;
 pub mod lease;
+pub mod metrics;
 pub mod reconcile;
 pub mod repair;
 pub mod service;
@@ -31,6 +32,8 @@ use tonic::service::Routes;
 use ferry_proto::scheduler::v1::scheduler_server::SchedulerServer;
 
 use tokio_util::sync::CancellationToken;
+
+use ferry_shared::metrics::Registry;
 
 use crate::bbm::WorkRegistry;
 use crate::config::SchedulerConfig;
@@ -73,6 +76,9 @@ pub enum StartupError {
     /// The storage URL is unusable.
     #[error(transparent)]
     Storage(#[from] ferry_shared::storage::StorageError),
+    /// The metrics endpoint cannot listen.
+    #[error("metrics endpoint: {0}")]
+    Metrics(std::io::Error),
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -97,6 +103,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
     let storage = ferry_shared::storage::open(&config.storage_url)?;
+    let mut registry = Registry::with_prefix("ferry");
+    let bbm_metrics = metrics::BbmMetrics::register(&mut registry);
+    let repair_metrics = metrics::RepairMetrics::register(&mut registry);
+    let metrics_listener = match config.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(StartupError::Metrics)?;
+            let bound = listener.local_addr().map_err(StartupError::Metrics)?;
+            tracing::info!(addr = %bound, "metrics serving on /metrics");
+            Some(listener)
+        }
+    };
     let store = SchedulerStore::connect(&config.database_url, 10).await?;
     store.migrate().await?;
     let redis_client = redis::Client::open(config.redis_url.as_str())?;
@@ -158,12 +178,20 @@ pub async fn run(
     ));
     let enqueue_loop = tokio::spawn(enqueuer.run());
     let stop_side_work = CancellationToken::new();
+    let metrics_endpoint = metrics_listener.map(|listener| {
+        tokio::spawn(ferry_shared::metrics::serve(
+            listener,
+            Arc::new(registry),
+            stop_side_work.clone().cancelled_owned(),
+        ))
+    });
     let bbm_worker = tokio::spawn(
         bbm::Worker::new(
             store.clone(),
             background_work(Arc::clone(&importers_for_api)),
             config.bbm.clone(),
         )
+        .with_metrics(bbm_metrics)
         .run(stop_side_work.clone().cancelled_owned()),
     );
     let repair_scan = tokio::spawn(
@@ -173,6 +201,7 @@ pub async fn run(
             Arc::clone(&held),
             replica_identity(&config.listen_addr.to_string()),
             config.repair.clone(),
+            repair_metrics,
         )
         .run(stop_side_work.clone()),
     );
@@ -202,6 +231,9 @@ pub async fn run(
         if tokio::time::timeout(SIDE_WORK_GRACE, task).await.is_err() {
             abort.abort();
         }
+    }
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.abort();
     }
     enqueue_loop.abort();
     let _ = enqueue_loop.await;

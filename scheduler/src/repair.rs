@@ -18,7 +18,6 @@ pub mod restore;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -29,6 +28,7 @@ use ferry_proto::importer::v1::{ListSubRepositoriesBatchRequest, SubRepositoryPo
 
 use crate::importers::ImporterPool;
 use crate::lease::HeldLease;
+use crate::metrics::RepairMetrics;
 use crate::store::repair::{RepairProject, RepairResult};
 use crate::store::{SchedulerStore, Settings};
 
@@ -126,7 +126,7 @@ pub struct RepairScan {
     held: Arc<Mutex<Option<HeldLease>>>,
     identity: String,
     config: ScanConfig,
-    analyzed: Arc<AtomicU64>,
+    metrics: RepairMetrics,
 }
 
 /// The sweep's shared keyset cursor.
@@ -145,6 +145,7 @@ impl RepairScan {
         held: Arc<Mutex<Option<HeldLease>>>,
         identity: String,
         config: ScanConfig,
+        metrics: RepairMetrics,
     ) -> Self {
         Self {
             store,
@@ -152,13 +153,13 @@ impl RepairScan {
             held,
             identity,
             config,
-            analyzed: Arc::new(AtomicU64::new(0)),
+            metrics,
         }
     }
 
     /// Projects this process has analyzed.
     pub fn analyzed(&self) -> u64 {
-        self.analyzed.load(Ordering::Relaxed)
+        self.metrics.analyzed.get()
     }
 
     /// Sweeps while allowed, until `stop`; a sweep in progress flushes what it stashed first.
@@ -209,7 +210,15 @@ impl RepairScan {
             workers
                 .spawn(async move { scan.work(worker, &cursor, stale_after, &stop, &halt).await });
         }
-        let reporter = tokio::spawn(self.clone().report(halt.clone()));
+        let pending = self
+            .store
+            .repair_pending(settings.repair_stale_after)
+            .await?;
+        self.metrics.pending.set(pending);
+        self.metrics
+            .workers
+            .set(i64::from(settings.repair_max_concurrency));
+        let reporter = tokio::spawn(self.clone().report(halt.clone(), pending));
         let mut first_error = None;
         while let Some(joined) = workers.join_next().await {
             match joined {
@@ -224,6 +233,14 @@ impl RepairScan {
         }
         halt.cancel();
         let _ = reporter.await;
+        self.metrics.workers.set(0);
+        self.metrics.rate.set(0.0);
+        self.metrics.eta_seconds.set(0.0);
+        self.metrics.pending.set(
+            self.store
+                .repair_pending(settings.repair_stale_after)
+                .await?,
+        );
         if let Some(error) = first_error {
             return Err(error);
         }
@@ -231,6 +248,7 @@ impl RepairScan {
             return Ok(());
         }
         if let Some(pass) = self.store.finish_repair_pass_if_complete().await? {
+            self.metrics.passes.inc();
             tracing::info!(
                 started_at = %pass.started_at,
                 projects = pass.projects,
@@ -241,9 +259,11 @@ impl RepairScan {
         Ok(())
     }
 
-    /// Reports the rate every `report_every` until `halt`.
-    async fn report(self, halt: CancellationToken) {
-        let mut last = (Instant::now(), self.analyzed());
+    /// Reports the rate every `report_every` until `halt`, and estimates what is left from the
+    /// `pending` count the sweep started with.
+    async fn report(self, halt: CancellationToken, pending: i64) {
+        let start = self.analyzed();
+        let mut last = (Instant::now(), start);
         loop {
             tokio::select! {
                 () = halt.cancelled() => return,
@@ -252,9 +272,16 @@ impl RepairScan {
             let now = (Instant::now(), self.analyzed());
             let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
             last = now;
+            let left = (pending - i64::try_from(now.1 - start).unwrap_or(i64::MAX)).max(0);
+            let eta = if rate > 0.0 { left as f64 / rate } else { 0.0 };
+            self.metrics.rate.set(rate);
+            self.metrics.pending.set(left);
+            self.metrics.eta_seconds.set(eta);
             tracing::info!(
                 analyzed = now.1,
+                left,
                 projects_per_second = rate.round(),
+                eta_seconds = eta.round(),
                 "repair scan progress"
             );
             if let Err(error) = self.store.report_repair_scan(&self.identity, rate).await {
@@ -312,8 +339,7 @@ impl RepairScan {
             }
             match self.analyze_with_retries(&projects, stop).await {
                 Ok(results) => {
-                    self.analyzed
-                        .fetch_add(results.len() as u64, Ordering::Relaxed);
+                    self.count(&results);
                     stash.extend(results);
                     if stash.len() >= self.config.flush_every {
                         self.flush(stash).await?;
@@ -368,6 +394,7 @@ impl RepairScan {
             match self.analyze(projects).await {
                 Ok(results) => return Ok(results),
                 Err(ScanError::Listing(message)) if attempt < self.config.listing_attempts => {
+                    self.metrics.listing_errors.inc();
                     tracing::warn!(
                         attempt,
                         error = message,
@@ -419,6 +446,20 @@ impl RepairScan {
                 }
             })
             .collect())
+    }
+
+    fn count(&self, results: &[RepairResult]) {
+        self.metrics.analyzed.inc_by(results.len() as u64);
+        let failed = results.iter().filter(|r| r.missing.is_none()).count();
+        self.metrics.failed.inc_by(failed as u64);
+        let missing: i64 = results
+            .iter()
+            .filter_map(|r| r.missing)
+            .map(i64::from)
+            .sum();
+        self.metrics
+            .missing_found
+            .inc_by(u64::try_from(missing).unwrap_or(0));
     }
 
     async fn flush(&self, stash: &mut Vec<RepairResult>) -> Result<(), sqlx::Error> {

@@ -7,6 +7,7 @@
 //! - [`ids`]: validated repository paths and digests.
 //! - [`error`]: error codes and their mapping to gRPC.
 //! - [`grpc`]: serving with health checks and reflection.
+//! - [`metrics`]: the Prometheus registry and `/metrics` endpoint.
 //! - [`walk`]: discovering every repository of the old layout.
 
 pub mod config;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod ids;
 pub mod layout;
+pub mod metrics;
 pub mod storage;
 pub mod telemetry;
 pub mod walk;

@@ -162,6 +162,8 @@ pub struct Cluster {
     pub metadata_database_url: String,
     /// The importers' URLs.
     pub importer_urls: Vec<String>,
+    /// The port of the scheduler's `/metrics`.
+    pub metrics_port: u16,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -232,6 +234,7 @@ impl Cluster {
                     .expect("importer runs");
             }));
         }
+        let metrics_port = processes::free_port();
         let args = ferry_scheduler::config::SchedulerArgs {
             listen_addr: scheduler_listener.local_addr().expect("addr").to_string(),
             database_url: Some(database_url.clone()),
@@ -253,6 +256,7 @@ impl Cluster {
             bbm_interval_secs: "1".into(),
             bbm_max_job_attempts: "5".into(),
             repair_interval_secs: "1".into(),
+            metrics_addr: format!("127.0.0.1:{metrics_port}"),
         };
         let config = args.validate().expect("scheduler config");
         tasks.push(tokio::spawn(async move {
@@ -265,6 +269,7 @@ impl Cluster {
             database_url,
             metadata_database_url,
             importer_urls,
+            metrics_port,
             tasks,
         };
         cluster.wait_ready().await;
@@ -290,6 +295,15 @@ impl Cluster {
     /// Runs an inventory to its end and returns its last progress report.
     pub async fn inventory(&self) -> ferry_proto::scheduler::v1::InventoryProgress {
         run_inventory(&mut self.client().await).await
+    }
+
+    /// The scheduler's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = http_request(self.metrics_port, "GET", "/metrics", "*/*")
+            .await
+            .expect("metrics endpoint answers");
+        assert_eq!(response.status, 200);
+        response.body
     }
 
     /// A client of the scheduler.
@@ -431,6 +445,8 @@ pub struct HttpResponse {
     /// Status code.
     pub status: u16,
     headers: Vec<(String, String)>,
+    /// The body, as text.
+    pub body: String,
 }
 
 impl HttpResponse {
@@ -465,7 +481,15 @@ pub async fn http_request(
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
         .collect();
-    Some(HttpResponse { status, headers })
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// SHA-256 of a file, as `sha256:<hex>`.

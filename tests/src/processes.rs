@@ -60,7 +60,8 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `binary` with `env` (on top of a clean `FERRY_*` environment), serving on `port`.
+    /// Starts `binary` with `env` (on top of a clean `FERRY_*` environment), serving on `port`
+    /// (and `/metrics`, for the scheduler, on a free port: `env` may name one).
     pub fn start(
         binary: &str,
         name: &str,
@@ -82,6 +83,7 @@ impl Process {
         }
         command
             .env("FERRY_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("FERRY_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("FERRY_LOG_FORMAT", "json")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())

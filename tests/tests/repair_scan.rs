@@ -18,6 +18,20 @@ use ferry_tests::repair_seed::{expectation, seed_registry, seed_scheduler, wrong
 
 const PROJECTS: i64 = 100_000;
 
+/// Waits (up to 5 s: gauges are refreshed right after the work they describe) until every line
+/// is in the scheduler's `/metrics`.
+async fn wait_for_metrics(cluster: &Cluster, lines: &[String]) {
+    let mut metrics = cluster.metrics().await;
+    for _ in 0..50 {
+        if lines.iter().all(|line| metrics.lines().any(|l| l == line)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = cluster.metrics().await;
+    }
+    panic!("{lines:?} not all in\n{metrics}");
+}
+
 /// Runs `ferryctl ARGS --json` against the cluster and parses its output.
 fn ferryctl(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
     let output = std::process::Command::new(ferry_tests::processes::bin_dir().join("ferryctl"))
@@ -108,6 +122,20 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
     );
     assert!(!done.scanner.is_empty(), "the scanning replica reported");
     assert_eq!(wrong_analyses(&scheduler_db, PROJECTS).await, vec![]);
+    wait_for_metrics(
+        &cluster,
+        &[
+            "ferry_repair_projects_analyzed_total 100000".to_owned(),
+            format!(
+                "ferry_repair_missing_repositories_found_total {}",
+                expected.missing
+            ),
+            "ferry_repair_passes_total 1".to_owned(),
+            "ferry_repair_projects_pending 0".to_owned(),
+            "ferry_repair_projects_failed_total 0".to_owned(),
+        ],
+    )
+    .await;
     let shown = ferryctl(&cluster, &["repair", "status"]);
     assert_eq!(shown["completed"], 100_000);
     assert_eq!(shown["missing_repositories"], expected.missing);
@@ -165,6 +193,19 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
     assert_eq!(listed[0]["name"], "restore_missing_repositories");
     assert_eq!(listed[0]["status"], "finished");
     assert_eq!(listed[0]["progress"], 1.0);
+    wait_for_metrics(
+        &cluster,
+        &[
+            format!(
+                "ferry_bbm_jobs_total{{migration=\"restore_missing_repositories\",result=\"finished\"}} {}",
+                ended.jobs_finished
+            ),
+            "ferry_bbm_migration_progress_ratio{migration=\"restore_missing_repositories\"} 1.0"
+                .to_owned(),
+            "ferry_bbm_migrations{status=\"finished\"} 1".to_owned(),
+        ],
+    )
+    .await;
     assert_eq!(ended.jobs_failed, 0);
     let (total, native): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE migration_state = 'import_done' \

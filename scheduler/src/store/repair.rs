@@ -263,6 +263,18 @@ impl SchedulerStore {
         .await
     }
 
+    /// Projects the scan has left: no row yet, or an `ongoing` row older than `stale_after`.
+    pub async fn repair_pending(&self, stale_after: Duration) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM projects) - (SELECT count(*) \
+                 FROM container_registry_data_repair_details \
+                 WHERE status <> 'ongoing' OR updated_at >= now() - make_interval(secs => $1))",
+        )
+        .bind(stale_after.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// The latest `limit` full passes, newest first.
     pub async fn repair_passes(&self, limit: i64) -> Result<Vec<RepairPass>, sqlx::Error> {
         sqlx::query_as(
