@@ -9,7 +9,8 @@ use tonic::transport::Channel;
 
 use ferry_proto::importer::v1::importer_client::ImporterClient;
 use ferry_proto::importer::v1::{
-    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesRequest, RepositoryPage,
+    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesBatchRequest,
+    ListSubRepositoriesRequest, RepositoryPage, SubRepositoryPosition,
 };
 use ferry_tests::fresh_database;
 
@@ -138,6 +139,7 @@ async fn sub_repositories_are_the_tagged_paths_at_or_under_a_path_in_pages() {
         ("a/b/untagged", false),
         ("a/bc", true),  // shares the prefix "a/b" but is not under it
         ("a/b_x", true), // "_" is a LIKE wildcard: must not match either
+        ("a/b-x", true), // sorts between "a/b" and "a/b/": inside the index range, filtered out
         ("a-b/c", true),
         ("z/other", true),
     ] {
@@ -158,9 +160,9 @@ async fn sub_repositories_are_the_tagged_paths_at_or_under_a_path_in_pages() {
     let under_a = sub(&mut s.client, "a", 100, "").await.expect("list");
     assert_eq!(
         paths(&under_a),
-        ["a/b", "a/b/c", "a/b/c/d", "a/b_x", "a/bc"]
+        ["a/b", "a/b-x", "a/b/c", "a/b/c/d", "a/b_x", "a/bc"]
     );
-    assert_eq!(under_a.repositories[1].name, "c");
+    assert_eq!(under_a.repositories[2].name, "c");
     assert!(
         under_a.repositories[0]
             .created_at
@@ -238,5 +240,92 @@ async fn repositories_created_since_page_by_creation_time() {
             .unwrap_err()
             .code();
         assert_eq!(code, Code::InvalidArgument);
+    }
+}
+
+#[tokio::test]
+async fn the_batch_lists_every_path_in_index_order_page_by_page() {
+    let mut s = server().await;
+    for (path, tagged) in [
+        ("a/b", true),
+        ("a/b/c", true),
+        ("a/b/c/d", true),
+        ("a/b/untagged", false),
+        ("a/b-x", true),
+        ("a/b.x", true),
+        ("a/bc", true),
+        ("z/other", true),
+    ] {
+        repository(&s.pool, path, 1_700_000_000, tagged).await;
+    }
+    let paths: Vec<String> = ["a/b", "BAD//", "z", "a/b/c", "nope"]
+        .map(str::to_owned)
+        .to_vec();
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .client
+            .list_sub_repositories_batch(ListSubRepositoriesBatchRequest {
+                paths: paths.clone(),
+                n: 2,
+                after: after.take(),
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert_eq!(page.invalid, [1], "the bad path is reported on every page");
+        let entries: Vec<(u32, String)> = page
+            .repositories
+            .iter()
+            .map(|r| (r.index, r.path.clone()))
+            .collect();
+        pages.push(entries);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(pages.len() < 10, "paging does not end: {pages:?}");
+    }
+    let owned = |v: &[(u32, &str)]| -> Vec<(u32, String)> {
+        v.iter().map(|(i, p)| (*i, (*p).to_owned())).collect()
+    };
+    assert_eq!(
+        pages,
+        [
+            owned(&[(0, "a/b"), (0, "a/b/c")]),
+            owned(&[(0, "a/b/c/d"), (2, "z/other")]),
+            owned(&[(3, "a/b/c"), (3, "a/b/c/d")]),
+            owned(&[]),
+        ]
+    );
+    for request in [
+        ListSubRepositoriesBatchRequest::default(),
+        ListSubRepositoriesBatchRequest {
+            paths: vec!["a".into()],
+            n: 10_001,
+            after: None,
+        },
+        ListSubRepositoriesBatchRequest {
+            paths: vec!["a".into()],
+            n: 10,
+            after: Some(SubRepositoryPosition {
+                index: 1,
+                path: String::new(),
+            }),
+        },
+        ListSubRepositoriesBatchRequest {
+            paths: vec!["a".into(); 1001],
+            n: 10,
+            after: None,
+        },
+    ] {
+        let code = s
+            .client
+            .list_sub_repositories_batch(request.clone())
+            .await
+            .unwrap_err()
+            .code();
+        assert_eq!(code, Code::InvalidArgument, "{request:?}");
     }
 }
