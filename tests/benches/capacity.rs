@@ -11,22 +11,14 @@ use std::time::{Duration, Instant};
 use sqlx::{PgPool, Row};
 
 use ferry_proto::scheduler::v1::SetMigrationEnabledRequest;
-use ferry_tests::{Cluster, ClusterOptions, LayoutWriter};
-
-/// Repositories, images per repository and capacity; `FERRY_BENCH_REPOSITORIES`,
-/// `FERRY_BENCH_TAGS` and `FERRY_BENCH_CAPACITY` override them.
-fn size(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use ferry_tests::{Cluster, ClusterOptions, LayoutWriter, env_size};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let repositories_n = size("FERRY_BENCH_REPOSITORIES", 200);
-    let tags_n = size("FERRY_BENCH_TAGS", 5);
-    let capacity = u32::try_from(size("FERRY_BENCH_CAPACITY", 8)).unwrap_or(8);
+    // Repositories, images per repository and capacity.
+    let repositories_n: usize = env_size("FERRY_BENCH_REPOSITORIES", 200);
+    let tags_n: usize = env_size("FERRY_BENCH_TAGS", 5);
+    let capacity: u32 = env_size("FERRY_BENCH_CAPACITY", 8);
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = LayoutWriter::new(dir.path());
     for i in 0..repositories_n {

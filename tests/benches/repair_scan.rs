@@ -15,17 +15,10 @@ use ferry_proto::scheduler::v1::{GetRepairStatusRequest, UpdateSettingsRequest};
 use ferry_tests::Cluster;
 use ferry_tests::repair_seed::{expectation, seed_registry, seed_scheduler, wrong_analyses};
 
-fn size(name: &str, default: i64) -> i64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let projects = size("FERRY_BENCH_PROJECTS", 200_000);
-    let workers = u32::try_from(size("FERRY_BENCH_REPAIR_WORKERS", 2)).unwrap_or(2);
+    let projects: i64 = ferry_tests::env_size("FERRY_BENCH_PROJECTS", 200_000);
+    let workers: u32 = ferry_tests::env_size("FERRY_BENCH_REPAIR_WORKERS", 2);
     let bucket = tempfile::tempdir().expect("bucket");
     let cluster = Cluster::start(bucket.path(), 1).await;
     let db = PgPool::connect(&cluster.database_url).await.expect("db");

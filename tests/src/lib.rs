@@ -55,6 +55,14 @@ pub fn unique_suffix() -> String {
     )
 }
 
+/// A benchmark size from the environment variable `name`, or `default`.
+pub fn env_size<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Creates an empty database and returns its URL.
 pub async fn fresh_database(label: &str) -> String {
     use sqlx::Connection;

@@ -49,9 +49,25 @@ pub fn expectation(projects: i64) -> RepairExpectation {
 
 const PROJECT_PATH: &str = "'g' || (i % 100) || '/p' || i";
 
+/// Runs `statements` in order, binding `projects` to those that take `$1`.
+async fn run_all(db: &PgPool, statements: &[String], projects: i64, what: &str) {
+    for statement in statements {
+        let query = sqlx::query(statement);
+        let query = if statement.contains("$1") {
+            query.bind(projects)
+        } else {
+            query
+        };
+        query
+            .execute(db)
+            .await
+            .unwrap_or_else(|e| panic!("seeding {what}: {e}"));
+    }
+}
+
 /// Fills the scheduler database (migrated) with the projects and the repositories it knows.
 pub async fn seed_scheduler(db: &PgPool, projects: i64) {
-    for statement in [
+    let statements = [
         format!(
             "INSERT INTO projects (id, full_path) SELECT i, {PROJECT_PATH} \
              FROM generate_series(1, $1) i"
@@ -68,20 +84,13 @@ pub async fn seed_scheduler(db: &PgPool, projects: i64) {
              WHERE (i % 7 <> 0 AND i % 50 <> 0) OR i % 1000 = 0"
         ),
         "ANALYZE projects, container_repositories".to_owned(),
-    ] {
-        let query = sqlx::query(&statement);
-        let query = if statement.contains("$1") {
-            query.bind(projects)
-        } else {
-            query
-        };
-        query.execute(db).await.expect("seed the scheduler");
-    }
+    ];
+    run_all(db, &statements, projects, "the scheduler").await;
 }
 
 /// Fills the metadata database (migrated) with the registry's repositories, manifests and tags.
 pub async fn seed_registry(db: &PgPool, projects: i64) {
-    for statement in [
+    let statements = [
         format!(
             "INSERT INTO repositories (path, name) \
              SELECT {PROJECT_PATH} || s.suffix, s.name \
@@ -102,15 +111,8 @@ pub async fn seed_registry(db: &PgPool, projects: i64) {
          SELECT m.repository_id, 'latest', m.id FROM manifests m"
             .to_owned(),
         "ANALYZE repositories, manifests, tags".to_owned(),
-    ] {
-        let query = sqlx::query(&statement);
-        let query = if statement.contains("$1") {
-            query.bind(projects)
-        } else {
-            query
-        };
-        query.execute(db).await.expect("seed the registry");
-    }
+    ];
+    run_all(db, &statements, projects, "the registry").await;
 }
 
 /// Project ids whose recorded analysis differs from [`expected_missing`] (or that have none,
