@@ -10,8 +10,8 @@ use tonic::Code;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
-    BackgroundMigrationSelector, GetRepairStatusRequest, RepairStatus, RetryFailedRepairsRequest,
-    StartRepairRestoreRequest, UpdateSettingsRequest,
+    BackgroundMigrationSelector, DoubleCheckRequest, GetRepairStatusRequest, RepairStatus,
+    RetryFailedRepairsRequest, StartRepairRestoreRequest, UpdateSettingsRequest,
 };
 use ferry_tests::Cluster;
 use ferry_tests::repair_seed::{expectation, seed_registry, seed_scheduler, wrong_analyses};
@@ -136,6 +136,16 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
         ],
     )
     .await;
+    // The double-check now knows how far back it must look.
+    let check = client
+        .double_check(DoubleCheckRequest {
+            since_hours: 1,
+            dry_run: true,
+        })
+        .await
+        .expect("double-check")
+        .into_inner();
+    assert_eq!(check.last_full_repair_pass_at, pass.finished_at);
     let shown = ferryctl(&cluster, &["repair", "status"]);
     assert_eq!(shown["completed"], 100_000);
     assert_eq!(shown["missing_repositories"], expected.missing);
@@ -169,6 +179,30 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
         .start_repair_restore(StartRepairRestoreRequest::default())
         .await;
     assert_eq!(again.unwrap_err().code(), Code::AlreadyExists);
+    // Paused through the API: no job starts until it is resumed.
+    let selector = BackgroundMigrationSelector {
+        name: migration.name.clone(),
+    };
+    let paused = client
+        .pause_background_migrations(selector.clone())
+        .await
+        .expect("pause")
+        .into_inner();
+    assert_eq!(paused.names, [migration.name.clone()]);
+    let jobs_at_pause = ferryctl(&cluster, &["bbm", "list"])[0]["jobs"].clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let while_paused = &ferryctl(&cluster, &["bbm", "list"])[0];
+    assert_eq!(while_paused["status"], "paused");
+    assert_eq!(
+        while_paused["jobs"], jobs_at_pause,
+        "no job started while paused"
+    );
+    let resumed = client
+        .resume_background_migrations(selector)
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(resumed.names, [migration.name.clone()]);
     let ended = loop {
         let m = client
             .list_background_migrations(BackgroundMigrationSelector {
