@@ -188,7 +188,7 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
         .await
         .expect("pause")
         .into_inner();
-    assert_eq!(paused.names, [migration.name.clone()]);
+    assert_eq!(paused.names, std::slice::from_ref(&migration.name));
     let jobs_at_pause = ferryctl(&cluster, &["bbm", "list"])[0]["jobs"].clone();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let while_paused = &ferryctl(&cluster, &["bbm", "list"])[0];
@@ -202,7 +202,7 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
         .await
         .expect("resume")
         .into_inner();
-    assert_eq!(resumed.names, [migration.name.clone()]);
+    assert_eq!(resumed.names, std::slice::from_ref(&migration.name));
     let ended = loop {
         let m = client
             .list_background_migrations(BackgroundMigrationSelector {
