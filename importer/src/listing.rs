@@ -122,16 +122,16 @@ pub async fn sub_repositories_batch(
         }
     };
     let mut invalid = Vec::new();
-    // An invalid path is replaced by one that matches nothing ('' is never a repository path).
-    let paths: Vec<&str> = request
+    // An invalid path is passed as NULL, which matches nothing.
+    let paths: Vec<Option<&str>> = request
         .paths
         .iter()
         .enumerate()
         .map(|(i, path)| match RepositoryPath::parse(path) {
-            Ok(_) => path.as_str(),
+            Ok(_) => Some(path.as_str()),
             Err(_) => {
                 invalid.push(i as u32);
-                ""
+                None
             }
         })
         .collect();

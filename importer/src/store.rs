@@ -184,10 +184,10 @@ impl MetadataStore {
 
     /// [`Self::sub_repositories`] for many paths at once: `(index into paths, repository path)`
     /// in that order, after the `(index, path)` position `after`. One statement: each path is
-    /// an index range scan.
+    /// an index range scan; a `None` path matches nothing.
     pub async fn sub_repositories_batch(
         &self,
-        paths: &[&str],
+        paths: &[Option<&str>],
         after: Option<(i32, &str)>,
         limit: i64,
     ) -> Result<Vec<(i32, String)>, sqlx::Error> {

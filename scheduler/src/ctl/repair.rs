@@ -90,6 +90,13 @@ pub async fn run_repair(
             if wait {
                 let tty = std::io::stderr().is_terminal();
                 while status.pending + status.ongoing > 0 {
+                    if !status.enabled || status.max_concurrency == 0 {
+                        return Err(CtlError::Incomplete(
+                            "the repair scan is off, so it would never finish: \
+                             `ferryctl repair enable`"
+                                .into(),
+                        ));
+                    }
                     let line = progress_line(&status);
                     if tty {
                         eprint!("\r\x1b[2K{line}");
