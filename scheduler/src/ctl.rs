@@ -10,12 +10,13 @@ use tonic::transport::Channel;
 use ferry_proto::common::v1::ImportStats;
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
-    GetLeaseRequest, GetMigrationSummaryRequest, GetRepositoryRequest, LeaseStatus,
-    MigrationSummary, Repository, RunInventoryRequest, SetMigrationEnabledRequest,
+    GetMigrationSummaryRequest, GetRepositoryRequest, MigrationSummary, Repository,
+    RunInventoryRequest, SetMigrationEnabledRequest,
 };
 
 mod admin;
 mod repair;
+mod runbook;
 mod settings;
 
 /// States in which a repository still has migration work ahead.
@@ -67,6 +68,8 @@ pub enum Command {
     },
     /// Turn the migration off: steps in flight finish, no new ones start.
     Pause,
+    /// Turn the migration back on (the global switch), without waiting.
+    Resume,
     /// Operator commands on repositories and the queue.
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -78,10 +81,22 @@ pub enum Command {
     Bbm(repair::BbmCommand),
     /// Show the run-time settings, or change the ones given.
     Settings(settings::SettingsArgs),
-    /// Show who holds the enqueue lease (holder, age, fencing token, time left).
+    /// The enqueue lease: show who holds it, or clear one a killed replica left.
     Lease {
+        /// What to do (default: show).
+        #[command(subcommand)]
+        action: Option<runbook::LeaseAction>,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The enqueue trigger's deduplication key: show it, or clear a stuck one.
+    Dedup {
+        /// What to do (default: show).
+        #[command(subcommand)]
+        action: Option<runbook::DedupAction>,
+        /// Print JSON.
+        #[arg(long, global = true)]
         json: bool,
     },
     /// Show the migration's progress, or one repository's state.
@@ -151,9 +166,17 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         Command::Repair(command) => repair::run_repair(&mut client, command).await,
         Command::Bbm(command) => repair::run_bbm(&mut client, command).await,
         Command::Admin(command) => admin::run(&mut client, command).await,
-        Command::Lease { json } => {
-            let lease = client.get_lease(GetLeaseRequest {}).await?.into_inner();
-            print_lease(&lease, json);
+        Command::Lease { action, json } => runbook::lease(&mut client, action, json).await,
+        Command::Dedup { action, json } => runbook::dedup(&mut client, action, json).await,
+        Command::Resume => {
+            let response = client
+                .set_migration_enabled(SetMigrationEnabledRequest {
+                    enabled: true,
+                    capacity: None,
+                })
+                .await?
+                .into_inner();
+            eprintln!("migration resumed (capacity {})", response.capacity);
             Ok(())
         }
         Command::Status {
@@ -310,27 +333,6 @@ struct RunFigures {
 impl RunFigures {
     fn rate(self) -> f64 {
         self.finished as f64 / self.elapsed.as_secs_f64().max(0.001)
-    }
-}
-
-fn print_lease(lease: &LeaseStatus, json: bool) {
-    if json {
-        let value = json!({
-            "held": lease.held, "holder": lease.holder, "fence": lease.fence,
-            "age_ms": lease.age_ms, "ttl_left_ms": lease.ttl_left_ms,
-            "deduplicated_triggers": lease.deduplicated_triggers,
-        });
-        println!("{value}");
-    } else if lease.held {
-        println!("enqueue lease held by {}", lease.holder);
-        println!("  fencing token   {}", lease.fence);
-        println!("  held for        {:.1} s", lease.age_ms as f64 / 1000.0);
-        println!(
-            "  expires in      {:.1} s unless renewed",
-            lease.ttl_left_ms as f64 / 1000.0
-        );
-    } else {
-        println!("nobody holds the enqueue lease: nothing dispatches until a scheduler takes it");
     }
 }
 

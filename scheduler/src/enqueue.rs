@@ -459,6 +459,17 @@ impl Triggers {
         Ok(())
     }
 
+    /// The pending trigger: who set it and its time to live, if one is pending.
+    pub async fn pending(&self) -> redis::RedisResult<Option<(String, u64)>> {
+        let mut redis = self.redis.clone();
+        let (owner, ttl): (Option<String>, i64) = redis::pipe()
+            .get(&self.pending_key)
+            .pttl(&self.pending_key)
+            .query_async(&mut redis)
+            .await?;
+        Ok(owner.map(|owner| (owner, u64::try_from(ttl).unwrap_or(0))))
+    }
+
     /// Triggers that collapsed into a pending one (for metrics).
     pub fn deduplicated(&self) -> u64 {
         self.deduplicated.load(std::sync::atomic::Ordering::Relaxed)

@@ -218,6 +218,28 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
         ))
     }
 
+    async fn clear_lease(
+        &self,
+        request: Request<pb::ClearLeaseRequest>,
+    ) -> Result<Response<LeaseStatus>, Status> {
+        let holder = request.into_inner().holder;
+        Ok(Response::new(self.0.clear_lease(&holder).await?))
+    }
+
+    async fn get_dedup(
+        &self,
+        _request: Request<pb::GetDedupRequest>,
+    ) -> Result<Response<pb::DedupStatus>, Status> {
+        Ok(Response::new(self.0.dedup().await?))
+    }
+
+    async fn clear_dedup(
+        &self,
+        _request: Request<pb::ClearDedupRequest>,
+    ) -> Result<Response<pb::DedupStatus>, Status> {
+        Ok(Response::new(self.0.clear_dedup().await?))
+    }
+
     async fn get_repository(
         &self,
         request: Request<GetRepositoryRequest>,

@@ -36,6 +36,14 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Deletes the lease only while its token starts with `ARGV[1]|` (the holder it names).
+const CLEAR_IF_HOLDER_SCRIPT: &str = r"
+local value = redis.call('get', KEYS[1])
+if value and string.sub(value, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '|' then
+  return redis.call('del', KEYS[1])
+end
+return 0";
+
 /// The lease's Redis keys and timing.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -160,6 +168,19 @@ impl Lease {
                 ttl_left_ms: u64::try_from(ttl).unwrap_or(0),
             }
         }))
+    }
+
+    /// Deletes the lease if `holder` holds it (an operator clearing a lease left by a killed
+    /// holder); returns whether it did. The fencing counter stays: the next holder's token is
+    /// higher, so a holder that was in fact alive cannot write once someone else takes over.
+    pub async fn clear_if_holder(&self, holder: &str) -> redis::RedisResult<bool> {
+        let mut redis = self.redis.clone();
+        let deleted: i64 = Script::new(CLEAR_IF_HOLDER_SCRIPT)
+            .key(&self.config.key)
+            .arg(holder)
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(deleted == 1)
     }
 
     /// How long after a successful set or renewal the holder trusts the lease: the TTL less a

@@ -54,6 +54,15 @@ pub trait SchedulerService: Send + Sync + 'static {
     /// Who holds the enqueue lease.
     async fn lease(&self) -> Result<LeaseStatus, SchedulerError>;
 
+    /// Deletes the enqueue lease if `holder` holds it.
+    async fn clear_lease(&self, holder: &str) -> Result<LeaseStatus, SchedulerError>;
+
+    /// The pending enqueue trigger.
+    async fn dedup(&self) -> Result<pb::DedupStatus, SchedulerError>;
+
+    /// Deletes the pending enqueue trigger and wakes the lease holder.
+    async fn clear_dedup(&self) -> Result<pb::DedupStatus, SchedulerError>;
+
     /// Registers a repository (a create event).
     async fn register_repository(
         &self,
@@ -459,6 +468,18 @@ impl SchedulerService for Scheduler {
     async fn repository(&self, path: &str) -> Result<Repository, SchedulerError> {
         let record = self.record(path).await?;
         Ok(record.into())
+    }
+
+    async fn clear_lease(&self, holder: &str) -> Result<LeaseStatus, SchedulerError> {
+        self.do_clear_lease(holder).await
+    }
+
+    async fn dedup(&self) -> Result<pb::DedupStatus, SchedulerError> {
+        self.do_dedup().await
+    }
+
+    async fn clear_dedup(&self) -> Result<pb::DedupStatus, SchedulerError> {
+        self.do_clear_dedup().await
     }
 
     async fn lease(&self) -> Result<LeaseStatus, SchedulerError> {

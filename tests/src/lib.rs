@@ -174,6 +174,8 @@ pub struct Cluster {
     pub importer_urls: Vec<String>,
     /// The port of the scheduler's `/metrics`.
     pub metrics_port: u16,
+    /// The prefix of the scheduler's Redis keys.
+    pub redis_prefix: String,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -245,6 +247,7 @@ impl Cluster {
             }));
         }
         let metrics_port = processes::free_port();
+        let redis_prefix = format!("ferry-test-{}", unique_suffix());
         let args = ferry_scheduler::config::SchedulerArgs {
             listen_addr: scheduler_listener.local_addr().expect("addr").to_string(),
             database_url: Some(database_url.clone()),
@@ -258,7 +261,7 @@ impl Cluster {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
-            redis_prefix: format!("ferry-test-{}", unique_suffix()),
+            redis_prefix: redis_prefix.clone(),
             project_segments: "2".into(),
             lease_ttl_secs: "5".into(),
             enqueue_interval_ms: "200".into(),
@@ -280,6 +283,7 @@ impl Cluster {
             metadata_database_url,
             importer_urls,
             metrics_port,
+            redis_prefix,
             tasks,
         };
         cluster.wait_ready().await;

@@ -61,10 +61,13 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show what the enqueue loop takes next.
+    /// Show what the enqueue loop takes next (both queues, or one).
     Queue {
+        /// Which queue (default: both).
+        #[command(subcommand)]
+        which: Option<QueueWhich>,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
     },
     /// Make sure every repository created in the last hours exists here (dropped create events).
@@ -87,6 +90,15 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// One of the enqueue loop's queues.
+#[derive(Debug, Subcommand)]
+pub enum QueueWhich {
+    /// The next ready repository (priority first, then by path).
+    Next,
+    /// The next aborted repository, retried before any ready one.
+    NextAborted,
 }
 
 fn show(repository: &Repository, json: bool) {
@@ -163,29 +175,39 @@ pub async fn run(
                 }
             }
         }
-        AdminCommand::Queue { json } => {
+        AdminCommand::Queue { which, json } => {
             let preview = client
                 .preview_queue(PreviewQueueRequest {})
                 .await?
                 .into_inner();
-            if json {
-                println!(
+            let one = match which {
+                None => None,
+                Some(QueueWhich::Next) => Some(("ready", preview.next_ready.as_ref())),
+                Some(QueueWhich::NextAborted) => Some(("aborted", preview.next_aborted.as_ref())),
+            };
+            match one {
+                Some((_, Some(repository))) => show(repository, json),
+                Some((_, None)) if json => println!("null"),
+                Some((queue, None)) => println!("no {queue} repository waits"),
+                None if json => println!(
                     "{}",
                     json!({
                         "ready": preview.ready,
                         "next_ready": preview.next_ready.as_ref().map(repository_json),
                         "next_aborted": preview.next_aborted.as_ref().map(repository_json),
                     })
-                );
-            } else {
-                let path =
-                    |r: &Option<Repository>| r.as_ref().map_or("-".to_owned(), |r| r.path.clone());
-                println!("ready repositories  {}", preview.ready);
-                println!(
-                    "next aborted retry  {} (retried first)",
-                    path(&preview.next_aborted)
-                );
-                println!("next ready          {}", path(&preview.next_ready));
+                ),
+                None => {
+                    let path = |r: &Option<Repository>| {
+                        r.as_ref().map_or("-".to_owned(), |r| r.path.clone())
+                    };
+                    println!("ready repositories  {}", preview.ready);
+                    println!(
+                        "next aborted retry  {} (retried first)",
+                        path(&preview.next_aborted)
+                    );
+                    println!("next ready          {}", path(&preview.next_ready));
+                }
             }
         }
         AdminCommand::DoubleCheck {

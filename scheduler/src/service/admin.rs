@@ -5,7 +5,7 @@ use ferry_proto::scheduler::v1::{
 };
 use ferry_shared::ids::RepositoryPath;
 
-use super::Scheduler;
+use super::{Scheduler, SchedulerService};
 use crate::error::SchedulerError;
 use crate::importers::is_unreachable;
 use crate::inventory::new_repository;
@@ -15,6 +15,51 @@ fn parse(path: &str) -> Result<RepositoryPath, SchedulerError> {
 }
 
 impl Scheduler {
+    pub(super) async fn do_clear_lease(
+        &self,
+        holder: &str,
+    ) -> Result<ferry_proto::scheduler::v1::LeaseStatus, SchedulerError> {
+        if holder.is_empty() {
+            return Err(SchedulerError::InvalidArgument(
+                "holder is required: give the one `ferryctl lease show` prints".into(),
+            ));
+        }
+        if !self.lease.clear_if_holder(holder).await? {
+            let now = SchedulerService::lease(self).await?;
+            let who = if now.held {
+                now.holder
+            } else {
+                "nobody".to_owned()
+            };
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "{holder} does not hold the enqueue lease ({who} does): nothing cleared"
+            )));
+        }
+        tracing::warn!(holder, "enqueue lease cleared by an operator");
+        SchedulerService::lease(self).await
+    }
+
+    pub(super) async fn do_dedup(
+        &self,
+    ) -> Result<ferry_proto::scheduler::v1::DedupStatus, SchedulerError> {
+        let pending = self.triggers.pending().await?;
+        Ok(ferry_proto::scheduler::v1::DedupStatus {
+            pending: pending.is_some(),
+            ttl_left_ms: pending.as_ref().map_or(0, |(_, ttl)| *ttl),
+            owner: pending.map(|(owner, _)| owner).unwrap_or_default(),
+            deduplicated_triggers: self.triggers.deduplicated(),
+        })
+    }
+
+    pub(super) async fn do_clear_dedup(
+        &self,
+    ) -> Result<ferry_proto::scheduler::v1::DedupStatus, SchedulerError> {
+        self.triggers.consume().await?;
+        tracing::warn!("pending enqueue trigger cleared by an operator");
+        self.wake_enqueuer().await;
+        self.do_dedup().await
+    }
+
     /// The repository's row, or NOT_FOUND.
     pub(super) async fn record(
         &self,

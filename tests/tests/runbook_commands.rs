@@ -1,0 +1,108 @@
+//! The runbook's procedures as `ferryctl` commands, run as the binary against a real cluster:
+//! the queues, the global switch, a stuck enqueue lease and a stuck deduplication key.
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::{Cluster, SampleRegistry, redis_url};
+
+/// Runs `ferryctl ARGS`; returns (success, stdout, stderr).
+fn ferryctl(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(ferry_tests::processes::bin_dir().join("ferryctl"))
+        .args(args)
+        .env("FERRY_SCHEDULER_URL", &cluster.scheduler_url)
+        .output()
+        .expect("ferryctl runs (make test builds it)");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn json(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = ferryctl(cluster, args);
+    assert!(ok, "ferryctl {args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_runbook_step_is_a_ferryctl_command() {
+    let sample = SampleRegistry::build(false);
+    let cluster = Cluster::start(&sample.root(), 1).await;
+    cluster.inventory().await;
+
+    // The queues, with the switch off: the next ready one, no aborted one.
+    let next = json(&cluster, &["queue", "next", "--json"]);
+    assert_eq!(next["migration_state"], "default", "{next}");
+    let all = json(&cluster, &["queue", "--json"]);
+    assert_eq!(all["next_ready"]["path"], next["path"]);
+    assert_eq!(
+        json(&cluster, &["queue", "next-aborted", "--json"]),
+        serde_json::Value::Null
+    );
+    let (ok, text, _) = ferryctl(&cluster, &["queue", "next-aborted"]);
+    assert!(ok && text.contains("no aborted repository waits"), "{text}");
+
+    // The switch: resume, pause.
+    assert!(ferryctl(&cluster, &["resume"]).0);
+    assert_eq!(json(&cluster, &["settings", "--json"])["enabled"], true);
+    assert!(ferryctl(&cluster, &["pause"]).0);
+    assert_eq!(json(&cluster, &["settings", "--json"])["enabled"], false);
+
+    // A stuck lease: clearing needs the current holder; then a replica takes it, fenced higher.
+    let lease = json(&cluster, &["lease", "show", "--json"]);
+    assert_eq!(lease["held"], true, "{lease}");
+    let holder = lease["holder"].as_str().expect("holder").to_owned();
+    let fence = lease["fence"].as_u64().expect("fence");
+    let (ok, _, stderr) = ferryctl(&cluster, &["lease", "clear", "--holder", "someone-else"]);
+    assert!(
+        !ok && stderr.contains("does not hold the enqueue lease"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = ferryctl(&cluster, &["lease", "clear"]);
+    assert!(
+        !ok && stderr.contains("--holder"),
+        "the holder is required: {stderr}"
+    );
+    let (ok, _, stderr) = ferryctl(&cluster, &["lease", "clear", "--holder", &holder]);
+    assert!(ok, "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = json(&cluster, &["lease", "--json"]);
+        if now["held"] == true && now["fence"].as_u64() > Some(fence) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody took the lease again: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A stuck deduplication key (no expiry, set by a replica that died): shown, then cleared.
+    let client = redis::Client::open(redis_url()).expect("redis");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let key = format!("{}:enqueuer:pending", cluster.redis_prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("dead-replica")
+        .query_async(&mut redis)
+        .await
+        .expect("set");
+    let stuck = json(&cluster, &["dedup", "show", "--json"]);
+    assert_eq!(stuck["pending"], true);
+    assert_eq!(stuck["owner"], "dead-replica");
+    let (ok, text, _) = ferryctl(&cluster, &["dedup"]);
+    assert!(ok && text.contains("set by dead-replica"), "{text}");
+    let cleared = json(&cluster, &["dedup", "clear", "--json"]);
+    assert_ne!(cleared["owner"], "dead-replica", "{cleared}");
+    let owner: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("get");
+    assert_ne!(owner.as_deref(), Some("dead-replica"));
+}
