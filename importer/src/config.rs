@@ -49,6 +49,9 @@ pub struct ImporterArgs {
     /// On SIGTERM, how long to wait for stopped steps to record their end and notify, in seconds.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE_SECS", default_value = "25")]
     pub shutdown_grace_secs: String,
+    /// Address of the Prometheus `/metrics` endpoint; `off` serves none.
+    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    pub metrics_addr: String,
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<ImporterCommand>,
@@ -69,6 +72,8 @@ pub struct ImporterConfig {
     pub limits: StepLimits,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// What `ferry-importer` does.
@@ -188,9 +193,11 @@ impl ImporterArgs {
             }
         };
         let common = self.check_common(&mut check);
+        let metrics_addr = check.socket_addr_or_off("FERRY_METRICS_ADDR", &self.metrics_addr);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(ImporterConfig {
+            metrics_addr,
             listen_addr: listen_addr.ok_or_else(missing)?,
             metadata_database_url: common.metadata_database_url.ok_or_else(missing)?,
             storage_url: common.storage_url.ok_or_else(missing)?,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod listing;
 pub mod manifest;
+pub mod metrics;
 pub mod notifier;
 pub mod oneshot;
 pub mod plan;
@@ -17,20 +18,27 @@ pub mod service;
 pub mod store;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use ferry_proto::importer::v1::importer_server::ImporterServer;
 
+use ferry_shared::metrics::Registry;
+
 use crate::config::ImporterConfig;
+use crate::metrics::ImporterMetrics;
 use crate::notifier::Notifier;
 use crate::service::Importer;
 use crate::store::MetadataStore;
 
 /// How long an importer keeps retrying a completion notification.
 const NOTIFY_GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
+/// How often the database pool's connections are reported to the metrics.
+const POOL_REPORT_PERIOD: Duration = Duration::from_secs(5);
 
 /// Errors that stop the importer from starting or serving.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +52,9 @@ pub enum StartupError {
     /// The storage URL is unusable.
     #[error(transparent)]
     Storage(#[from] ferry_shared::storage::StorageError),
+    /// The metrics endpoint cannot listen.
+    #[error("metrics endpoint: {0}")]
+    Metrics(std::io::Error),
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -56,11 +67,45 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
     let storage = ferry_shared::storage::open(&config.storage_url)?;
+    let mut registry = Registry::with_prefix("ferry");
+    ferry_shared::metrics::register_common(&mut registry);
+    let metrics = ImporterMetrics::register(&mut registry);
+    let metrics_listener = match config.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(StartupError::Metrics)?;
+            let bound = listener.local_addr().map_err(StartupError::Metrics)?;
+            tracing::info!(addr = %bound, "metrics serving on /metrics");
+            Some(listener)
+        }
+    };
     let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
     let db = MetadataStore::connect(&config.metadata_database_url, pool_size).await?;
     db.migrate().await?;
+    let stop_metrics = CancellationToken::new();
+    let metrics_tasks = [
+        metrics_listener.map(|listener| {
+            tokio::spawn(ferry_shared::metrics::serve(
+                listener,
+                Arc::new(registry),
+                stop_metrics.clone().cancelled_owned(),
+            ))
+        }),
+        Some(tokio::spawn({
+            let db = db.clone();
+            async move {
+                loop {
+                    db.report_pool();
+                    tokio::time::sleep(POOL_REPORT_PERIOD).await;
+                }
+            }
+        })),
+    ];
     let notifier = Notifier::new(&config.scheduler_url, NOTIFY_GIVE_UP_AFTER)?;
-    let importer = Importer::new(storage, db, Some(notifier), config.limits.clone());
+    let importer =
+        Importer::new(storage, db, Some(notifier), config.limits.clone()).with_metrics(metrics);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), storage = %config.storage_url, "importer serving");
     let routes = Routes::new(ImporterServer::new(grpc::ImporterGrpc(importer.clone())));
     let stopping = importer.clone();
@@ -83,6 +128,10 @@ pub async fn run(
             grace_secs = config.shutdown_grace.as_secs(),
             "grace period over with steps still stopping"
         );
+    }
+    stop_metrics.cancel();
+    for task in metrics_tasks.into_iter().flatten() {
+        task.abort();
     }
     served?;
     Ok(())

@@ -19,6 +19,7 @@ use ferry_shared::storage::BlobStore;
 
 use crate::error::ApiError;
 use crate::listing;
+use crate::metrics::ImporterMetrics;
 use crate::notifier::Notifier;
 use crate::plan;
 use crate::running::RunningSteps;
@@ -113,6 +114,7 @@ struct Inner {
     /// Background steps, so shutdown can wait for them to record their end and notify.
     tasks: TaskTracker,
     shutting_down: AtomicBool,
+    metrics: ImporterMetrics,
 }
 
 /// How a step ended.
@@ -180,8 +182,18 @@ impl Importer {
                 running: Arc::default(),
                 tasks: TaskTracker::new(),
                 shutting_down: AtomicBool::new(false),
+                metrics: ImporterMetrics::default(),
             }),
         }
+    }
+
+    /// The importer, reporting to `metrics` (call right after [`Self::new`]).
+    pub fn with_metrics(mut self, metrics: ImporterMetrics) -> Self {
+        metrics.slots(0, self.inner.limits.max_concurrent_imports);
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = metrics;
+        }
+        self
     }
 
     /// Runs a step in the calling task, waiting for a free slot, and returns how it ended (the

@@ -82,12 +82,23 @@ impl MetadataStore {
         Ok(Self { pool })
     }
 
+    /// Reports the pool's connections to the database metrics.
+    pub fn report_pool(&self) {
+        ferry_shared::metrics::DB.pool(
+            "metadata",
+            self.pool.size(),
+            u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            self.pool.options().get_max_connections(),
+        );
+    }
+
     /// Applies pending migrations (safe to run from several replicas at once).
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
     }
 
     /// The repository's row, if it has one.
+    #[tracing::instrument(name = "db.repository", skip_all, err(level = "warn"))]
     pub async fn repository(
         &self,
         path: &RepositoryPath,
@@ -111,6 +122,7 @@ impl MetadataStore {
     /// Moves the repository to `in_progress` if its status is still `observed` (`None`: it has no
     /// row yet) and no start with a higher fencing token than `fence` was seen (0: unfenced, the
     /// one-shot mode). Returns false when another actor changed it first.
+    #[tracing::instrument(name = "db.begin_step", skip_all, err(level = "warn"))]
     pub async fn begin_step(
         &self,
         path: &RepositoryPath,
@@ -147,6 +159,7 @@ impl MetadataStore {
     }
 
     /// Whether any repository lives in the top-level namespace `namespace`.
+    #[tracing::instrument(name = "db.namespace_exists", skip_all, err(level = "warn"))]
     pub async fn namespace_exists(&self, namespace: &str) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM repositories \
@@ -162,6 +175,7 @@ impl MetadataStore {
     /// order. One index range, `[path, path || '0')` (`'0'` is the byte after `'/'`), filtered
     /// to `path` itself and the paths past `path/`: a plan PostgreSQL keeps when it caches the
     /// statement's generic plan (an `OR` of two ranges made it scan the whole index instead).
+    #[tracing::instrument(name = "db.sub_repositories", skip_all, err(level = "warn"))]
     pub async fn sub_repositories(
         &self,
         path: &RepositoryPath,
@@ -185,6 +199,7 @@ impl MetadataStore {
     /// [`Self::sub_repositories`] for many paths at once: `(index into paths, repository path)`
     /// in that order, after the `(index, path)` position `after`. One statement: each path is
     /// an index range scan; a `None` path matches nothing.
+    #[tracing::instrument(name = "db.sub_repositories_batch", skip_all, err(level = "warn"))]
     pub async fn sub_repositories_batch(
         &self,
         paths: &[Option<&str>],
@@ -212,6 +227,7 @@ impl MetadataStore {
     }
 
     /// Tagged repositories created at or after `since`, after the `(created_at, id)` marker.
+    #[tracing::instrument(name = "db.created_since", skip_all, err(level = "warn"))]
     pub async fn created_since(
         &self,
         since: chrono::DateTime<chrono::Utc>,
@@ -237,6 +253,7 @@ impl MetadataStore {
     /// forced, from a completed one), `import_canceled` otherwise. Without `force` only a step in
     /// progress is canceled; `force` cancels anything but `native`. Returns the new status, or the
     /// current one when nothing was canceled, or `None` when there is no row.
+    #[tracing::instrument(name = "db.cancel", skip_all, err(level = "warn"))]
     pub async fn cancel(
         &self,
         path: &RepositoryPath,
@@ -269,6 +286,7 @@ impl MetadataStore {
 
     /// Which of `digests` the repository already has registered (and therefore copied: a blob is
     /// registered only after its copy landed).
+    #[tracing::instrument(name = "db.registered_blobs", skip_all, err(level = "warn"))]
     pub async fn registered_blobs(
         &self,
         path: &RepositoryPath,
@@ -286,6 +304,7 @@ impl MetadataStore {
 
     /// Records a failed step, only if the repository is still `in_progress`. Returns whether it
     /// was recorded.
+    #[tracing::instrument(name = "db.fail_step", skip_all, err(level = "warn"))]
     pub async fn fail_step(
         &self,
         path: &RepositoryPath,
@@ -310,6 +329,7 @@ impl MetadataStore {
     /// commits only while the repository is still `in_progress`. With `expected_tags` (the final
     /// import) it also writes the plan's tags and commits only if the repository's tags then are
     /// exactly `expected_tags`.
+    #[tracing::instrument(name = "db.commit_step", skip_all, err(level = "warn"))]
     pub async fn commit_step(
         &self,
         path: &RepositoryPath,

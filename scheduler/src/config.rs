@@ -140,10 +140,7 @@ impl SchedulerArgs {
         let bbm_attempts = check.positive("FERRY_BBM_MAX_JOB_ATTEMPTS", &self.bbm_max_job_attempts);
         let repair_interval =
             check.positive("FERRY_REPAIR_INTERVAL_SECS", &self.repair_interval_secs);
-        let metrics_addr = match self.metrics_addr.trim() {
-            "off" => None,
-            addr => check.socket_addr("FERRY_METRICS_ADDR", addr),
-        };
+        let metrics_addr = check.socket_addr_or_off("FERRY_METRICS_ADDR", &self.metrics_addr);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(SchedulerConfig {

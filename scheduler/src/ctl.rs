@@ -19,15 +19,6 @@ mod repair;
 mod runbook;
 mod settings;
 
-/// States in which a repository still has migration work ahead.
-const PENDING_STATES: [&str; 5] = [
-    "default",
-    "pre_importing",
-    "pre_import_done",
-    "importing",
-    "import_aborted",
-];
-
 /// `ferryctl`: drive and inspect a Ferry migration.
 #[derive(Debug, Parser)]
 #[command(
@@ -248,7 +239,10 @@ fn count(summary: &MigrationSummary, state: &str) -> u64 {
 }
 
 fn pending(summary: &MigrationSummary) -> u64 {
-    PENDING_STATES.iter().map(|s| count(summary, s)).sum()
+    crate::store::PENDING_STATES
+        .iter()
+        .map(|s| count(summary, s))
+        .sum()
 }
 
 async fn wait_for_migration(

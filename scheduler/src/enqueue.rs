@@ -49,6 +49,8 @@ pub struct Enqueuer {
     pub triggers: Triggers,
     /// The lease while this replica holds it, so shutdown can release it at once.
     pub held: Arc<tokio::sync::Mutex<Option<HeldLease>>>,
+    /// Lease transitions are counted here.
+    pub metrics: crate::metrics::MigrationMetrics,
 }
 
 impl Enqueuer {
@@ -66,6 +68,7 @@ impl Enqueuer {
             match self.lease.try_acquire(floor).await {
                 Ok(Some(held)) => {
                     tracing::info!(fence = held.fence, "enqueue lease acquired");
+                    self.metrics.lease_acquired();
                     *self.held.lock().await = Some(held.clone());
                     let renewer = tokio::spawn({
                         let lease = self.lease.clone();
@@ -73,6 +76,7 @@ impl Enqueuer {
                         async move { lease.keep_renewed(held).await }
                     });
                     self.lead(&held).await;
+                    self.metrics.lease_ended();
                     renewer.abort();
                     self.held.lock().await.take();
                     let _ = self.lease.release(&held).await;
@@ -384,7 +388,7 @@ pub struct Triggers {
     channel: String,
     owner: String,
     ttl: Duration,
-    deduplicated: Arc<std::sync::atomic::AtomicU64>,
+    deduplicated: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Triggers {
@@ -420,7 +424,15 @@ impl Triggers {
             channel,
             owner,
             ttl,
-            deduplicated: Arc::default(),
+            deduplicated: prometheus_client::metrics::counter::Counter::default(),
+        }
+    }
+
+    /// The triggers, counting deduplicated ones in `counter` (a registered metric).
+    pub fn with_counter(self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        Self {
+            deduplicated: counter,
+            ..self
         }
     }
 
@@ -443,8 +455,7 @@ impl Triggers {
                 .await?;
             Ok(true)
         } else {
-            self.deduplicated
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.deduplicated.inc();
             Ok(false)
         }
     }
@@ -472,7 +483,7 @@ impl Triggers {
 
     /// Triggers that collapsed into a pending one (for metrics).
     pub fn deduplicated(&self) -> u64 {
-        self.deduplicated.load(std::sync::atomic::Ordering::Relaxed)
+        self.deduplicated.get()
     }
 }
 

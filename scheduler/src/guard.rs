@@ -55,6 +55,21 @@ pub enum Verdict {
     Abort(String),
 }
 
+impl Verdict {
+    /// The verdict's name, for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::LeaveAlone => "leave_alone",
+            Verdict::CancelLongRunning => "cancel_long_running",
+            Verdict::Orphaned(_) => "orphaned",
+            Verdict::FinishPreImport => "finish_pre_import",
+            Verdict::FinishImport => "finish_import",
+            Verdict::Native => "native",
+            Verdict::Abort(_) => "abort",
+        }
+    }
+}
+
 /// Decides what to do with `step` given the importer's answer (`Err`: it could not be asked).
 pub fn verdict(
     step: &StaleStep,
@@ -107,6 +122,8 @@ pub struct Guard {
     pub store: SchedulerStore,
     /// Importers.
     pub importers: std::sync::Arc<ImporterPool>,
+    /// Where its actions are counted.
+    pub metrics: crate::metrics::MigrationMetrics,
 }
 
 impl Guard {
@@ -138,6 +155,7 @@ impl Guard {
                     )
                 });
             let verdict = verdict(&step, answer, &settings);
+            self.metrics.guard_action(verdict.label());
             tracing::info!(repository = %step.path, state = step.migration_state, age_s = step.age_seconds, ?verdict, "guard");
             self.apply(&step, verdict, &settings, held.fence, &mut report)
                 .await?;

@@ -61,6 +61,22 @@ pub fn background_work(importers: Arc<ImporterPool>) -> WorkRegistry {
     work
 }
 
+/// How often the migration's gauges (repositories per state, rate, ETA, pool) are refreshed.
+const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Refreshes the gauges read from the database, every [`GAUGE_REFRESH`], on every replica (all
+/// report the same figures; dashboards take the max).
+async fn report_gauges(store: SchedulerStore, metrics: metrics::MigrationMetrics) {
+    loop {
+        store.report_pool();
+        match store.migration_progress().await {
+            Ok(progress) => metrics.progress(&progress),
+            Err(error) => tracing::warn!(%error, "reading the migration's progress failed"),
+        }
+        tokio::time::sleep(GAUGE_REFRESH).await;
+    }
+}
+
 /// Errors that stop the scheduler from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -104,6 +120,8 @@ pub async fn run(
 ) -> Result<(), StartupError> {
     let storage = ferry_shared::storage::open(&config.storage_url)?;
     let mut registry = Registry::with_prefix("ferry");
+    ferry_shared::metrics::register_common(&mut registry);
+    let migration_metrics = metrics::MigrationMetrics::register(&mut registry);
     let bbm_metrics = metrics::BbmMetrics::register(&mut registry);
     let repair_metrics = metrics::RepairMetrics::register(&mut registry);
     let metrics_listener = match config.metrics_addr {
@@ -139,7 +157,8 @@ pub async fn run(
         wake_channel.clone(),
         replica_identity(&config.listen_addr.to_string()),
         (config.enqueue_interval * 2).max(std::time::Duration::from_secs(1)),
-    );
+    )
+    .with_counter(migration_metrics.deduplicated_triggers.clone());
     let held = Arc::new(tokio::sync::Mutex::new(None));
     let importers = Arc::new(ImporterPool::new(&config.importers)?);
     let importers_for_api = Arc::clone(&importers);
@@ -160,8 +179,10 @@ pub async fn run(
         guard: guard::Guard {
             store: store.clone(),
             importers: Arc::clone(&importers),
+            metrics: migration_metrics.clone(),
         },
         importers,
+        metrics: migration_metrics.clone(),
         storage: Arc::clone(&storage),
         lease: lease.clone(),
         triggers: triggers.clone(),
@@ -177,6 +198,7 @@ pub async fn run(
         Arc::clone(&wake),
     ));
     let enqueue_loop = tokio::spawn(enqueuer.run());
+    let gauges = tokio::spawn(report_gauges(store.clone(), migration_metrics.clone()));
     let stop_side_work = CancellationToken::new();
     let metrics_endpoint = metrics_listener.map(|listener| {
         tokio::spawn(ferry_shared::metrics::serve(
@@ -213,7 +235,8 @@ pub async fn run(
         lease.clone(),
         Arc::clone(&importers_for_api),
         config.project_segments,
-    );
+    )
+    .with_metrics(migration_metrics);
     tracing::info!(addr = %config.listen_addr, importers = ?config.importers, "scheduler serving");
     let routes = Routes::new(SchedulerServer::new(grpc::SchedulerGrpc(scheduler)));
     let served = ferry_shared::grpc::serve(
@@ -240,6 +263,7 @@ pub async fn run(
     Enqueuer::release_held(&lease, &held).await;
     wakeups.abort();
     refresher.abort();
+    gauges.abort();
     served?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The scheduler's Prometheus metrics (all prefixed `ferry_`): batched background migrations
-//! and the project repair scan.
+//! The scheduler's Prometheus metrics (all prefixed `ferry_`): the migration, batched
+//! background migrations and the project repair scan. Storage, database and gRPC metrics come
+//! from `ferry_shared::metrics`.
 
 use std::sync::atomic::AtomicU64;
 
@@ -10,6 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use ferry_shared::metrics::{Label, Registry};
 
+use crate::store::MigrationProgress;
 use crate::store::bbm::BackgroundMigrationProgress;
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -199,5 +201,151 @@ impl RepairMetrics {
             m.eta_seconds.clone(),
         );
         m
+    }
+}
+
+/// Metrics of the migration itself: repositories per state, steps in flight, results, the rate
+/// and the time left; the enqueue lease, deduplicated triggers and the guard's actions.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationMetrics {
+    repositories: Family<[Label; 1], Gauge>,
+    in_flight: Family<[Label; 1], Gauge>,
+    pending: Gauge,
+    done_per_minute: Gauge<f64, AtomicU64>,
+    eta_seconds: Gauge<f64, AtomicU64>,
+    results: Family<[Label; 2], Counter>,
+    lease_held: Gauge,
+    lease_acquisitions: Counter,
+    lease_losses: Counter,
+    /// Enqueue triggers collapsed into a pending one (the deduplication hits).
+    pub deduplicated_triggers: Counter,
+    guard_actions: Family<[Label; 1], Counter>,
+}
+
+/// The migration states, each a `ferry_repositories` series (0 when none).
+const STATES: [&str; 7] = [
+    "default",
+    "pre_importing",
+    "pre_import_done",
+    "importing",
+    "import_done",
+    "import_aborted",
+    "import_skipped",
+];
+
+impl MigrationMetrics {
+    /// The metrics, registered in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "repositories",
+            "Repositories by migration state",
+            m.repositories.clone(),
+        );
+        registry.register(
+            "imports_in_flight",
+            "Repositories in a step, by type (pre: pre_importing, final: importing)",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "migration_pending_repositories",
+            "Repositories with migration work ahead",
+            m.pending.clone(),
+        );
+        registry.register(
+            "migration_done_per_minute",
+            "Repositories reaching import_done per minute, over the last 10 minutes",
+            m.done_per_minute.clone(),
+        );
+        registry.register(
+            "migration_eta_seconds",
+            "Estimated time until no repository has work left, at the recent rate (0: unknown)",
+            m.eta_seconds.clone(),
+        );
+        registry.register(
+            "import_results",
+            "Step results reported by importers, by type and status",
+            m.results.clone(),
+        );
+        registry.register(
+            "lease_held",
+            "1 while this replica holds the enqueue lease",
+            m.lease_held.clone(),
+        );
+        registry.register(
+            "lease_acquisitions",
+            "Times this replica took the enqueue lease",
+            m.lease_acquisitions.clone(),
+        );
+        registry.register(
+            "lease_losses",
+            "Times this replica stopped leading (lease lost, expired or released)",
+            m.lease_losses.clone(),
+        );
+        registry.register(
+            "enqueue_deduplicated_triggers",
+            "Enqueue triggers collapsed into a pending one",
+            m.deduplicated_triggers.clone(),
+        );
+        registry.register(
+            "guard_actions",
+            "What the guard did with stale steps, by action",
+            m.guard_actions.clone(),
+        );
+        m
+    }
+
+    /// Sets the progress gauges.
+    pub fn progress(&self, progress: &MigrationProgress) {
+        for state in STATES {
+            let count = progress
+                .states
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n);
+            self.repositories
+                .get_or_create(&[("state", state.to_owned())])
+                .set(count);
+            let kind = match state {
+                "pre_importing" => "pre",
+                "importing" => "final",
+                _ => continue,
+            };
+            self.in_flight
+                .get_or_create(&[("type", kind.to_owned())])
+                .set(count);
+        }
+        self.pending.set(progress.pending);
+        self.done_per_minute.set(progress.done_per_minute);
+        self.eta_seconds.set(progress.eta_seconds);
+    }
+
+    /// An importer reported a step's end.
+    pub fn result(&self, import_type: &'static str, status: &'static str) {
+        self.results
+            .get_or_create(&[
+                ("type", import_type.to_owned()),
+                ("status", status.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// This replica took the lease.
+    pub fn lease_acquired(&self) {
+        self.lease_held.set(1);
+        self.lease_acquisitions.inc();
+    }
+
+    /// This replica stopped leading.
+    pub fn lease_ended(&self) {
+        self.lease_held.set(0);
+        self.lease_losses.inc();
+    }
+
+    /// The guard acted on a stale step.
+    pub fn guard_action(&self, action: &'static str) {
+        self.guard_actions
+            .get_or_create(&[("action", action.to_owned())])
+            .inc();
     }
 }

@@ -144,6 +144,7 @@ pub struct Scheduler {
     lease: Lease,
     importers: Arc<ImporterPool>,
     project_segments: usize,
+    metrics: crate::metrics::MigrationMetrics,
 }
 
 impl Scheduler {
@@ -165,7 +166,13 @@ impl Scheduler {
             lease,
             importers,
             project_segments,
+            metrics: crate::metrics::MigrationMetrics::default(),
         }
+    }
+
+    /// The scheduler, counting step results in `metrics`.
+    pub fn with_metrics(self, metrics: crate::metrics::MigrationMetrics) -> Self {
+        Self { metrics, ..self }
     }
 
     /// Wakes the enqueue loop here and, through Redis, on whichever replica holds the lease.
@@ -176,17 +183,6 @@ impl Scheduler {
         }
     }
 }
-
-/// States in which a repository still has migration work ahead.
-const PENDING_STATES: [&str; 5] = [
-    "default",
-    "pre_importing",
-    "pre_import_done",
-    "importing",
-    "import_aborted",
-];
-/// The window of the completion rate in the statistics.
-const RATE_WINDOW_MINUTES: f64 = 10.0;
 
 fn timestamp(value: Option<chrono::DateTime<chrono::Utc>>) -> String {
     value.map(|t| t.to_rfc3339()).unwrap_or_default()
@@ -239,6 +235,15 @@ impl SchedulerService for Scheduler {
         let status = MigrationStatus::try_from(request.status).unwrap_or_default();
         let stats = request.stats.unwrap_or_default();
         let path = request.path.as_str();
+        let kind = if matches!(
+            status,
+            PreImportComplete | PreImportFailed | PreImportCanceled
+        ) {
+            "pre"
+        } else {
+            "final"
+        };
+        self.metrics.result(kind, status.as_db_str());
         let changed = match status {
             PreImportComplete => self.store.finish_pre_import(path, &stats, None).await?,
             ImportComplete => self.store.finish_import(path, &stats, None).await?,
@@ -426,28 +431,16 @@ impl SchedulerService for Scheduler {
 
     async fn migration_summary(&self) -> Result<MigrationSummary, SchedulerError> {
         let settings = self.store.settings().await?;
-        let states = self.store.state_counts().await?;
-        let total = states.iter().map(|(_, n)| to_u64(*n)).sum();
-        let pending: u64 = states
-            .iter()
-            .filter(|(state, _)| PENDING_STATES.contains(&state.as_str()))
-            .map(|(_, n)| to_u64(*n))
-            .sum();
-        let done_per_minute =
-            self.store.done_recently(RATE_WINDOW_MINUTES).await? as f64 / RATE_WINDOW_MINUTES;
-        let eta_seconds = if done_per_minute > 0.0 {
-            (pending as f64 / done_per_minute * 60.0) as u64
-        } else {
-            0
-        };
+        let progress = self.store.migration_progress().await?;
         Ok(MigrationSummary {
             in_flight: to_u64(self.store.in_process_count().await?),
-            done_per_minute,
-            eta_seconds,
+            done_per_minute: progress.done_per_minute,
+            eta_seconds: progress.eta_seconds as u64,
             enabled: settings.enabled,
             capacity: u64::try_from(settings.capacity).unwrap_or(0),
-            total,
-            states: states
+            total: to_u64(progress.total),
+            states: progress
+                .states
                 .into_iter()
                 .map(|(state, n)| StateCount {
                     state,

@@ -14,12 +14,21 @@ mod guard;
 pub mod repair;
 mod settings;
 
+pub use admin::MigrationProgress;
 pub use guard::StaleStep;
 pub use settings::{Settings, SettingsPatch};
 
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
 
+/// States in which a repository still has migration work ahead.
+pub const PENDING_STATES: [&str; 5] = [
+    "default",
+    "pre_importing",
+    "pre_import_done",
+    "importing",
+    "import_aborted",
+];
 /// States that count against capacity.
 pub const IN_PROCESS_STATES: [&str; 3] = ["pre_importing", "pre_import_done", "importing"];
 /// States from which an abort is allowed.
@@ -134,12 +143,23 @@ impl SchedulerStore {
         Ok(Self { pool })
     }
 
+    /// Reports the pool's connections to the database metrics.
+    pub fn report_pool(&self) {
+        ferry_shared::metrics::DB.pool(
+            "scheduler",
+            self.pool.size(),
+            u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            self.pool.options().get_max_connections(),
+        );
+    }
+
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
     }
 
     /// Registers repositories and their projects; already known ones are left alone.
+    #[tracing::instrument(name = "db.register", skip_all, err(level = "warn"))]
     pub async fn register(&self, batch: &[NewRepository]) -> Result<Registered, sqlx::Error> {
         let paths: Vec<&str> = batch.iter().map(|r| r.path.as_str()).collect();
         let projects: Vec<&str> = batch.iter().map(|r| r.project_path.as_str()).collect();
@@ -170,6 +190,7 @@ impl SchedulerStore {
     }
 
     /// Repositories in pre_importing, pre_import_done or importing.
+    #[tracing::instrument(name = "db.in_process_count", skip_all, err(level = "warn"))]
     pub async fn in_process_count(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT count(*) FROM container_repositories WHERE migration_state = ANY($1)",
@@ -182,6 +203,7 @@ impl SchedulerStore {
     /// Moves the next ready `default` repository to `pre_importing` (fenced by the lease holder's
     /// token). Ready: registered before `created_before`, on a target plan, not under a denied
     /// root namespace.
+    #[tracing::instrument(name = "db.claim_next_default", skip_all, err(level = "warn"))]
     pub async fn claim_next_default(
         &self,
         fence: Option<u64>,
@@ -203,6 +225,7 @@ impl SchedulerStore {
     }
 
     /// Moves the oldest `pre_import_done` repository to `importing` (fenced).
+    #[tracing::instrument(name = "db.claim_pre_import_done", skip_all, err(level = "warn"))]
     pub async fn claim_pre_import_done(
         &self,
         fence: Option<u64>,
@@ -222,6 +245,7 @@ impl SchedulerStore {
     }
 
     /// The next `import_aborted` repository to retry, with whether its pre-import had finished.
+    #[tracing::instrument(name = "db.next_aborted", skip_all, err(level = "warn"))]
     pub async fn next_aborted(&self) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT id, path, migration_pre_import_done_at IS NOT NULL AS pre_import_done \
@@ -241,6 +265,7 @@ impl SchedulerStore {
 
     /// Moves an `import_aborted` repository back into a step (fenced): `importing` (`to_final`,
     /// its pre-import counted done) or `pre_importing`. False if it was no longer aborted.
+    #[tracing::instrument(name = "db.resume_aborted", skip_all, err(level = "warn"))]
     pub async fn resume_aborted(
         &self,
         id: i64,
@@ -269,6 +294,7 @@ impl SchedulerStore {
 
     /// `pre_importing` → `pre_import_done`, adding the step's figures. False if the repository
     /// was not pre-importing (a duplicate or stale notification).
+    #[tracing::instrument(name = "db.finish_pre_import", skip_all, err(level = "warn"))]
     pub async fn finish_pre_import(
         &self,
         path: &str,
@@ -284,6 +310,7 @@ impl SchedulerStore {
     }
 
     /// `importing` → `import_done`, adding the step's figures.
+    #[tracing::instrument(name = "db.finish_import", skip_all, err(level = "warn"))]
     pub async fn finish_import(
         &self,
         path: &str,
@@ -336,6 +363,7 @@ impl SchedulerStore {
     /// Finishes a repository as `import_done` from any active or default state: with `reason`
     /// `native_import` or `not_found` when nothing was imported, or none when the importer reports
     /// an import it completed (whose notification was lost).
+    #[tracing::instrument(name = "db.finish_import_as", skip_all, err(level = "warn"))]
     pub async fn finish_import_as(
         &self,
         id: i64,
@@ -360,6 +388,7 @@ impl SchedulerStore {
     /// Aborts the step a repository is in (only from `from_states`; fenced when `fence` is set): retries + 1, and skipped with
     /// `too_many_retries` once retries reach `max_retries`. Returns the new state, or `None` when
     /// the repository was not in one of `from_states`.
+    #[tracing::instrument(name = "db.abort", skip_all, err(level = "warn"))]
     pub async fn abort(
         &self,
         key: RepoKey<'_>,
@@ -396,6 +425,7 @@ impl SchedulerStore {
     }
 
     /// One repository by path.
+    #[tracing::instrument(name = "db.repository", skip_all, err(level = "warn"))]
     pub async fn repository(&self, path: &str) -> Result<Option<RepositoryRecord>, sqlx::Error> {
         sqlx::query_as(&format!(
             "SELECT {REPOSITORY_COLUMNS} FROM container_repositories r JOIN projects p ON p.id = r.project_id \
@@ -407,6 +437,7 @@ impl SchedulerStore {
     }
 
     /// Repositories that ended skipped, aborted, or done without being imported (at most `limit`).
+    #[tracing::instrument(name = "db.problems", skip_all, err(level = "warn"))]
     pub async fn problems(&self, limit: i64) -> Result<Vec<RepositoryRecord>, sqlx::Error> {
         sqlx::query_as(&format!(
             "SELECT {REPOSITORY_COLUMNS} FROM container_repositories r JOIN projects p ON p.id = r.project_id \
@@ -420,6 +451,7 @@ impl SchedulerStore {
     }
 
     /// Repository counts by state.
+    #[tracing::instrument(name = "db.state_counts", skip_all, err(level = "warn"))]
     pub async fn state_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT migration_state, count(*) AS n FROM container_repositories GROUP BY 1 ORDER BY 1",
@@ -433,6 +465,7 @@ impl SchedulerStore {
     }
 
     /// Sums of every repository's step figures.
+    #[tracing::instrument(name = "db.totals", skip_all, err(level = "warn"))]
     pub async fn totals(&self) -> Result<ImportStats, sqlx::Error> {
         let row = sqlx::query(
             "SELECT COALESCE(sum(import_manifests), 0)::bigint AS manifests, COALESCE(sum(import_tags), 0)::bigint AS tags, \

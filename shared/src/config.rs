@@ -54,6 +54,14 @@ impl ConfigCheck {
         }
     }
 
+    /// Like [`Self::socket_addr`], where `off` means none.
+    pub fn socket_addr_or_off(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.trim() {
+            "off" => None,
+            addr => self.socket_addr(key, addr),
+        }
+    }
+
     /// Checks that `value` is a whole number greater than 0.
     pub fn positive(&mut self, key: &str, value: &str) -> Option<u64> {
         match value.trim().parse::<u64>() {

@@ -1,4 +1,8 @@
-//! Serving a Ferry gRPC service with health checking and reflection.
+//! Serving a Ferry gRPC service with health checking, reflection and request metrics.
+
+mod metrics_layer;
+
+pub use metrics_layer::GrpcMetricsLayer;
 
 use std::future::Future;
 
@@ -37,6 +41,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     tonic::transport::Server::builder()
+        .layer(GrpcMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,10 +12,189 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 pub use prometheus_client::registry::Registry;
 
 /// One label: `(name, value)`. A metric family's label set is an array of these.
 pub type Label = (&'static str, String);
+
+/// A family of histograms built by a plain function.
+pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Storage requests, process-wide: every driver reports through the retry wrapper.
+#[derive(Debug)]
+pub struct StorageMetrics {
+    requests: Family<[Label; 2], Counter>,
+    duration: Histograms<[Label; 1]>,
+    throttled: Family<[Label; 1], Counter>,
+    retries: Family<[Label; 1], Counter>,
+}
+
+/// The process's storage metrics.
+pub static STORAGE: LazyLock<StorageMetrics> = LazyLock::new(|| StorageMetrics {
+    requests: Family::default(),
+    duration: Family::new_with_constructor(latency_histogram),
+    throttled: Family::default(),
+    retries: Family::default(),
+});
+
+impl StorageMetrics {
+    /// Records one attempt of `operation` (list, stat, read, copy) and how it ended: `ok`,
+    /// `not_found`, `throttled` (HTTP 429), `transient_error` or `error`.
+    pub fn attempt(&self, operation: &'static str, outcome: &'static str, seconds: f64) {
+        self.requests
+            .get_or_create(&[
+                ("operation", operation.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+        let op = [("operation", operation.to_owned())];
+        self.duration.get_or_create(&op).observe(seconds);
+        if outcome == "throttled" {
+            self.throttled.get_or_create(&op).inc();
+        }
+    }
+
+    /// Records a retry of `operation`.
+    pub fn retry(&self, operation: &'static str) {
+        self.retries
+            .get_or_create(&[("operation", operation.to_owned())])
+            .inc();
+    }
+}
+
+/// Database queries and pools, process-wide: queries are the `db.*` spans of the stores (see
+/// [`crate::telemetry`]), pools are reported by each service.
+#[derive(Debug)]
+pub struct DbMetrics {
+    duration: Histograms<[Label; 2]>,
+    errors: Family<[Label; 2], Counter>,
+    connections: Family<[Label; 2], Gauge>,
+    max_connections: Family<[Label; 1], Gauge>,
+}
+
+/// The process's database metrics.
+pub static DB: LazyLock<DbMetrics> = LazyLock::new(|| DbMetrics {
+    duration: Family::new_with_constructor(latency_histogram),
+    errors: Family::default(),
+    connections: Family::default(),
+    max_connections: Family::default(),
+});
+
+impl DbMetrics {
+    /// Records a query's time, and whether it failed.
+    pub fn query(&self, db: &'static str, query: &str, seconds: f64, failed: bool) {
+        let labels = [("db", db.to_owned()), ("query", query.to_owned())];
+        self.duration.get_or_create(&labels).observe(seconds);
+        if failed {
+            self.errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Records a pool's connections: open, idle and the most it may open.
+    pub fn pool(&self, db: &'static str, open: u32, idle: u32, max: u32) {
+        let gauge = |state: &str, value: u32| {
+            self.connections
+                .get_or_create(&[("db", db.to_owned()), ("state", state.to_owned())])
+                .set(i64::from(value));
+        };
+        gauge("idle", idle);
+        gauge("in_use", open.saturating_sub(idle));
+        self.max_connections
+            .get_or_create(&[("db", db.to_owned())])
+            .set(i64::from(max));
+    }
+}
+
+/// gRPC requests served, process-wide (the layer in [`crate::grpc::serve`]).
+#[derive(Debug)]
+pub struct GrpcMetrics {
+    requests: Family<[Label; 2], Counter>,
+    duration: Histograms<[Label; 1]>,
+}
+
+/// The process's gRPC server metrics.
+pub static GRPC: LazyLock<GrpcMetrics> = LazyLock::new(|| GrpcMetrics {
+    requests: Family::default(),
+    duration: Family::new_with_constructor(latency_histogram),
+});
+
+impl GrpcMetrics {
+    /// Records a request to `method` (`/package.Service/Method`) that ended with `code`.
+    pub fn request(&self, method: &str, code: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&[("method", method.to_owned()), ("code", code.to_owned())])
+            .inc();
+        self.duration
+            .get_or_create(&[("method", method.to_owned())])
+            .observe(seconds);
+    }
+}
+
+/// Registers the process-wide storage, database and gRPC metrics in `registry`.
+pub fn register_common(registry: &mut Registry) {
+    let storage = &*STORAGE;
+    registry.register(
+        "storage_requests",
+        "Storage requests (each attempt) by operation and outcome",
+        storage.requests.clone(),
+    );
+    registry.register(
+        "storage_request_duration_seconds",
+        "Storage request time by operation",
+        storage.duration.clone(),
+    );
+    registry.register(
+        "storage_throttled",
+        "Storage requests refused with HTTP 429 (rate limited), by operation",
+        storage.throttled.clone(),
+    );
+    registry.register(
+        "storage_retries",
+        "Storage requests retried after a transient failure, by operation",
+        storage.retries.clone(),
+    );
+    let grpc = &*GRPC;
+    registry.register(
+        "grpc_server_requests",
+        "gRPC requests served, by method and status code",
+        grpc.requests.clone(),
+    );
+    registry.register(
+        "grpc_server_request_duration_seconds",
+        "Time to answer a gRPC request (to the response headers), by method",
+        grpc.duration.clone(),
+    );
+    let db = &*DB;
+    registry.register(
+        "db_query_duration_seconds",
+        "Database query time by database and query name",
+        db.duration.clone(),
+    );
+    registry.register(
+        "db_query_errors",
+        "Database queries that failed, by database and query name",
+        db.errors.clone(),
+    );
+    registry.register(
+        "db_pool_connections",
+        "Database pool connections by state (idle, in_use)",
+        db.connections.clone(),
+    );
+    registry.register(
+        "db_pool_max_connections",
+        "The most connections the pool may open",
+        db.max_connections.clone(),
+    );
+}
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -85,6 +264,22 @@ mod tests {
     use prometheus_client::metrics::family::Family;
 
     use super::*;
+
+    #[test]
+    fn a_throttled_storage_request_counts_as_a_429() {
+        let mut registry = Registry::with_prefix("ferry");
+        register_common(&mut registry);
+        STORAGE.attempt("test_op", "throttled", 0.002);
+        STORAGE.attempt("test_op", "ok", 0.001);
+        let text = render(&registry);
+        for line in [
+            "ferry_storage_throttled_total{operation=\"test_op\"} 1",
+            "ferry_storage_requests_total{operation=\"test_op\",outcome=\"ok\"} 1",
+            "ferry_storage_request_duration_seconds_count{operation=\"test_op\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+        }
+    }
 
     #[test]
     fn renders_labelled_counters() {

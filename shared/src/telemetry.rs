@@ -1,31 +1,185 @@
-//! Logging set-up shared by the binaries: JSON lines by default, text for people.
+//! Logging set-up shared by the binaries: JSON lines by default, text for people; and the layer
+//! that turns the stores' `db.*` spans into query metrics.
 
+use std::time::Instant;
+
+use tracing::span::{Attributes, Id};
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Context, Filter, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Default filter: our own crates at info, noisy transport crates at warn.
 pub const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,sqlx=warn";
 
-/// Installs the global tracing subscriber. `FERRY_LOG` (or `RUST_LOG`) sets the filter;
-/// `FERRY_LOG_FORMAT=text` switches from JSON lines to human-readable text.
+/// Installs the global tracing subscriber. `FERRY_LOG` (or `RUST_LOG`) sets the log filter;
+/// `FERRY_LOG_FORMAT=text` switches from JSON lines to human-readable text. Query metrics are
+/// recorded whatever the log filter says.
 pub fn init(service: &str) {
     let filter = std::env::var("FERRY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     let text = std::env::var("FERRY_LOG_FORMAT").is_ok_and(|f| f == "text");
-    let result = if text {
-        builder.try_init()
+    let logs = if text {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder
+        tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
+            .with_writer(std::io::stderr)
+            .boxed()
     };
+    let result = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(query_metrics())
+        .try_init();
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");
+    }
+}
+
+/// Installs a subscriber that only records query metrics (for tests that run the services in
+/// process and read their `/metrics`). Does nothing when one is installed already.
+pub fn init_metrics_only() {
+    let _ = tracing_subscriber::registry()
+        .with(query_metrics())
+        .try_init();
+}
+
+/// The query-metrics layer with the filter that lets through just what it needs.
+fn query_metrics<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    QueryMetricsLayer.with_filter(QueryFilter)
+}
+
+/// Lets through query spans and warnings (a failed query's `err` event).
+struct QueryFilter;
+
+impl QueryFilter {
+    fn wanted(meta: &Metadata<'_>) -> bool {
+        is_query(meta) || (meta.is_event() && *meta.level() <= Level::WARN)
+    }
+}
+
+impl<S> Filter<S> for QueryFilter {
+    fn enabled(&self, meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        Self::wanted(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        // Never `always`: a callsite cached as `always` skips `enabled()`, and a per-layer
+        // filter then reads the thread-local decision an unrelated `enabled!` check left behind
+        // (sqlx makes one after every query), silently dropping the span (tokio-rs/tracing#2519).
+        if Self::wanted(meta) {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    }
+}
+
+/// Whether a span is a store's query span (`#[tracing::instrument(name = "db.<query>")]`).
+fn is_query(meta: &Metadata<'_>) -> bool {
+    meta.is_span() && meta.name().starts_with("db.")
+}
+
+/// Which database a query span's crate talks to.
+fn database(target: &str) -> &'static str {
+    if target.starts_with("ferry_importer") {
+        "metadata"
+    } else if target.starts_with("ferry_scheduler") {
+        "scheduler"
+    } else {
+        "other"
+    }
+}
+
+/// When a query span started.
+struct QueryStarted(Instant);
+
+/// A query span saw a warning or an error (the store's `err` event).
+struct QueryFailed;
+
+/// Times `db.*` spans from creation to close into [`crate::metrics::DB`].
+struct QueryMetricsLayer;
+
+impl<S> Layer<S> for QueryMetricsLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, _attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && is_query(span.metadata())
+        {
+            span.extensions_mut().insert(QueryStarted(Instant::now()));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if *event.metadata().level() <= Level::WARN
+            && let Some(span) = ctx.event_span(event)
+            && is_query(span.metadata())
+        {
+            span.extensions_mut().insert(QueryFailed);
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        let extensions = span.extensions();
+        if let Some(QueryStarted(started)) = extensions.get::<QueryStarted>() {
+            let meta = span.metadata();
+            crate::metrics::DB.query(
+                database(meta.target()),
+                meta.name().trim_start_matches("db."),
+                started.elapsed().as_secs_f64(),
+                extensions.get::<QueryFailed>().is_some(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tracing::instrument(name = "db.sample_query", skip_all, err(level = "warn"))]
+    async fn sample(fail: bool) -> Result<(), String> {
+        if fail { Err("boom".into()) } else { Ok(()) }
+    }
+
+    #[tokio::test]
+    async fn query_spans_become_metrics() {
+        let subscriber = tracing_subscriber::registry().with(query_metrics());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        // sqlx asks `enabled!` after every query: that must not cost the next span its metrics.
+        for _ in 0..20 {
+            sample(false).await.unwrap();
+            let _ = tracing::enabled!(target: "sqlx::query", Level::DEBUG);
+        }
+        sample(true).await.unwrap_err();
+        let mut registry = crate::metrics::Registry::with_prefix("ferry");
+        crate::metrics::register_common(&mut registry);
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains(
+                "ferry_db_query_duration_seconds_count{db=\"other\",query=\"sample_query\"} 21"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_db_query_errors_total{db=\"other\",query=\"sample_query\"} 1"),
+            "{text}"
+        );
     }
 }

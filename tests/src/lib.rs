@@ -174,6 +174,8 @@ pub struct Cluster {
     pub importer_urls: Vec<String>,
     /// The port of the scheduler's `/metrics`.
     pub metrics_port: u16,
+    /// The ports of the importers' `/metrics`.
+    pub importer_metrics_ports: Vec<u16>,
     /// The prefix of the scheduler's Redis keys.
     pub redis_prefix: String,
     tasks: Vec<JoinHandle<()>>,
@@ -216,9 +218,14 @@ impl Cluster {
         let (scheduler_listener, scheduler_url) = bind().await;
         let mut tasks = Vec::new();
         let mut importer_urls = Vec::new();
+        let mut importer_metrics_ports = Vec::new();
+        // Query metrics come from the stores' spans: record them in this process too.
+        ferry_shared::telemetry::init_metrics_only();
         for _ in 0..importers {
             let (listener, url) = bind().await;
             importer_urls.push(url);
+            let importer_metrics_port = processes::free_port();
+            importer_metrics_ports.push(importer_metrics_port);
             let args = ferry_importer::config::ImporterArgs {
                 listen_addr: listener.local_addr().expect("addr").to_string(),
                 metadata_database_url: Some(metadata_database_url.clone()),
@@ -237,6 +244,7 @@ impl Cluster {
                 cancel_settle_secs: "5".into(),
                 cancel_poll_ms: "200".into(),
                 shutdown_grace_secs: "5".into(),
+                metrics_addr: format!("127.0.0.1:{importer_metrics_port}"),
                 command: None,
             };
             let config = args.validate().expect("importer config");
@@ -283,6 +291,7 @@ impl Cluster {
             metadata_database_url,
             importer_urls,
             metrics_port,
+            importer_metrics_ports,
             redis_prefix,
             tasks,
         };
@@ -313,11 +322,12 @@ impl Cluster {
 
     /// The scheduler's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let response = http_request(self.metrics_port, "GET", "/metrics", "*/*")
-            .await
-            .expect("metrics endpoint answers");
-        assert_eq!(response.status, 200);
-        response.body
+        scrape(self.metrics_port).await
+    }
+
+    /// Importer `i`'s `/metrics` text.
+    pub async fn importer_metrics(&self, i: usize) -> String {
+        scrape(self.importer_metrics_ports[i]).await
     }
 
     /// A client of the scheduler.
@@ -504,6 +514,22 @@ pub async fn http_request(
         headers,
         body,
     })
+}
+
+/// The `/metrics` text served on `port`.
+pub async fn scrape(port: u16) -> String {
+    let response = http_request(port, "GET", "/metrics", "*/*")
+        .await
+        .expect("metrics endpoint answers");
+    assert_eq!(response.status, 200);
+    response.body
+}
+
+/// The value of `series` (`name` or `name{labels}`, exactly as rendered) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
 
 /// SHA-256 of a file, as `sha256:<hex>`.

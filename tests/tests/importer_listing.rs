@@ -41,6 +41,7 @@ async fn server() -> Server {
         cancel_settle_secs: "5".into(),
         cancel_poll_ms: "1000".into(),
         shutdown_grace_secs: "5".into(),
+        metrics_addr: "off".into(),
         command: None,
     };
     let config = args.validate().expect("config");

@@ -27,6 +27,9 @@ impl Importer {
         running: RunningStep,
     ) -> StepOutcome {
         let started = Instant::now();
+        let metrics = &self.inner.metrics;
+        metrics.step_started(import_type);
+        metrics.slots(self.in_flight(), self.inner.limits.max_concurrent_imports);
         let step = statuses(import_type);
         let limit = match import_type {
             ImportType::Final => self.inner.limits.import_timeout,
@@ -86,6 +89,9 @@ impl Importer {
         };
         drop(permit);
         stats.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let metrics = &self.inner.metrics;
+        metrics.step_ended(import_type, status, started.elapsed().as_secs_f64(), &stats);
+        metrics.slots(self.in_flight(), self.inner.limits.max_concurrent_imports);
         tracing::info!(repository = %path, ?import_type, status = status.as_db_str(), duration_ms = stats.duration_ms, "import step ended");
         if let Some(notifier) = &self.inner.notifier {
             notifier

@@ -22,6 +22,7 @@ impl SchedulerStore {
     /// Registers one repository (a create event): `default`, or `import_done` with
     /// `native_import` when it was created on the new platform. An existing one is left alone.
     /// Returns the repository as it now is.
+    #[tracing::instrument(name = "db.register_one", skip_all, err(level = "warn"))]
     pub async fn register_one(
         &self,
         repository: &NewRepository,
@@ -53,6 +54,7 @@ impl SchedulerStore {
 
     /// Puts a `default` or `import_aborted` repository at the front of the queue. Returns false
     /// when it is in another state.
+    #[tracing::instrument(name = "db.prioritize", skip_all, err(level = "warn"))]
     pub async fn prioritize(&self, path: &str) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
             "UPDATE container_repositories SET migration_priority = 1, updated_at = now() \
@@ -66,6 +68,7 @@ impl SchedulerStore {
 
     /// Skips a repository that is not done or skipped yet with `reason` (`migration_canceled` or
     /// `migration_forced_canceled`). Returns false when it was done or skipped already.
+    #[tracing::instrument(name = "db.cancel_migration", skip_all, err(level = "warn"))]
     pub async fn cancel_migration(&self, path: &str, reason: &str) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
             "UPDATE container_repositories SET migration_state = 'import_skipped', \
@@ -84,6 +87,7 @@ impl SchedulerStore {
     }
 
     /// Repositories in `state` (or any state), by path after `after`, at most `limit`.
+    #[tracing::instrument(name = "db.list_repositories", skip_all, err(level = "warn"))]
     pub async fn list_repositories(
         &self,
         state: Option<&str>,
@@ -104,6 +108,7 @@ impl SchedulerStore {
 
     /// The next ready repository (as the loop would take it), the next aborted one, and how many
     /// are ready.
+    #[tracing::instrument(name = "db.preview_queue", skip_all, err(level = "warn"))]
     pub async fn preview_queue(
         &self,
     ) -> Result<(Option<RepositoryRecord>, Option<RepositoryRecord>, i64), sqlx::Error> {
@@ -128,6 +133,7 @@ impl SchedulerStore {
     }
 
     /// Repositories that reached `import_done` in the last `minutes` minutes.
+    #[tracing::instrument(name = "db.done_recently", skip_all, err(level = "warn"))]
     pub async fn done_recently(&self, minutes: f64) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT count(*) FROM container_repositories WHERE migration_state = 'import_done' \
@@ -137,4 +143,47 @@ impl SchedulerStore {
         .fetch_one(&self.pool)
         .await
     }
+
+    /// Counts per state, what is left, and the recent rate with the time left at that rate.
+    pub async fn migration_progress(&self) -> Result<MigrationProgress, sqlx::Error> {
+        let states = self.state_counts().await?;
+        let total = states.iter().map(|(_, n)| *n).sum();
+        let pending = states
+            .iter()
+            .filter(|(state, _)| super::PENDING_STATES.contains(&state.as_str()))
+            .map(|(_, n)| *n)
+            .sum::<i64>();
+        let done_per_minute =
+            self.done_recently(RATE_WINDOW_MINUTES).await? as f64 / RATE_WINDOW_MINUTES;
+        let eta_seconds = if done_per_minute > 0.0 {
+            pending as f64 / done_per_minute * 60.0
+        } else {
+            0.0
+        };
+        Ok(MigrationProgress {
+            states,
+            total,
+            pending,
+            done_per_minute,
+            eta_seconds,
+        })
+    }
+}
+
+/// The window of the completion rate.
+const RATE_WINDOW_MINUTES: f64 = 10.0;
+
+/// The migration's progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationProgress {
+    /// Repositories per state.
+    pub states: Vec<(String, i64)>,
+    /// Repositories in all.
+    pub total: i64,
+    /// Repositories with migration work ahead.
+    pub pending: i64,
+    /// Repositories done per minute over the last 10 minutes.
+    pub done_per_minute: f64,
+    /// Seconds to finish `pending` at that rate; 0 when the rate is 0.
+    pub eta_seconds: f64,
 }

@@ -135,6 +135,7 @@ impl SchedulerStore {
     /// Takes the worker's session advisory lock on a connection of its own; `None` when another
     /// worker holds it. The lock lives as long as the connection's session: release it with
     /// [`unlock_background_migrations`], or close the connection (a crash does).
+    #[tracing::instrument(name = "db.lock_background_migrations", skip_all, err(level = "warn"))]
     pub async fn lock_background_migrations(
         &self,
     ) -> Result<Option<PoolConnection<Postgres>>, sqlx::Error> {
@@ -147,6 +148,7 @@ impl SchedulerStore {
     }
 
     /// Creates a migration, `active`.
+    #[tracing::instrument(name = "db.create_background_migration", skip_all, err(level = "warn"))]
     pub async fn create_background_migration(
         &self,
         new: &NewBackgroundMigration,
@@ -169,6 +171,11 @@ impl SchedulerStore {
 
     /// Deletes a migration that is `finished` or `failed`, with its jobs, so that one of the same
     /// name can be created. Returns whether one was deleted.
+    #[tracing::instrument(
+        name = "db.delete_ended_background_migration",
+        skip_all,
+        err(level = "warn")
+    )]
     pub async fn delete_ended_background_migration(&self, name: &str) -> Result<bool, sqlx::Error> {
         let deleted = sqlx::query(
             "DELETE FROM batched_background_migrations \
@@ -181,6 +188,7 @@ impl SchedulerStore {
     }
 
     /// Every migration (or the one named) with its figures, oldest first.
+    #[tracing::instrument(name = "db.background_migrations", skip_all, err(level = "warn"))]
     pub async fn background_migrations(
         &self,
         name: Option<&str>,
@@ -207,6 +215,7 @@ impl SchedulerStore {
     }
 
     /// Pauses the `active` and `running` migrations (or the one named); returns their names.
+    #[tracing::instrument(name = "db.pause_background_migrations", skip_all, err(level = "warn"))]
     pub async fn pause_background_migrations(
         &self,
         name: Option<&str>,
@@ -222,6 +231,11 @@ impl SchedulerStore {
     }
 
     /// Makes the `paused` migrations (or the one named) `active` again; returns their names.
+    #[tracing::instrument(
+        name = "db.resume_background_migrations",
+        skip_all,
+        err(level = "warn")
+    )]
     pub async fn resume_background_migrations(
         &self,
         name: Option<&str>,
@@ -237,6 +251,11 @@ impl SchedulerStore {
 }
 
 /// Releases the worker's advisory lock. Returns whether it was held.
+#[tracing::instrument(
+    name = "db.unlock_background_migrations",
+    skip_all,
+    err(level = "warn")
+)]
 pub async fn unlock_background_migrations(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)
@@ -245,6 +264,7 @@ pub async fn unlock_background_migrations(conn: &mut PgConnection) -> Result<boo
 }
 
 /// The oldest migration the worker should run: `active` or `running`.
+#[tracing::instrument(name = "db.next_runnable", skip_all, err(level = "warn"))]
 pub async fn next_runnable(
     conn: &mut PgConnection,
 ) -> Result<Option<BackgroundMigration>, sqlx::Error> {
@@ -258,6 +278,7 @@ pub async fn next_runnable(
 }
 
 /// Whether the migration's table and column exist in the scheduler database.
+#[tracing::instrument(name = "db.check_target", skip_all, err(level = "warn"))]
 pub async fn check_target(
     conn: &mut PgConnection,
     table: &str,
@@ -283,6 +304,7 @@ pub async fn check_target(
 }
 
 /// Moves a runnable migration to `running` (compare-and-set); false when it was paused meanwhile.
+#[tracing::instrument(name = "db.mark_running", skip_all, err(level = "warn"))]
 pub async fn mark_running(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE batched_background_migrations SET status = 'running', \
@@ -297,6 +319,7 @@ pub async fn mark_running(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx
 }
 
 /// Ends a runnable migration as `finished`, or as `failed` with `error_code`.
+#[tracing::instrument(name = "db.end_migration", skip_all, err(level = "warn"))]
 pub async fn end_migration(
     conn: &mut PgConnection,
     id: i64,
@@ -317,6 +340,7 @@ pub async fn end_migration(
 }
 
 /// The job whose range ends highest.
+#[tracing::instrument(name = "db.last_job", skip_all, err(level = "warn"))]
 pub async fn last_job(
     conn: &mut PgConnection,
     migration_id: i64,
@@ -332,6 +356,7 @@ pub async fn last_job(
 
 /// The oldest job to retry: one that failed, or one left `running` by an attempt that never
 /// reported (its run timed out or its process died; the lock proves no one runs it now).
+#[tracing::instrument(name = "db.retryable_job", skip_all, err(level = "warn"))]
 pub async fn retryable_job(
     conn: &mut PgConnection,
     migration_id: i64,
@@ -349,6 +374,7 @@ pub async fn retryable_job(
 /// The end of the job starting at `start`: the `batch_size`-th value of the column from `start`
 /// on (keyset, no OFFSET), capped at `last`; `last` when fewer rows remain. The table and column
 /// must have been checked with [`check_target`].
+#[tracing::instrument(name = "db.job_end", skip_all, err(level = "warn"))]
 pub async fn job_end(
     conn: &mut PgConnection,
     table: &str,
@@ -373,6 +399,7 @@ pub async fn job_end(
 }
 
 /// Creates the job `[start, end]`.
+#[tracing::instrument(name = "db.create_job", skip_all, err(level = "warn"))]
 pub async fn create_job(
     conn: &mut PgConnection,
     migration_id: i64,
@@ -392,6 +419,7 @@ pub async fn create_job(
 }
 
 /// Counts an attempt and marks the job `running`.
+#[tracing::instrument(name = "db.start_attempt", skip_all, err(level = "warn"))]
 pub async fn start_attempt(conn: &mut PgConnection, job_id: i64) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE batched_background_migration_jobs SET status = 'running', \
@@ -405,6 +433,7 @@ pub async fn start_attempt(conn: &mut PgConnection, job_id: i64) -> Result<i32, 
 
 /// Records the end of an attempt: `finished`, or `failed` with a code and message; with the
 /// time its work took when known.
+#[tracing::instrument(name = "db.end_attempt", skip_all, err(level = "warn"))]
 pub async fn end_attempt(
     conn: &mut PgConnection,
     job_id: i64,

@@ -7,6 +7,7 @@ use super::{NewRepository, SchedulerStore};
 
 impl SchedulerStore {
     /// Which of `paths` have a row.
+    #[tracing::instrument(name = "db.existing_paths", skip_all, err(level = "warn"))]
     pub async fn existing_paths(&self, paths: &[String]) -> Result<HashSet<String>, sqlx::Error> {
         let found: Vec<String> =
             sqlx::query_scalar("SELECT path FROM container_repositories WHERE path = ANY($1)")
@@ -18,6 +19,7 @@ impl SchedulerStore {
 
     /// Creates repositories that live on the new platform already (`import_done`,
     /// `native_import`); existing ones are left alone. Returns how many were created.
+    #[tracing::instrument(name = "db.register_native", skip_all, err(level = "warn"))]
     pub async fn register_native(&self, batch: &[NewRepository]) -> Result<u64, sqlx::Error> {
         let projects: Vec<&str> = batch.iter().map(|r| r.project_path.as_str()).collect();
         sqlx::query(
@@ -32,6 +34,7 @@ impl SchedulerStore {
     }
 
     /// When the last full repair pass finished, if one did.
+    #[tracing::instrument(name = "db.last_full_repair_pass", skip_all, err(level = "warn"))]
     pub async fn last_full_repair_pass(
         &self,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {

@@ -34,6 +34,7 @@ const STEP_STARTED: &str = "CASE migration_state \
 
 impl SchedulerStore {
     /// The highest fencing token a lease holder has written with.
+    #[tracing::instrument(name = "db.current_fence", skip_all, err(level = "warn"))]
     pub async fn current_fence(&self) -> Result<u64, sqlx::Error> {
         let fence: i64 = sqlx::query_scalar("SELECT fence FROM scheduler_fence")
             .fetch_one(&self.pool)
@@ -42,6 +43,7 @@ impl SchedulerStore {
     }
 
     /// Records the importer a step was started on (fenced).
+    #[tracing::instrument(name = "db.record_importer", skip_all, err(level = "warn"))]
     pub async fn record_importer(
         &self,
         id: i64,
@@ -61,6 +63,7 @@ impl SchedulerStore {
     }
 
     /// Steps older than `older_than`, oldest first, at most `limit`.
+    #[tracing::instrument(name = "db.stale_steps", skip_all, err(level = "warn"))]
     pub async fn stale_steps(
         &self,
         older_than: Duration,
@@ -81,6 +84,7 @@ impl SchedulerStore {
     }
 
     /// Records how many tags a repository has (fenced).
+    #[tracing::instrument(name = "db.record_tags_count", skip_all, err(level = "warn"))]
     pub async fn record_tags_count(
         &self,
         id: i64,
@@ -100,6 +104,7 @@ impl SchedulerStore {
     }
 
     /// Skips a pre-importing repository with too many tags (`too_many_tags`, fenced).
+    #[tracing::instrument(name = "db.skip_too_many_tags", skip_all, err(level = "warn"))]
     pub async fn skip_too_many_tags(
         &self,
         id: i64,
@@ -125,6 +130,7 @@ impl SchedulerStore {
 
     /// Skips a repository whose step had to be canceled (`migration_canceled`), from `from`
     /// (fenced).
+    #[tracing::instrument(name = "db.skip_canceled", skip_all, err(level = "warn"))]
     pub async fn skip_canceled(
         &self,
         id: i64,

@@ -80,6 +80,7 @@ pub struct RepairCounts {
 impl SchedulerStore {
     /// Claims up to `limit` projects with no repair row and an id above `after`, in id order, by
     /// inserting `ongoing` rows; projects another worker claimed first are skipped.
+    #[tracing::instrument(name = "db.claim_repair_projects", skip_all, err(level = "warn"))]
     pub async fn claim_repair_projects(
         &self,
         after: i64,
@@ -115,6 +116,7 @@ impl SchedulerStore {
 
     /// Claims up to `limit` `ongoing` rows older than `stale_after` (their worker died or lost
     /// its results): they are analyzed again.
+    #[tracing::instrument(name = "db.claim_stale_repairs", skip_all, err(level = "warn"))]
     pub async fn claim_stale_repairs(
         &self,
         stale_after: Duration,
@@ -139,6 +141,7 @@ impl SchedulerStore {
 
     /// Records analyses in one statement (only rows still `ongoing` change) and adds them to the
     /// pass in progress. Returns the rows recorded.
+    #[tracing::instrument(name = "db.record_repairs", skip_all, err(level = "warn"))]
     pub async fn record_repairs(&self, results: &[RepairResult]) -> Result<u64, sqlx::Error> {
         if results.is_empty() {
             return Ok(0);
@@ -169,6 +172,7 @@ impl SchedulerStore {
     }
 
     /// Returns claimed projects to the scan at once (their analysis did not happen).
+    #[tracing::instrument(name = "db.release_repairs", skip_all, err(level = "warn"))]
     pub async fn release_repairs(&self, project_ids: &[i64]) -> Result<u64, sqlx::Error> {
         let released = sqlx::query(
             "DELETE FROM container_registry_data_repair_details \
@@ -181,6 +185,7 @@ impl SchedulerStore {
     }
 
     /// Marks the start of a pass, unless one is in progress.
+    #[tracing::instrument(name = "db.begin_repair_pass", skip_all, err(level = "warn"))]
     pub async fn begin_repair_pass(&self) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE repair_scan_state SET pass_started_at = coalesce(pass_started_at, now())",
@@ -191,6 +196,7 @@ impl SchedulerStore {
     }
 
     /// The scanning replica's report: who it is and its rate.
+    #[tracing::instrument(name = "db.report_repair_scan", skip_all, err(level = "warn"))]
     pub async fn report_repair_scan(&self, scanner: &str, rate: f64) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE repair_scan_state SET scanner = $1, projects_per_second = $2, \
@@ -205,6 +211,11 @@ impl SchedulerStore {
 
     /// Ends the pass in progress if every project has a row and none is `ongoing`: records it
     /// in `repair_passes` and returns it.
+    #[tracing::instrument(
+        name = "db.finish_repair_pass_if_complete",
+        skip_all,
+        err(level = "warn")
+    )]
     pub async fn finish_repair_pass_if_complete(&self) -> Result<Option<RepairPass>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let pass: Option<RepairPass> = sqlx::query_as(
@@ -243,6 +254,7 @@ impl SchedulerStore {
     }
 
     /// The scan's figures.
+    #[tracing::instrument(name = "db.repair_counts", skip_all, err(level = "warn"))]
     pub async fn repair_counts(&self, stale_after: Duration) -> Result<RepairCounts, sqlx::Error> {
         sqlx::query_as(
             "SELECT (SELECT count(*) FROM projects) AS projects, \
@@ -264,6 +276,7 @@ impl SchedulerStore {
     }
 
     /// Projects the scan has left: no row yet, or an `ongoing` row older than `stale_after`.
+    #[tracing::instrument(name = "db.repair_pending", skip_all, err(level = "warn"))]
     pub async fn repair_pending(&self, stale_after: Duration) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM projects) - (SELECT count(*) \
@@ -276,6 +289,7 @@ impl SchedulerStore {
     }
 
     /// The latest `limit` full passes, newest first.
+    #[tracing::instrument(name = "db.repair_passes", skip_all, err(level = "warn"))]
     pub async fn repair_passes(&self, limit: i64) -> Result<Vec<RepairPass>, sqlx::Error> {
         sqlx::query_as(
             "SELECT started_at, finished_at, projects, missing FROM repair_passes \
@@ -287,6 +301,7 @@ impl SchedulerStore {
     }
 
     /// Deletes the `failed` rows, so the scan analyzes those projects again.
+    #[tracing::instrument(name = "db.retry_failed_repairs", skip_all, err(level = "warn"))]
     pub async fn retry_failed_repairs(&self) -> Result<u64, sqlx::Error> {
         let deleted = sqlx::query(
             "DELETE FROM container_registry_data_repair_details WHERE status = 'failed'",
@@ -297,6 +312,7 @@ impl SchedulerStore {
     }
 
     /// The range of project ids with missing repositories, for repair part 2.
+    #[tracing::instrument(name = "db.repair_restore_range", skip_all, err(level = "warn"))]
     pub async fn repair_restore_range(&self) -> Result<Option<(i64, i64)>, sqlx::Error> {
         let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT min(project_id), max(project_id) FROM container_registry_data_repair_details \
@@ -309,6 +325,7 @@ impl SchedulerStore {
 }
 
 /// The projects in `[start, end]` the scan found repositories missing under.
+#[tracing::instrument(name = "db.projects_with_missing", skip_all, err(level = "warn"))]
 pub async fn projects_with_missing(
     conn: &mut PgConnection,
     start: i64,
@@ -326,6 +343,7 @@ pub async fn projects_with_missing(
 }
 
 /// Which of `paths` have a row, on `conn`.
+#[tracing::instrument(name = "db.existing_paths_on", skip_all, err(level = "warn"))]
 pub async fn existing_paths_on(
     conn: &mut PgConnection,
     paths: &[String],
@@ -338,6 +356,7 @@ pub async fn existing_paths_on(
 
 /// Creates repositories of known projects that live on the new platform already (`import_done`,
 /// `native_import`), on `conn`; existing ones are left alone. Returns how many were created.
+#[tracing::instrument(name = "db.register_native_on", skip_all, err(level = "warn"))]
 pub async fn register_native_on(
     conn: &mut PgConnection,
     batch: &[NewRepository],

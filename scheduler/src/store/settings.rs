@@ -169,6 +169,7 @@ fn secs(duration: Duration) -> i32 {
 
 impl SchedulerStore {
     /// Current settings.
+    #[tracing::instrument(name = "db.settings", skip_all, err(level = "warn"))]
     pub async fn settings(&self) -> Result<Settings, sqlx::Error> {
         let row = sqlx::query(
             "SELECT enabled, capacity, max_retries, max_step_duration_secs, pre_import_timeout_secs, \
@@ -202,6 +203,7 @@ impl SchedulerStore {
     }
 
     /// Applies `patch` (already checked with [`SettingsPatch::problems`]) and returns the result.
+    #[tracing::instrument(name = "db.update_settings", skip_all, err(level = "warn"))]
     pub async fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, sqlx::Error> {
         sqlx::query(
             "UPDATE migration_settings SET \
@@ -246,6 +248,7 @@ impl SchedulerStore {
     }
 
     /// Whether the last step that ended, ended at least `wait` ago (always, when `wait` is 0).
+    #[tracing::instrument(name = "db.waiting_time_passed", skip_all, err(level = "warn"))]
     pub async fn waiting_time_passed(&self, wait: Duration) -> Result<bool, sqlx::Error> {
         if wait.is_zero() {
             return Ok(true);

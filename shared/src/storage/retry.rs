@@ -46,6 +46,19 @@ impl RetryPolicy {
     }
 }
 
+/// How an attempt ended, for metrics.
+fn outcome<T>(result: &Result<T, StorageError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(StorageError::NotFound { .. }) => "not_found",
+        Err(StorageError::Backend {
+            status: Some(429), ..
+        }) => "throttled",
+        Err(error) if error.is_transient() => "transient_error",
+        Err(_) => "error",
+    }
+}
+
 /// A store that retries its inner store's transient failures.
 #[derive(Debug)]
 pub struct Retrying {
@@ -71,7 +84,7 @@ impl Retrying {
 
     async fn with_retry<'a, T, Fut>(
         &'a self,
-        what: &str,
+        what: &'static str,
         key: &str,
         mut operation: impl FnMut() -> Fut + Send,
     ) -> Result<T, StorageError>
@@ -80,10 +93,18 @@ impl Retrying {
     {
         let mut attempt = 1;
         loop {
-            match operation().await {
+            let started = std::time::Instant::now();
+            let result = operation().await;
+            crate::metrics::STORAGE.attempt(
+                what,
+                outcome(&result),
+                started.elapsed().as_secs_f64(),
+            );
+            match result {
                 Err(error) if error.is_transient() && attempt < self.policy.max_attempts => {
                     let delay = self.policy.delay(attempt);
                     self.retries.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::STORAGE.retry(what);
                     tracing::warn!(what, key, attempt, delay_ms = delay.as_millis() as u64, %error, "transient storage error; retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -192,6 +213,23 @@ mod tests {
             max_delay: Duration::from_millis(4),
         };
         (Arc::clone(&flaky), Retrying::new(flaky, policy))
+    }
+
+    #[test]
+    fn attempts_are_classified_for_metrics() {
+        let backend = |status| {
+            Err::<(), _>(StorageError::Backend {
+                key: "k".into(),
+                status,
+                message: String::new(),
+            })
+        };
+        assert_eq!(outcome(&Ok(())), "ok");
+        assert_eq!(outcome(&backend(Some(429))), "throttled");
+        assert_eq!(outcome(&backend(Some(503))), "transient_error");
+        assert_eq!(outcome(&backend(Some(403))), "error");
+        let missing = Err::<(), _>(StorageError::NotFound { key: "k".into() });
+        assert_eq!(outcome(&missing), "not_found");
     }
 
     #[tokio::test]

@@ -1,0 +1,140 @@
+//! The importer's Prometheus metrics (prefixed `ferry_`): its steps and its slots. Storage,
+//! database and gRPC metrics come from `ferry_shared::metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
+use ferry_shared::metrics::{Histograms, Label, Registry};
+
+fn step_histogram() -> Histogram {
+    // 10 ms to about 45 h: steps run from milliseconds to the pre-import time limit.
+    Histogram::new(exponential_buckets(0.01, 2.0, 24))
+}
+
+/// Metrics of the import steps of one importer.
+#[derive(Debug, Clone)]
+pub struct ImporterMetrics {
+    in_flight: Family<[Label; 1], Gauge>,
+    steps: Family<[Label; 2], Counter>,
+    duration: Histograms<[Label; 2]>,
+    slots: Family<[Label; 1], Gauge>,
+    blobs_copied: Family<[Label; 1], Counter>,
+    bytes_copied: Family<[Label; 1], Counter>,
+}
+
+impl Default for ImporterMetrics {
+    fn default() -> Self {
+        Self {
+            in_flight: Family::default(),
+            steps: Family::default(),
+            duration: Family::new_with_constructor(step_histogram),
+            slots: Family::default(),
+            blobs_copied: Family::default(),
+            bytes_copied: Family::default(),
+        }
+    }
+}
+
+/// The `type` label of a step.
+pub fn type_label(import_type: ImportType) -> &'static str {
+    match import_type {
+        ImportType::Final => "final",
+        _ => "pre",
+    }
+}
+
+/// The `result` label of a step's end status.
+fn result_label(status: MigrationStatus) -> &'static str {
+    use MigrationStatus::*;
+    match status {
+        PreImportComplete | ImportComplete => "complete",
+        PreImportCanceled | ImportCanceled => "canceled",
+        PreImportFailed | ImportFailed => "failed",
+        _ => "other",
+    }
+}
+
+impl ImporterMetrics {
+    /// The metrics, registered in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "import_steps_in_flight",
+            "Import steps running on this importer, by type (pre, final)",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "import_steps",
+            "Import steps ended, by type and result (complete, failed, canceled)",
+            m.steps.clone(),
+        );
+        registry.register(
+            "import_step_duration_seconds",
+            "Time an import step took, by type and result",
+            m.duration.clone(),
+        );
+        registry.register(
+            "importer_slots",
+            "This importer's step slots: busy, and the total (FERRY_MAX_CONCURRENT_IMPORTS)",
+            m.slots.clone(),
+        );
+        registry.register(
+            "import_blobs_copied",
+            "Blobs copied into the new prefix, by step type",
+            m.blobs_copied.clone(),
+        );
+        registry.register(
+            "import_bytes_copied",
+            "Bytes copied into the new prefix, by step type",
+            m.bytes_copied.clone(),
+        );
+        m
+    }
+
+    /// Sets the slot gauges.
+    pub fn slots(&self, busy: usize, total: usize) {
+        let set = |state: &str, value: usize| {
+            self.slots
+                .get_or_create(&[("state", state.to_owned())])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set("busy", busy);
+        set("total", total);
+    }
+
+    /// A step started.
+    pub fn step_started(&self, import_type: ImportType) {
+        self.in_flight
+            .get_or_create(&[("type", type_label(import_type).to_owned())])
+            .inc();
+    }
+
+    /// A step ended with `status` after `seconds`, having done `stats`.
+    pub fn step_ended(
+        &self,
+        import_type: ImportType,
+        status: MigrationStatus,
+        seconds: f64,
+        stats: &ImportStats,
+    ) {
+        let kind = type_label(import_type).to_owned();
+        self.in_flight
+            .get_or_create(&[("type", kind.clone())])
+            .dec();
+        let labels = [
+            ("type", kind.clone()),
+            ("result", result_label(status).to_owned()),
+        ];
+        self.steps.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(seconds);
+        self.blobs_copied
+            .get_or_create(&[("type", kind.clone())])
+            .inc_by(stats.blobs_copied);
+        self.bytes_copied
+            .get_or_create(&[("type", kind)])
+            .inc_by(stats.bytes_copied);
+    }
+}

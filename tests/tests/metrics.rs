@@ -1,0 +1,142 @@
+//! The `/metrics` endpoints of both services after migrating the sample registry: the
+//! migration's figures, steps by type, slots, storage, database queries, gRPC requests, the
+//! lease. Scraped over HTTP like Prometheus does.
+
+use std::time::{Duration, Instant};
+
+use ferry_proto::scheduler::v1::SetMigrationEnabledRequest;
+use ferry_tests::{Cluster, SampleRegistry, metric};
+
+/// Sums `series` over both importers.
+async fn importers_sum(cluster: &Cluster, series: &str) -> f64 {
+    let mut sum = 0.0;
+    for i in 0..cluster.importer_urls.len() {
+        sum += metric(&cluster.importer_metrics(i).await, series).unwrap_or(0.0);
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_services_report_the_migration_on_metrics() {
+    let sample = SampleRegistry::build(false);
+    let cluster = Cluster::start(&sample.root(), 2).await;
+    cluster.inventory().await;
+    let mut client = cluster.client().await;
+    client
+        .set_migration_enabled(SetMigrationEnabledRequest {
+            enabled: true,
+            capacity: Some(4),
+        })
+        .await
+        .expect("enable");
+    let summary = cluster.wait_until_settled(Duration::from_secs(120)).await;
+    let done = summary
+        .states
+        .iter()
+        .find(|s| s.state == "import_done")
+        .map_or(0, |s| s.count) as f64;
+    assert!(done > 0.0, "{summary:?}");
+
+    // Scheduler: the gauges refresh every 15 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = cluster.metrics().await;
+        if metric(&text, "ferry_repositories{state=\"import_done\"}") == Some(done) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "state gauge never caught up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        metric(&text, "ferry_migration_pending_repositories"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "ferry_imports_in_flight{type=\"final\"}"),
+        Some(0.0)
+    );
+    assert!(metric(&text, "ferry_migration_done_per_minute").unwrap_or(0.0) > 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "ferry_import_results_total{type=\"final\",status=\"import_complete\"}"
+        ),
+        Some(done)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "ferry_import_results_total{type=\"pre\",status=\"pre_import_complete\"}"
+        ),
+        Some(done)
+    );
+    assert_eq!(metric(&text, "ferry_lease_held"), Some(1.0));
+    assert_eq!(metric(&text, "ferry_lease_acquisitions_total"), Some(1.0));
+    let notified = metric(
+        &text,
+        "ferry_grpc_server_requests_total{method=\"/ferry.scheduler.v1.Scheduler/NotifyImportResult\",code=\"OK\"}",
+    );
+    assert_eq!(notified, Some(2.0 * done), "one notification per step");
+    assert!(
+        metric(
+            &text,
+            "ferry_db_query_duration_seconds_count{db=\"scheduler\",query=\"claim_next_default\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "named query timings:\n{text}"
+    );
+    assert_eq!(
+        metric(&text, "ferry_db_pool_max_connections{db=\"scheduler\"}"),
+        Some(10.0)
+    );
+
+    // Importers: their steps, slots and copies.
+    assert_eq!(
+        importers_sum(
+            &cluster,
+            "ferry_import_steps_total{type=\"pre\",result=\"complete\"}"
+        )
+        .await,
+        done
+    );
+    assert_eq!(
+        importers_sum(
+            &cluster,
+            "ferry_import_steps_total{type=\"final\",result=\"complete\"}"
+        )
+        .await,
+        done
+    );
+    let importer = cluster.importer_metrics(0).await;
+    assert_eq!(
+        metric(&importer, "ferry_importer_slots{state=\"total\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&importer, "ferry_importer_slots{state=\"busy\"}"),
+        Some(0.0)
+    );
+    assert!(importers_sum(&cluster, "ferry_import_bytes_copied_total{type=\"pre\"}").await > 0.0);
+    assert!(
+        metric(
+            &importer,
+            "ferry_storage_requests_total{operation=\"copy\",outcome=\"ok\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{importer}"
+    );
+    assert!(
+        metric(
+            &importer,
+            "ferry_db_query_duration_seconds_count{db=\"metadata\",query=\"commit_step\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{importer}"
+    );
+}
