@@ -140,3 +140,54 @@ async fn both_services_report_the_migration_on_metrics() {
         "{importer}"
     );
 }
+
+/// The names the services register (`registry.register("name", ...)`), prefixed `ferry_`.
+fn registered_names() -> Vec<String> {
+    let root = ferry_tests::workspace_root();
+    let mut names = Vec::new();
+    for file in [
+        "shared/src/metrics.rs",
+        "scheduler/src/metrics.rs",
+        "importer/src/metrics.rs",
+    ] {
+        let source = std::fs::read_to_string(root.join(file)).expect("source");
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find(".register(") {
+            rest = &rest[at + ".register(".len()..];
+            let quoted = rest.trim_start();
+            if let Some(name) = quoted.strip_prefix('"').and_then(|q| q.split('"').next()) {
+                names.push(format!("ferry_{name}"));
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_only_uses_metrics_the_services_register() {
+    let registered = registered_names();
+    assert!(registered.len() > 40, "{registered:?}");
+    let dashboard = std::fs::read_to_string(
+        ferry_tests::workspace_root().join("helm/ferry/dashboards/ferry-migration.json"),
+    )
+    .expect("dashboard");
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() > 20));
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("ferry_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() > 20, "{names:?}");
+    for name in names {
+        let family = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            registered.iter().any(|r| r == family),
+            "the dashboard uses {name}, which no service registers"
+        );
+    }
+}
