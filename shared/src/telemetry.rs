@@ -1,6 +1,7 @@
 //! Logging set-up shared by the binaries: JSON lines by default, text for people; and the layer
 //! that turns the stores' `db.*` spans into query metrics.
 
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use tracing::span::{Attributes, Id};
@@ -14,15 +15,19 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Default filter: our own crates at info, noisy transport crates at warn.
 pub const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,sqlx=warn";
 
-/// Installs the global tracing subscriber. `FERRY_LOG` (or `RUST_LOG`) sets the log filter;
-/// `FERRY_LOG_FORMAT=text` switches from JSON lines to human-readable text. Query metrics are
-/// recorded whatever the log filter says.
+/// Installs the global tracing subscriber. `FERRY_LOG` (or `RUST_LOG`) sets the log filter.
+/// Logs are JSON lines, or readable text when stderr is a terminal; `FERRY_LOG_FORMAT=json` or
+/// `text` forces one. Query metrics are recorded whatever the log filter says.
 pub fn init(service: &str) {
     let filter = std::env::var("FERRY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let text = std::env::var("FERRY_LOG_FORMAT").is_ok_and(|f| f == "text");
+    let text = match std::env::var("FERRY_LOG_FORMAT").as_deref() {
+        Ok("text") => true,
+        Ok("json") => false,
+        _ => std::io::stderr().is_terminal(),
+    };
     let logs = if text {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
