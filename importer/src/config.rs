@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use ferry_shared::config::ConfigCheck;
+use ferry_shared::security::{SecurityArgs, SecurityConfig};
 
 use crate::service::StepLimits;
 
@@ -52,6 +53,9 @@ pub struct ImporterArgs {
     /// Address of the Prometheus `/metrics` endpoint; `off` serves none.
     #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "127.0.0.1:9465")]
     pub metrics_addr: String,
+    /// TLS, tokens and admission limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<ImporterCommand>,
@@ -74,6 +78,8 @@ pub struct ImporterConfig {
     pub shutdown_grace: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS, tokens and admission limits.
+    pub security: SecurityConfig,
 }
 
 /// What `ferry-importer` does.
@@ -84,6 +90,8 @@ pub enum ImporterCommand {
     /// Import repositories straight from storage into the metadata database, without a
     /// scheduler, with progress and a summary.
     Import(ImportCommand),
+    /// Migrate the metadata database's schema and exit (the Helm chart's pre-upgrade Job).
+    Migrate,
 }
 
 /// `ferry-importer import`.
@@ -194,10 +202,12 @@ impl ImporterArgs {
         };
         let common = self.check_common(&mut check);
         let metrics_addr = check.socket_addr_or_off("FERRY_METRICS_ADDR", &self.metrics_addr);
+        let security = self.security.validate(&mut check);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(ImporterConfig {
             metrics_addr,
+            security,
             listen_addr: listen_addr.ok_or_else(missing)?,
             metadata_database_url: common.metadata_database_url.ok_or_else(missing)?,
             storage_url: common.storage_url.ok_or_else(missing)?,
@@ -205,6 +215,18 @@ impl ImporterArgs {
             limits: common.limits.ok_or_else(missing)?,
             shutdown_grace: common.shutdown_grace.ok_or_else(missing)?,
         })
+    }
+
+    /// Validates what `ferry-importer migrate` needs: the metadata database URL only.
+    pub fn validate_migrate(&self) -> Result<String, String> {
+        let mut check = ConfigCheck::default();
+        let url = check.url(
+            "FERRY_METADATA_DATABASE_URL",
+            self.metadata_database_url.as_deref(),
+            &["postgres", "postgresql"],
+        );
+        check.finish()?;
+        url.ok_or_else(|| "validated above".to_owned())
     }
 
     /// Validates what the one-shot import needs (no scheduler, no listening address).

@@ -14,6 +14,16 @@ use ferry_proto::importer::v1::{
 
 use crate::service::ImportService;
 
+/// Methods a caller may use with the read scope; starting and cancelling imports need admin.
+pub const READ_METHODS: &[&str] = &[
+    "/ferry.importer.v1.Importer/GetImportStatus",
+    "/ferry.importer.v1.Importer/GetCapacity",
+    "/ferry.importer.v1.Importer/CheckWritable",
+    "/ferry.importer.v1.Importer/ListSubRepositories",
+    "/ferry.importer.v1.Importer/ListRepositoriesCreatedSince",
+    "/ferry.importer.v1.Importer/ListSubRepositoriesBatch",
+];
+
 /// Serves any [`ImportService`] as `ferry.importer.v1.Importer`.
 #[derive(Debug)]
 pub struct ImporterGrpc<S>(pub S);

@@ -28,6 +28,7 @@ use tonic::service::Routes;
 use ferry_proto::importer::v1::importer_server::ImporterServer;
 
 use ferry_shared::metrics::Registry;
+use ferry_shared::security::Security;
 
 use crate::config::ImporterConfig;
 use crate::metrics::ImporterMetrics;
@@ -58,6 +59,17 @@ pub enum StartupError {
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// TLS or token files could not be loaded.
+    #[error("{0}")]
+    Security(String),
+}
+
+/// Applies the metadata database's pending migrations (`ferry-importer migrate`) and returns the
+/// schema version it is at.
+pub async fn migrate_database(url: &str) -> Result<i64, StartupError> {
+    let db = MetadataStore::connect(url, 1).await?;
+    db.migrate().await?;
+    Ok(store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0))
 }
 
 /// Connects, migrates the metadata database and serves on `listener` until `shutdown`.
@@ -66,6 +78,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
+    let security = Security::start(&config.security).map_err(StartupError::Security)?;
     let storage = ferry_shared::storage::open(&config.storage_url)?;
     let mut registry = Registry::with_prefix("ferry");
     ferry_shared::metrics::register_common(&mut registry);
@@ -103,11 +116,18 @@ pub async fn run(
             }
         })),
     ];
-    let notifier = Notifier::new(&config.scheduler_url, NOTIFY_GIVE_UP_AFTER)?;
+    let notifier = Notifier::with_connector(
+        &config.scheduler_url,
+        NOTIFY_GIVE_UP_AFTER,
+        &security.connector(),
+    )?;
     let importer =
         Importer::new(storage, db, Some(notifier), config.limits.clone()).with_metrics(metrics);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), storage = %config.storage_url, "importer serving");
-    let routes = Routes::new(ImporterServer::new(grpc::ImporterGrpc(importer.clone())));
+    let routes = Routes::new(
+        ImporterServer::new(grpc::ImporterGrpc(importer.clone()))
+            .max_decoding_message_size(security.limits.max_request_bytes),
+    );
     let stopping = importer.clone();
     let on_shutdown = async move {
         shutdown.await;
@@ -118,6 +138,7 @@ pub async fn run(
         listener,
         routes,
         &["ferry.importer.v1.Importer"],
+        security.serve_options(grpc::READ_METHODS),
         on_shutdown,
     )
     .await;

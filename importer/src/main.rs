@@ -11,6 +11,7 @@ async fn main() -> ExitCode {
     let args = ImporterArgs::parse();
     match args.command.clone() {
         Some(ImporterCommand::Import(command)) => import(&args, &command).await,
+        Some(ImporterCommand::Migrate) => migrate(&args).await,
         Some(ImporterCommand::Serve) | None => serve(&args).await,
     }
 }
@@ -23,7 +24,7 @@ async fn serve(args: &ImporterArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ferry_shared::telemetry::init("ferry-importer");
+    let _telemetry = ferry_shared::telemetry::init("ferry-importer");
     let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -44,6 +45,26 @@ async fn serve(args: &ImporterArgs) -> ExitCode {
     }
 }
 
+async fn migrate(args: &ImporterArgs) -> ExitCode {
+    let url = match args.validate_migrate() {
+        Ok(url) => url,
+        Err(message) => {
+            eprintln!("ferry-importer: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match ferry_importer::migrate_database(&url).await {
+        Ok(version) => {
+            println!("ferry-importer: metadata database schema at version {version}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("ferry-importer: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn import(args: &ImporterArgs, command: &ImportCommand) -> ExitCode {
     let config = match args.validate_import(command) {
         Ok(config) => config,
@@ -52,7 +73,7 @@ async fn import(args: &ImporterArgs, command: &ImportCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ferry_shared::telemetry::init("ferry-importer");
+    let _telemetry = ferry_shared::telemetry::init("ferry-importer");
     let dry_run = config.dry_run;
     match ferry_importer::run_import(config).await {
         Ok(summary) => {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_proto::scheduler::v1::NotifyImportResultRequest;
@@ -12,7 +12,7 @@ use ferry_shared::ids::RepositoryPath;
 /// Sends `NotifyImportResult` to the scheduler.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    clients: Vec<SchedulerClient<Channel>>,
+    clients: Vec<SchedulerClient<Connection>>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     give_up_after: Duration,
 }
@@ -22,15 +22,27 @@ impl Notifier {
     /// use and moves to the next replica when one fails. After `give_up_after` of
     /// failed attempts it stops (the importer's recorded status stays the source of truth for reconciliation).
     pub fn new(urls: &str, give_up_after: Duration) -> Result<Self, tonic::transport::Error> {
+        Self::with_connector(urls, give_up_after, &Connector::default())
+    }
+
+    /// Like [`Self::new`], calling the scheduler through `connector` (TLS, token).
+    pub fn with_connector(
+        urls: &str,
+        give_up_after: Duration,
+        connector: &Connector,
+    ) -> Result<Self, tonic::transport::Error> {
         let clients = urls
             .split(',')
             .map(str::trim)
             .filter(|url| !url.is_empty())
             .map(|url| {
-                let channel = Endpoint::from_shared(url.to_owned())?
-                    .connect_timeout(Duration::from_secs(5))
-                    .timeout(Duration::from_secs(30))
-                    .connect_lazy();
+                let channel = connector.lazy(
+                    url,
+                    ChannelOptions {
+                        timeout: Some(Duration::from_secs(30)),
+                        ..ChannelOptions::default()
+                    },
+                )?;
                 Ok(SchedulerClient::new(channel))
             })
             .collect::<Result<Vec<_>, tonic::transport::Error>>()?;

@@ -16,6 +16,7 @@ use ferry_proto::importer::v1::{
 };
 use ferry_shared::ids::RepositoryPath;
 use ferry_shared::storage::BlobStore;
+use tracing::Instrument as _;
 
 use crate::error::ApiError;
 use crate::listing;
@@ -151,6 +152,17 @@ fn statuses(import_type: ImportType) -> StepStatuses {
     }
 }
 
+/// The span of one step: every log line of the step carries its repository, its type and a
+/// correlation id (the trace id when traces are exported), and its trace continues the caller's.
+fn step_span(path: &RepositoryPath, import_type: ImportType) -> tracing::Span {
+    tracing::info_span!(
+        "import.step",
+        repository = %path,
+        import_type = crate::metrics::type_label(import_type),
+        correlation_id = %ferry_shared::telemetry::traces::correlation_id(),
+    )
+}
+
 /// Describes a status for `GetImportStatus` when no error is recorded.
 pub fn status_detail(status: MigrationStatus) -> &'static str {
     match status {
@@ -218,9 +230,11 @@ impl Importer {
             });
         }
         let running = self.inner.running.register(&path);
+        let span = step_span(&path, import_type);
         Ok(self
             .clone()
             .run_step(path, import_type, permit, running)
+            .instrument(span)
             .await)
     }
 
@@ -372,9 +386,12 @@ impl ImportService for Importer {
         // Registered before the task starts, so a cancel or shutdown right after this answer
         // always reaches the step.
         let running = self.inner.running.register(&path);
-        self.inner
-            .tasks
-            .spawn(self.clone().run_step(path, import_type, permit, running));
+        let span = step_span(&path, import_type);
+        self.inner.tasks.spawn(
+            self.clone()
+                .run_step(path, import_type, permit, running)
+                .instrument(span),
+        );
         Ok(StartImportResponse {
             outcome: StartOutcome::Accepted.into(),
             status: statuses(import_type).in_progress.into(),

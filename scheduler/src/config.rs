@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use ferry_shared::config::ConfigCheck;
+use ferry_shared::security::{SecurityArgs, SecurityConfig};
 
 /// `ferry-scheduler`: owns each repository's migration state and drives the importers.
 #[derive(Debug, Parser)]
@@ -55,6 +56,21 @@ pub struct SchedulerArgs {
     /// Address of the Prometheus `/metrics` endpoint; `off` serves none.
     #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: String,
+    /// TLS, tokens and admission limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<SchedulerCommand>,
+}
+
+/// `ferry-scheduler` subcommands.
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum SchedulerCommand {
+    /// Serve gRPC and run the migration (the default).
+    Serve,
+    /// Migrate the scheduler database's schema and exit (the Helm chart's pre-upgrade Job).
+    Migrate,
 }
 
 /// Validated scheduler configuration.
@@ -86,6 +102,8 @@ pub struct SchedulerConfig {
     pub repair: crate::repair::ScanConfig,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS, tokens and admission limits.
+    pub security: SecurityConfig,
 }
 
 impl SchedulerArgs {
@@ -141,6 +159,7 @@ impl SchedulerArgs {
         let repair_interval =
             check.positive("FERRY_REPAIR_INTERVAL_SECS", &self.repair_interval_secs);
         let metrics_addr = check.socket_addr_or_off("FERRY_METRICS_ADDR", &self.metrics_addr);
+        let security = self.security.validate(&mut check);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(SchedulerConfig {
@@ -165,7 +184,22 @@ impl SchedulerArgs {
                 ..crate::repair::ScanConfig::default()
             },
             metrics_addr,
+            security,
         })
+    }
+}
+
+impl SchedulerArgs {
+    /// Validates what `ferry-scheduler migrate` needs: the database URL only.
+    pub fn validate_migrate(&self) -> Result<String, String> {
+        let mut check = ConfigCheck::default();
+        let url = check.url(
+            "FERRY_DATABASE_URL",
+            self.database_url.as_deref(),
+            &["postgres", "postgresql"],
+        );
+        check.finish()?;
+        url.ok_or_else(|| "validated above".to_owned())
     }
 }
 

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use ferry_proto::common::v1::ImportStats;
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
@@ -13,6 +12,8 @@ use ferry_proto::scheduler::v1::{
     GetMigrationSummaryRequest, GetRepositoryRequest, MigrationSummary, Repository,
     RunInventoryRequest, SetMigrationEnabledRequest,
 };
+use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
+use ferry_shared::security::tls::{ReloadingTls, TlsFiles};
 
 mod admin;
 mod repair;
@@ -35,6 +36,28 @@ pub struct CtlArgs {
         global = true
     )]
     pub scheduler_url: String,
+    /// Bearer token to present (a `read` token suffices for status commands).
+    #[arg(long, env = "FERRY_AUTH_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// PEM CA bundle verifying the scheduler's certificate; set it when the scheduler serves TLS.
+    #[arg(long, env = "FERRY_TLS_CA_FILE", global = true)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate to present (with --tls-key-file), when not using a token.
+    #[arg(
+        long,
+        env = "FERRY_TLS_CERT_FILE",
+        global = true,
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(
+        long,
+        env = "FERRY_TLS_KEY_FILE",
+        global = true,
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -106,6 +129,9 @@ pub enum CtlError {
     /// The scheduler URL is unusable or unreachable.
     #[error("cannot reach the scheduler: {0}")]
     Connect(#[from] tonic::transport::Error),
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] ferry_shared::security::tls::TlsError),
     /// The scheduler answered with an error.
     #[error("{}: {}", .0.code(), .0.message())]
     Rpc(#[from] tonic::Status),
@@ -116,11 +142,27 @@ pub enum CtlError {
 
 /// Runs a `ferryctl` command.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
-    let channel = tonic::transport::Endpoint::from_shared(args.scheduler_url.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+    let tls = match &args.tls_ca_file {
+        None => None,
+        Some(ca) => Some(ReloadingTls::fixed(
+            TlsFiles {
+                cert: args.tls_cert_file.clone(),
+                key: args.tls_key_file.clone(),
+                ca: Some(ca.clone()),
+            }
+            .load()?,
+        )),
+    };
+    let connection = Connector::new(tls, args.token.as_deref())
+        .connect(
+            &args.scheduler_url,
+            ChannelOptions {
+                connect_timeout: Duration::from_secs(5),
+                ..ChannelOptions::default()
+            },
+        )
         .await?;
-    let mut client = SchedulerClient::new(channel);
+    let mut client = SchedulerClient::new(connection);
     match args.command {
         Command::Inventory => inventory(&mut client).await,
         Command::Migrate {
@@ -200,7 +242,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     }
 }
 
-async fn inventory(client: &mut SchedulerClient<Channel>) -> Result<(), CtlError> {
+async fn inventory(client: &mut SchedulerClient<Connection>) -> Result<(), CtlError> {
     let mut stream = client
         .run_inventory(RunInventoryRequest {})
         .await?
@@ -246,7 +288,7 @@ fn pending(summary: &MigrationSummary) -> u64 {
 }
 
 async fn wait_for_migration(
-    client: &mut SchedulerClient<Channel>,
+    client: &mut SchedulerClient<Connection>,
     started: Instant,
     json: bool,
 ) -> Result<(), CtlError> {

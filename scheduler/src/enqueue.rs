@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 
@@ -280,6 +281,11 @@ impl Enqueuer {
         let this = self.clone();
         let held = held.clone();
         let settings = settings.clone();
+        let span = tracing::info_span!(
+            "dispatch",
+            repository = %repo.path,
+            import_type = crate::importers::type_label(import_type),
+        );
         tokio::spawn(async move {
             let result = async {
                 if import_type == ImportType::Pre
@@ -293,7 +299,7 @@ impl Enqueuer {
             if let Err(error) = result {
                 tracing::warn!(repository = %repo.path, %error, "dispatch failed; the guard will pick it up");
             }
-        });
+        }.instrument(span));
     }
 
     async fn dispatch(

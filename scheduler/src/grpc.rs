@@ -23,6 +23,21 @@ use ferry_proto::scheduler::v1::{
 
 use crate::service::SchedulerService;
 
+/// Methods an internal client may call with the read scope; every other method (the ones that
+/// change state, and the importers' completion callback) needs admin.
+pub const READ_METHODS: &[&str] = &[
+    "/ferry.scheduler.v1.Scheduler/GetMigrationSummary",
+    "/ferry.scheduler.v1.Scheduler/GetRepository",
+    "/ferry.scheduler.v1.Scheduler/GetLease",
+    "/ferry.scheduler.v1.Scheduler/ListRepositories",
+    "/ferry.scheduler.v1.Scheduler/PreviewQueue",
+    "/ferry.scheduler.v1.Scheduler/CheckWritable",
+    "/ferry.scheduler.v1.Scheduler/GetSettings",
+    "/ferry.scheduler.v1.Scheduler/ListBackgroundMigrations",
+    "/ferry.scheduler.v1.Scheduler/GetRepairStatus",
+    "/ferry.scheduler.v1.Scheduler/GetDedup",
+];
+
 /// Serves any [`SchedulerService`] as `ferry.scheduler.v1.Scheduler`.
 #[derive(Debug)]
 pub struct SchedulerGrpc<S>(pub S);

@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
-
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::importer_client::ImporterClient;
 use ferry_proto::importer::v1::{
@@ -14,10 +12,19 @@ use ferry_proto::importer::v1::{
     GetImportStatusResponse, ListRepositoriesCreatedSinceRequest, ListSubRepositoriesBatchRequest,
     RepositoryPage, StartImportRequest, StartOutcome, SubRepositoriesBatchPage,
 };
+use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 
 /// Deadline of one listing call (a page is milliseconds of work; a stuck call must not stall
 /// the repair scan).
 pub const LISTING_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The `import_type` of spans and log lines: `pre` or `final`.
+pub fn type_label(import_type: ImportType) -> &'static str {
+    match import_type {
+        ImportType::Final => "final",
+        _ => "pre",
+    }
+}
 
 /// How an importer answered a start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +77,9 @@ enum Source {
 #[derive(Debug)]
 struct Member {
     url: String,
-    client: ImporterClient<Channel>,
+    /// Name its certificate must carry (the `dns://` name it was found under).
+    server_name: Option<String>,
+    client: ImporterClient<Connection>,
     /// Free slots when last heard of (unknown: 1; unreachable or full: 0).
     free: AtomicI64,
 }
@@ -79,17 +88,27 @@ struct Member {
 #[derive(Debug)]
 pub struct ImporterPool {
     sources: Vec<Source>,
+    connector: Connector,
     members: RwLock<Vec<Arc<Member>>>,
     next: AtomicUsize,
 }
 
-fn member(url: String) -> Result<Arc<Member>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(url.clone())?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy();
+fn member(
+    connector: &Connector,
+    url: String,
+    server_name: Option<String>,
+) -> Result<Arc<Member>, tonic::transport::Error> {
+    let channel = connector.lazy(
+        &url,
+        ChannelOptions {
+            server_name: server_name.as_deref(),
+            connect_timeout: Duration::from_secs(3),
+            timeout: Some(Duration::from_secs(30)),
+        },
+    )?;
     Ok(Arc::new(Member {
         url,
+        server_name,
         client: ImporterClient::new(channel),
         free: AtomicI64::new(1),
     }))
@@ -116,16 +135,25 @@ impl ImporterPool {
     /// stand for every address they resolve to (see [`Self::refresh`]). Fixed endpoints are
     /// members at once; clients connect on first use.
     pub fn new(entries: &[String]) -> Result<Self, tonic::transport::Error> {
+        Self::with_connector(entries, Connector::default())
+    }
+
+    /// Like [`Self::new`], calling importers through `connector` (TLS, token).
+    pub fn with_connector(
+        entries: &[String],
+        connector: Connector,
+    ) -> Result<Self, tonic::transport::Error> {
         let sources: Vec<Source> = entries.iter().map(|e| parse_source(e)).collect();
         let members = sources
             .iter()
             .filter_map(|source| match source {
-                Source::Url(url) => Some(member(url.clone())),
+                Source::Url(url) => Some(member(&connector, url.clone(), None)),
                 Source::Dns { .. } => None,
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             sources,
+            connector,
             members: RwLock::new(members),
             next: AtomicUsize::new(0),
         })
@@ -144,12 +172,13 @@ impl ImporterPool {
         let mut urls = Vec::new();
         for source in &self.sources {
             match source {
-                Source::Url(url) => urls.push(url.clone()),
+                Source::Url(url) => urls.push((url.clone(), None)),
                 Source::Dns { host, port } => {
                     match tokio::net::lookup_host((host.as_str(), *port)).await {
                         Ok(addresses) => {
-                            let mut found: Vec<String> =
-                                addresses.map(|a| format!("http://{a}")).collect();
+                            let mut found: Vec<(String, Option<String>)> = addresses
+                                .map(|a| (format!("http://{a}"), Some(host.clone())))
+                                .collect();
                             found.sort();
                             found.dedup();
                             urls.extend(found);
@@ -162,7 +191,7 @@ impl ImporterPool {
                                 known
                                     .iter()
                                     .filter(|m| !self.is_fixed(&m.url))
-                                    .map(|m| m.url.clone()),
+                                    .map(|m| (m.url.clone(), m.server_name.clone())),
                             );
                         }
                     }
@@ -171,10 +200,10 @@ impl ImporterPool {
         }
         let known = self.members();
         let mut next = Vec::with_capacity(urls.len());
-        for url in &urls {
+        for (url, server_name) in &urls {
             match known.iter().find(|m| &m.url == url) {
                 Some(existing) => next.push(Arc::clone(existing)),
-                None => match member(url.clone()) {
+                None => match member(&self.connector, url.clone(), server_name.clone()) {
                     Ok(new) => next.push(new),
                     Err(error) => tracing::warn!(url, %error, "bad importer address"),
                 },
@@ -192,7 +221,7 @@ impl ImporterPool {
             .members
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
-        urls
+        urls.into_iter().map(|(url, _)| url).collect()
     }
 
     fn is_fixed(&self, url: &str) -> bool {
@@ -256,7 +285,7 @@ impl ImporterPool {
         StartResult::AllBusy(busy.join("; "))
     }
 
-    fn client(&self, url: &str) -> Option<ImporterClient<Channel>> {
+    fn client(&self, url: &str) -> Option<ImporterClient<Connection>> {
         self.members()
             .iter()
             .find(|m| m.url == url)

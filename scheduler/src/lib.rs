@@ -34,6 +34,7 @@ use ferry_proto::scheduler::v1::scheduler_server::SchedulerServer;
 use tokio_util::sync::CancellationToken;
 
 use ferry_shared::metrics::Registry;
+use ferry_shared::security::Security;
 
 use crate::bbm::WorkRegistry;
 use crate::config::SchedulerConfig;
@@ -98,6 +99,17 @@ pub enum StartupError {
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// TLS or token files could not be loaded.
+    #[error("{0}")]
+    Security(String),
+}
+
+/// Applies the scheduler database's pending migrations (`ferry-scheduler migrate`) and returns
+/// the schema version it is at.
+pub async fn migrate_database(url: &str) -> Result<i64, StartupError> {
+    let store = SchedulerStore::connect(url, 1).await?;
+    store.migrate().await?;
+    Ok(store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0))
 }
 
 /// Who this replica is, for the lease holder's name: host (Kubernetes sets `HOSTNAME` to the
@@ -118,6 +130,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
+    let security = Security::start(&config.security).map_err(StartupError::Security)?;
     let storage = ferry_shared::storage::open(&config.storage_url)?;
     let mut registry = Registry::with_prefix("ferry");
     ferry_shared::metrics::register_common(&mut registry);
@@ -160,7 +173,10 @@ pub async fn run(
     )
     .with_counter(migration_metrics.deduplicated_triggers.clone());
     let held = Arc::new(tokio::sync::Mutex::new(None));
-    let importers = Arc::new(ImporterPool::new(&config.importers)?);
+    let importers = Arc::new(ImporterPool::with_connector(
+        &config.importers,
+        security.connector(),
+    )?);
     let importers_for_api = Arc::clone(&importers);
     let members = importers.refresh().await;
     tracing::info!(?members, "importers");
@@ -238,11 +254,15 @@ pub async fn run(
     )
     .with_metrics(migration_metrics);
     tracing::info!(addr = %config.listen_addr, importers = ?config.importers, "scheduler serving");
-    let routes = Routes::new(SchedulerServer::new(grpc::SchedulerGrpc(scheduler)));
+    let routes = Routes::new(
+        SchedulerServer::new(grpc::SchedulerGrpc(scheduler))
+            .max_decoding_message_size(security.limits.max_request_bytes),
+    );
     let served = ferry_shared::grpc::serve(
         listener,
         routes,
         &["ferry.scheduler.v1.Scheduler"],
+        security.serve_options(grpc::READ_METHODS),
         shutdown,
     )
     .await;

@@ -1,15 +1,47 @@
-//! Serving a Ferry gRPC service with health checking, reflection and request metrics.
+//! Serving a Ferry gRPC service: health checking, reflection, a server span and metrics for every
+//! request, admission control (credentials, limits), and TLS when configured.
 
-mod metrics_layer;
+pub mod admission;
+pub mod client;
+mod incoming;
+mod observe;
 
-pub use metrics_layer::GrpcMetricsLayer;
+pub use observe::ObserveLayer;
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
+
+use crate::security::tls::ReloadingTls;
+
+/// How a server is exposed: see [`crate::security::Security::serve_options`].
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// TLS material, when the port speaks TLS.
+    pub tls: Option<ReloadingTls>,
+    /// Credentials and limits.
+    pub admission: admission::AdmissionLayer,
+    /// A plain-text address serving only `grpc.health.v1` (kubelet probes cannot speak mTLS).
+    pub health_addr: Option<SocketAddr>,
+}
+
+impl Default for ServeOptions {
+    /// Plain text, no credentials, default limits.
+    fn default() -> Self {
+        Self {
+            tls: None,
+            admission: admission::AdmissionLayer::new(
+                admission::AccessPolicy::default(),
+                crate::security::Limits::default(),
+            ),
+            health_addr: None,
+        }
+    }
+}
 
 /// Serves `routes` plus `grpc.health.v1` and server reflection (v1 and v1alpha) on `listener`
 /// until `shutdown` completes. `service_names` are reported as serving by the health service.
@@ -17,6 +49,7 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -36,17 +69,55 @@ pub async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("embedded descriptors are valid");
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let health_only = match options.health_addr {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(health_listener) => {
+                let service = health_service.clone();
+                Some(tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(
+                            TcpListenerStream::new(health_listener),
+                            async {
+                                let _ = health_stopped.await;
+                            },
+                        ),
+                ))
+            }
+            Err(error) => {
+                tracing::error!(%addr, %error, "cannot serve health checks");
+                None
+            }
+        },
+    };
     let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    tonic::transport::Server::builder()
-        .layer(GrpcMetricsLayer)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    let server = tonic::transport::Server::builder()
+        .layer(ObserveLayer)
+        .layer(options.admission)
+        .add_routes(routes);
+    let served = match options.tls {
+        None => {
+            server
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+        Some(tls) => {
+            server
+                .serve_with_incoming_shutdown(incoming::tls_incoming(listener, tls), shutdown)
+                .await
+        }
+    };
+    let _ = stop_health.send(());
+    if let Some(task) = health_only {
+        let _ = task.await;
+    }
+    served
 }
-
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed when this is called
 /// (not when the future is first polled), so a signal that arrives during start-up is not lost to
 /// the default action. Call it inside the runtime.

@@ -6,7 +6,9 @@
 //! - [`layout`]: object keys of the old and new storage layouts.
 //! - [`ids`]: validated repository paths and digests.
 //! - [`error`]: error codes and their mapping to gRPC.
-//! - [`grpc`]: serving with health checks and reflection.
+//! - [`grpc`]: serving with health checks, reflection and admission control; calling the other
+//!   service.
+//! - [`security`]: TLS, bearer tokens and admission limits.
 //! - [`metrics`]: the Prometheus registry and `/metrics` endpoint.
 //! - [`walk`]: discovering every repository of the old layout.
 
@@ -16,6 +18,7 @@ pub mod grpc;
 pub mod ids;
 pub mod layout;
 pub mod metrics;
+pub mod security;
 pub mod storage;
 pub mod telemetry;
 pub mod walk;

@@ -1,9 +1,14 @@
-//! Logging set-up shared by the binaries: JSON lines by default, text for people; and the layer
-//! that turns the stores' `db.*` spans into query metrics.
+//! Logging set-up shared by the binaries: JSON lines by default, text for people; the layer
+//! that turns the stores' `db.*` spans into query metrics; and OpenTelemetry traces
+//! ([`traces`]).
+
+pub mod traces;
 
 use std::io::IsTerminal;
 use std::time::Instant;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::span::{Attributes, Id};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -15,10 +20,36 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Default filter: our own crates at info, noisy transport crates at warn.
 pub const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,sqlx=warn";
 
+/// Flushes and stops the trace exporter when dropped: keep it alive in `main`.
+#[derive(Debug)]
+#[must_use = "dropping the guard stops the trace exporter"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("flushing traces failed: {error}");
+        }
+    }
+}
+
 /// Installs the global tracing subscriber. `FERRY_LOG` (or `RUST_LOG`) sets the log filter.
 /// Logs are JSON lines, or readable text when stderr is a terminal; `FERRY_LOG_FORMAT=json` or
-/// `text` forces one. Query metrics are recorded whatever the log filter says.
-pub fn init(service: &str) {
+/// `text` forces one. Query metrics are recorded whatever the log filter says. Spans are exported
+/// with OTLP over gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set,
+/// configured by the standard `OTEL_*` variables (`OTEL_SERVICE_NAME` defaults to `service`).
+pub fn init(service: &'static str) -> Telemetry {
     let filter = std::env::var("FERRY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
@@ -40,13 +71,25 @@ pub fn init(service: &str) {
             .with_writer(std::io::stderr)
             .boxed()
     };
+    let provider = traces::provider(service);
+    let spans = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service))
+            .with_filter(traces::TraceFilter)
+    });
     let result = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(query_metrics())
+        .with(spans)
         .try_init();
     if result.is_ok() {
-        tracing::debug!(service, "telemetry initialised");
+        tracing::debug!(
+            service,
+            exporting = provider.is_some(),
+            "telemetry initialised"
+        );
     }
+    Telemetry { provider }
 }
 
 /// Installs a subscriber that only records query metrics (for tests that run the services in

@@ -7,6 +7,7 @@
 //! `redis://127.0.0.1:6379`), docker-registry, skopeo and umoci.
 
 pub mod buckets;
+pub mod certs;
 mod importer_harness;
 mod layout_writer;
 pub mod processes;
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{GetMigrationSummaryRequest, MigrationSummary};
+use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 
 /// The workspace root (where `scripts/` lives).
 pub fn workspace_root() -> PathBuf {
@@ -149,6 +151,12 @@ pub struct ClusterOptions {
     pub notify: bool,
     /// Importer URLs the scheduler is given but where nothing listens.
     pub dead_importers: Vec<String>,
+    /// The scheduler's TLS, token and limit flags.
+    pub scheduler_security: ferry_shared::security::SecurityArgs,
+    /// The importers' TLS, token and limit flags.
+    pub importer_security: ferry_shared::security::SecurityArgs,
+    /// How the test's own clients connect (TLS, token).
+    pub client: ferry_shared::grpc::client::Connector,
 }
 
 impl Default for ClusterOptions {
@@ -157,6 +165,9 @@ impl Default for ClusterOptions {
             importers: 2,
             notify: true,
             dead_importers: Vec::new(),
+            scheduler_security: Default::default(),
+            importer_security: Default::default(),
+            client: Default::default(),
         }
     }
 }
@@ -179,6 +190,7 @@ pub struct Cluster {
     /// The prefix of the scheduler's Redis keys.
     pub redis_prefix: String,
     tasks: Vec<JoinHandle<()>>,
+    connector: Connector,
 }
 
 impl Drop for Cluster {
@@ -245,6 +257,7 @@ impl Cluster {
                 cancel_poll_ms: "200".into(),
                 shutdown_grace_secs: "5".into(),
                 metrics_addr: format!("127.0.0.1:{importer_metrics_port}"),
+                security: options.importer_security.clone(),
                 command: None,
             };
             let config = args.validate().expect("importer config");
@@ -278,6 +291,8 @@ impl Cluster {
             bbm_max_job_attempts: "5".into(),
             repair_interval_secs: "1".into(),
             metrics_addr: format!("127.0.0.1:{metrics_port}"),
+            security: options.scheduler_security.clone(),
+            command: None,
         };
         let config = args.validate().expect("scheduler config");
         tasks.push(tokio::spawn(async move {
@@ -294,6 +309,7 @@ impl Cluster {
             importer_metrics_ports,
             redis_prefix,
             tasks,
+            connector: options.client.clone(),
         };
         cluster.wait_ready().await;
         cluster
@@ -302,7 +318,7 @@ impl Cluster {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut client) = SchedulerClient::connect(self.scheduler_url.clone()).await
+            if let Ok(mut client) = self.try_client().await
                 && client
                     .get_migration_summary(GetMigrationSummaryRequest {})
                     .await
@@ -331,10 +347,15 @@ impl Cluster {
     }
 
     /// A client of the scheduler.
-    pub async fn client(&self) -> SchedulerClient<tonic::transport::Channel> {
-        SchedulerClient::connect(self.scheduler_url.clone())
+    pub async fn client(&self) -> SchedulerClient<Connection> {
+        self.try_client().await.expect("connect to scheduler")
+    }
+
+    async fn try_client(&self) -> Result<SchedulerClient<Connection>, tonic::transport::Error> {
+        self.connector
+            .connect(&self.scheduler_url, ChannelOptions::default())
             .await
-            .expect("connect to scheduler")
+            .map(SchedulerClient::new)
     }
 
     /// Polls until no repository has work left, or panics after `timeout`.
@@ -374,7 +395,7 @@ impl Cluster {
 
 /// Runs an inventory through `client` to its end and returns its last progress report.
 pub async fn run_inventory(
-    client: &mut SchedulerClient<tonic::transport::Channel>,
+    client: &mut SchedulerClient<Connection>,
 ) -> ferry_proto::scheduler::v1::InventoryProgress {
     let request = ferry_proto::scheduler::v1::RunInventoryRequest {};
     let mut stream = client

@@ -6,12 +6,16 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::scheduler::v1::GetMigrationSummaryRequest;
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 
 /// A client of the scheduler at `url`, once it answers (panics after 30 s).
-pub async fn connect_scheduler(url: &str) -> SchedulerClient<tonic::transport::Channel> {
+pub async fn connect_scheduler(url: &str) -> SchedulerClient<Connection> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut client) = SchedulerClient::connect(url.to_owned()).await
+        if let Ok(mut client) = Connector::default()
+            .connect(url, ChannelOptions::default())
+            .await
+            .map(SchedulerClient::new)
             && client
                 .get_migration_summary(GetMigrationSummaryRequest {})
                 .await

@@ -17,11 +17,11 @@ use ferry_tests::{LayoutWriter, fresh_database, redis_url, unique_suffix};
 const REPOSITORIES: usize = 60;
 const LEASE_TTL: Duration = Duration::from_secs(2);
 
-async fn connect(url: &str) -> SchedulerClient<tonic::transport::Channel> {
+async fn connect(url: &str) -> SchedulerClient<ferry_shared::grpc::client::Connection> {
     ferry_tests::processes::connect_scheduler(url).await
 }
 
-async fn done(client: &mut SchedulerClient<tonic::transport::Channel>) -> u64 {
+async fn done(client: &mut SchedulerClient<ferry_shared::grpc::client::Connection>) -> u64 {
     let summary = client
         .get_migration_summary(GetMigrationSummaryRequest {})
         .await

@@ -42,6 +42,7 @@ async fn server() -> Server {
         cancel_poll_ms: "1000".into(),
         shutdown_grace_secs: "5".into(),
         metrics_addr: "off".into(),
+        security: Default::default(),
         command: None,
     };
     let config = args.validate().expect("config");

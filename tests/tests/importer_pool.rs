@@ -43,6 +43,7 @@ async fn serve_importer(
         listener,
         routes,
         &[],
+        ferry_shared::grpc::ServeOptions::default(),
         std::future::pending(),
     ));
     (importer, port, gate)

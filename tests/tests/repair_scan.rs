@@ -44,7 +44,9 @@ fn ferryctl(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("JSON")
 }
 
-async fn status(client: &mut SchedulerClient<tonic::transport::Channel>) -> RepairStatus {
+async fn status(
+    client: &mut SchedulerClient<ferry_shared::grpc::client::Connection>,
+) -> RepairStatus {
     client
         .get_repair_status(GetRepairStatusRequest {})
         .await

@@ -19,7 +19,7 @@ use ferry_tests::{fresh_database, redis_url, unique_suffix};
 
 const PROJECTS: i64 = 100_000;
 
-type Client = SchedulerClient<tonic::transport::Channel>;
+type Client = SchedulerClient<ferry_shared::grpc::client::Connection>;
 
 async fn status(client: &mut Client) -> RepairStatus {
     client

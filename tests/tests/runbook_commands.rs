@@ -86,17 +86,43 @@ async fn every_runbook_step_is_a_ferryctl_command() {
         .await
         .expect("redis connection");
     let key = format!("{}:enqueuer:pending", cluster.redis_prefix);
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg("dead-replica")
-        .query_async(&mut redis)
-        .await
-        .expect("set");
-    let stuck = json(&cluster, &["dedup", "show", "--json"]);
-    assert_eq!(stuck["pending"], true);
-    assert_eq!(stuck["owner"], "dead-replica");
-    let (ok, text, _) = ferryctl(&cluster, &["dedup"]);
-    assert!(ok && text.contains("set by dead-replica"), "{text}");
+    // The lease holder consumes the key at the start of every pass (200 ms apart here), so the
+    // key is set again before each look until one look lands between two passes.
+    let mut stuck = async || {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("dead-replica")
+            .query_async(&mut redis)
+            .await
+            .expect("set");
+    };
+    let mut seen_json = None;
+    let mut seen_text = None;
+    for _ in 0..50 {
+        if seen_json.is_none() {
+            stuck().await;
+            let shown = json(&cluster, &["dedup", "show", "--json"]);
+            if shown["pending"] == true {
+                seen_json = Some(shown);
+            }
+        }
+        if seen_text.is_none() {
+            stuck().await;
+            let (ok, text, _) = ferryctl(&cluster, &["dedup"]);
+            assert!(ok, "{text}");
+            if !text.contains("no enqueue trigger pending") {
+                seen_text = Some(text);
+            }
+        }
+        if seen_json.is_some() && seen_text.is_some() {
+            break;
+        }
+    }
+    let shown = seen_json.expect("the stuck key was never shown");
+    assert_eq!(shown["owner"], "dead-replica", "{shown}");
+    let text = seen_text.expect("the stuck key was never shown as text");
+    assert!(text.contains("set by dead-replica"), "{text}");
+    stuck().await;
     let cleared = json(&cluster, &["dedup", "clear", "--json"]);
     assert_ne!(cleared["owner"], "dead-replica", "{cleared}");
     let owner: Option<String> = redis::cmd("GET")

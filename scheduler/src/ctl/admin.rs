@@ -3,13 +3,13 @@
 
 use clap::Subcommand;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
     CancelMigrationRequest, CheckWritableRequest, DoubleCheckRequest, ListRepositoriesRequest,
     PreviewQueueRequest, RegisterRepositoryRequest, Repository, StartMigrationNowRequest,
 };
+use ferry_shared::grpc::client::Connection;
 
 use super::{CtlError, print_repository, repository_json};
 
@@ -111,7 +111,7 @@ fn show(repository: &Repository, json: bool) {
 
 /// Runs an operator command.
 pub async fn run(
-    client: &mut SchedulerClient<Channel>,
+    client: &mut SchedulerClient<Connection>,
     command: AdminCommand,
 ) -> Result<(), CtlError> {
     match command {

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
     BackgroundMigration, BackgroundMigrationSelector, GetRepairStatusRequest, RepairStatus,
     RetryFailedRepairsRequest, StartRepairRestoreRequest, UpdateSettingsRequest,
 };
+use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
 
@@ -81,7 +81,7 @@ pub enum BbmCommand {
 
 /// Runs a `ferryctl repair` command.
 pub async fn run_repair(
-    client: &mut SchedulerClient<Channel>,
+    client: &mut SchedulerClient<Connection>,
     command: RepairCommand,
 ) -> Result<(), CtlError> {
     match command {
@@ -184,7 +184,7 @@ pub async fn run_repair(
 
 /// Runs a `ferryctl bbm` command.
 pub async fn run_bbm(
-    client: &mut SchedulerClient<Channel>,
+    client: &mut SchedulerClient<Connection>,
     command: BbmCommand,
 ) -> Result<(), CtlError> {
     match command {
@@ -242,7 +242,7 @@ fn listed(names: &[String]) -> String {
     }
 }
 
-async fn repair_status(client: &mut SchedulerClient<Channel>) -> Result<RepairStatus, CtlError> {
+async fn repair_status(client: &mut SchedulerClient<Connection>) -> Result<RepairStatus, CtlError> {
     Ok(client
         .get_repair_status(GetRepairStatusRequest {})
         .await?
@@ -250,7 +250,7 @@ async fn repair_status(client: &mut SchedulerClient<Channel>) -> Result<RepairSt
 }
 
 async fn one_migration(
-    client: &mut SchedulerClient<Channel>,
+    client: &mut SchedulerClient<Connection>,
     name: &str,
 ) -> Result<BackgroundMigration, CtlError> {
     client

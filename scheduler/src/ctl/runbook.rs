@@ -3,13 +3,13 @@
 
 use clap::Subcommand;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
     ClearDedupRequest, ClearLeaseRequest, DedupStatus, GetDedupRequest, GetLeaseRequest,
     LeaseStatus,
 };
+use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
 
@@ -38,7 +38,7 @@ pub enum DedupAction {
 
 /// Runs `ferryctl lease`.
 pub async fn lease(
-    client: &mut SchedulerClient<Channel>,
+    client: &mut SchedulerClient<Connection>,
     action: Option<LeaseAction>,
     json: bool,
 ) -> Result<(), CtlError> {
@@ -57,7 +57,7 @@ pub async fn lease(
 
 /// Runs `ferryctl dedup`.
 pub async fn dedup(
-    client: &mut SchedulerClient<Channel>,
+    client: &mut SchedulerClient<Connection>,
     action: Option<DedupAction>,
     json: bool,
 ) -> Result<(), CtlError> {

@@ -2,10 +2,10 @@
 
 use clap::Args;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{GetSettingsRequest, Settings, StringList, UpdateSettingsRequest};
+use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
 
@@ -108,7 +108,7 @@ impl SettingsArgs {
 
 /// Shows the settings, after applying the changes given.
 pub async fn run(
-    client: &mut SchedulerClient<Channel>,
+    client: &mut SchedulerClient<Connection>,
     args: &SettingsArgs,
 ) -> Result<(), CtlError> {
     let settings = match args.request() {

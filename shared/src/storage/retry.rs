@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tracing::Instrument as _;
 
 use super::{BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError};
 use crate::ids::Digest;
@@ -94,7 +95,14 @@ impl Retrying {
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
-            let result = operation().await;
+            let span = tracing::info_span!(
+                "storage",
+                otel.name = what,
+                otel.kind = "client",
+                storage.key = key,
+                storage.attempt = attempt,
+            );
+            let result = operation().instrument(span).await;
             crate::metrics::STORAGE.attempt(
                 what,
                 outcome(&result),

@@ -1,0 +1,58 @@
+//! Accepting TLS connections with the server configuration in use at each handshake, so that a
+//! reloaded certificate serves the next connection. Handshakes run on their own tasks: a slow or
+//! silent client holds up nobody else.
+
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::security::tls::ReloadingTls;
+
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS connections `listener` accepts, handshaken with `tls`'s current server configuration.
+/// Failed handshakes are logged and dropped; the stream ends when the server stops reading it.
+pub fn tls_incoming(
+    listener: TcpListener,
+    tls: ReloadingTls,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(config) = tls.server() else {
+                tracing::error!("TLS is on but no server certificate is loaded");
+                continue;
+            };
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "TLS handshake failed");
+                    }
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
+}
