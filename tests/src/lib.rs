@@ -157,6 +157,8 @@ pub struct ClusterOptions {
     pub importer_security: ferry_shared::security::SecurityArgs,
     /// How the test's own clients connect (TLS, token).
     pub client: ferry_shared::grpc::client::Connector,
+    /// Give the scheduler each importer as `dns://<name>:<port>` instead of its address.
+    pub importers_by_name: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -168,6 +170,7 @@ impl Default for ClusterOptions {
             scheduler_security: Default::default(),
             importer_security: Default::default(),
             client: Default::default(),
+            importers_by_name: None,
         }
     }
 }
@@ -276,6 +279,12 @@ impl Cluster {
             storage_url: Some(storage_url),
             importers: Some(
                 importer_urls
+                    .iter()
+                    .map(|url| match &options.importers_by_name {
+                        None => url.clone(),
+                        Some(name) => url.replace("http://127.0.0.1", &format!("dns://{name}")),
+                    })
+                    .collect::<Vec<_>>()
                     .iter()
                     .chain(&options.dead_importers)
                     .cloned()

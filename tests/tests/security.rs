@@ -96,7 +96,9 @@ async fn mtls_carries_a_whole_migration_and_refuses_callers_without_a_certificat
         ca: Some(ca.ca_file.clone()),
     };
     let scheduler = with(ca.issue(dir.path(), "scheduler", &["localhost", "127.0.0.1"]));
-    let importer = with(ca.issue(dir.path(), "importer", &["localhost", "127.0.0.1"]));
+    // The importers' certificate names only the DNS name the scheduler finds them under (a
+    // headless Service's, in Kubernetes), not their addresses.
+    let importer = with(ca.issue(dir.path(), "importer", &["localhost"]));
     let operator = with(ca.issue(dir.path(), "operator", &["operator"]));
     let sample = SampleRegistry::build(false);
     let cluster = Cluster::start_with(
@@ -105,6 +107,7 @@ async fn mtls_carries_a_whole_migration_and_refuses_callers_without_a_certificat
             scheduler_security: tls_args(&scheduler, None, None),
             importer_security: tls_args(&importer, None, None),
             client: connector(Some(operator.clone()), None),
+            importers_by_name: Some("localhost".into()),
             ..ClusterOptions::default()
         },
     )
@@ -156,7 +159,10 @@ async fn mtls_carries_a_whole_migration_and_refuses_callers_without_a_certificat
         }),
         None,
     )
-    .lazy(&cluster.importer_urls[0], ChannelOptions::default())
+    .lazy(
+        &cluster.importer_urls[0].replace("127.0.0.1", "localhost"),
+        ChannelOptions::default(),
+    )
     .expect("channel");
     let refused = ImporterClient::new(importer_channel.clone())
         .get_capacity(GetCapacityRequest {})
