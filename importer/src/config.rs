@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use ferry_shared::config::ConfigCheck;
 use ferry_shared::security::{SecurityArgs, SecurityConfig};
+use ferry_shared::storage::governor::{BudgetSettings, GovernorArgs};
 
 use crate::service::StepLimits;
 
@@ -56,6 +57,15 @@ pub struct ImporterArgs {
     /// TLS, tokens and admission limits.
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// Redis holding the shared storage request budgets (needed only when they are set).
+    #[arg(long, env = "FERRY_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key this deployment uses (the scheduler's too).
+    #[arg(long, env = "FERRY_REDIS_PREFIX", default_value = "ferry")]
+    pub redis_prefix: String,
+    /// The shared storage request budgets.
+    #[command(flatten)]
+    pub governor: GovernorArgs,
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<ImporterCommand>,
@@ -80,6 +90,8 @@ pub struct ImporterConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// TLS, tokens and admission limits.
     pub security: SecurityConfig,
+    /// The shared storage request budgets.
+    pub budgets: BudgetSettings,
 }
 
 /// What `ferry-importer` does.
@@ -117,6 +129,8 @@ pub struct OneShotConfig {
     pub storage_url: String,
     /// Step limits (`max_concurrent_imports` repositories run at once).
     pub limits: StepLimits,
+    /// The shared storage request budgets.
+    pub budgets: BudgetSettings,
     /// What to import.
     pub selection: crate::oneshot::Selection,
     /// Check only.
@@ -129,6 +143,7 @@ struct Common {
     storage_url: Option<String>,
     limits: Option<StepLimits>,
     shutdown_grace: Option<Duration>,
+    budgets: BudgetSettings,
 }
 
 impl ImporterArgs {
@@ -154,6 +169,16 @@ impl ImporterArgs {
         let settle = check.positive("FERRY_CANCEL_SETTLE_SECS", &self.cancel_settle_secs);
         let poll = check.positive("FERRY_CANCEL_POLL_MS", &self.cancel_poll_ms);
         let grace = check.positive("FERRY_SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs);
+        let redis_url = self
+            .redis_url
+            .as_deref()
+            .filter(|url| !url.trim().is_empty())
+            .and_then(|url| check.url("FERRY_REDIS_URL", Some(url), &["redis", "rediss"]));
+        let budgets = BudgetSettings {
+            config: self.governor.validate(check, redis_url.is_some()),
+            redis_url,
+            redis_prefix: self.redis_prefix.clone(),
+        };
         let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let limits = (|| {
             Some(StepLimits {
@@ -171,6 +196,7 @@ impl ImporterArgs {
             storage_url,
             limits,
             shutdown_grace: grace.map(Duration::from_secs),
+            budgets,
         }
     }
 
@@ -214,6 +240,7 @@ impl ImporterArgs {
             scheduler_url: scheduler_url.ok_or_else(missing)?,
             limits: common.limits.ok_or_else(missing)?,
             shutdown_grace: common.shutdown_grace.ok_or_else(missing)?,
+            budgets: common.budgets,
         })
     }
 
@@ -244,6 +271,7 @@ impl ImporterArgs {
             metadata_database_url: common.metadata_database_url.ok_or_else(missing)?,
             storage_url: common.storage_url.ok_or_else(missing)?,
             limits: common.limits.ok_or_else(missing)?,
+            budgets: common.budgets,
             selection: if command.all {
                 crate::oneshot::Selection::All
             } else {

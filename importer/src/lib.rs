@@ -59,6 +59,9 @@ pub enum StartupError {
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Redis (holding the storage budgets) is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
     /// TLS or token files could not be loaded.
     #[error("{0}")]
     Security(String),
@@ -79,7 +82,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
     let security = Security::start(&config.security).map_err(StartupError::Security)?;
-    let storage = ferry_shared::storage::open(&config.storage_url)?;
+    let storage = ferry_shared::storage::open_governed(
+        &config.storage_url,
+        config.budgets.governor().await?,
+    )?;
     let mut registry = Registry::with_prefix("ferry");
     ferry_shared::metrics::register_common(&mut registry);
     let metrics = ImporterMetrics::register(&mut registry);
@@ -161,7 +167,10 @@ pub async fn run(
 /// Runs the one-shot import (`ferry-importer import`): migrates the metadata database, then
 /// imports the selection straight from storage and returns the summary.
 pub async fn run_import(config: config::OneShotConfig) -> Result<oneshot::Summary, StartupError> {
-    let storage = ferry_shared::storage::open(&config.storage_url)?;
+    let storage = ferry_shared::storage::open_governed(
+        &config.storage_url,
+        config.budgets.governor().await?,
+    )?;
     let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
     let db = MetadataStore::connect(&config.metadata_database_url, pool_size).await?;
     db.migrate().await?;

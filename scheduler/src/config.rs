@@ -7,6 +7,7 @@ use clap::Parser;
 
 use ferry_shared::config::ConfigCheck;
 use ferry_shared::security::{SecurityArgs, SecurityConfig};
+use ferry_shared::storage::governor::{BudgetSettings, GovernorArgs};
 
 /// `ferry-scheduler`: owns each repository's migration state and drives the importers.
 #[derive(Debug, Parser)]
@@ -59,6 +60,9 @@ pub struct SchedulerArgs {
     /// TLS, tokens and admission limits.
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// The shared storage request budgets (the inventory's listings draw from them).
+    #[command(flatten)]
+    pub governor: GovernorArgs,
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<SchedulerCommand>,
@@ -104,6 +108,8 @@ pub struct SchedulerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// TLS, tokens and admission limits.
     pub security: SecurityConfig,
+    /// The shared storage request budgets.
+    pub budgets: BudgetSettings,
 }
 
 impl SchedulerArgs {
@@ -160,6 +166,11 @@ impl SchedulerArgs {
             check.positive("FERRY_REPAIR_INTERVAL_SECS", &self.repair_interval_secs);
         let metrics_addr = check.socket_addr_or_off("FERRY_METRICS_ADDR", &self.metrics_addr);
         let security = self.security.validate(&mut check);
+        let budgets = BudgetSettings {
+            config: self.governor.validate(&mut check, redis_url.is_some()),
+            redis_url: redis_url.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+        };
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(SchedulerConfig {
@@ -185,6 +196,7 @@ impl SchedulerArgs {
             },
             metrics_addr,
             security,
+            budgets,
         })
     }
 }

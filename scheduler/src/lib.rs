@@ -131,7 +131,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
     let security = Security::start(&config.security).map_err(StartupError::Security)?;
-    let storage = ferry_shared::storage::open(&config.storage_url)?;
+    let storage = ferry_shared::storage::open_governed(
+        &config.storage_url,
+        config.budgets.governor().await?,
+    )?;
     let mut registry = Registry::with_prefix("ferry");
     ferry_shared::metrics::register_common(&mut registry);
     let migration_metrics = metrics::MigrationMetrics::register(&mut registry);

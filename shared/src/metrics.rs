@@ -36,6 +36,10 @@ pub struct StorageMetrics {
     duration: Histograms<[Label; 1]>,
     throttled: Family<[Label; 1], Counter>,
     retries: Family<[Label; 1], Counter>,
+    budget_rate: Family<[Label; 1], Gauge<f64, std::sync::atomic::AtomicU64>>,
+    budget_ceiling: Family<[Label; 1], Gauge<f64, std::sync::atomic::AtomicU64>>,
+    budget_cuts: Family<[Label; 1], Counter>,
+    budget_wait: Histograms<[Label; 1]>,
 }
 
 /// The process's storage metrics.
@@ -44,6 +48,10 @@ pub static STORAGE: LazyLock<StorageMetrics> = LazyLock::new(|| StorageMetrics {
     duration: Family::new_with_constructor(latency_histogram),
     throttled: Family::default(),
     retries: Family::default(),
+    budget_rate: Family::default(),
+    budget_ceiling: Family::default(),
+    budget_cuts: Family::default(),
+    budget_wait: Family::new_with_constructor(latency_histogram),
 });
 
 impl StorageMetrics {
@@ -61,6 +69,27 @@ impl StorageMetrics {
         if outcome == "throttled" {
             self.throttled.get_or_create(&op).inc();
         }
+    }
+
+    /// Records the governed `budget`'s rate and ramp ceiling (requests per second).
+    pub fn budget(&self, budget: &'static str, rate: f64, ceiling: f64) {
+        let label = [("budget", budget.to_owned())];
+        self.budget_rate.get_or_create(&label).set(rate);
+        self.budget_ceiling.get_or_create(&label).set(ceiling);
+    }
+
+    /// Records a cut of `budget`'s rate after a 429.
+    pub fn budget_cut(&self, budget: &'static str) {
+        self.budget_cuts
+            .get_or_create(&[("budget", budget.to_owned())])
+            .inc();
+    }
+
+    /// Records how long a request waited for its slot in `budget`.
+    pub fn budget_wait(&self, budget: &'static str, seconds: f64) {
+        self.budget_wait
+            .get_or_create(&[("budget", budget.to_owned())])
+            .observe(seconds);
     }
 
     /// Records a retry of `operation`.
@@ -161,6 +190,26 @@ pub fn register_common(registry: &mut Registry) {
         "storage_retries",
         "Storage requests retried after a transient failure, by operation",
         storage.retries.clone(),
+    );
+    registry.register(
+        "storage_budget_rate",
+        "Requests per second the shared storage budget allows now (read or write)",
+        storage.budget_rate.clone(),
+    );
+    registry.register(
+        "storage_budget_ceiling",
+        "The storage budget's ramp ceiling now, requests per second (doubles per ramp period)",
+        storage.budget_ceiling.clone(),
+    );
+    registry.register(
+        "storage_budget_cuts",
+        "Cuts of a storage budget's rate after the provider answered 429",
+        storage.budget_cuts.clone(),
+    );
+    registry.register(
+        "storage_budget_wait_seconds",
+        "Time a storage request waited for its slot in the shared budget",
+        storage.budget_wait.clone(),
     );
     let grpc = &*GRPC;
     registry.register(

@@ -8,10 +8,12 @@
 
 pub mod buckets;
 pub mod certs;
+pub mod dataset;
 mod importer_harness;
 mod layout_writer;
 pub mod processes;
 pub mod repair_seed;
+pub mod throttle;
 
 pub use importer_harness::ImporterHarness;
 pub use layout_writer::LayoutWriter;
@@ -159,6 +161,8 @@ pub struct ClusterOptions {
     pub client: ferry_shared::grpc::client::Connector,
     /// Give the scheduler each importer as `dns://<name>:<port>` instead of its address.
     pub importers_by_name: Option<String>,
+    /// Shared storage request budgets for every process (in the cluster's Redis prefix).
+    pub budgets: ferry_shared::storage::governor::GovernorArgs,
 }
 
 impl Default for ClusterOptions {
@@ -171,6 +175,7 @@ impl Default for ClusterOptions {
             importer_security: Default::default(),
             client: Default::default(),
             importers_by_name: None,
+            budgets: Default::default(),
         }
     }
 }
@@ -234,6 +239,7 @@ impl Cluster {
         let mut tasks = Vec::new();
         let mut importer_urls = Vec::new();
         let mut importer_metrics_ports = Vec::new();
+        let redis_prefix = format!("ferry-test-{}", unique_suffix());
         // Query metrics come from the stores' spans: record them in this process too.
         ferry_shared::telemetry::init_metrics_only();
         for _ in 0..importers {
@@ -261,6 +267,9 @@ impl Cluster {
                 shutdown_grace_secs: "5".into(),
                 metrics_addr: format!("127.0.0.1:{importer_metrics_port}"),
                 security: options.importer_security.clone(),
+                redis_url: Some(redis_url()),
+                redis_prefix: redis_prefix.clone(),
+                governor: options.budgets.clone(),
                 command: None,
             };
             let config = args.validate().expect("importer config");
@@ -271,7 +280,6 @@ impl Cluster {
             }));
         }
         let metrics_port = processes::free_port();
-        let redis_prefix = format!("ferry-test-{}", unique_suffix());
         let args = ferry_scheduler::config::SchedulerArgs {
             listen_addr: scheduler_listener.local_addr().expect("addr").to_string(),
             database_url: Some(database_url.clone()),
@@ -301,6 +309,7 @@ impl Cluster {
             repair_interval_secs: "1".into(),
             metrics_addr: format!("127.0.0.1:{metrics_port}"),
             security: options.scheduler_security.clone(),
+            governor: options.budgets.clone(),
             command: None,
         };
         let config = args.validate().expect("scheduler config");

@@ -43,6 +43,9 @@ async fn server() -> Server {
         shutdown_grace_secs: "5".into(),
         metrics_addr: "off".into(),
         security: Default::default(),
+        redis_url: None,
+        redis_prefix: "ferry".into(),
+        governor: Default::default(),
         command: None,
     };
     let config = args.validate().expect("config");

@@ -30,6 +30,7 @@ fn config(
             cancel_settle: Duration::from_secs(5),
             cancel_poll: Duration::from_millis(500),
         },
+        budgets: Default::default(),
         selection,
         dry_run,
     }

@@ -6,6 +6,7 @@
 //! for `file://`, [`GcsStore`] for `gs://`.
 
 mod gcs;
+pub mod governor;
 mod local;
 mod retry;
 
@@ -19,6 +20,7 @@ use thiserror::Error;
 use crate::ids::Digest;
 
 pub use gcs::GcsStore;
+pub use governor::{Governed, Governor};
 pub use local::LocalStore;
 pub use retry::{RetryPolicy, Retrying};
 
@@ -181,28 +183,37 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 /// or `gs://bucket[/prefix]` (see [`GcsStore`]; the client connects on first use), retrying
 /// transient failures with the default [`RetryPolicy`].
 pub fn open(url: &str) -> Result<Arc<dyn BlobStore>, StorageError> {
+    open_governed(url, None)
+}
+
+/// Like [`open`], with every attempt drawing from `governor`'s shared budgets (a retried
+/// request draws again, and a 429 cuts the budget's rate).
+pub fn open_governed(
+    url: &str,
+    governor: Option<Governor>,
+) -> Result<Arc<dyn BlobStore>, StorageError> {
     let invalid = |reason: &str| StorageError::InvalidUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
     let parsed = url::Url::parse(url).map_err(|err| invalid(&err.to_string()))?;
-    match parsed.scheme() {
+    let driver: Arc<dyn BlobStore> = match parsed.scheme() {
         "file" => {
             let path = parsed
                 .to_file_path()
                 .map_err(|()| invalid("expected file:///absolute/path"))?;
-            let local = LocalStore::new(path).map_err(|err| invalid(&err.to_string()))?;
-            Ok(Arc::new(Retrying::new(
-                Arc::new(local),
-                RetryPolicy::default(),
-            )))
+            Arc::new(LocalStore::new(path).map_err(|err| invalid(&err.to_string()))?)
         }
-        "gs" => Ok(Arc::new(Retrying::new(
-            Arc::new(GcsStore::from_url(url)?),
-            RetryPolicy::default(),
-        ))),
-        other => Err(invalid(&format!(
-            "unsupported scheme {other:?}; expected file:// or gs://"
-        ))),
-    }
+        "gs" => Arc::new(GcsStore::from_url(url)?),
+        other => {
+            return Err(invalid(&format!(
+                "unsupported scheme {other:?}; expected file:// or gs://"
+            )));
+        }
+    };
+    let governed: Arc<dyn BlobStore> = match governor {
+        Some(governor) => Arc::new(Governed::new(driver, governor)),
+        None => driver,
+    };
+    Ok(Arc::new(Retrying::new(governed, RetryPolicy::default())))
 }

@@ -18,6 +18,10 @@ use crate::ids::Digest;
 pub struct RetryPolicy {
     /// Attempts in all, the first included.
     pub max_attempts: u32,
+    /// Attempts in all when the provider answers 429 (rate limited): throttling passes as the
+    /// shared budget adapts, so it is worth waiting for (GCS advises truncated exponential
+    /// backoff).
+    pub max_throttled_attempts: u32,
     /// Delay before the first retry; doubles each time.
     pub initial_delay: Duration,
     /// Longest delay between two attempts.
@@ -28,6 +32,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 5,
+            max_throttled_attempts: 12,
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
         }
@@ -108,8 +113,14 @@ impl Retrying {
                 outcome(&result),
                 started.elapsed().as_secs_f64(),
             );
+            let limit = match &result {
+                Err(StorageError::Backend {
+                    status: Some(429), ..
+                }) => self.policy.max_throttled_attempts,
+                _ => self.policy.max_attempts,
+            };
             match result {
-                Err(error) if error.is_transient() && attempt < self.policy.max_attempts => {
+                Err(error) if error.is_transient() && attempt < limit => {
                     let delay = self.policy.delay(attempt);
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::STORAGE.retry(what);
@@ -217,6 +228,7 @@ mod tests {
         });
         let policy = RetryPolicy {
             max_attempts: 4,
+            max_throttled_attempts: 4,
             initial_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(4),
         };
@@ -269,6 +281,7 @@ mod tests {
     fn delays_grow_and_are_capped_with_jitter() {
         let policy = RetryPolicy {
             max_attempts: 10,
+            max_throttled_attempts: 10,
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
         };

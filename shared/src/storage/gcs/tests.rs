@@ -165,6 +165,7 @@ async fn retrying_wrapper_retries_throttling_until_success() {
     let store = Arc::new(server.store());
     let policy = RetryPolicy {
         max_attempts: 4,
+        max_throttled_attempts: 4,
         initial_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(2),
     };
