@@ -445,85 +445,125 @@ async fn insert_blobs(
     Ok(())
 }
 
+/// Registers the plan's manifests, their layers and their index references in three statements
+/// (plus one to read the ids back), whatever the number of manifests. Existing rows are left
+/// alone (no dead tuples from no-op updates); `counts.manifests` gets the new ones.
 async fn insert_manifests(
     tx: &mut Transaction<'_, Postgres>,
     repository_id: i64,
     plan: &ImportPlan,
     counts: &mut CommitCounts,
 ) -> Result<HashMap<Digest, i64>, sqlx::Error> {
-    let mut ids: HashMap<Digest, i64> = HashMap::with_capacity(plan.manifests.len());
-    for manifest in &plan.manifests {
-        let (config_media_type, config_digest, config_payload) = match &manifest.config {
-            Some((descriptor, payload)) => (
-                Some(descriptor.media_type.as_str()),
-                Some(descriptor.digest.as_str()),
-                payload.as_deref(),
-            ),
-            None => (None, None, None),
+    let mut seen = std::collections::HashSet::new();
+    let manifests: Vec<_> = plan
+        .manifests
+        .iter()
+        .filter(|m| seen.insert(&m.digest))
+        .collect();
+    if manifests.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let digests: Vec<&str> = manifests.iter().map(|m| m.digest.as_str()).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO manifests (repository_id, digest, media_type, schema_version, payload, \
+             configuration_media_type, configuration_blob_digest, configuration_payload, total_size, \
+             non_conformant, artifact_type) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::integer[], $5::bytea[], $6::text[], \
+             $7::text[], $8::bytea[], $9::bigint[], $10::boolean[], $11::text[]) \
+         ON CONFLICT (repository_id, digest) DO NOTHING",
+    )
+    .bind(repository_id)
+    .bind(&digests)
+    .bind(manifests.iter().map(|m| m.media_type.as_str()).collect::<Vec<_>>())
+    .bind(manifests.iter().map(|m| m.schema_version).collect::<Vec<_>>())
+    .bind(manifests.iter().map(|m| &m.payload[..]).collect::<Vec<_>>())
+    .bind(
+        manifests
+            .iter()
+            .map(|m| m.config.as_ref().map(|(d, _)| d.media_type.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        manifests
+            .iter()
+            .map(|m| m.config.as_ref().map(|(d, _)| d.digest.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        manifests
+            .iter()
+            .map(|m| m.config.as_ref().and_then(|(_, p)| p.as_deref()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(manifests.iter().map(|m| to_i64(m.total_size)).collect::<Vec<_>>())
+    .bind(manifests.iter().map(|m| m.non_conformant).collect::<Vec<_>>())
+    .bind(
+        manifests
+            .iter()
+            .map(|m| m.artifact_type.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    counts.manifests += inserted.rows_affected();
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, digest FROM manifests WHERE repository_id = $1 AND digest = ANY($2::text[])",
+    )
+    .bind(repository_id)
+    .bind(&digests)
+    .fetch_all(&mut **tx)
+    .await?;
+    let by_text: HashMap<String, i64> = rows.into_iter().map(|(id, d)| (d, id)).collect();
+    let ids: HashMap<Digest, i64> = manifests
+        .iter()
+        .filter_map(|m| {
+            by_text
+                .get(m.digest.as_str())
+                .map(|id| (m.digest.clone(), *id))
+        })
+        .collect();
+    let (mut layer_manifests, mut layer_digests, mut layer_sizes, mut layer_types) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    for manifest in &manifests {
+        let Some(&manifest_id) = ids.get(&manifest.digest) else {
+            continue;
         };
-        let row = sqlx::query(
-            "INSERT INTO manifests (repository_id, digest, media_type, schema_version, payload, \
-                 configuration_media_type, configuration_blob_digest, configuration_payload, total_size, \
-                 non_conformant, artifact_type) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (repository_id, digest) DO UPDATE SET digest = EXCLUDED.digest \
-             RETURNING id, (xmax = 0) AS inserted",
+        for layer in &manifest.layers {
+            layer_manifests.push(manifest_id);
+            layer_digests.push(layer.digest.as_str());
+            layer_sizes.push(to_i64(layer.size));
+            layer_types.push(layer.media_type.as_str());
+        }
+        for child in manifest.children.iter().filter_map(|c| ids.get(c)) {
+            parents.push(manifest_id);
+            children.push(*child);
+        }
+    }
+    if !layer_manifests.is_empty() {
+        sqlx::query(
+            "INSERT INTO layers (repository_id, manifest_id, digest, size, media_type) \
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[]) \
+             ON CONFLICT (manifest_id, digest) DO NOTHING",
         )
         .bind(repository_id)
-        .bind(manifest.digest.as_str())
-        .bind(&manifest.media_type)
-        .bind(manifest.schema_version)
-        .bind(&manifest.payload[..])
-        .bind(config_media_type)
-        .bind(config_digest)
-        .bind(config_payload)
-        .bind(to_i64(manifest.total_size))
-        .bind(manifest.non_conformant)
-        .bind(manifest.artifact_type.as_deref())
-        .fetch_one(&mut **tx)
+        .bind(&layer_manifests)
+        .bind(&layer_digests)
+        .bind(&layer_sizes)
+        .bind(&layer_types)
+        .execute(&mut **tx)
         .await?;
-        let manifest_id: i64 = row.get("id");
-        if row.get::<bool, _>("inserted") {
-            counts.manifests += 1;
-        }
-        ids.insert(manifest.digest.clone(), manifest_id);
-        if !manifest.layers.is_empty() {
-            let digests: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
-            let sizes: Vec<i64> = manifest.layers.iter().map(|l| to_i64(l.size)).collect();
-            let media_types: Vec<&str> = manifest
-                .layers
-                .iter()
-                .map(|l| l.media_type.as_str())
-                .collect();
-            sqlx::query(
-                "INSERT INTO layers (repository_id, manifest_id, digest, size, media_type) \
-                 SELECT $1, $2, * FROM UNNEST($3::text[], $4::bigint[], $5::text[]) \
-                 ON CONFLICT (manifest_id, digest) DO NOTHING",
-            )
-            .bind(repository_id)
-            .bind(manifest_id)
-            .bind(&digests)
-            .bind(&sizes)
-            .bind(&media_types)
-            .execute(&mut **tx)
-            .await?;
-        }
-        if !manifest.children.is_empty() {
-            let child_ids: Vec<i64> = manifest
-                .children
-                .iter()
-                .filter_map(|c| ids.get(c).copied())
-                .collect();
-            sqlx::query(
-                "INSERT INTO manifest_references (repository_id, parent_id, child_id) \
-                 SELECT $1, $2, child FROM UNNEST($3::bigint[]) AS child ON CONFLICT DO NOTHING",
-            )
-            .bind(repository_id)
-            .bind(manifest_id)
-            .bind(&child_ids)
-            .execute(&mut **tx)
-            .await?;
-        }
+    }
+    if !parents.is_empty() {
+        sqlx::query(
+            "INSERT INTO manifest_references (repository_id, parent_id, child_id) \
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(repository_id)
+        .bind(&parents)
+        .bind(&children)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(ids)
 }

@@ -172,11 +172,18 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        // The `error` event `#[instrument(err)]` emits when the query fails; not sqlx's own
+        // warnings (a slow statement is not a failure), and never twice (a second insert of the
+        // same extension panics).
         if *event.metadata().level() <= Level::WARN
+            && event.metadata().fields().field("error").is_some()
             && let Some(span) = ctx.event_span(event)
             && is_query(span.metadata())
         {
-            span.extensions_mut().insert(QueryFailed);
+            let mut extensions = span.extensions_mut();
+            if extensions.get_mut::<QueryFailed>().is_none() {
+                extensions.insert(QueryFailed);
+            }
         }
     }
 
@@ -227,6 +234,35 @@ mod tests {
         );
         assert!(
             text.contains("ferry_db_query_errors_total{db=\"other\",query=\"sample_query\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[tracing::instrument(name = "db.slow_query", skip_all, err(level = "warn"))]
+    async fn slow(fail: bool) -> Result<(), String> {
+        // What sqlx logs when a statement passes its slow threshold: twice in one query span.
+        tracing::warn!(
+            elapsed_secs = 3.5,
+            "slow statement: execution time exceeded alert threshold"
+        );
+        tracing::warn!(
+            elapsed_secs = 1.1,
+            "slow statement: execution time exceeded alert threshold"
+        );
+        if fail { Err("boom".into()) } else { Ok(()) }
+    }
+
+    #[tokio::test]
+    async fn slow_statement_warnings_are_not_failures_and_never_panic() {
+        let subscriber = tracing_subscriber::registry().with(query_metrics());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        slow(false).await.unwrap();
+        slow(true).await.unwrap_err();
+        let mut registry = crate::metrics::Registry::with_prefix("ferry");
+        crate::metrics::register_common(&mut registry);
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains("ferry_db_query_errors_total{db=\"other\",query=\"slow_query\"} 1"),
             "{text}"
         );
     }

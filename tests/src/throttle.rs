@@ -23,6 +23,8 @@ pub struct Counts {
     pub forwarded: AtomicU64,
     /// Requests answered 429.
     pub refused: AtomicU64,
+    /// Reads forwarded in each second since the proxy started.
+    pub reads_per_second: Mutex<Vec<u64>>,
 }
 
 struct Bucket {
@@ -64,6 +66,7 @@ impl ThrottleProxy {
         let client: Client<HttpConnector, Incoming> =
             Client::builder(TokioExecutor::new()).build_http();
         let upstream = upstream.trim_start_matches("http://").to_owned();
+        let started = Instant::now();
         let task = {
             let counts = Arc::clone(&counts);
             tokio::spawn(async move {
@@ -108,6 +111,17 @@ impl ThrottleProxy {
                                         return Ok::<_, Infallible>(too_many());
                                     }
                                     counts.forwarded.fetch_add(1, Ordering::Relaxed);
+                                    if !write {
+                                        let second = started.elapsed().as_secs() as usize;
+                                        let mut per = counts
+                                            .reads_per_second
+                                            .lock()
+                                            .unwrap_or_else(|e| e.into_inner());
+                                        if per.len() <= second {
+                                            per.resize(second + 1, 0);
+                                        }
+                                        per[second] += 1;
+                                    }
                                     Ok(forward(&client, &upstream, request).await)
                                 }
                             });

@@ -177,6 +177,12 @@ FERRY_TLS_RELOAD_SECS: {{ include "ferry.envValue" $v.tls.reloadSecs | quote }}
       "FERRY_REQUEST_TIMEOUT_SECS" $v.limits.requestTimeoutSecs
       "FERRY_MAX_CONCURRENT_REQUESTS" $v.limits.maxConcurrentRequests
       "FERRY_MAX_REQUEST_BYTES" $v.limits.maxRequestBytes) }}
+{{- include "ferry.componentConfig" (dict
+      "FERRY_STORAGE_READ_RATE" $v.storageBudget.readRate
+      "FERRY_STORAGE_WRITE_RATE" $v.storageBudget.writeRate
+      "FERRY_STORAGE_MAX_READ_RATE" $v.storageBudget.maxReadRate
+      "FERRY_STORAGE_MAX_WRITE_RATE" $v.storageBudget.maxWriteRate
+      "FERRY_STORAGE_RAMP_SECS" $v.storageBudget.rampSecs) }}
 {{- with $v.gcs.credentials.secretName }}
 GOOGLE_APPLICATION_CREDENTIALS: {{ printf "/etc/ferry/gcs/%s" $v.gcs.credentials.key | quote }}
 {{- end }}

@@ -141,6 +141,8 @@ impl Importer {
         };
         let mut stats = self.copy_blobs(&plan, &already).await?;
         let storage = self.inner.storage.as_ref();
+        // Nothing is recorded before its copies are on disk.
+        storage.persist().await?;
         let concurrency = self.inner.limits.tag_concurrency;
         plan::verify_copied_blobs(storage, &plan, concurrency).await?;
         // The final import commits only if the tags it writes are the source's tags right now.

@@ -507,6 +507,16 @@ impl BlobStore for GcsStore {
         Ok(CopyOutcome::Copied(copied.size))
     }
 
+    fn requests(&self, operation: super::Operation) -> (u32, u32) {
+        match operation {
+            super::Operation::List | super::Operation::Stat => (1, 0),
+            // GET the metadata (size limit), then the bytes.
+            super::Operation::Read => (2, 0),
+            // GET the destination, GET the source, POST the rewrite (one call almost always).
+            super::Operation::Copy => (2, 1),
+        }
+    }
+
     fn url(&self) -> String {
         format!("gs://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
             .trim_end_matches('/')

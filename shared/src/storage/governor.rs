@@ -10,10 +10,10 @@
 //! - **Ramp.** It starts at the configured rate and at most doubles every ramp period (GCS's
 //!   guidance for a new prefix: double every 20 minutes), up to an optional ceiling. A budget idle
 //!   longer than a ramp period ramps again from the start.
-//! - **Back off.** A `429` answer cuts the rate by half, down to a sixteenth of the configured
+//! - **Back off.** A `429` answer cuts the rate by 30 %, down to a sixteenth of the configured
 //!   rate. Requests already booked at the old rate (at most half a second ahead) still meet
 //!   429s, so one cut counts for every 429 of the next 750 ms.
-//! - **Grow back.** While no 429 comes, the rate climbs back to the ramp's ceiling, by 5 % of it
+//! - **Grow back.** While no 429 comes, the rate climbs back to the ramp's ceiling, by 10 % of it
 //!   per second.
 //!
 //! When Redis cannot be reached the governor lets requests through (and logs it): the provider's
@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError};
+use super::{BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, Operation, StorageError};
 use crate::config::ConfigCheck;
 use crate::ids::Digest;
 
@@ -196,11 +196,11 @@ local rate = ceiling
 local cut_rate = tonumber(h[4])
 local cut_at = tonumber(h[5])
 if cut_rate and cut_at then
-  rate = math.min(ceiling, cut_rate + ceiling * 0.05 * (now - cut_at) / 1000)
+  rate = math.min(ceiling, cut_rate + ceiling * 0.1 * (now - cut_at) / 1000)
 end
 if ARGV[6] == 'cut' then
   if not cut_at or now - cut_at > tonumber(ARGV[7]) then
-    rate = math.max(base / 16, rate / 2)
+    rate = math.max(base / 16, rate * 0.7)
     redis.call('HSET', KEYS[1], 'cut_rate', tostring(rate), 'cut_at', tostring(now))
     redis.call('PEXPIRE', KEYS[1], math.floor(ramp * 2))
     return {1, '0', tostring(rate), tostring(ceiling)}
@@ -374,18 +374,30 @@ impl Governed {
         Self { inner, governor }
     }
 
+    /// Takes `reads` and `writes` slots, runs `call`, and cuts the budgets it drew from if the
+    /// provider answered 429 (which of its requests did is not known).
     async fn run<T>(
         &self,
-        budget: Budget,
+        (reads, writes): (u32, u32),
         call: impl Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
-        self.governor.acquire(budget).await;
+        for _ in 0..reads {
+            self.governor.acquire(Budget::Read).await;
+        }
+        for _ in 0..writes {
+            self.governor.acquire(Budget::Write).await;
+        }
         let result = call.await;
         if let Err(StorageError::Backend {
             status: Some(429), ..
         }) = &result
         {
-            self.governor.throttled(budget).await;
+            if reads > 0 {
+                self.governor.throttled(Budget::Read).await;
+            }
+            if writes > 0 {
+                self.governor.throttled(Budget::Write).await;
+            }
         }
         result
     }
@@ -394,17 +406,18 @@ impl Governed {
 #[async_trait]
 impl BlobStore for Governed {
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage, StorageError> {
-        self.run(Budget::Read, self.inner.list(prefix, options))
-            .await
+        let cost = self.inner.requests(Operation::List);
+        self.run(cost, self.inner.list(prefix, options)).await
     }
 
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        self.run(Budget::Read, self.inner.stat(key)).await
+        let cost = self.inner.requests(Operation::Stat);
+        self.run(cost, self.inner.stat(key)).await
     }
 
     async fn read(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
-        self.run(Budget::Read, self.inner.read(key, max_bytes))
-            .await
+        let cost = self.inner.requests(Operation::Read);
+        self.run(cost, self.inner.read(key, max_bytes)).await
     }
 
     async fn copy(
@@ -413,8 +426,16 @@ impl BlobStore for Governed {
         dst: &str,
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError> {
-        self.run(Budget::Write, self.inner.copy(src, dst, expected))
-            .await
+        let cost = self.inner.requests(Operation::Copy);
+        self.run(cost, self.inner.copy(src, dst, expected)).await
+    }
+
+    async fn persist(&self) -> Result<(), StorageError> {
+        self.inner.persist().await
+    }
+
+    fn requests(&self, operation: super::Operation) -> (u32, u32) {
+        self.inner.requests(operation)
     }
 
     fn url(&self) -> String {

@@ -13,11 +13,49 @@ use crate::ids::Digest;
 
 const DEFAULT_PAGE: usize = 1000;
 const COPY_BUFFER: usize = 1 << 20;
+/// Files up to this size are read on the calling task.
+const INLINE_READ: u64 = 256 << 10;
+
+/// Reads the rest of `file` (expected `size` bytes), refusing more than `max_bytes`.
+fn read_to_end(
+    file: fs::File,
+    size: u64,
+    key: &str,
+    max_bytes: u64,
+) -> Result<Bytes, StorageError> {
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(max_bytes + 1)
+        .read_to_end(&mut data)
+        .map_err(|err| io_error(key, err))?;
+    if data.len() as u64 > max_bytes {
+        return Err(StorageError::TooLarge {
+            key: key.to_owned(),
+            limit: max_bytes,
+        });
+    }
+    Ok(Bytes::from(data))
+}
 
 /// A bucket stored as a directory tree: key `a/b/c` is the file `<root>/a/b/c`.
+///
+/// A copy hard-links the destination to the source when it can: registry blobs are
+/// content-addressed and never rewritten in place, so the new layout can share their bytes, and
+/// no byte moves. The source's digest is still verified (by reading it), and a source that is not
+/// a regular file, or a destination on another filesystem, gets a byte copy instead (written to a
+/// temporary file, hashed, then published). Copies reach the disk at [`BlobStore::persist`]: one
+/// `syncfs` for every copy made since the last one, instead of an fsync each.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    link: bool,
+    durability: std::sync::Arc<Durability>,
+}
+
+/// Copies made, and how many of them the last `syncfs` covered.
+#[derive(Debug, Default)]
+struct Durability {
+    copies: std::sync::atomic::AtomicU64,
+    synced: tokio::sync::Mutex<u64>,
 }
 
 impl LocalStore {
@@ -29,7 +67,19 @@ impl LocalStore {
                 format!("{} is not a directory", root.display()),
             ));
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            link: true,
+            durability: Default::default(),
+        })
+    }
+
+    /// The same store, copying bytes always (never hard-linking).
+    pub fn with_byte_copies(self) -> Self {
+        Self {
+            link: false,
+            ..self
+        }
     }
 
     fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
@@ -210,25 +260,86 @@ fn last_key(page: &ListPage) -> Option<String> {
     object.max(prefix).map(str::to_owned)
 }
 
+/// Reads `file` to its end, hashing it.
+fn hash_file(file: &mut fs::File, size: u64, src: &str) -> Result<Digest, StorageError> {
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; buffer_size(size)];
+    loop {
+        let read = file.read(&mut buffer).map_err(|err| io_error(src, err))?;
+        if read == 0 {
+            return Ok(Digest::from_sha256(&hasher.finalize()));
+        }
+        hasher.update(&buffer[..read]);
+    }
+}
+
+/// A buffer no larger than the file (most registry blobs are small).
+fn buffer_size(size: u64) -> usize {
+    usize::try_from(size)
+        .unwrap_or(COPY_BUFFER)
+        .clamp(4096, COPY_BUFFER)
+}
+
+/// Publishes `src_path` at `dst_path` as a hard link, after verifying its digest. `None` when
+/// linking is not possible here (not a regular file, another filesystem): copy the bytes.
+fn link_blocking(
+    src_path: &Path,
+    dst_path: &Path,
+    parent: &Path,
+    src: &str,
+    expected: Option<&Digest>,
+) -> Result<Option<CopyOutcome>, StorageError> {
+    let meta = fs::symlink_metadata(src_path).map_err(|err| io_error(src, err))?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    if let Some(expected) = expected {
+        let mut input = fs::File::open(src_path).map_err(|err| io_error(src, err))?;
+        let actual = hash_file(&mut input, meta.len(), src)?;
+        if &actual != expected {
+            return Err(StorageError::DigestMismatch {
+                key: src.to_owned(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+    }
+    fs::create_dir_all(parent).map_err(|err| io_error(src, err))?;
+    match fs::hard_link(src_path, dst_path) {
+        Ok(()) => Ok(Some(CopyOutcome::Copied(meta.len()))),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            Ok(Some(CopyOutcome::AlreadyPresent))
+        }
+        // EXDEV (another filesystem), EPERM (links refused), EMLINK (too many links).
+        Err(err) if matches!(err.raw_os_error(), Some(18 | 1 | 31)) => Ok(None),
+        Err(err) => Err(io_error(src, err)),
+    }
+}
+
 fn copy_blocking(
     src_path: &Path,
     dst_path: &Path,
     src: &str,
     expected: Option<&Digest>,
+    link: bool,
 ) -> Result<CopyOutcome, StorageError> {
     if dst_path.exists() {
         return Ok(CopyOutcome::AlreadyPresent);
     }
-    let mut input = fs::File::open(src_path).map_err(|err| io_error(src, err))?;
     let parent = dst_path
         .parent()
         .ok_or_else(|| StorageError::InvalidKey(src.to_owned()))?;
+    if link && let Some(outcome) = link_blocking(src_path, dst_path, parent, src, expected)? {
+        return Ok(outcome);
+    }
+    let mut input = fs::File::open(src_path).map_err(|err| io_error(src, err))?;
+    let size = input.metadata().map_or(COPY_BUFFER as u64, |m| m.len());
     fs::create_dir_all(parent).map_err(|err| io_error(src, err))?;
     let tmp_path = parent.join(format!(".ferry-tmp-{:016x}", rand::random::<u64>()));
     let result = (|| {
         let mut output = fs::File::create(&tmp_path).map_err(|err| io_error(src, err))?;
         let mut hasher = sha2::Sha256::new();
-        let mut buffer = vec![0u8; COPY_BUFFER];
+        let mut buffer = vec![0u8; buffer_size(size)];
         let mut copied = 0u64;
         loop {
             let read = input.read(&mut buffer).map_err(|err| io_error(src, err))?;
@@ -251,7 +362,6 @@ fn copy_blocking(
                 });
             }
         }
-        output.sync_all().map_err(|err| io_error(src, err))?;
         // A hard link publishes the file atomically and, unlike rename, never replaces a
         // destination another copier published meanwhile.
         match fs::hard_link(&tmp_path, dst_path) {
@@ -278,9 +388,11 @@ impl BlobStore for LocalStore {
         Self::blocking(prefix, move || store.list_blocking(&owned_prefix, &options)).await
     }
 
+    // Stats and small reads run on the calling task: from the page cache they take microseconds,
+    // less than handing them to the blocking pool and waking the task again.
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let path = self.path_of(key)?;
-        match tokio::fs::metadata(&path).await {
+        match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => Ok(Some(ObjectMeta {
                 key: key.to_owned(),
                 size: meta.len(),
@@ -293,32 +405,19 @@ impl BlobStore for LocalStore {
 
     async fn read(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
         let path = self.path_of(key)?;
+        let file = fs::File::open(&path).map_err(|err| io_error(key, err))?;
+        let size = file.metadata().map_err(|err| io_error(key, err))?.len();
+        if size > max_bytes {
+            return Err(StorageError::TooLarge {
+                key: key.to_owned(),
+                limit: max_bytes,
+            });
+        }
+        if size <= INLINE_READ {
+            return read_to_end(file, size, key, max_bytes);
+        }
         let owned_key = key.to_owned();
-        Self::blocking(key, move || {
-            let file = fs::File::open(&path).map_err(|err| io_error(&owned_key, err))?;
-            let size = file
-                .metadata()
-                .map_err(|err| io_error(&owned_key, err))?
-                .len();
-            if size > max_bytes {
-                return Err(StorageError::TooLarge {
-                    key: owned_key,
-                    limit: max_bytes,
-                });
-            }
-            let mut data = Vec::with_capacity(size as usize);
-            file.take(max_bytes + 1)
-                .read_to_end(&mut data)
-                .map_err(|err| io_error(&owned_key, err))?;
-            if data.len() as u64 > max_bytes {
-                return Err(StorageError::TooLarge {
-                    key: owned_key,
-                    limit: max_bytes,
-                });
-            }
-            Ok(Bytes::from(data))
-        })
-        .await
+        Self::blocking(key, move || read_to_end(file, size, &owned_key, max_bytes)).await
     }
 
     async fn copy(
@@ -331,10 +430,36 @@ impl BlobStore for LocalStore {
         let dst_path = self.path_of(dst)?;
         let src_key = src.to_owned();
         let expected = expected.cloned();
-        Self::blocking(src, move || {
-            copy_blocking(&src_path, &dst_path, &src_key, expected.as_ref())
+        let link = self.link;
+        let outcome = Self::blocking(src, move || {
+            copy_blocking(&src_path, &dst_path, &src_key, expected.as_ref(), link)
         })
-        .await
+        .await?;
+        // An existing destination counts too: another step may have written it moments ago,
+        // not yet persisted.
+        self.durability
+            .copies
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(outcome)
+    }
+
+    async fn persist(&self) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        let wanted = self.durability.copies.load(Ordering::SeqCst);
+        // One flush at a time; a caller that waited finds its copies covered already.
+        let mut synced = self.durability.synced.lock().await;
+        if *synced >= wanted {
+            return Ok(());
+        }
+        let now = self.durability.copies.load(Ordering::SeqCst);
+        let root = self.root.clone();
+        Self::blocking("", move || {
+            let dir = fs::File::open(&root).map_err(|err| io_error("", err))?;
+            rustix::fs::syncfs(&dir).map_err(|err| io_error("", err.into()))
+        })
+        .await?;
+        *synced = now;
+        Ok(())
     }
 
     fn url(&self) -> String {

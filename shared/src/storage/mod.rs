@@ -153,6 +153,19 @@ impl StorageError {
     }
 }
 
+/// The operations of a [`BlobStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// [`BlobStore::list`].
+    List,
+    /// [`BlobStore::stat`].
+    Stat,
+    /// [`BlobStore::read`].
+    Read,
+    /// [`BlobStore::copy`].
+    Copy,
+}
+
 /// A bucket of objects in the Docker distribution layout.
 #[async_trait]
 pub trait BlobStore: Send + Sync + fmt::Debug {
@@ -174,6 +187,22 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         dst: &str,
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError>;
+
+    /// Makes every copy this store has made durable: a crash of the machine can no longer undo
+    /// it. Callers persist before they record a copy anywhere else (a database commit). Drivers
+    /// whose copies are durable when they return (GCS) need do nothing.
+    async fn persist(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Requests one call of `operation` makes of the provider, `(reads, writes)`, for the
+    /// request budgets (a GCS read fetches the metadata, then the bytes).
+    fn requests(&self, operation: Operation) -> (u32, u32) {
+        match operation {
+            Operation::Copy => (0, 1),
+            Operation::List | Operation::Stat | Operation::Read => (1, 0),
+        }
+    }
 
     /// The store's URL, for logs and messages.
     fn url(&self) -> String;

@@ -161,6 +161,15 @@ impl BlobStore for Retrying {
             .await
     }
 
+    async fn persist(&self) -> Result<(), StorageError> {
+        self.with_retry("persist", "", || self.inner.persist())
+            .await
+    }
+
+    fn requests(&self, operation: super::Operation) -> (u32, u32) {
+        self.inner.requests(operation)
+    }
+
     fn url(&self) -> String {
         self.inner.url()
     }

@@ -1,0 +1,102 @@
+//! Figure a1: pre-import and final import of the whole dataset in one-shot mode, on the local
+//! filesystem, against `docker-registry garbage-collect --dry-run` walking the same tree.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ferry_tests::dataset::{DatasetSpec, DatasetStats, generate};
+use ferry_tests::{env_size, fresh_database};
+
+use super::{Figure, median, release_bin, runs, timed};
+
+/// The dataset of figures a1 and a2, sized by `FERRY_BENCH_REPOSITORIES` and `FERRY_BENCH_TAGS`.
+pub fn dataset(root: &Path) -> (DatasetSpec, DatasetStats) {
+    let spec = DatasetSpec {
+        repositories: env_size("FERRY_BENCH_REPOSITORIES", 2_000),
+        tags: env_size("FERRY_BENCH_TAGS", 5),
+        ..DatasetSpec::default()
+    };
+    let stats = generate(root, &spec);
+    (spec, stats)
+}
+
+/// `docker-registry garbage-collect --dry-run` over `root`: the peer walker.
+pub fn garbage_collect(root: &Path, scratch: &Path) -> f64 {
+    let config = scratch.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+            root.display()
+        ),
+    )
+    .expect("registry config");
+    timed(
+        Command::new("docker-registry")
+            .args(["garbage-collect", "--dry-run"])
+            .arg(&config)
+            .stdout(Stdio::null()),
+    )
+    .as_secs_f64()
+}
+
+pub async fn one_shot_against_garbage_collect() -> Figure {
+    let data = tempfile::tempdir().expect("tempdir");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let started = std::time::Instant::now();
+    let (spec, stats) = dataset(data.path());
+    eprintln!(
+        "a1: dataset {} repositories × {} tags: {} manifests, {} blobs ({} to copy) in {:.1} s",
+        spec.repositories,
+        spec.tags,
+        stats.manifests,
+        stats.blobs,
+        stats.copied_blobs,
+        started.elapsed().as_secs_f64()
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..runs() {
+        theirs.push(garbage_collect(data.path(), scratch.path()));
+        // Set the last run's copies aside rather than delete them: ext4 is slow to allocate
+        // inodes next to ones it has just freed, which a real migration never meets.
+        let _ = std::fs::rename(
+            data.path().join("gitlab"),
+            scratch.path().join(format!("gitlab-{run}")),
+        );
+        let database = fresh_database("bench_a1").await;
+        ours.push(
+            timed(
+                Command::new(release_bin("ferry-importer"))
+                    .args(["import", "--all"])
+                    .env(
+                        "FERRY_STORAGE_URL",
+                        format!("file://{}", data.path().display()),
+                    )
+                    .env("FERRY_METADATA_DATABASE_URL", &database)
+                    .env("FERRY_LOG", "warn")
+                    .stdout(Stdio::null()),
+            )
+            .as_secs_f64(),
+        );
+        eprintln!(
+            "a1: run {}: ferry {:.2} s, garbage-collect {:.2} s",
+            run + 1,
+            ours[run],
+            theirs[run]
+        );
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    let ratio = ours / theirs;
+    Figure {
+        id: "a1",
+        name: format!(
+            "pre-import + final import, one-shot, local disk ({} repositories × {} tags)",
+            spec.repositories, spec.tags
+        ),
+        ferry: format!("{ours:.2} s"),
+        reference: format!("garbage-collect --dry-run {theirs:.2} s"),
+        ratio: format!("{ratio:.2} ×"),
+        target: "≤ 0.5 ×",
+        met: ratio <= 0.5,
+    }
+}
