@@ -163,6 +163,8 @@ pub struct ClusterOptions {
     pub importers_by_name: Option<String>,
     /// Shared storage request budgets for every process (in the cluster's Redis prefix).
     pub budgets: ferry_shared::storage::governor::GovernorArgs,
+    /// Steps each importer runs at once.
+    pub importer_slots: usize,
 }
 
 impl Default for ClusterOptions {
@@ -176,6 +178,7 @@ impl Default for ClusterOptions {
             client: Default::default(),
             importers_by_name: None,
             budgets: Default::default(),
+            importer_slots: 2,
         }
     }
 }
@@ -257,7 +260,7 @@ impl Cluster {
                 } else {
                     "http://127.0.0.1:1".to_owned()
                 }),
-                max_concurrent_imports: "2".into(),
+                max_concurrent_imports: options.importer_slots.to_string(),
                 pre_import_timeout_secs: "120".into(),
                 import_timeout_secs: "120".into(),
                 copy_concurrency: "4".into(),

@@ -10,6 +10,7 @@
 mod budget;
 mod copy;
 mod memory;
+mod register;
 mod walk;
 
 use std::path::{Path, PathBuf};
@@ -167,8 +168,11 @@ async fn main() {
     let machine = machine();
     eprintln!("figures on {machine}, {} runs each", runs());
     let mut figures = Vec::new();
-    if wants("a1") {
-        figures.push(walk::one_shot_against_garbage_collect().await);
+    if wants("a1") || wants("a2") {
+        figures.extend(walk::walks(wants("a1"), wants("a2")).await);
+    }
+    if wants("c") {
+        figures.push(register::registration_against_copy().await);
     }
     if wants("b") {
         figures.push(copy::copy_against_cp().await);
