@@ -9,6 +9,7 @@
 
 mod budget;
 mod copy;
+mod dispatch;
 mod memory;
 mod register;
 mod walk;
@@ -176,6 +177,9 @@ async fn main() {
     }
     if wants("b") {
         figures.push(copy::copy_against_cp().await);
+    }
+    if wants("d") {
+        figures.push(dispatch::utilization_and_dispatch_latency().await);
     }
     if wants("f") {
         figures.push(memory::peak_rss_with_10k_tags().await);
