@@ -75,7 +75,7 @@ pub fn init(service: &'static str) -> Telemetry {
     let spans = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service))
-            .with_filter(traces::TraceFilter)
+            .with_filter(SometimesFilter(traces::exported))
     });
     let result = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
@@ -105,33 +105,33 @@ fn query_metrics<S>() -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    QueryMetricsLayer.with_filter(QueryFilter)
+    QueryMetricsLayer.with_filter(SometimesFilter(query_wanted))
 }
 
-/// Lets through query spans and warnings (a failed query's `err` event).
-struct QueryFilter;
+/// A per-layer filter that lets through what `wanted` says, and never answers `always`: a
+/// callsite cached as `always` skips `enabled()`, and a per-layer filter then reads the
+/// thread-local decision an unrelated `enabled!` check left behind (sqlx makes one after every
+/// query), silently dropping the span (tokio-rs/tracing#2519).
+#[derive(Clone, Copy)]
+struct SometimesFilter(fn(&Metadata<'_>) -> bool);
 
-impl QueryFilter {
-    fn wanted(meta: &Metadata<'_>) -> bool {
-        is_query(meta) || (meta.is_event() && *meta.level() <= Level::WARN)
-    }
-}
-
-impl<S> Filter<S> for QueryFilter {
+impl<S> Filter<S> for SometimesFilter {
     fn enabled(&self, meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
-        Self::wanted(meta)
+        (self.0)(meta)
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
-        // Never `always`: a callsite cached as `always` skips `enabled()`, and a per-layer
-        // filter then reads the thread-local decision an unrelated `enabled!` check left behind
-        // (sqlx makes one after every query), silently dropping the span (tokio-rs/tracing#2519).
-        if Self::wanted(meta) {
+        if (self.0)(meta) {
             Interest::sometimes()
         } else {
             Interest::never()
         }
     }
+}
+
+/// Query spans and warnings (a failed query's `err` event), for the query metrics.
+fn query_wanted(meta: &Metadata<'_>) -> bool {
+    is_query(meta) || (meta.is_event() && *meta.level() <= Level::WARN)
 }
 
 /// Whether a span is a store's query span (`#[tracing::instrument(name = "db.<query>")]`).

@@ -6,10 +6,8 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::layer::{Context, Filter};
 
 /// Whether the standard variables ask for trace export.
 fn export_configured() -> bool {
@@ -48,34 +46,14 @@ pub fn provider(service: &'static str) -> Option<SdkTracerProvider> {
     )
 }
 
-/// Exports Ferry's own spans (RPCs, steps, storage calls, queries) at info and above, and
-/// warnings inside them. Like the query filter, it never answers `always` (see
-/// `super::QueryFilter`): a cached `always` would lose spans to sqlx's `enabled!` checks.
-#[derive(Debug, Clone, Copy)]
-pub struct TraceFilter;
-
-impl TraceFilter {
-    fn wanted(meta: &Metadata<'_>) -> bool {
-        let ours = meta.target().starts_with("ferry");
-        if meta.is_span() {
-            ours && *meta.level() <= Level::INFO
-        } else {
-            ours && *meta.level() <= Level::WARN
-        }
-    }
-}
-
-impl<S> Filter<S> for TraceFilter {
-    fn enabled(&self, meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
-        Self::wanted(meta)
-    }
-
-    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
-        if Self::wanted(meta) {
-            Interest::sometimes()
-        } else {
-            Interest::never()
-        }
+/// What is exported: Ferry's own spans (RPCs, steps, storage calls, queries) at info and above,
+/// and warnings inside them.
+pub(super) fn exported(meta: &Metadata<'_>) -> bool {
+    let ours = meta.target().starts_with("ferry");
+    if meta.is_span() {
+        ours && *meta.level() <= Level::INFO
+    } else {
+        ours && *meta.level() <= Level::WARN
     }
 }
 
