@@ -245,3 +245,32 @@ async fn importers_that_meet_429s_cut_their_shared_budget_and_finish() {
         proxy.refused()
     );
 }
+
+#[tokio::test]
+async fn a_call_that_makes_several_requests_books_its_slots_at_once() {
+    let prefix = format!("ferry-test-{}", unique_suffix());
+    // 20 requests/s (one every 50 ms) and a burst of one: five slots end 200 ms from now.
+    let governor = governor(
+        &prefix,
+        BudgetConfig {
+            rate: 20.0,
+            max_rate: 20.0,
+        },
+        Duration::from_secs(1200),
+    )
+    .await;
+    let started = Instant::now();
+    governor.acquire_slots(Budget::Read, 5).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        started.elapsed()
+    );
+    // The next single slot comes after those five.
+    governor.acquire(Budget::Read).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(240),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -170,8 +170,8 @@ impl GovernorArgs {
     }
 }
 
-/// Reserves the next slot of a budget (`take`), cuts its rate after a 429 (`cut`), or reads it
-/// (`peek`). Times are Redis's own (`TIME`), so every process agrees on them. Returns
+/// Reserves the next `ARGV[8]` slots of a budget (`take`), cuts its rate after a 429 (`cut`),
+/// or reads it (`peek`). Times are Redis's own (`TIME`), so every process agrees on them. Returns
 /// `{done, wait_ms, rate, ceiling}` (done: a slot reserved, or the rate cut), numbers as
 /// strings since Redis would truncate Lua floats to integers.
 const SCRIPT: &str = r"
@@ -212,11 +212,12 @@ if ARGV[6] == 'peek' then
 end
 local interval = 1000 / rate
 if tat < now then tat = now end
-local wait = tat - interval * (burst - 1) - now
+local slots = tonumber(ARGV[8])
+local wait = tat + interval * (slots - 1) - interval * (burst - 1) - now
 if wait > max_wait then
   return {0, tostring(wait), tostring(rate), tostring(ceiling)}
 end
-redis.call('HSET', KEYS[1], 'tat', tostring(tat + interval), 'start', tostring(start),
+redis.call('HSET', KEYS[1], 'tat', tostring(tat + interval * slots), 'start', tostring(start),
   'last', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.floor(ramp * 2))
 if wait < 0 then wait = 0 end
@@ -287,7 +288,12 @@ impl Governor {
         }
     }
 
-    async fn call(&self, budget: Budget, mode: &str) -> redis::RedisResult<Option<Slot>> {
+    async fn call(
+        &self,
+        budget: Budget,
+        mode: &str,
+        slots: u32,
+    ) -> redis::RedisResult<Option<Slot>> {
         let Some((key, config)) = self.budget(budget) else {
             return Ok(None);
         };
@@ -302,6 +308,7 @@ impl Governor {
             .arg(MAX_RESERVED_WAIT.as_secs_f64() * 1000.0)
             .arg(mode)
             .arg(CUT_COOLDOWN.as_secs_f64() * 1000.0)
+            .arg(slots)
             .invoke_async(&mut self.redis.clone())
             .await?;
         let number = |s: &str| s.parse::<f64>().unwrap_or(0.0);
@@ -318,9 +325,18 @@ impl Governor {
     /// Waits until the budget allows one more request. Returns at once for an ungoverned
     /// budget, and when Redis fails (logged).
     pub async fn acquire(&self, budget: Budget) {
+        self.acquire_slots(budget, 1).await;
+    }
+
+    /// Waits until the budget allows `slots` more requests (one call that makes several), booked
+    /// in one round trip to Redis.
+    pub async fn acquire_slots(&self, budget: Budget, slots: u32) {
+        if slots == 0 {
+            return;
+        }
         let started = std::time::Instant::now();
         loop {
-            match self.call(budget, "take").await {
+            match self.call(budget, "take", slots).await {
                 Ok(None) => return,
                 Ok(Some(slot)) => {
                     if slot.reserved {
@@ -339,9 +355,9 @@ impl Governor {
         }
     }
 
-    /// Reports a 429: cuts the budget's rate (once a second at most).
+    /// Reports a 429: cuts the budget's rate (once per cooldown at most).
     pub async fn throttled(&self, budget: Budget) {
-        match self.call(budget, "cut").await {
+        match self.call(budget, "cut", 0).await {
             Ok(Some(slot)) if slot.reserved => {
                 crate::metrics::STORAGE.budget_cut(budget.as_str());
                 tracing::info!(
@@ -357,7 +373,7 @@ impl Governor {
 
     /// The budget's rate and ceiling now, without taking a slot.
     pub async fn peek(&self, budget: Budget) -> redis::RedisResult<Option<Slot>> {
-        self.call(budget, "peek").await
+        self.call(budget, "peek", 0).await
     }
 }
 
@@ -381,12 +397,8 @@ impl Governed {
         (reads, writes): (u32, u32),
         call: impl Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
-        for _ in 0..reads {
-            self.governor.acquire(Budget::Read).await;
-        }
-        for _ in 0..writes {
-            self.governor.acquire(Budget::Write).await;
-        }
+        self.governor.acquire_slots(Budget::Read, reads).await;
+        self.governor.acquire_slots(Budget::Write, writes).await;
         let result = call.await;
         if let Err(StorageError::Backend {
             status: Some(429), ..
