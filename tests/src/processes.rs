@@ -145,3 +145,31 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// `BINARY import --path …` (one-shot mode) for `paths` on the GCS bucket `bucket` reached at
+/// `emulator` (`host:port`), drawing from the shared storage budgets under `redis_prefix` at
+/// `rate` reads and writes per second. The caller adds its output handling and other settings.
+pub fn governed_one_shot(
+    binary: &std::path::Path,
+    paths: &[String],
+    emulator: &str,
+    bucket: &str,
+    database: &str,
+    redis_prefix: &str,
+    rate: f64,
+) -> Command {
+    let mut command = Command::new(binary);
+    command.arg("import");
+    for path in paths {
+        command.args(["--path", path]);
+    }
+    command
+        .env("STORAGE_EMULATOR_HOST", emulator)
+        .env("FERRY_STORAGE_URL", format!("gs://{bucket}"))
+        .env("FERRY_METADATA_DATABASE_URL", database)
+        .env("FERRY_REDIS_URL", crate::redis_url())
+        .env("FERRY_REDIS_PREFIX", redis_prefix)
+        .env("FERRY_STORAGE_READ_RATE", rate.to_string())
+        .env("FERRY_STORAGE_WRITE_RATE", rate.to_string());
+    command
+}

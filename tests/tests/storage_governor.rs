@@ -186,25 +186,20 @@ async fn importers_that_meet_429s_cut_their_shared_budget_and_finish() {
     assert!(paths.len() >= 4, "{paths:?}");
     let (first, second) = paths.split_at(paths.len() / 2);
     let run = |paths: &[String]| {
-        let mut command =
-            std::process::Command::new(ferry_tests::processes::bin_dir().join("ferry-importer"));
-        command.arg("import");
-        for path in paths {
-            command.args(["--path", path]);
-        }
-        command
-            .env("STORAGE_EMULATOR_HOST", proxy.address.to_string())
-            .env("FERRY_STORAGE_URL", format!("gs://{}", bucket.name()))
-            .env("FERRY_METADATA_DATABASE_URL", &database)
-            .env("FERRY_REDIS_URL", redis_url())
-            .env("FERRY_REDIS_PREFIX", &prefix)
-            .env("FERRY_STORAGE_READ_RATE", (BUCKET_RATE * 3.0).to_string())
-            .env("FERRY_STORAGE_WRITE_RATE", (BUCKET_RATE * 3.0).to_string())
-            .env("FERRY_LOG_FORMAT", "json")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("ferry-importer runs (make test builds it)")
+        ferry_tests::processes::governed_one_shot(
+            &ferry_tests::processes::bin_dir().join("ferry-importer"),
+            paths,
+            &proxy.address.to_string(),
+            bucket.name(),
+            &database,
+            &prefix,
+            BUCKET_RATE * 3.0,
+        )
+        .env("FERRY_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferry-importer runs (make test builds it)")
     };
     // Migrate the schema once first, so that the two importers do not race to create it.
     let migrated =

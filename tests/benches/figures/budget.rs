@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 
 use ferry_tests::buckets::GcsBucket;
 use ferry_tests::dataset::{DatasetSpec, generate};
+use ferry_tests::processes::governed_one_shot;
 use ferry_tests::throttle::ThrottleProxy;
-use ferry_tests::{env_size, fresh_database, redis_url, unique_suffix};
+use ferry_tests::{env_size, fresh_database, unique_suffix};
 
 use super::{Figure, median, release_bin, runs};
 
@@ -51,24 +52,20 @@ pub async fn share_of_budget_used() -> Figure {
         let importers: Vec<_> = paths
             .chunks(paths.len().div_ceil(2))
             .map(|half| {
-                let mut command = Command::new(release_bin("ferry-importer"));
-                command.arg("import");
-                for path in half {
-                    command.args(["--path", path]);
-                }
-                command
-                    .env("STORAGE_EMULATOR_HOST", proxy.address.to_string())
-                    .env("FERRY_STORAGE_URL", format!("gs://{}", bucket.name()))
-                    .env("FERRY_METADATA_DATABASE_URL", &database)
-                    .env("FERRY_REDIS_URL", redis_url())
-                    .env("FERRY_REDIS_PREFIX", &prefix)
-                    .env("FERRY_STORAGE_READ_RATE", rate.to_string())
-                    .env("FERRY_STORAGE_WRITE_RATE", rate.to_string())
-                    .env("FERRY_MAX_CONCURRENT_IMPORTS", "8")
-                    .env("FERRY_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("ferry-importer runs")
+                governed_one_shot(
+                    &release_bin("ferry-importer"),
+                    half,
+                    &proxy.address.to_string(),
+                    bucket.name(),
+                    &database,
+                    &prefix,
+                    rate as f64,
+                )
+                .env("FERRY_MAX_CONCURRENT_IMPORTS", "8")
+                .env("FERRY_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("ferry-importer runs")
             })
             .collect();
         for mut importer in importers {
