@@ -67,53 +67,68 @@ pub async fn walks(a1: bool, a2: bool) -> Vec<Figure> {
     figures
 }
 
+/// Runs `ours` and `docker-registry garbage-collect --dry-run` over `data` alternately,
+/// `runs()` times, with `gitlab/` set aside before each of ours (rather than deleted: ext4 is slow
+/// to allocate inodes next to ones it has just freed, which a real migration never meets), and
+/// makes figure `id` of the two medians: Ferry's time at most `limit` × the collector's.
+async fn against_garbage_collect(
+    id: &'static str,
+    name: String,
+    (target, limit): (&'static str, f64),
+    data: &Path,
+    scratch: &Path,
+    mut ours: impl AsyncFnMut() -> f64,
+) -> Figure {
+    let (mut ferry, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..runs() {
+        theirs.push(garbage_collect(data, scratch));
+        let _ = std::fs::rename(
+            data.join("gitlab"),
+            scratch.join(format!("gitlab-{id}-{run}")),
+        );
+        ferry.push(ours().await);
+        eprintln!(
+            "{id}: run {}: ferry {:.2} s, garbage-collect {:.2} s",
+            run + 1,
+            ferry[run],
+            theirs[run]
+        );
+    }
+    let (ferry, theirs) = (median(ferry), median(theirs));
+    let ratio = ferry / theirs;
+    Figure {
+        id,
+        name,
+        ferry: format!("{ferry:.2} s"),
+        reference: format!("garbage-collect --dry-run {theirs:.2} s"),
+        ratio: format!("{ratio:.2} ×"),
+        target,
+        met: ratio <= limit,
+    }
+}
+
 async fn one_shot_against_garbage_collect(
     data: &Path,
     scratch: &Path,
     spec: &DatasetSpec,
 ) -> Figure {
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for run in 0..runs() {
-        theirs.push(garbage_collect(data, scratch));
-        // Set the last run's copies aside rather than delete them: ext4 is slow to allocate
-        // inodes next to ones it has just freed, which a real migration never meets.
-        let _ = std::fs::rename(
-            data.join("gitlab"),
-            scratch.join(format!("gitlab-a1-{run}")),
-        );
+    let name = format!(
+        "pre-import + final import, one-shot, local disk ({} repositories × {} tags)",
+        spec.repositories, spec.tags
+    );
+    against_garbage_collect("a1", name, ("≤ 0.5 ×", 0.5), data, scratch, async || {
         let database = fresh_database("bench_a1").await;
-        ours.push(
-            timed(
-                Command::new(release_bin("ferry-importer"))
-                    .args(["import", "--all"])
-                    .env("FERRY_STORAGE_URL", format!("file://{}", data.display()))
-                    .env("FERRY_METADATA_DATABASE_URL", &database)
-                    .env("FERRY_LOG", "warn")
-                    .stdout(Stdio::null()),
-            )
-            .as_secs_f64(),
-        );
-        eprintln!(
-            "a1: run {}: ferry {:.2} s, garbage-collect {:.2} s",
-            run + 1,
-            ours[run],
-            theirs[run]
-        );
-    }
-    let (ours, theirs) = (median(ours), median(theirs));
-    let ratio = ours / theirs;
-    Figure {
-        id: "a1",
-        name: format!(
-            "pre-import + final import, one-shot, local disk ({} repositories × {} tags)",
-            spec.repositories, spec.tags
-        ),
-        ferry: format!("{ours:.2} s"),
-        reference: format!("garbage-collect --dry-run {theirs:.2} s"),
-        ratio: format!("{ratio:.2} ×"),
-        target: "≤ 0.5 ×",
-        met: ratio <= 0.5,
-    }
+        timed(
+            Command::new(release_bin("ferry-importer"))
+                .args(["import", "--all"])
+                .env("FERRY_STORAGE_URL", format!("file://{}", data.display()))
+                .env("FERRY_METADATA_DATABASE_URL", &database)
+                .env("FERRY_LOG", "warn")
+                .stdout(Stdio::null()),
+        )
+        .as_secs_f64()
+    })
+    .await
 }
 
 /// Figure a2: the same dataset through one scheduler and two importers (in this process, over
@@ -126,13 +141,11 @@ async fn through_scheduler_against_garbage_collect(
     use ferry_proto::scheduler::v1::SetMigrationEnabledRequest;
     use ferry_tests::{Cluster, ClusterOptions};
     let slots: usize = env_size("FERRY_BENCH_IMPORTER_SLOTS", 4);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for run in 0..runs() {
-        theirs.push(garbage_collect(data, scratch));
-        let _ = std::fs::rename(
-            data.join("gitlab"),
-            scratch.join(format!("gitlab-a2-{run}")),
-        );
+    let name = format!(
+        "inventory to last import_done, scheduler + 2 importers × {slots} slots ({} × {})",
+        spec.repositories, spec.tags
+    );
+    against_garbage_collect("a2", name, ("≤ 1.0 ×", 1.0), data, scratch, async || {
         let cluster = Cluster::start_with(
             format!("file://{}", data.display()),
             ClusterOptions {
@@ -155,27 +168,9 @@ async fn through_scheduler_against_garbage_collect(
         let summary = cluster
             .wait_until_settled(std::time::Duration::from_secs(3600))
             .await;
-        ours.push(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
         assert_eq!(summary.problems.len(), 0, "{:?}", summary.problems);
-        eprintln!(
-            "a2: run {}: ferry {:.2} s, garbage-collect {:.2} s",
-            run + 1,
-            ours[run],
-            theirs[run]
-        );
-    }
-    let (ours, theirs) = (median(ours), median(theirs));
-    let ratio = ours / theirs;
-    Figure {
-        id: "a2",
-        name: format!(
-            "inventory to last import_done, scheduler + 2 importers × {slots} slots ({} × {})",
-            spec.repositories, spec.tags
-        ),
-        ferry: format!("{ours:.2} s"),
-        reference: format!("garbage-collect --dry-run {theirs:.2} s"),
-        ratio: format!("{ratio:.2} ×"),
-        target: "≤ 1.0 ×",
-        met: ratio <= 1.0,
-    }
+        elapsed
+    })
+    .await
 }
