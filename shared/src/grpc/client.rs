@@ -143,19 +143,20 @@ async fn connect_tls(
     server_name: Option<&str>,
 ) -> Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, std::io::Error> {
     let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    // An IPv6 literal comes bracketed in a URI; the resolver and the name check want it bare.
     let host = uri
         .host()
-        .ok_or_else(|| invalid(format!("{uri} has no host")))?;
+        .ok_or_else(|| invalid(format!("{uri} has no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(443);
     let config = tls
         .client()
         .ok_or_else(|| invalid("no CA configured for TLS".to_owned()))?;
-    let name = server_name.unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+    let name = server_name.unwrap_or(host);
     let name = ServerName::try_from(name.to_owned())
         .map_err(|err| invalid(format!("{name:?} is not a server name: {err}")))?;
-    let tcp =
-        tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
-            .await?;
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
