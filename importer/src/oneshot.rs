@@ -3,6 +3,7 @@
 //! summary. Each repository goes through a pre-import and a final import; `--dry-run` only reads
 //! and checks the source.
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -168,36 +169,52 @@ async fn import_one(importer: &Importer, path: &str) -> (Outcome, ImportStats) {
     (Outcome::Imported, stats)
 }
 
-/// Reads and checks a repository without writing anything: its plan, and every blob it would
-/// copy present in old storage with its declared size.
+/// Reads and checks a repository without writing anything: every manifest its tags reach, and
+/// every blob it would copy present in old storage with its declared size.
 async fn check_one(storage: &dyn BlobStore, path: &str, concurrency: usize) -> Outcome {
     let path = match RepositoryPath::parse(path) {
         Ok(path) => path,
         Err(error) => return Outcome::Failed(error.to_string()),
     };
-    let plan = match plan::build(storage, &path, concurrency).await {
-        Ok(plan) => plan,
-        Err(error) => return Outcome::Failed(error.reason()),
-    };
-    for (digest, blob) in plan.blobs.iter().filter(|(_, blob)| blob.copy) {
-        match storage.stat(&layout::old_blob_key(digest)).await {
-            Ok(Some(meta)) if meta.size == blob.size => {}
-            Ok(Some(meta)) => {
-                return Outcome::Failed(format!(
-                    "blob {digest} is {} bytes but manifest {} declares {}",
-                    meta.size, blob.referrer, blob.size
-                ));
+    match check_repository(storage, &path, concurrency).await {
+        Ok(()) => Outcome::Checked,
+        Err(reason) => Outcome::Failed(reason),
+    }
+}
+
+async fn check_repository(
+    storage: &dyn BlobStore,
+    path: &RepositoryPath,
+    concurrency: usize,
+) -> Result<(), String> {
+    let tags: Vec<_> = plan::read_tags(storage, path, concurrency)
+        .await
+        .map_err(|error| error.reason())?
+        .into_iter()
+        .filter_map(|(tag, digest)| digest.map(|digest| (tag, digest)))
+        .collect();
+    let mut walk = plan::Walk::new(storage, path, concurrency, &tags, &HashSet::new());
+    while let Some(chunk) = walk.next_chunk().await.map_err(|error| error.reason())? {
+        for (digest, blob) in chunk.blobs.iter().filter(|(_, blob)| blob.copy) {
+            match storage.stat(&layout::old_blob_key(digest)).await {
+                Ok(Some(meta)) if meta.size == blob.size => {}
+                Ok(Some(meta)) => {
+                    return Err(format!(
+                        "blob {digest} is {} bytes but manifest {} declares {}",
+                        meta.size, blob.referrer, blob.size
+                    ));
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "blob {digest} referenced by manifest {} is missing from storage",
+                        blob.referrer
+                    ));
+                }
+                Err(error) => return Err(error.to_string()),
             }
-            Ok(None) => {
-                return Outcome::Failed(format!(
-                    "blob {digest} referenced by manifest {} is missing from storage",
-                    blob.referrer
-                ));
-            }
-            Err(error) => return Outcome::Failed(error.to_string()),
         }
     }
-    Outcome::Checked
+    Ok(())
 }
 
 struct Progress {

@@ -1,6 +1,7 @@
-//! Walking one repository's old layout into an [`ImportPlan`]: its tags, every manifest they
-//! reach (index children first) and every config and layer blob, read and verified before
-//! anything is written.
+//! Reading one repository's old layout: its tags, every manifest they reach (index children
+//! first) and every config and layer blob, read and verified before anything is written. A
+//! repository is planned in bounded chunks ([`Walk`]), so a repository of any size fits in the
+//! same memory.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +14,10 @@ use ferry_shared::storage::{BlobStore, ListOptions, StorageError};
 
 use crate::error::StepError;
 use crate::manifest::{self, Descriptor, ManifestBody, ManifestError};
+
+mod walk;
+
+pub use walk::{CHUNK_BYTES, CHUNK_MANIFESTS, Chunk, Skipped, Walk};
 
 /// Largest manifest read into memory.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -61,25 +66,6 @@ pub struct PlannedManifest {
     pub artifact_type: Option<String>,
 }
 
-/// Everything one import step will register, read and checked up front.
-#[derive(Debug, Default)]
-pub struct ImportPlan {
-    /// Tags with a valid current link, and the manifest each points to.
-    pub tags: Vec<(String, Digest)>,
-    /// Tags skipped: current link missing, or their manifest skipped.
-    pub tags_skipped: u64,
-    /// Names of the tags skipped because their manifest was skipped.
-    pub tags_of_skipped_manifests: BTreeSet<String>,
-    /// Tagged manifests (and index children) skipped as the registry skipped them.
-    pub manifests_skipped: u64,
-    /// Layers left out of their manifests because they are not linked to the repository.
-    pub layers_skipped: u64,
-    /// Manifests in dependency order: index children before their index.
-    pub manifests: Vec<PlannedManifest>,
-    /// Config and layer blobs, by digest.
-    pub blobs: BTreeMap<Digest, PlannedBlob>,
-}
-
 /// Lists the repository's tag names (one delimited listing, paged).
 pub async fn list_tags(
     store: &dyn BlobStore,
@@ -122,31 +108,30 @@ pub async fn read_tags(
 }
 
 /// The tags the database must hold after the final import: the source's tags as they are now,
-/// less those skipped with their manifest. A tag pushed or moved since the plan was made shows
-/// up as a difference.
+/// less `left_out` (those skipped with their manifest). A tag pushed or moved since the step
+/// began shows up as a difference.
 pub async fn expected_tags(
     store: &dyn BlobStore,
     path: &RepositoryPath,
-    plan: &ImportPlan,
+    left_out: &BTreeSet<String>,
     concurrency: usize,
 ) -> Result<BTreeMap<String, Digest>, StepError> {
     Ok(read_tags(store, path, concurrency)
         .await?
         .into_iter()
-        .filter(|(tag, _)| !plan.tags_of_skipped_manifests.contains(tag))
+        .filter(|(tag, _)| !left_out.contains(tag))
         .filter_map(|(tag, digest)| digest.map(|digest| (tag, digest)))
         .collect())
 }
 
-/// Checks that every blob the plan copies is under the new prefix with the size its manifest
+/// Checks that every blob of `blobs` to be copied is under the new prefix with the size its manifest
 /// declares.
 pub async fn verify_copied_blobs(
     store: &dyn BlobStore,
-    plan: &ImportPlan,
+    blobs: &BTreeMap<Digest, PlannedBlob>,
     concurrency: usize,
 ) -> Result<(), StepError> {
-    let copied: Vec<(Digest, u64, Digest)> = plan
-        .blobs
+    let copied: Vec<(Digest, u64, Digest)> = blobs
         .iter()
         .filter(|entry| entry.1.copy)
         .map(|(digest, blob)| (digest.clone(), blob.size, blob.referrer.clone()))
@@ -349,136 +334,4 @@ async fn load_config(
         });
     }
     Ok(Some(data))
-}
-
-/// Reads the repository's tags and everything they reference, looking up to `concurrency` tags
-/// (and manifests) up at once (the registry's `tagconcurrency`). Fails on the first broken piece
-/// with a reason that names it; a tag whose current link is missing is skipped.
-pub async fn build(
-    store: &dyn BlobStore,
-    path: &RepositoryPath,
-    concurrency: usize,
-) -> Result<ImportPlan, StepError> {
-    let concurrency = concurrency.max(1);
-    let links = read_tags(store, path, concurrency).await?;
-    let mut plan = ImportPlan::default();
-    let mut roots: BTreeMap<Digest, String> = BTreeMap::new();
-    for (tag, digest) in links {
-        match digest {
-            Some(digest) => {
-                roots
-                    .entry(digest.clone())
-                    .or_insert_with(|| format!("tag {tag}"));
-                plan.tags.push((tag, digest));
-            }
-            None => {
-                tracing::warn!(repository = %path, tag, "tag has no current link; skipped");
-                plan.tags_skipped += 1;
-            }
-        }
-    }
-    let loaded: Vec<(Digest, Loaded)> = futures::stream::iter(roots)
-        .map(|(digest, referrer)| {
-            async move {
-                let loaded = load_manifest(store, path, digest.clone(), referrer, true).await?;
-                Ok::<_, StepError>((digest, loaded))
-            }
-            .boxed()
-        })
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
-    let mut top = Vec::with_capacity(loaded.len());
-    let mut skipped = BTreeSet::new();
-    for (digest, loaded) in loaded {
-        match loaded {
-            Loaded::Planned(manifest) => top.push(*manifest),
-            Loaded::Skipped(reason) => {
-                tracing::warn!(repository = %path, reason, "manifest skipped");
-                plan.manifests_skipped += 1;
-                skipped.insert(digest);
-            }
-        }
-    }
-    let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.tags)
-        .into_iter()
-        .partition(|(_, digest)| skipped.contains(digest));
-    plan.tags = kept;
-    plan.tags_skipped += dropped.len() as u64;
-    plan.tags_of_skipped_manifests = dropped.into_iter().map(|(tag, _)| tag).collect();
-    let top_digests: BTreeSet<Digest> = top.iter().map(|m| m.digest.clone()).collect();
-    let mut children_wanted: BTreeMap<Digest, String> = BTreeMap::new();
-    for index in top.iter().filter(|m| !m.children.is_empty()) {
-        for child in &index.children {
-            if !top_digests.contains(child) {
-                children_wanted
-                    .entry(child.clone())
-                    .or_insert_with(|| format!("index {}", index.digest));
-            }
-        }
-    }
-    let loaded_children: Vec<(Digest, Loaded)> = futures::stream::iter(children_wanted)
-        .map(|(digest, referrer)| {
-            async move {
-                let loaded = load_manifest(store, path, digest.clone(), referrer, false).await?;
-                Ok::<_, StepError>((digest, loaded))
-            }
-            .boxed()
-        })
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
-    let mut children = Vec::with_capacity(loaded_children.len());
-    for (digest, loaded) in loaded_children {
-        match loaded {
-            Loaded::Planned(manifest) => children.push(*manifest),
-            Loaded::Skipped(reason) => {
-                // The index is kept without the reference, as the registry kept partial lists.
-                tracing::warn!(repository = %path, reason, "index child skipped");
-                plan.manifests_skipped += 1;
-                for index in &mut top {
-                    index.children.retain(|child| child != &digest);
-                }
-            }
-        }
-    }
-    for child in &children {
-        if !child.children.is_empty() {
-            let parent = top.iter().find(|m| m.children.contains(&child.digest));
-            return Err(StepError::NestedIndex {
-                digest: parent.map_or_else(|| child.digest.clone(), |p| p.digest.clone()),
-                child: child.digest.clone(),
-            });
-        }
-    }
-    // Children first, then images, then indexes, so every reference resolves when written.
-    let (indexes, images): (Vec<_>, Vec<_>) = top.into_iter().partition(|m| !m.children.is_empty());
-    for index in &indexes {
-        if let Some(nested) = index
-            .children
-            .iter()
-            .find(|c| indexes.iter().any(|i| &i.digest == *c))
-        {
-            return Err(StepError::NestedIndex {
-                digest: index.digest.clone(),
-                child: nested.clone(),
-            });
-        }
-    }
-    plan.manifests = children.into_iter().chain(images).chain(indexes).collect();
-    plan.layers_skipped = plan.manifests.iter().map(|m| m.layers_skipped).sum();
-    for manifest in &plan.manifests {
-        let config = manifest.config.as_ref().map(|(descriptor, _)| descriptor);
-        for blob in config.into_iter().chain(&manifest.layers) {
-            plan.blobs
-                .entry(blob.digest.clone())
-                .or_insert_with(|| PlannedBlob {
-                    size: blob.size,
-                    media_type: blob.media_type.clone(),
-                    copy: !blob.foreign,
-                    referrer: manifest.digest.clone(),
-                });
-        }
-    }
-    Ok(plan)
 }

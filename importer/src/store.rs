@@ -1,14 +1,14 @@
 //! The metadata database: every SQL statement the importer runs.
 
-use std::collections::{BTreeMap, HashMap};
-
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
 
 use ferry_proto::common::v1::MigrationStatus;
-use ferry_shared::ids::{Digest, RepositoryPath};
+use ferry_shared::ids::RepositoryPath;
 
-use crate::plan::ImportPlan;
+mod commit;
+
+pub use commit::{CommitOutcome, StepCommit, WrittenCounts};
 
 /// Embedded migrations of the metadata database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/registry");
@@ -41,27 +41,6 @@ pub struct ListedRepository {
 
 /// Repositories with at least one tag.
 const TAGGED: &str = "EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = r.id)";
-
-/// What a committed step registered.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CommitCounts {
-    /// Manifests inserted (already registered ones are not counted).
-    pub manifests: u64,
-    /// Tags created or moved.
-    pub tags: u64,
-}
-
-/// The result of trying to commit a step.
-#[derive(Debug, Clone)]
-pub enum CommitOutcome {
-    /// Everything was written and the status set to complete.
-    Committed(CommitCounts),
-    /// The repository's status was no longer the step's in-progress status (canceled); nothing
-    /// was written.
-    Superseded(MigrationStatus),
-    /// The tags written differ from the expected ones; nothing was written. Says how.
-    TagsDiffer(String),
-}
 
 /// The metadata database.
 #[derive(Debug, Clone)]
@@ -302,6 +281,25 @@ impl MetadataStore {
         .await
     }
 
+    /// Which of `digests` the repository already has registered as manifests. A manifest is
+    /// registered with its blobs, layers and index references in one transaction, so a
+    /// registered one needs nothing more.
+    #[tracing::instrument(name = "db.registered_manifests", skip_all, err(level = "warn"))]
+    pub async fn registered_manifests(
+        &self,
+        path: &RepositoryPath,
+        digests: &[&str],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT m.digest FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.path = $1 AND m.digest = ANY($2)",
+        )
+        .bind(path.as_str())
+        .bind(digests)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Records a failed step, only if the repository is still `in_progress`. Returns whether it
     /// was recorded.
     #[tracing::instrument(name = "db.fail_step", skip_all, err(level = "warn"))]
@@ -324,274 +322,6 @@ impl MetadataStore {
         .await?;
         Ok(result.rows_affected() == 1)
     }
-
-    /// Writes everything `plan` holds and sets the status to `complete`, in one transaction that
-    /// commits only while the repository is still `in_progress`. With `expected_tags` (the final
-    /// import) it also writes the plan's tags and commits only if the repository's tags then are
-    /// exactly `expected_tags`.
-    #[tracing::instrument(name = "db.commit_step", skip_all, err(level = "warn"))]
-    pub async fn commit_step(
-        &self,
-        path: &RepositoryPath,
-        in_progress: MigrationStatus,
-        complete: MigrationStatus,
-        plan: &ImportPlan,
-        expected_tags: Option<&BTreeMap<String, Digest>>,
-    ) -> Result<CommitOutcome, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let row =
-            sqlx::query("SELECT id, migration_status FROM repositories WHERE path = $1 FOR UPDATE")
-                .bind(path.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        let repository_id: i64 = row.get("id");
-        let status = MigrationStatus::from_db_str(row.get("migration_status")).unwrap_or_default();
-        if status != in_progress {
-            tx.rollback().await?;
-            return Ok(CommitOutcome::Superseded(status));
-        }
-        insert_blobs(&mut tx, repository_id, plan).await?;
-        let mut counts = CommitCounts::default();
-        let manifest_ids = insert_manifests(&mut tx, repository_id, plan, &mut counts).await?;
-        if let Some(expected) = expected_tags {
-            counts.tags = insert_tags(&mut tx, repository_id, plan, &manifest_ids).await?;
-            let written = repository_tags(&mut tx, repository_id).await?;
-            if let Some(difference) = describe_difference(expected, &written) {
-                tx.rollback().await?;
-                return Ok(CommitOutcome::TagsDiffer(difference));
-            }
-        }
-        sqlx::query(
-            "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now() \
-             WHERE id = $1",
-        )
-        .bind(repository_id)
-        .bind(complete.as_db_str())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(CommitOutcome::Committed(counts))
-    }
-}
-
-async fn repository_tags(
-    tx: &mut Transaction<'_, Postgres>,
-    repository_id: i64,
-) -> Result<BTreeMap<String, String>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT t.name, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id \
-         WHERE t.repository_id = $1",
-    )
-    .bind(repository_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.get("name"), row.get("digest")))
-        .collect())
-}
-
-/// The first difference between the source's tags and the database's, in words.
-fn describe_difference(
-    expected: &BTreeMap<String, Digest>,
-    written: &BTreeMap<String, String>,
-) -> Option<String> {
-    for (tag, digest) in expected {
-        match written.get(tag) {
-            None => {
-                return Some(format!(
-                    "tag {tag} ({digest}) is in storage but not in the database"
-                ));
-            }
-            Some(found) if found != digest.as_str() => {
-                return Some(format!(
-                    "tag {tag} is {found} in the database but {digest} in storage"
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    written
-        .keys()
-        .find(|tag| !expected.contains_key(*tag))
-        .map(|tag| format!("tag {tag} is in the database but no longer in storage"))
-}
-
-async fn insert_blobs(
-    tx: &mut Transaction<'_, Postgres>,
-    repository_id: i64,
-    plan: &ImportPlan,
-) -> Result<(), sqlx::Error> {
-    let digests: Vec<&str> = plan.blobs.keys().map(Digest::as_str).collect();
-    let sizes: Vec<i64> = plan.blobs.values().map(|b| to_i64(b.size)).collect();
-    let media_types: Vec<&str> = plan.blobs.values().map(|b| b.media_type.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO blobs (digest, size, media_type) \
-         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]) ON CONFLICT (digest) DO NOTHING",
-    )
-    .bind(&digests)
-    .bind(&sizes)
-    .bind(&media_types)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO repository_blobs (repository_id, blob_digest) \
-         SELECT $1, digest FROM UNNEST($2::text[]) AS digest ON CONFLICT DO NOTHING",
-    )
-    .bind(repository_id)
-    .bind(&digests)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Registers the plan's manifests, their layers and their index references in three statements
-/// (plus one to read the ids back), whatever the number of manifests. Existing rows are left
-/// alone (no dead tuples from no-op updates); `counts.manifests` gets the new ones.
-async fn insert_manifests(
-    tx: &mut Transaction<'_, Postgres>,
-    repository_id: i64,
-    plan: &ImportPlan,
-    counts: &mut CommitCounts,
-) -> Result<HashMap<Digest, i64>, sqlx::Error> {
-    let mut seen = std::collections::HashSet::new();
-    let manifests: Vec<_> = plan
-        .manifests
-        .iter()
-        .filter(|m| seen.insert(&m.digest))
-        .collect();
-    if manifests.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let digests: Vec<&str> = manifests.iter().map(|m| m.digest.as_str()).collect();
-    let inserted = sqlx::query(
-        "INSERT INTO manifests (repository_id, digest, media_type, schema_version, payload, \
-             configuration_media_type, configuration_blob_digest, configuration_payload, total_size, \
-             non_conformant, artifact_type) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::integer[], $5::bytea[], $6::text[], \
-             $7::text[], $8::bytea[], $9::bigint[], $10::boolean[], $11::text[]) \
-         ON CONFLICT (repository_id, digest) DO NOTHING",
-    )
-    .bind(repository_id)
-    .bind(&digests)
-    .bind(manifests.iter().map(|m| m.media_type.as_str()).collect::<Vec<_>>())
-    .bind(manifests.iter().map(|m| m.schema_version).collect::<Vec<_>>())
-    .bind(manifests.iter().map(|m| &m.payload[..]).collect::<Vec<_>>())
-    .bind(
-        manifests
-            .iter()
-            .map(|m| m.config.as_ref().map(|(d, _)| d.media_type.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        manifests
-            .iter()
-            .map(|m| m.config.as_ref().map(|(d, _)| d.digest.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        manifests
-            .iter()
-            .map(|m| m.config.as_ref().and_then(|(_, p)| p.as_deref()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(manifests.iter().map(|m| to_i64(m.total_size)).collect::<Vec<_>>())
-    .bind(manifests.iter().map(|m| m.non_conformant).collect::<Vec<_>>())
-    .bind(
-        manifests
-            .iter()
-            .map(|m| m.artifact_type.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut **tx)
-    .await?;
-    counts.manifests += inserted.rows_affected();
-    let rows: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT id, digest FROM manifests WHERE repository_id = $1 AND digest = ANY($2::text[])",
-    )
-    .bind(repository_id)
-    .bind(&digests)
-    .fetch_all(&mut **tx)
-    .await?;
-    let by_text: HashMap<String, i64> = rows.into_iter().map(|(id, d)| (d, id)).collect();
-    let ids: HashMap<Digest, i64> = manifests
-        .iter()
-        .filter_map(|m| {
-            by_text
-                .get(m.digest.as_str())
-                .map(|id| (m.digest.clone(), *id))
-        })
-        .collect();
-    let (mut layer_manifests, mut layer_digests, mut layer_sizes, mut layer_types) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut parents, mut children) = (Vec::new(), Vec::new());
-    for manifest in &manifests {
-        let Some(&manifest_id) = ids.get(&manifest.digest) else {
-            continue;
-        };
-        for layer in &manifest.layers {
-            layer_manifests.push(manifest_id);
-            layer_digests.push(layer.digest.as_str());
-            layer_sizes.push(to_i64(layer.size));
-            layer_types.push(layer.media_type.as_str());
-        }
-        for child in manifest.children.iter().filter_map(|c| ids.get(c)) {
-            parents.push(manifest_id);
-            children.push(*child);
-        }
-    }
-    if !layer_manifests.is_empty() {
-        sqlx::query(
-            "INSERT INTO layers (repository_id, manifest_id, digest, size, media_type) \
-             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[]) \
-             ON CONFLICT (manifest_id, digest) DO NOTHING",
-        )
-        .bind(repository_id)
-        .bind(&layer_manifests)
-        .bind(&layer_digests)
-        .bind(&layer_sizes)
-        .bind(&layer_types)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !parents.is_empty() {
-        sqlx::query(
-            "INSERT INTO manifest_references (repository_id, parent_id, child_id) \
-             SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(repository_id)
-        .bind(&parents)
-        .bind(&children)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(ids)
-}
-
-async fn insert_tags(
-    tx: &mut Transaction<'_, Postgres>,
-    repository_id: i64,
-    plan: &ImportPlan,
-    manifest_ids: &HashMap<Digest, i64>,
-) -> Result<u64, sqlx::Error> {
-    let (names, ids): (Vec<&str>, Vec<i64>) = plan
-        .tags
-        .iter()
-        .filter_map(|(name, digest)| manifest_ids.get(digest).map(|id| (name.as_str(), *id)))
-        .unzip();
-    let result = sqlx::query(
-        "INSERT INTO tags (repository_id, name, manifest_id) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::bigint[]) \
-         ON CONFLICT (repository_id, name) DO UPDATE \
-             SET manifest_id = EXCLUDED.manifest_id, updated_at = now() \
-             WHERE tags.manifest_id <> EXCLUDED.manifest_id",
-    )
-    .bind(repository_id)
-    .bind(&names)
-    .bind(&ids)
-    .execute(&mut **tx)
-    .await?;
-    Ok(result.rows_affected())
 }
 
 fn to_i64(value: u64) -> i64 {

@@ -1,6 +1,6 @@
 //! Running one import step in the background: plan, copy, commit, record the end and notify.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +14,7 @@ use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
 
 use super::{Importer, StepOutcome, StepStatuses, status_detail, statuses};
 use crate::error::StepError;
-use crate::plan::{self, ImportPlan};
+use crate::plan::{self, PlannedBlob};
 use crate::running::{self, RunningStep, StopReason};
 use crate::store::CommitOutcome;
 
@@ -115,62 +115,93 @@ impl Importer {
             .map(|row| row.status)
     }
 
+    /// Plans, copies and registers the repository chunk by chunk in one transaction, then (in
+    /// the final import) writes its tags, and commits. A final import plans only the manifests
+    /// its pre-import did not register: new pushes since.
     async fn execute(
         &self,
         path: &RepositoryPath,
         import_type: ImportType,
         step: StepStatuses,
     ) -> Result<ImportStats, StepError> {
-        let plan = plan::build(
-            self.inner.storage.as_ref(),
-            path,
-            self.inner.limits.tag_concurrency,
-        )
-        .await?;
-        // A final import copies only what its pre-import did not already register (and copy).
-        let already: HashSet<String> = if import_type == ImportType::Final {
-            let digests: Vec<&str> = plan.blobs.keys().map(Digest::as_str).collect();
-            self.inner
-                .db
-                .registered_blobs(path, &digests)
+        let storage = self.inner.storage.as_ref();
+        let db = &self.inner.db;
+        let concurrency = self.inner.limits.tag_concurrency;
+        let is_final = import_type == ImportType::Final;
+        let mut tags = Vec::new();
+        let mut stats = ImportStats::default();
+        for (tag, digest) in plan::read_tags(storage, path, concurrency).await? {
+            match digest {
+                Some(digest) => tags.push((tag, digest)),
+                None => {
+                    tracing::warn!(repository = %path, tag, "tag has no current link; skipped");
+                    stats.tags_skipped += 1;
+                }
+            }
+        }
+        let registered: HashSet<Digest> = if is_final {
+            let targets: BTreeSet<&str> = tags.iter().map(|(_, d)| d.as_str()).collect();
+            let targets: Vec<&str> = targets.into_iter().collect();
+            db.registered_manifests(path, &targets)
                 .await?
                 .into_iter()
+                .filter_map(|digest| Digest::parse(&digest).ok())
                 .collect()
         } else {
-            Default::default()
+            HashSet::new()
         };
-        let mut stats = self.copy_blobs(&plan, &already).await?;
-        let storage = self.inner.storage.as_ref();
-        // Nothing is recorded before its copies are on disk.
-        storage.persist().await?;
-        let concurrency = self.inner.limits.tag_concurrency;
-        plan::verify_copied_blobs(storage, &plan, concurrency).await?;
+        let mut walk = plan::Walk::new(storage, path, concurrency, &tags, &registered);
+        drop(registered);
+        let mut commit = None;
+        while let Some(chunk) = walk.next_chunk().await? {
+            // A final import copies only what its pre-import did not already register (and copy).
+            let already: HashSet<String> = if is_final {
+                let digests: Vec<&str> = chunk.blobs.keys().map(Digest::as_str).collect();
+                db.registered_blobs(path, &digests)
+                    .await?
+                    .into_iter()
+                    .collect()
+            } else {
+                HashSet::new()
+            };
+            self.copy_blobs(&chunk.blobs, &already, &mut stats).await?;
+            // Nothing is recorded before its copies are on disk.
+            storage.persist().await?;
+            plan::verify_copied_blobs(storage, &chunk.blobs, concurrency).await?;
+            let tx = match commit.as_mut() {
+                Some(tx) => tx,
+                None => commit.insert(db.begin_commit(path).await?),
+            };
+            tx.write_chunk(&chunk).await?;
+        }
+        let mut tx = match commit {
+            Some(tx) => tx,
+            None => db.begin_commit(path).await?,
+        };
+        let skipped = walk.skipped();
+        let (kept, left_out): (Vec<_>, Vec<_>) = tags
+            .iter()
+            .partition(|(_, digest)| !walk.skipped_roots().contains(digest));
+        stats.tags_skipped += left_out.len() as u64;
+        stats.manifests_skipped = skipped.manifests;
+        stats.layers_skipped = skipped.layers;
         // The final import commits only if the tags it writes are the source's tags right now.
-        let expected_tags = match import_type {
-            ImportType::Final => {
-                Some(plan::expected_tags(storage, path, &plan, concurrency).await?)
-            }
-            _ => None,
+        let expected_tags = if is_final {
+            let kept: Vec<(&str, &Digest)> = kept.iter().map(|(t, d)| (t.as_str(), d)).collect();
+            tx.write_tags(&kept).await?;
+            let left_out = left_out.into_iter().map(|(tag, _)| tag.clone()).collect();
+            Some(plan::expected_tags(storage, path, &left_out, concurrency).await?)
+        } else {
+            None
         };
-        match self
-            .inner
-            .db
-            .commit_step(
-                path,
-                step.in_progress,
-                step.complete,
-                &plan,
-                expected_tags.as_ref(),
-            )
+        match tx
+            .finish(step.in_progress, step.complete, expected_tags.as_ref())
             .await?
         {
-            CommitOutcome::Committed(counts) => {
-                stats.manifests = counts.manifests;
-                stats.tags = counts.tags;
-                stats.blobs = plan.blobs.len() as u64;
-                stats.tags_skipped = plan.tags_skipped;
-                stats.manifests_skipped = plan.manifests_skipped;
-                stats.layers_skipped = plan.layers_skipped;
+            CommitOutcome::Committed(written) => {
+                stats.manifests = written.manifests;
+                stats.tags = written.tags;
+                stats.blobs = written.blobs;
                 Ok(stats)
             }
             CommitOutcome::TagsDiffer(difference) => Err(StepError::Verification(difference)),
@@ -181,14 +212,15 @@ impl Importer {
         }
     }
 
-    /// Copies every distributable blob of the plan, except those in `skip`, into the new prefix.
+    /// Copies every distributable blob of `blobs`, except those in `skip`, into the new prefix,
+    /// counting them in `stats`.
     async fn copy_blobs(
         &self,
-        plan: &ImportPlan,
+        blobs: &BTreeMap<Digest, PlannedBlob>,
         skip: &HashSet<String>,
-    ) -> Result<ImportStats, StepError> {
-        let to_copy: Vec<(Digest, Digest)> = plan
-            .blobs
+        stats: &mut ImportStats,
+    ) -> Result<(), StepError> {
+        let to_copy: Vec<(Digest, Digest)> = blobs
             .iter()
             .filter(|entry| entry.1.copy && !skip.contains(entry.0.as_str()))
             .map(|(digest, blob)| (digest.clone(), blob.referrer.clone()))
@@ -200,7 +232,6 @@ impl Importer {
             .buffer_unordered(self.inner.limits.copy_concurrency.max(1))
             .try_collect()
             .await?;
-        let mut stats = ImportStats::default();
         for outcome in outcomes {
             match outcome {
                 CopyOutcome::Copied(bytes) => {
@@ -210,7 +241,7 @@ impl Importer {
                 CopyOutcome::AlreadyPresent => stats.blobs_present += 1,
             }
         }
-        Ok(stats)
+        Ok(())
     }
 }
 

@@ -10,9 +10,10 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use sqlx::Connection as _;
 
 use ferry_importer::plan;
-use ferry_importer::store::MetadataStore;
+use ferry_importer::store::{CommitOutcome, MetadataStore};
 use ferry_proto::common::v1::MigrationStatus;
-use ferry_shared::ids::RepositoryPath;
+use ferry_shared::ids::{Digest, RepositoryPath};
+use ferry_shared::storage::BlobStore;
 use ferry_tests::dataset::{DatasetSpec, generate};
 use ferry_tests::{env_size, fresh_database};
 
@@ -71,6 +72,25 @@ async fn copy_tables(from: &str, to: &str) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// A repository's tags and its planned chunks.
+async fn planned(
+    storage: &dyn BlobStore,
+    path: &RepositoryPath,
+) -> (Vec<(String, Digest)>, Vec<plan::Chunk>) {
+    let tags: Vec<(String, Digest)> = plan::read_tags(storage, path, 8)
+        .await
+        .expect("tags")
+        .into_iter()
+        .filter_map(|(tag, digest)| digest.map(|d| (tag, d)))
+        .collect();
+    let mut walk = plan::Walk::new(storage, path, 8, &tags, &Default::default());
+    let mut chunks = Vec::new();
+    while let Some(chunk) = walk.next_chunk().await.expect("plan") {
+        chunks.push(chunk);
+    }
+    (tags, chunks)
+}
+
 pub async fn registration_against_copy() -> Figure {
     let repositories: usize = env_size("FERRY_BENCH_REGISTER_REPOSITORIES", 1_000);
     let data = tempfile::tempdir().expect("tempdir");
@@ -86,7 +106,7 @@ pub async fn registration_against_copy() -> Figure {
         .collect();
     let mut plans = Vec::new();
     for path in &paths {
-        plans.push(plan::build(storage.as_ref(), path, 8).await.expect("plan"));
+        plans.push(planned(storage.as_ref(), path).await);
     }
     let plans = Arc::new(plans);
     let (mut ours, mut theirs, mut rows_seen) = (Vec::new(), Vec::new(), 0);
@@ -99,25 +119,33 @@ pub async fn registration_against_copy() -> Figure {
             .map(|(i, path)| {
                 let (store, plans) = (store.clone(), Arc::clone(&plans));
                 async move {
-                    let plan = &plans[i];
-                    let tags: BTreeMap<String, ferry_shared::ids::Digest> =
-                        plan.tags.iter().cloned().collect();
+                    let (tags, chunks) = &plans[i];
                     assert!(
                         store
                             .begin_step(path, None, MigrationStatus::ImportInProgress, 0)
                             .await
                             .expect("begin")
                     );
-                    store
-                        .commit_step(
-                            path,
+                    let mut commit = store.begin_commit(path).await.expect("transaction");
+                    for chunk in chunks {
+                        commit.write_chunk(chunk).await.expect("chunk");
+                    }
+                    let named: Vec<(&str, &Digest)> =
+                        tags.iter().map(|(t, d)| (t.as_str(), d)).collect();
+                    commit.write_tags(&named).await.expect("tags");
+                    let expected: BTreeMap<String, Digest> = tags.iter().cloned().collect();
+                    let outcome = commit
+                        .finish(
                             MigrationStatus::ImportInProgress,
                             MigrationStatus::ImportComplete,
-                            plan,
-                            Some(&tags),
+                            Some(&expected),
                         )
                         .await
                         .expect("commit");
+                    assert!(
+                        matches!(outcome, CommitOutcome::Committed(_)),
+                        "{outcome:?}"
+                    );
                 }
             })
             .buffer_unordered(4)
