@@ -34,7 +34,6 @@ chart: build ## Check the Helm chart: helm lint, kubernetes-validate, FERRY_* na
 bench: setup ## Benchmarks (release build) beside their references; writes and prints the table in docs/benchmarks.md
 	$(CARGO) build --release --workspace --bins
 	STORAGE_EMULATOR_HOST=$${FERRY_GCS_EMULATOR:-127.0.0.1:4443} $(CARGO) bench -p ferry-tests --bench figures
-	$(CARGO) bench -p ferry-tests --bench repair_scan
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

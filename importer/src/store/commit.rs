@@ -67,7 +67,7 @@ impl MetadataStore {
 
 impl StepCommit {
     /// Registers a chunk's blobs, then its manifests with their layers and index references:
-    /// five statements whatever the chunk's size. Rows already there are left alone (no dead
+    /// four statements whatever the chunk's size. Rows already there are left alone (no dead
     /// tuples from no-op updates), and so are the layers and references of manifests already
     /// registered (they were written with them).
     #[tracing::instrument(name = "db.write_chunk", skip_all, err(level = "warn"))]
@@ -145,21 +145,20 @@ impl StepCommit {
             .values()
             .map(|b| b.media_type.as_str())
             .collect();
-        sqlx::query(
-            "INSERT INTO blobs (digest, size, media_type) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]) ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(&digests)
-        .bind(&sizes)
-        .bind(&media_types)
-        .execute(&mut *self.tx)
-        .await?;
+        // One statement: the foreign key checks of `repository_blobs` run at its end and see
+        // the blobs its first part inserted.
         let linked = sqlx::query(
-            "INSERT INTO repository_blobs (repository_id, blob_digest) \
+            "WITH new_blobs AS ( \
+                 INSERT INTO blobs (digest, size, media_type) \
+                 SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::text[]) \
+                 ON CONFLICT (digest) DO NOTHING) \
+             INSERT INTO repository_blobs (repository_id, blob_digest) \
              SELECT $1, digest FROM UNNEST($2::text[]) AS digest ON CONFLICT DO NOTHING",
         )
         .bind(self.repository_id)
         .bind(&digests)
+        .bind(&sizes)
+        .bind(&media_types)
         .execute(&mut *self.tx)
         .await?;
         self.written.blobs += linked.rows_affected();
@@ -253,15 +252,24 @@ impl StepCommit {
         complete: MigrationStatus,
         expected_tags: Option<&BTreeMap<String, Digest>>,
     ) -> Result<CommitOutcome, sqlx::Error> {
-        let status: String = sqlx::query_scalar(
-            "SELECT migration_status FROM repositories WHERE id = $1 FOR UPDATE",
+        // The status moves first: the row stays locked until the commit or rollback.
+        let completed = sqlx::query(
+            "UPDATE repositories SET migration_status = $3, migration_error = NULL, updated_at = now() \
+             WHERE id = $1 AND migration_status = $2",
         )
         .bind(self.repository_id)
-        .fetch_one(&mut *self.tx)
+        .bind(in_progress.as_db_str())
+        .bind(complete.as_db_str())
+        .execute(&mut *self.tx)
         .await?;
-        let status = MigrationStatus::from_db_str(&status).unwrap_or_default();
-        if status != in_progress {
+        if completed.rows_affected() == 0 {
+            let status: String =
+                sqlx::query_scalar("SELECT migration_status FROM repositories WHERE id = $1")
+                    .bind(self.repository_id)
+                    .fetch_one(&mut *self.tx)
+                    .await?;
             self.tx.rollback().await?;
+            let status = MigrationStatus::from_db_str(&status).unwrap_or_default();
             return Ok(CommitOutcome::Superseded(status));
         }
         if let Some(expected) = expected_tags {
@@ -271,14 +279,6 @@ impl StepCommit {
                 return Ok(CommitOutcome::TagsDiffer(difference));
             }
         }
-        sqlx::query(
-            "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now() \
-             WHERE id = $1",
-        )
-        .bind(self.repository_id)
-        .bind(complete.as_db_str())
-        .execute(&mut *self.tx)
-        .await?;
         self.tx.commit().await?;
         Ok(CommitOutcome::Committed(self.written))
     }

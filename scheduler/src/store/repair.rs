@@ -79,7 +79,10 @@ pub struct RepairCounts {
 
 impl SchedulerStore {
     /// Claims up to `limit` projects with no repair row and an id above `after`, in id order, by
-    /// inserting `ongoing` rows; projects another worker claimed first are skipped.
+    /// inserting `ongoing` rows; projects another worker claimed first are skipped. The repeated
+    /// `d.project_id > $1` bounds the anti-join's scan of the repair rows to the cursor: without
+    /// it, the generic plan PostgreSQL caches after five runs merges from the first row, and a
+    /// pass over 1M projects slowed to 2,600 projects/s.
     #[tracing::instrument(name = "db.claim_repair_projects", skip_all, err(level = "warn"))]
     pub async fn claim_repair_projects(
         &self,
@@ -91,7 +94,7 @@ impl SchedulerStore {
                  SELECT p.id, p.full_path FROM projects p \
                  WHERE p.id > $1 AND NOT EXISTS ( \
                      SELECT 1 FROM container_registry_data_repair_details d \
-                     WHERE d.project_id = p.id) \
+                     WHERE d.project_id = p.id AND d.project_id > $1) \
                  ORDER BY p.id LIMIT $2), \
              claimed AS ( \
                  INSERT INTO container_registry_data_repair_details (project_id) \

@@ -12,6 +12,7 @@ mod copy;
 mod dispatch;
 mod memory;
 mod register;
+mod repair;
 mod walk;
 
 use std::path::{Path, PathBuf};
@@ -180,6 +181,9 @@ async fn main() {
     }
     if wants("d") {
         figures.push(dispatch::utilization_and_dispatch_latency().await);
+    }
+    if wants("e") {
+        figures.push(repair::repair_scan_rate().await);
     }
     if wants("f") {
         figures.push(memory::peak_rss_with_10k_tags().await);

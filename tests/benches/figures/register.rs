@@ -72,6 +72,20 @@ async fn copy_tables(from: &str, to: &str) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// The floor any registration of `url`'s rows meets: how many rows it holds, and how long a raw
+/// `COPY` of them into empty tables of the same schema takes.
+pub async fn copy_floor(url: &str) -> (u64, f64) {
+    let rows = count_rows(url).await;
+    let empty = fresh_database("bench_floor").await;
+    MetadataStore::connect(&empty, 1)
+        .await
+        .expect("db")
+        .migrate()
+        .await
+        .expect("migrate");
+    (rows, copy_tables(url, &empty).await)
+}
+
 /// A repository's tags and its planned chunks.
 async fn planned(
     storage: &dyn BlobStore,
