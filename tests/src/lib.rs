@@ -585,11 +585,13 @@ pub fn file_digest(path: &Path) -> std::io::Result<String> {
 }
 
 /// A store whose reads wait until the test opens a gate: holds an import step at its first read
-/// for as long as a test needs, to replay races deterministically.
+/// (or at its read of one key) for as long as a test needs, to replay races deterministically.
 #[derive(Debug)]
 pub struct GatedStore {
     inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
     gate: tokio::sync::watch::Receiver<bool>,
+    /// Only reads of this key wait; `None`: every read does.
+    key: Option<String>,
 }
 
 impl GatedStore {
@@ -598,7 +600,19 @@ impl GatedStore {
         inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
     ) -> (Self, tokio::sync::watch::Sender<bool>) {
         let (open, gate) = tokio::sync::watch::channel(false);
-        (Self { inner, gate }, open)
+        let key = None;
+        (Self { inner, gate, key }, open)
+    }
+
+    /// Wraps `inner`; reads of `key` wait until `true` is sent on the returned sender, every
+    /// other read goes through.
+    pub fn on_key(
+        inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
+        key: impl Into<String>,
+    ) -> (Self, tokio::sync::watch::Sender<bool>) {
+        let (mut store, open) = Self::new(inner);
+        store.key = Some(key.into());
+        (store, open)
     }
 }
 
@@ -625,8 +639,10 @@ impl ferry_shared::storage::BlobStore for GatedStore {
         key: &str,
         max_bytes: u64,
     ) -> Result<bytes::Bytes, ferry_shared::storage::StorageError> {
-        let mut gate = self.gate.clone();
-        let _ = gate.wait_for(|open| *open).await;
+        if self.key.as_deref().is_none_or(|gated| gated == key) {
+            let mut gate = self.gate.clone();
+            let _ = gate.wait_for(|open| *open).await;
+        }
         self.inner.read(key, max_bytes).await
     }
 
@@ -637,6 +653,10 @@ impl ferry_shared::storage::BlobStore for GatedStore {
         expected: Option<&ferry_shared::ids::Digest>,
     ) -> Result<ferry_shared::storage::CopyOutcome, ferry_shared::storage::StorageError> {
         self.inner.copy(src, dst, expected).await
+    }
+
+    async fn persist(&self) -> Result<(), ferry_shared::storage::StorageError> {
+        self.inner.persist().await
     }
 
     fn url(&self) -> String {

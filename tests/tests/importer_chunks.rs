@@ -14,11 +14,8 @@ use ferry_importer::plan::CHUNK_MANIFESTS;
 use ferry_importer::service::{ImportService, Importer, StepLimits};
 use ferry_importer::store::MetadataStore;
 use ferry_proto::common::v1::ImportType;
-use ferry_shared::ids::Digest;
-use ferry_shared::storage::{
-    BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError,
-};
-use ferry_tests::{ImporterHarness, LayoutWriter, fresh_database};
+use ferry_shared::storage::BlobStore;
+use ferry_tests::{GatedStore, ImporterHarness, LayoutWriter, fresh_database};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -156,48 +153,6 @@ async fn a_final_import_plans_only_the_manifests_pushed_after_its_pre_import() {
     assert!(h.copied(&config), "the new image's blobs were copied");
 }
 
-/// A store whose reads of one key never finish.
-#[derive(Debug)]
-struct StuckOn {
-    inner: Arc<dyn BlobStore>,
-    key: String,
-}
-
-#[async_trait::async_trait]
-impl BlobStore for StuckOn {
-    async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage, StorageError> {
-        self.inner.list(prefix, options).await
-    }
-
-    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        self.inner.stat(key).await
-    }
-
-    async fn read(&self, key: &str, max_bytes: u64) -> Result<bytes::Bytes, StorageError> {
-        if key == self.key {
-            std::future::pending::<()>().await;
-        }
-        self.inner.read(key, max_bytes).await
-    }
-
-    async fn copy(
-        &self,
-        src: &str,
-        dst: &str,
-        expected: Option<&Digest>,
-    ) -> Result<CopyOutcome, StorageError> {
-        self.inner.copy(src, dst, expected).await
-    }
-
-    async fn persist(&self) -> Result<(), StorageError> {
-        self.inner.persist().await
-    }
-
-    fn url(&self) -> String {
-        self.inner.url()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_from_elsewhere_is_not_held_up_by_a_step_writing_its_chunks() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -212,10 +167,10 @@ async fn a_cancel_from_elsewhere_is_not_held_up_by_a_step_writing_its_chunks() {
     layout.tag_link(path, "zz-last", &last);
     let local =
         ferry_shared::storage::open(&format!("file://{}", dir.path().display())).expect("storage");
-    let stuck = Arc::new(StuckOn {
-        inner: Arc::clone(&local),
-        key: format!("docker/registry/v2/blobs/sha256/ff/{}/data", &last[7..]),
-    });
+    let (stuck, _gate_stays_closed) = GatedStore::on_key(
+        Arc::clone(&local),
+        format!("docker/registry/v2/blobs/sha256/ff/{}/data", &last[7..]),
+    );
     let url = fresh_database("chunks_cancel").await;
     let db = MetadataStore::connect(&url, 8).await.expect("connect");
     db.migrate().await.expect("migrate");
@@ -233,7 +188,7 @@ async fn a_cancel_from_elsewhere_is_not_held_up_by_a_step_writing_its_chunks() {
         };
         Importer::new(storage, db.clone(), Some(notifier), limits)
     };
-    let running = importer(stuck);
+    let running = importer(Arc::new(stuck));
     let other = importer(local);
     running
         .start_import(path, ImportType::Pre, 0)

@@ -166,15 +166,7 @@ pub async fn registration_against_copy() -> Figure {
             .collect::<Vec<()>>()
             .await;
         let elapsed = started.elapsed().as_secs_f64();
-        let rows = count_rows(&url).await;
-        let empty = fresh_database("bench_c_copy").await;
-        MetadataStore::connect(&empty, 1)
-            .await
-            .expect("db")
-            .migrate()
-            .await
-            .expect("migrate");
-        let copied = copy_tables(&url, &empty).await;
+        let (rows, copied) = copy_floor(&url).await;
         eprintln!(
             "c: run {}: {rows} rows registered in {elapsed:.2} s ({:.0}/s), COPY {copied:.2} s ({:.0}/s)",
             run + 1,
