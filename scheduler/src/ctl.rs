@@ -491,6 +491,8 @@ pub(crate) fn print_repository(repo: &Repository) {
         ("pre-import done", &repo.pre_import_done_at),
         ("import from", &repo.import_started_at),
         ("import done", &repo.import_done_at),
+        ("importer", &repo.importer),
+        ("accepted at", &repo.step_accepted_at),
         ("aborted at", &repo.aborted_at),
         ("skipped at", &repo.skipped_at),
     ] {
@@ -518,6 +520,7 @@ pub(crate) fn repository_json(repo: &Repository) -> serde_json::Value {
         "last_error": repo.last_error, "pre_import_started_at": repo.pre_import_started_at,
         "pre_import_done_at": repo.pre_import_done_at, "import_started_at": repo.import_started_at,
         "import_done_at": repo.import_done_at, "aborted_at": repo.aborted_at, "skipped_at": repo.skipped_at,
+        "importer": repo.importer, "step_accepted_at": repo.step_accepted_at,
         "stats": stats_json(&repo.stats.unwrap_or_default()),
     })
 }

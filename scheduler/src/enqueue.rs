@@ -4,6 +4,11 @@
 //! repositories whose pre-import is done; then, while below capacity, retry aborted repositories
 //! first and otherwise start the next `default` repository's pre-import. The loop wakes on a timer,
 //! on every completion notification (on any replica, through Redis pub/sub) and on API calls.
+//!
+//! A step's end reported to the replica that holds the lease does not wait for the loop: that
+//! replica runs the part of a pass the end calls for at once ([`Enqueuer::step_ended`]), under
+//! the same lease and fence. Passes never overlap within a replica (`turn`), and a replica
+//! without the lease never claims.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +57,30 @@ pub struct Enqueuer {
     pub held: Arc<tokio::sync::Mutex<Option<HeldLease>>>,
     /// Lease transitions are counted here.
     pub metrics: crate::metrics::MigrationMetrics,
+    /// Held by a pass while it runs, so the loop's passes and those run on a step's end never
+    /// overlap (two at once could both see the same slot free).
+    pub turn: Arc<tokio::sync::Mutex<()>>,
+    /// What the queued reaction to step ends has to do ([`StepEnd::bit`]s); zero when none is
+    /// queued. Ends that arrive while one waits for its turn join it instead of queueing more.
+    pub reactions: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// What a step's end frees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepEnd {
+    /// A pre-import finished: its repository waits for its final import in the slot it holds.
+    PreImportDone,
+    /// A step ended otherwise (a final import done, a step failed or was canceled): a slot is free.
+    SlotFreed,
+}
+
+impl StepEnd {
+    fn bit(self) -> u8 {
+        match self {
+            StepEnd::PreImportDone => 1,
+            StepEnd::SlotFreed => 2,
+        }
+    }
 }
 
 impl Enqueuer {
@@ -134,24 +163,87 @@ impl Enqueuer {
         }
     }
 
+    /// Runs what a step's end calls for at once, if this replica holds a valid lease: the final
+    /// import of a finished pre-import, or the free slot's next claim. Returns false (and does
+    /// nothing) otherwise; the loop's wake-up covers that case. The work runs in a task of its
+    /// own, so the importer's notification is answered without waiting for it.
+    ///
+    /// Ends that arrive while a reaction waits for its turn join it: the reaction reads what it
+    /// has to do only once it holds the turn, and its claims see every end committed before.
+    pub async fn step_ended(&self, end: StepEnd) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some(held) = self.held.lock().await.clone() else {
+            return false;
+        };
+        if !held.is_valid().await {
+            return false;
+        }
+        if self.reactions.fetch_or(end.bit(), SeqCst) != 0 {
+            return true; // a queued reaction will do it
+        }
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                let _turn = this.turn.lock().await;
+                let wanted = this.reactions.swap(0, SeqCst);
+                let result = async {
+                    let settings = this.store.settings().await?;
+                    if !settings.enabled || !held.is_valid().await {
+                        return Ok(());
+                    }
+                    if wanted & StepEnd::PreImportDone.bit() != 0 {
+                        this.start_finals(&held, &settings).await?;
+                    }
+                    if wanted & StepEnd::SlotFreed.bit() != 0 {
+                        this.fill_free_slots(&held, &settings).await?;
+                    }
+                    Ok::<_, sqlx::Error>(())
+                }
+                .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "reacting to a step's end failed; the loop picks it up");
+                }
+            }
+            .instrument(tracing::info_span!("step_ended")),
+        );
+        true
+    }
+
     /// One pass of the loop.
     pub async fn pass(&self, held: &HeldLease) -> Result<(), sqlx::Error> {
+        let _turn = self.turn.lock().await;
         let settings = self.store.settings().await?;
         if !settings.enabled {
             return Ok(());
         }
-        // Final imports of finished pre-imports: their slots are taken already. Claimed one by
-        // one, started together.
-        let mut finals = Vec::new();
-        while held.is_valid().await && finals.len() < settings.capacity.max(1) as usize {
-            match self.store.claim_pre_import_done(Some(held.fence)).await? {
-                Some(repo) => finals.push(repo),
-                None => break,
-            }
+        self.start_finals(held, &settings).await?;
+        self.fill_free_slots(held, &settings).await
+    }
+
+    /// Starts the final imports of finished pre-imports: their slots are taken already. Claimed
+    /// in one statement, started together.
+    async fn start_finals(&self, held: &HeldLease, settings: &Settings) -> Result<(), sqlx::Error> {
+        if !held.is_valid().await {
+            return Ok(());
         }
+        let limit = i64::from(settings.capacity.max(1));
+        let finals = self
+            .store
+            .claim_pre_import_done(Some(held.fence), limit)
+            .await?;
         for repo in finals {
-            self.spawn_dispatch(held, repo, ImportType::Final, &settings);
+            self.spawn_dispatch(held, repo, ImportType::Final, settings);
         }
+        Ok(())
+    }
+
+    /// While slots are free: retries aborted repositories first, then claims ready `default`
+    /// ones for every free slot in one statement and starts them together.
+    async fn fill_free_slots(
+        &self,
+        held: &HeldLease,
+        settings: &Settings,
+    ) -> Result<(), sqlx::Error> {
         // Like the original's `waiting_time_passed?`: new repositories wait after a step ends.
         if !self
             .store
@@ -161,35 +253,30 @@ impl Enqueuer {
             return Ok(());
         }
         while held.is_valid().await {
-            let free = i64::from(settings.capacity) - self.store.in_process_count().await?;
-            if free <= 0 {
-                break;
-            }
             // Aborted repositories first, one at a time (rare, and each asks its importer).
             if let Some((repo, pre_import_done)) = self.store.next_aborted().await? {
+                if self.store.in_process_count().await? >= i64::from(settings.capacity) {
+                    break;
+                }
                 if !self
-                    .retry_aborted(held, &repo, pre_import_done, &settings)
+                    .retry_aborted(held, &repo, pre_import_done, settings)
                     .await?
                 {
                     break; // the write was refused: the lease is gone or another holder acts
                 }
                 continue;
             }
-            // Then fill every free slot with ready repositories, started together: a slot is
-            // never left idle while the others are being started one after another.
-            let mut batch = Vec::new();
-            while (batch.len() as i64) < free {
-                match self.store.claim_next_default(Some(held.fence)).await? {
-                    Some(repo) => batch.push(repo),
-                    None => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
+            // Then every free slot, claimed together and started together: a slot is never
+            // left idle while the others are being started one after another. The statement
+            // counts what is in process itself.
+            let batch = self
+                .store
+                .claim_ready(Some(held.fence), settings.capacity)
+                .await?;
             for repo in batch {
-                self.spawn_dispatch(held, repo, ImportType::Pre, &settings);
+                self.spawn_dispatch(held, repo, ImportType::Pre, settings);
             }
+            break;
         }
         Ok(())
     }
@@ -311,10 +398,10 @@ impl Enqueuer {
     ) -> Result<(), sqlx::Error> {
         let max_retries = settings.max_retries;
         let start_max_retries = u32::try_from(settings.start_max_retries).unwrap_or(0);
-        let state = if import_type == ImportType::Final {
-            "importing"
+        let (state, step_states) = if import_type == ImportType::Final {
+            ("importing", ["importing", "import_done"])
         } else {
-            "pre_importing"
+            ("pre_importing", ["pre_importing", "pre_import_done"])
         };
         let mut attempt = 0;
         loop {
@@ -328,11 +415,11 @@ impl Enqueuer {
                     tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, importer, "step started");
                     if !self
                         .store
-                        .record_importer(repo.id, &importer, Some(held.fence))
+                        .record_importer(repo.id, &step_states, &importer, Some(held.fence))
                         .await?
                     {
-                        tracing::warn!(repository = %repo.path, fence = held.fence,
-                            "write refused by the fence: a newer lease holder exists");
+                        tracing::warn!(repository = %repo.path, fence = held.fence, state,
+                            "importer not recorded: the step moved on, or a newer lease holder exists");
                     }
                     return Ok(());
                 }

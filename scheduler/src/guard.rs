@@ -191,6 +191,7 @@ impl Guard {
                     .store
                     .finish_pre_import(&step.path, &stats, Some(fence))
                     .await?
+                    .is_some()
                 {
                     report.reconciled += 1;
                 }
@@ -201,6 +202,7 @@ impl Guard {
                     .store
                     .finish_import(&step.path, &stats, Some(fence))
                     .await?
+                    .is_some()
                 {
                     report.reconciled += 1;
                 }

@@ -230,18 +230,26 @@ impl ImporterPool {
             .any(|s| matches!(s, Source::Url(u) if u == url))
     }
 
-    /// Starts a step on the importer with the most free slots (ties round-robin). Importers that
-    /// answer `RESOURCE_EXHAUSTED` or cannot be reached are passed over.
+    /// Starts a step on the importer with the most free slots (ties round-robin). One of its
+    /// slots is counted as taken before the request goes out, so starts made at the same time
+    /// spread over the importers instead of all asking the same one. Importers that answer
+    /// `RESOURCE_EXHAUSTED` or cannot be reached are passed over.
     pub async fn start(&self, path: &str, import_type: ImportType, fence: u64) -> StartResult {
-        let mut members = self.members();
-        if members.is_empty() {
+        let mut untried = self.members();
+        if untried.is_empty() {
             return StartResult::AllBusy("no importers known".into());
         }
-        let len = members.len();
-        members.rotate_left(self.next.fetch_add(1, Ordering::Relaxed) % len);
-        members.sort_by_key(|m| std::cmp::Reverse(m.free.load(Ordering::Relaxed)));
+        let len = untried.len();
+        untried.rotate_left(self.next.fetch_add(1, Ordering::Relaxed) % len);
         let mut busy = Vec::new();
-        for m in members {
+        while let Some(best) = (0..untried.len()).max_by_key(|&i| {
+            (
+                untried[i].free.load(Ordering::Relaxed),
+                std::cmp::Reverse(i),
+            )
+        }) {
+            let m = untried.remove(best);
+            m.free.fetch_sub(1, Ordering::Relaxed);
             let request = StartImportRequest {
                 path: path.to_owned(),
                 import_type: import_type.into(),
@@ -270,9 +278,11 @@ impl ImporterPool {
                         busy.push(format!("{}: {}", m.url, status.message()));
                     }
                     tonic::Code::NotFound => {
+                        m.free.fetch_add(1, Ordering::Relaxed);
                         return StartResult::NotFound(status.message().to_owned());
                     }
                     _ => {
+                        m.free.fetch_add(1, Ordering::Relaxed);
                         return StartResult::Refused(format!(
                             "{:?}: {}",
                             status.code(),
@@ -283,6 +293,14 @@ impl ImporterPool {
             }
         }
         StartResult::AllBusy(busy.join("; "))
+    }
+
+    /// Counts a slot of the importer at `url` as free again: a step it ran has ended. (Its next
+    /// answer replaces the count with its own.)
+    pub fn step_ended_on(&self, url: &str) {
+        if let Some(m) = self.members().iter().find(|m| m.url == url) {
+            m.free.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn client(&self, url: &str) -> Option<ImporterClient<Connection>> {

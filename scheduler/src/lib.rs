@@ -210,13 +210,15 @@ pub async fn run(
             interval: config.enqueue_interval,
             guard_interval: config.guard_interval,
         },
+        turn: Arc::default(),
+        reactions: Arc::default(),
     };
     let wakeups = tokio::spawn(enqueue::forward_wakeups(
         redis_client,
         wake_channel.clone(),
         Arc::clone(&wake),
     ));
-    let enqueue_loop = tokio::spawn(enqueuer.run());
+    let enqueue_loop = tokio::spawn(enqueuer.clone().run());
     let gauges = tokio::spawn(report_gauges(store.clone(), migration_metrics.clone()));
     let stop_side_work = CancellationToken::new();
     let metrics_endpoint = metrics_listener.map(|listener| {
@@ -255,7 +257,8 @@ pub async fn run(
         Arc::clone(&importers_for_api),
         config.project_segments,
     )
-    .with_metrics(migration_metrics);
+    .with_metrics(migration_metrics)
+    .with_enqueuer(enqueuer);
     tracing::info!(addr = %config.listen_addr, importers = ?config.importers, "scheduler serving");
     let routes = Routes::new(
         SchedulerServer::new(grpc::SchedulerGrpc(scheduler))

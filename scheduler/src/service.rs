@@ -22,7 +22,7 @@ use crate::importers::ImporterPool;
 use crate::inventory;
 use crate::lease::Lease;
 use crate::settings_api;
-use crate::store::{RepoKey, RepositoryRecord, SchedulerStore};
+use crate::store::{EndedStep, RepoKey, RepositoryRecord, SchedulerStore};
 
 /// What the scheduler offers, independent of gRPC.
 #[async_trait]
@@ -145,6 +145,7 @@ pub struct Scheduler {
     importers: Arc<ImporterPool>,
     project_segments: usize,
     metrics: crate::metrics::MigrationMetrics,
+    enqueuer: Option<crate::enqueue::Enqueuer>,
 }
 
 impl Scheduler {
@@ -167,12 +168,33 @@ impl Scheduler {
             importers,
             project_segments,
             metrics: crate::metrics::MigrationMetrics::default(),
+            enqueuer: None,
         }
     }
 
     /// The scheduler, counting step results in `metrics`.
     pub fn with_metrics(self, metrics: crate::metrics::MigrationMetrics) -> Self {
         Self { metrics, ..self }
+    }
+
+    /// The scheduler, reacting to a step's end at once when this replica holds the lease
+    /// (see [`crate::enqueue::Enqueuer::step_ended`]).
+    pub fn with_enqueuer(self, enqueuer: crate::enqueue::Enqueuer) -> Self {
+        Self {
+            enqueuer: Some(enqueuer),
+            ..self
+        }
+    }
+
+    /// After a step's end: this replica reacts at once if it holds the lease; otherwise the
+    /// loop is woken wherever the lease is held.
+    async fn step_ended(&self, end: crate::enqueue::StepEnd) {
+        if let Some(enqueuer) = &self.enqueuer
+            && enqueuer.step_ended(end).await
+        {
+            return;
+        }
+        self.wake_enqueuer().await;
     }
 
     /// Wakes the enqueue loop here and, through Redis, on whichever replica holds the lease.
@@ -209,6 +231,8 @@ impl From<RepositoryRecord> for Repository {
             import_done_at: timestamp(r.migration_import_done_at),
             aborted_at: timestamp(r.migration_aborted_at),
             skipped_at: timestamp(r.migration_skipped_at),
+            importer: r.migration_importer.unwrap_or_default(),
+            step_accepted_at: timestamp(r.migration_step_accepted_at),
             stats: Some(ferry_proto::common::v1::ImportStats {
                 manifests: to_u64(r.import_manifests),
                 tags: to_u64(r.import_tags),
@@ -244,7 +268,7 @@ impl SchedulerService for Scheduler {
             "final"
         };
         self.metrics.result(kind, status.as_db_str());
-        let changed = match status {
+        let ended = match status {
             PreImportComplete => self.store.finish_pre_import(path, &stats, None).await?,
             ImportComplete => self.store.finish_import(path, &stats, None).await?,
             PreImportFailed | PreImportCanceled | ImportFailed | ImportCanceled => {
@@ -258,7 +282,7 @@ impl SchedulerService for Scheduler {
                 self.store
                     .abort(RepoKey::Path(path), &[from], &error, max_retries, None)
                     .await?
-                    .is_some()
+                    .map(|_| EndedStep { importer: None })
             }
             other => {
                 return Err(SchedulerError::InvalidArgument(format!(
@@ -267,9 +291,18 @@ impl SchedulerService for Scheduler {
                 )));
             }
         };
-        // Wake the loop first: a freed slot is refilled while the reply is put together.
-        if changed {
-            self.wake_enqueuer().await;
+        // React first: a freed slot is refilled while the reply is put together.
+        let changed = ended.is_some();
+        if let Some(ended) = ended {
+            if let Some(importer) = &ended.importer {
+                self.importers.step_ended_on(importer);
+            }
+            let end = if status == PreImportComplete {
+                crate::enqueue::StepEnd::PreImportDone
+            } else {
+                crate::enqueue::StepEnd::SlotFreed
+            };
+            self.step_ended(end).await;
         }
         let record = self.record(path).await?;
         tracing::info!(

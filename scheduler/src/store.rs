@@ -35,6 +35,13 @@ pub const IN_PROCESS_STATES: [&str; 3] = ["pre_importing", "pre_import_done", "i
 pub const ABORTABLE_STATES: [&str; 4] =
     ["pre_importing", "importing", "pre_import_done", "default"];
 
+/// A step's end, as applied.
+#[derive(Debug, Clone)]
+pub struct EndedStep {
+    /// The importer that had accepted the step, if it was recorded.
+    pub importer: Option<String>,
+}
+
 /// A repository picked for a step.
 #[derive(Debug, Clone, FromRow)]
 pub struct Claimed {
@@ -63,6 +70,8 @@ pub struct RepositoryRecord {
     pub migration_import_done_at: Option<chrono::DateTime<chrono::Utc>>,
     pub migration_aborted_at: Option<chrono::DateTime<chrono::Utc>>,
     pub migration_skipped_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub migration_importer: Option<String>,
+    pub migration_step_accepted_at: Option<chrono::DateTime<chrono::Utc>>,
     pub import_manifests: i64,
     pub import_tags: i64,
     pub import_blobs: i64,
@@ -79,7 +88,7 @@ pub(crate) const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS projec
     r.migration_retries_count, r.migration_skipped_reason, r.migration_aborted_in_state, \
     r.migration_last_error, r.migration_pre_import_started_at, r.migration_pre_import_done_at, \
     r.migration_import_started_at, r.migration_import_done_at, r.migration_aborted_at, \
-    r.migration_skipped_at, r.import_manifests, r.import_tags, r.import_blobs, r.import_blobs_copied, \
+    r.migration_skipped_at, r.migration_importer, r.migration_step_accepted_at, r.import_manifests, r.import_tags, r.import_blobs, r.import_blobs_copied, \
     r.import_bytes_copied, r.import_blobs_present, r.import_tags_skipped, r.import_duration_ms, \
     r.import_manifests_skipped, r.import_layers_skipped";
 
@@ -201,46 +210,78 @@ impl SchedulerStore {
     }
 
     /// Moves the next ready `default` repository to `pre_importing` (fenced by the lease holder's
-    /// token). Ready: registered before `created_before`, on a target plan, not under a denied
-    /// root namespace.
+    /// token), whatever the capacity. Ready: registered before `created_before`, on a target plan,
+    /// not under a denied root namespace.
     #[tracing::instrument(name = "db.claim_next_default", skip_all, err(level = "warn"))]
     pub async fn claim_next_default(
         &self,
         fence: Option<u64>,
     ) -> Result<Option<Claimed>, sqlx::Error> {
+        let claimed = self.claim_defaults(fence, None).await?;
+        Ok(claimed.into_iter().next())
+    }
+
+    /// Moves as many ready `default` repositories to `pre_importing` as `capacity` has free
+    /// slots, in one statement (fenced): the repositories in process are counted in the same
+    /// statement, so a pass needs no separate count. Highest priority first, then by path.
+    #[tracing::instrument(name = "db.claim_ready", skip_all, err(level = "warn"))]
+    pub async fn claim_ready(
+        &self,
+        fence: Option<u64>,
+        capacity: i32,
+    ) -> Result<Vec<Claimed>, sqlx::Error> {
+        self.claim_defaults(fence, Some(capacity)).await
+    }
+
+    /// Claims ready repositories: one whatever the capacity (`None`), or the free slots of
+    /// `capacity`.
+    async fn claim_defaults(
+        &self,
+        fence: Option<u64>,
+        capacity: Option<i32>,
+    ) -> Result<Vec<Claimed>, sqlx::Error> {
         let (with, check) = fenced(1);
         let ready = admin::READY;
         sqlx::query_as(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'pre_importing', migration_priority = 0, \
-                 migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, updated_at = now() \
-             WHERE id = (SELECT r.id FROM container_repositories r, migration_settings s \
-                         WHERE {ready} \
-                         ORDER BY r.migration_priority DESC, r.path LIMIT 1 FOR UPDATE OF r SKIP LOCKED) \
+                 migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, \
+                 migration_importer = NULL, migration_step_accepted_at = NULL, updated_at = now() \
+             WHERE id = ANY(ARRAY(SELECT r.id FROM container_repositories r, migration_settings s \
+                         WHERE {ready} ORDER BY r.migration_priority DESC, r.path \
+                         LIMIT CASE WHEN $2::int IS NULL THEN 1 ELSE GREATEST($2::int - \
+                             (SELECT count(*) FROM container_repositories WHERE migration_state = ANY($3)), 0) END \
+                         FOR UPDATE OF r SKIP LOCKED)) \
                AND migration_state = 'default' {check} \
              RETURNING id, path"
         ))
         .bind(fence_param(fence))
-        .fetch_optional(&self.pool)
+        .bind(capacity)
+        .bind(&IN_PROCESS_STATES[..])
+        .fetch_all(&self.pool)
         .await
     }
 
-    /// Moves the oldest `pre_import_done` repository to `importing` (fenced).
+    /// Moves up to `limit` `pre_import_done` repositories to `importing`, oldest first, in one
+    /// statement (fenced). Their slots are taken already.
     #[tracing::instrument(name = "db.claim_pre_import_done", skip_all, err(level = "warn"))]
     pub async fn claim_pre_import_done(
         &self,
         fence: Option<u64>,
-    ) -> Result<Option<Claimed>, sqlx::Error> {
+        limit: i64,
+    ) -> Result<Vec<Claimed>, sqlx::Error> {
         let (with, check) = fenced(1);
         sqlx::query_as(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'importing', \
-                 migration_import_started_at = now(), migration_import_done_at = NULL, updated_at = now() \
-             WHERE id = (SELECT id FROM container_repositories WHERE migration_state = 'pre_import_done' \
-                         ORDER BY migration_pre_import_done_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 migration_import_started_at = now(), migration_import_done_at = NULL, \
+                 migration_importer = NULL, migration_step_accepted_at = NULL, updated_at = now() \
+             WHERE id = ANY(ARRAY(SELECT id FROM container_repositories WHERE migration_state = 'pre_import_done' \
+                         ORDER BY migration_pre_import_done_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
                AND migration_state = 'pre_import_done' {check} \
              RETURNING id, path"
         ))
         .bind(fence_param(fence))
-        .fetch_optional(&self.pool)
+        .bind(limit)
+        .fetch_all(&self.pool)
         .await
     }
 
@@ -292,7 +333,7 @@ impl SchedulerStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// `pre_importing` → `pre_import_done`, adding the step's figures. False if the repository
+    /// `pre_importing` → `pre_import_done`, adding the step's figures. `None` if the repository
     /// was not pre-importing (a duplicate or stale notification).
     #[tracing::instrument(name = "db.finish_pre_import", skip_all, err(level = "warn"))]
     pub async fn finish_pre_import(
@@ -300,7 +341,7 @@ impl SchedulerStore {
         path: &str,
         stats: &ImportStats,
         fence: Option<u64>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<EndedStep>, sqlx::Error> {
         let columns = (
             "pre_importing",
             "pre_import_done",
@@ -316,7 +357,7 @@ impl SchedulerStore {
         path: &str,
         stats: &ImportStats,
         fence: Option<u64>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<EndedStep>, sqlx::Error> {
         let columns = ("importing", "import_done", "migration_import_done_at");
         self.finish_step(path, columns, stats, fence).await
     }
@@ -327,7 +368,7 @@ impl SchedulerStore {
         (from, to, done_column): (&str, &str, &str),
         stats: &ImportStats,
         fence: Option<u64>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<EndedStep>, sqlx::Error> {
         let (with, check) = fenced(14);
         let sql = format!(
             "{with}UPDATE container_repositories SET migration_state = $3, {done_column} = now(), updated_at = now(), \
@@ -338,9 +379,10 @@ impl SchedulerStore {
                  import_tags_skipped = GREATEST(import_tags_skipped, $10), import_duration_ms = import_duration_ms + $11, \
                  import_manifests_skipped = GREATEST(import_manifests_skipped, $12), \
                  import_layers_skipped = GREATEST(import_layers_skipped, $13) \
-             WHERE path = $1 AND migration_state = $2 {check}"
+             WHERE path = $1 AND migration_state = $2 {check} \
+             RETURNING migration_importer"
         );
-        let result = sqlx::query(&sql)
+        let importer: Option<Option<String>> = sqlx::query_scalar(&sql)
             .bind(path)
             .bind(from)
             .bind(to)
@@ -355,9 +397,9 @@ impl SchedulerStore {
             .bind(to_i64(stats.manifests_skipped))
             .bind(to_i64(stats.layers_skipped))
             .bind(fence_param(fence))
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(result.rows_affected() == 1)
+        Ok(importer.map(|importer| EndedStep { importer }))
     }
 
     /// Finishes a repository as `import_done` from any active or default state: with `reason`

@@ -92,11 +92,19 @@ pub fn init(service: &'static str) -> Telemetry {
     Telemetry { provider }
 }
 
-/// Installs a subscriber that only records query metrics (for tests that run the services in
-/// process and read their `/metrics`). Does nothing when one is installed already.
+/// Installs a subscriber that records query metrics (for tests that run the services in process
+/// and read their `/metrics`) and, when `FERRY_TEST_LOG` holds a filter (`info`,
+/// `ferry_scheduler=debug`), writes the logs it lets through to stderr. Does nothing when one is
+/// installed already.
 pub fn init_metrics_only() {
+    let logs = std::env::var("FERRY_TEST_LOG").ok().map(|filter| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(EnvFilter::new(filter))
+    });
     let _ = tracing_subscriber::registry()
         .with(query_metrics())
+        .with(logs)
         .try_init();
 }
 

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{GetMigrationSummaryRequest, MigrationSummary};
@@ -200,16 +199,11 @@ pub struct Cluster {
     pub importer_metrics_ports: Vec<u16>,
     /// The prefix of the scheduler's Redis keys.
     pub redis_prefix: String,
-    tasks: Vec<JoinHandle<()>>,
+    /// Dropped with the cluster, which stops every service as a SIGTERM would: their background
+    /// work (the enqueue loop, the guard, the scans) ends with them instead of running on, with
+    /// its database connections, for as long as the runtime does.
+    _stop: tokio::sync::watch::Sender<()>,
     connector: Connector,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
 }
 
 async fn bind() -> (TcpListener, String) {
@@ -239,7 +233,13 @@ impl Cluster {
         let database_url = fresh_database("sched").await;
         let metadata_database_url = fresh_database("meta").await;
         let (scheduler_listener, scheduler_url) = bind().await;
-        let mut tasks = Vec::new();
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let shutdown = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.changed().await;
+            }
+        };
         let mut importer_urls = Vec::new();
         let mut importer_metrics_ports = Vec::new();
         let redis_prefix = format!("ferry-test-{}", unique_suffix());
@@ -276,11 +276,12 @@ impl Cluster {
                 command: None,
             };
             let config = args.validate().expect("importer config");
-            tasks.push(tokio::spawn(async move {
-                ferry_importer::run(config, listener, std::future::pending())
+            let stopped = shutdown();
+            tokio::spawn(async move {
+                ferry_importer::run(config, listener, stopped)
                     .await
                     .expect("importer runs");
-            }));
+            });
         }
         let metrics_port = processes::free_port();
         let args = ferry_scheduler::config::SchedulerArgs {
@@ -316,11 +317,12 @@ impl Cluster {
             command: None,
         };
         let config = args.validate().expect("scheduler config");
-        tasks.push(tokio::spawn(async move {
-            ferry_scheduler::run(config, scheduler_listener, std::future::pending())
+        let stopped = shutdown();
+        tokio::spawn(async move {
+            ferry_scheduler::run(config, scheduler_listener, stopped)
                 .await
                 .expect("scheduler runs");
-        }));
+        });
         let cluster = Self {
             scheduler_url,
             database_url,
@@ -329,7 +331,7 @@ impl Cluster {
             metrics_port,
             importer_metrics_ports,
             redis_prefix,
-            tasks,
+            _stop: stop,
             connector: options.client.clone(),
         };
         cluster.wait_ready().await;

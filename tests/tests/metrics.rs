@@ -83,7 +83,7 @@ async fn both_services_report_the_migration_on_metrics() {
     assert!(
         metric(
             &text,
-            "ferry_db_query_duration_seconds_count{db=\"scheduler\",query=\"claim_next_default\"}"
+            "ferry_db_query_duration_seconds_count{db=\"scheduler\",query=\"claim_ready\"}"
         )
         .unwrap_or(0.0)
             > 0.0,

@@ -193,9 +193,10 @@ async fn duplicate_and_stale_notifications_change_nothing() {
     assert!(record.migration_pre_import_done_at.is_some());
 
     let importing = store
-        .claim_pre_import_done(None)
+        .claim_pre_import_done(None, 1)
         .await
         .expect("claim")
+        .pop()
         .expect("ready for final");
     assert_eq!(importing.path, path);
     let done = scheduler
@@ -285,7 +286,12 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
     );
     let first = first.expect("claimed");
     let refused = store
-        .record_importer(first.id, "http://stale", Some(old.fence))
+        .record_importer(
+            first.id,
+            &["pre_importing"],
+            "http://stale",
+            Some(old.fence),
+        )
         .await
         .expect("write");
     assert!(!refused, "a stale holder's write changes nothing");
@@ -302,7 +308,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
     assert_eq!(aborted, None);
     assert!(
         store
-            .record_importer(first.id, "http://live", Some(new.fence))
+            .record_importer(first.id, &["pre_importing"], "http://live", Some(new.fence))
             .await
             .expect("write")
     );
@@ -312,6 +318,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
             .finish_pre_import(&first.path, &ImportStats::default(), None)
             .await
             .expect("finish")
+            .is_some()
     );
     // One default repository is left; only the current holder can take it.
     assert!(

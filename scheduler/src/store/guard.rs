@@ -42,21 +42,27 @@ impl SchedulerStore {
         Ok(u64::try_from(fence).unwrap_or(0))
     }
 
-    /// Records the importer a step was started on (fenced).
+    /// Records the importer that accepted a step, and when (fenced). Only while the repository
+    /// is in that step or just past it (`step_states`: `pre_importing` and `pre_import_done`, or
+    /// `importing` and `import_done`): a short step can end before its start is recorded, but a
+    /// late record must never land on the next step, whose claim cleared both columns.
     #[tracing::instrument(name = "db.record_importer", skip_all, err(level = "warn"))]
     pub async fn record_importer(
         &self,
         id: i64,
+        step_states: &[&str],
         importer: &str,
         fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
         let (with, check) = super::fenced(3);
         let result = sqlx::query(&format!(
-            "{with}UPDATE container_repositories SET migration_importer = $2 WHERE id = $1 {check}"
+            "{with}UPDATE container_repositories SET migration_importer = $2, migration_step_accepted_at = now() \
+             WHERE id = $1 AND migration_state = ANY($4) {check}"
         ))
         .bind(id)
         .bind(importer)
         .bind(super::fence_param(fence))
+        .bind(step_states)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)

@@ -7,8 +7,9 @@
 //! slot is the scheduler's doing. Every 10 ms the repositories holding a slot (pre_importing,
 //! pre_import_done, importing) are counted while ready ones wait: the time-weighted share of the
 //! capacity in use. Dispatch latency: from a repository's pre-import done to its final import
-//! accepted by an importer, which needs no free capacity (the repository keeps its slot), so it
-//! is the loop's own reaction time: notification, wake-up, claim, `StartImport`.
+//! accepted by an importer (`migration_step_accepted_at`, written once `StartImport` answered),
+//! which needs no free capacity (the repository keeps its slot), so it is the scheduler's own
+//! reaction time: notification, claim, `StartImport` and its answer recorded.
 
 use std::time::{Duration, Instant};
 
@@ -92,7 +93,7 @@ async fn run_once(repositories: usize, tags: usize, importers: usize, slots: usi
     let latency = sqlx::query(
         "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY w) AS p99, \
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY w) AS p50 \
-         FROM (SELECT EXTRACT(EPOCH FROM migration_import_started_at - migration_pre_import_done_at)::float8 AS w \
+         FROM (SELECT EXTRACT(EPOCH FROM migration_step_accepted_at - migration_pre_import_done_at)::float8 AS w \
                FROM container_repositories) waits",
     )
     .fetch_one(&db)
