@@ -272,7 +272,8 @@ impl Importer {
     }
 
     /// Checks the repository's row and claims it for the step. `Ok(Some(status))` means it is
-    /// already on the new platform (`native` or `import_complete`) and nothing was claimed.
+    /// already on the new platform (`native` or `import_complete`) and nothing was claimed. The
+    /// row and old storage are read at once; the row's answer comes first.
     async fn claim(
         &self,
         path: &RepositoryPath,
@@ -281,7 +282,11 @@ impl Importer {
     ) -> Result<Option<MigrationStatus>, ApiError> {
         use MigrationStatus::*;
         let is_final = import_type == ImportType::Final;
-        let row = self.inner.db.repository(path).await?;
+        let (row, in_old_storage) = tokio::join!(
+            self.inner.db.repository(path),
+            plan::exists_in_old_storage(self.inner.storage.as_ref(), path)
+        );
+        let row = row?;
         let observed = row.as_ref().map(|r| r.status);
         if let Some(row) = &row
             && fence != 0
@@ -333,7 +338,7 @@ impl Importer {
             }
             _ => {}
         }
-        if !plan::exists_in_old_storage(self.inner.storage.as_ref(), path).await? {
+        if !in_old_storage? {
             return Err(ApiError::NotFound(path.to_string()));
         }
         let in_progress = statuses(import_type).in_progress;
