@@ -221,19 +221,22 @@ impl Importer {
             .acquire_owned()
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
-        if let Some(status) = self.claim(&path, import_type, 0).await? {
-            let detail = "already on the new platform".to_owned();
-            return Ok(StepOutcome {
-                status,
-                detail,
-                stats: Default::default(),
-            });
-        }
+        let repository_id = match self.claim(&path, import_type, 0).await? {
+            Claim::Step { repository_id } => repository_id,
+            Claim::AlreadyImported(status) => {
+                let detail = "already on the new platform".to_owned();
+                return Ok(StepOutcome {
+                    status,
+                    detail,
+                    stats: Default::default(),
+                });
+            }
+        };
         let running = self.inner.running.register(&path);
         let span = step_span(&path, import_type);
         Ok(self
             .clone()
-            .run_step(path, import_type, permit, running)
+            .run_step(path, repository_id, import_type, permit, running)
             .instrument(span)
             .await)
     }
@@ -271,15 +274,14 @@ impl Importer {
         self.inner.limits.max_concurrent_imports - self.inner.permits.available_permits()
     }
 
-    /// Checks the repository's row and claims it for the step. `Ok(Some(status))` means it is
-    /// already on the new platform (`native` or `import_complete`) and nothing was claimed. The
-    /// row and old storage are read at once; the row's answer comes first.
+    /// Checks the repository's row and claims it for the step. The row and old storage are read
+    /// at once; the row's answer comes first.
     async fn claim(
         &self,
         path: &RepositoryPath,
         import_type: ImportType,
         fence: u64,
-    ) -> Result<Option<MigrationStatus>, ApiError> {
+    ) -> Result<Claim, ApiError> {
         use MigrationStatus::*;
         let is_final = import_type == ImportType::Final;
         let (row, in_old_storage) = tokio::join!(
@@ -300,7 +302,7 @@ impl Importer {
         }
         match &row {
             Some(row) if matches!(row.status, Native | ImportComplete) => {
-                return Ok(Some(row.status));
+                return Ok(Claim::AlreadyImported(row.status));
             }
             Some(row) if row.status == PreImportInProgress => {
                 return Err(ApiError::PreImportInProgress(path.to_string()));
@@ -342,21 +344,28 @@ impl Importer {
             return Err(ApiError::NotFound(path.to_string()));
         }
         let in_progress = statuses(import_type).in_progress;
-        if self
+        match self
             .inner
             .db
             .begin_step(path, observed, in_progress, fence)
             .await?
         {
-            Ok(None)
-        } else {
+            Some(repository_id) => Ok(Claim::Step { repository_id }),
             // Another importer claimed it between our read and our write.
-            Err(match import_type {
+            None => Err(match import_type {
                 ImportType::Final => ApiError::ImportInProgress(path.to_string()),
                 _ => ApiError::PreImportInProgress(path.to_string()),
-            })
+            }),
         }
     }
+}
+
+/// What a start found.
+enum Claim {
+    /// The repository (its row's id) is claimed for the step.
+    Step { repository_id: i64 },
+    /// It is already on the new platform (`native` or `import_complete`); nothing was claimed.
+    AlreadyImported(MigrationStatus),
 }
 
 #[async_trait]
@@ -380,13 +389,16 @@ impl ImportService for Importer {
         let permit = Arc::clone(&self.inner.permits)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyImports(self.inner.limits.max_concurrent_imports))?;
-        if let Some(status) = self.claim(&path, import_type, fencing_token).await? {
-            return Ok(StartImportResponse {
-                outcome: StartOutcome::AlreadyImported.into(),
-                status: status.into(),
-                capacity: Some(self.capacity()),
-            });
-        }
+        let repository_id = match self.claim(&path, import_type, fencing_token).await? {
+            Claim::Step { repository_id } => repository_id,
+            Claim::AlreadyImported(status) => {
+                return Ok(StartImportResponse {
+                    outcome: StartOutcome::AlreadyImported.into(),
+                    status: status.into(),
+                    capacity: Some(self.capacity()),
+                });
+            }
+        };
         tracing::info!(repository = %path, ?import_type, fencing_token, "import step accepted");
         // Registered before the task starts, so a cancel or shutdown right after this answer
         // always reaches the step.
@@ -394,7 +406,7 @@ impl ImportService for Importer {
         let span = step_span(&path, import_type);
         self.inner.tasks.spawn(
             self.clone()
-                .run_step(path, import_type, permit, running)
+                .run_step(path, repository_id, import_type, permit, running)
                 .instrument(span),
         );
         Ok(StartImportResponse {

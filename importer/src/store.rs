@@ -100,7 +100,8 @@ impl MetadataStore {
 
     /// Moves the repository to `in_progress` if its status is still `observed` (`None`: it has no
     /// row yet) and no start with a higher fencing token than `fence` was seen (0: unfenced, the
-    /// one-shot mode). Returns false when another actor changed it first.
+    /// one-shot mode). Returns the repository's id, or `None` when another actor changed it
+    /// first.
     #[tracing::instrument(name = "db.begin_step", skip_all, err(level = "warn"))]
     pub async fn begin_step(
         &self,
@@ -108,10 +109,10 @@ impl MetadataStore {
         observed: Option<MigrationStatus>,
         in_progress: MigrationStatus,
         fence: u64,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<i64>, sqlx::Error> {
         let fence = i64::try_from(fence).unwrap_or(i64::MAX);
-        let claimed = match observed {
-            None => sqlx::query(
+        let claimed: Option<i64> = match observed {
+            None => sqlx::query_scalar(
                 "INSERT INTO repositories (path, name, migration_status, migration_fence) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (path) DO NOTHING RETURNING id",
             )
@@ -121,7 +122,7 @@ impl MetadataStore {
             .bind(fence)
             .fetch_optional(&self.pool)
             .await?,
-            Some(observed) => sqlx::query(
+            Some(observed) => sqlx::query_scalar(
                 "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now(), \
                      migration_fence = GREATEST(migration_fence, $4) \
                  WHERE path = $1 AND migration_status = $3 AND ($4 = 0 OR migration_fence <= $4) \
@@ -134,7 +135,7 @@ impl MetadataStore {
             .fetch_optional(&self.pool)
             .await?,
         };
-        Ok(claimed.is_some())
+        Ok(claimed)
     }
 
     /// Whether any repository lives in the top-level namespace `namespace`.

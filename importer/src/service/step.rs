@@ -22,6 +22,7 @@ impl Importer {
     pub(super) async fn run_step(
         self,
         path: RepositoryPath,
+        repository_id: i64,
         import_type: ImportType,
         permit: OwnedSemaphorePermit,
         running: RunningStep,
@@ -42,7 +43,11 @@ impl Importer {
             step.in_progress,
             self.inner.limits.cancel_poll,
         );
-        let work = tokio::time::timeout(limit, self.execute(&path, import_type, step).boxed());
+        let work = tokio::time::timeout(
+            limit,
+            self.execute(&path, repository_id, import_type, step)
+                .boxed(),
+        );
         // Whichever ends first: the step, its time limit, or a stop (which drops the step).
         let result = tokio::select! {
             outcome = work => outcome.unwrap_or(Err(StepError::Timeout(limit))),
@@ -121,6 +126,7 @@ impl Importer {
     async fn execute(
         &self,
         path: &RepositoryPath,
+        repository_id: i64,
         import_type: ImportType,
         step: StepStatuses,
     ) -> Result<ImportStats, StepError> {
@@ -170,13 +176,13 @@ impl Importer {
             plan::verify_copied_blobs(storage, &chunk.blobs, concurrency).await?;
             let tx = match commit.as_mut() {
                 Some(tx) => tx,
-                None => commit.insert(db.begin_commit(path).await?),
+                None => commit.insert(db.begin_commit(repository_id).await?),
             };
             tx.write_chunk(&chunk).await?;
         }
         let mut tx = match commit {
             Some(tx) => tx,
-            None => db.begin_commit(path).await?,
+            None => db.begin_commit(repository_id).await?,
         };
         let skipped = walk.skipped();
         let (kept, left_out): (Vec<_>, Vec<_>) = tags

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{Postgres, Row, Transaction};
 
 use ferry_proto::common::v1::MigrationStatus;
-use ferry_shared::ids::{Digest, RepositoryPath};
+use ferry_shared::ids::Digest;
 
 use super::{MetadataStore, to_i64};
 use crate::plan::{Chunk, PlannedManifest};
@@ -48,15 +48,11 @@ pub struct StepCommit {
 }
 
 impl MetadataStore {
-    /// Opens the transaction of a step of the repository at `path` (its row must exist: the step
-    /// began).
+    /// Opens the transaction of a step of the repository whose row is `repository_id` (as
+    /// `begin_step` returned it).
     #[tracing::instrument(name = "db.begin_commit", skip_all, err(level = "warn"))]
-    pub async fn begin_commit(&self, path: &RepositoryPath) -> Result<StepCommit, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let repository_id: i64 = sqlx::query_scalar("SELECT id FROM repositories WHERE path = $1")
-            .bind(path.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+    pub async fn begin_commit(&self, repository_id: i64) -> Result<StepCommit, sqlx::Error> {
+        let tx = self.pool.begin().await?;
         Ok(StepCommit {
             tx,
             repository_id,

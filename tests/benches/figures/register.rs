@@ -134,13 +134,15 @@ pub async fn registration_against_copy() -> Figure {
                 let (store, plans) = (store.clone(), Arc::clone(&plans));
                 async move {
                     let (tags, chunks) = &plans[i];
-                    assert!(
-                        store
-                            .begin_step(path, None, MigrationStatus::ImportInProgress, 0)
-                            .await
-                            .expect("begin")
-                    );
-                    let mut commit = store.begin_commit(path).await.expect("transaction");
+                    let repository_id = store
+                        .begin_step(path, None, MigrationStatus::ImportInProgress, 0)
+                        .await
+                        .expect("begin")
+                        .expect("claimed");
+                    let mut commit = store
+                        .begin_commit(repository_id)
+                        .await
+                        .expect("transaction");
                     for chunk in chunks {
                         commit.write_chunk(chunk).await.expect("chunk");
                     }
