@@ -207,6 +207,88 @@ async fn duplicate_and_stale_notifications_change_nothing() {
 }
 
 #[tokio::test]
+async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
+    let path = "group/project/quick";
+    let (_scheduler, store) = scheduler_with(&[path]).await;
+    let pre = ["pre_importing", "pre_import_done"];
+    let last = ["importing", "import_done"];
+    let claimed = store
+        .claim_next_default(None)
+        .await
+        .expect("claim")
+        .expect("a default repository");
+    // A pre-import so short that it ended before its start was recorded: the record still
+    // lands, on the step it belongs to.
+    let ended = store
+        .finish_pre_import(path, &ImportStats::default(), None)
+        .await
+        .expect("finish")
+        .expect("applied");
+    assert_eq!(ended.importer, None, "nothing was recorded yet");
+    assert!(
+        store
+            .record_importer(claimed.id, &pre, "http://pre", None)
+            .await
+            .expect("record")
+    );
+    let record = store.repository(path).await.expect("read").expect("row");
+    assert_eq!(record.migration_importer.as_deref(), Some("http://pre"));
+    assert!(record.migration_step_accepted_at.is_some());
+    // The final import's claim clears both; a late record of the pre-import is refused.
+    let finals = store.claim_pre_import_done(None, 4).await.expect("claim");
+    assert_eq!(finals.len(), 1);
+    let record = store.repository(path).await.expect("read").expect("row");
+    assert_eq!(record.migration_importer, None);
+    assert_eq!(record.migration_step_accepted_at, None);
+    assert!(
+        !store
+            .record_importer(claimed.id, &pre, "http://late", None)
+            .await
+            .expect("record"),
+        "the pre-import's record must not land on the final import"
+    );
+    assert!(
+        store
+            .record_importer(claimed.id, &last, "http://final", None)
+            .await
+            .expect("record")
+    );
+    // The step's end names the importer that accepted it.
+    let ended = store
+        .finish_import(path, &ImportStats::default(), None)
+        .await
+        .expect("finish")
+        .expect("applied");
+    assert_eq!(ended.importer.as_deref(), Some("http://final"));
+}
+
+#[tokio::test]
+async fn claim_ready_takes_only_the_free_slots() {
+    let paths = ["g/p/a", "g/p/b", "g/p/c", "g/p/d", "g/p/e"];
+    let (_scheduler, store) = scheduler_with(&paths).await;
+    let first = store.claim_ready(None, 3).await.expect("claim");
+    assert_eq!(first.len(), 3, "three free slots");
+    assert!(
+        store.claim_ready(None, 3).await.expect("claim").is_empty(),
+        "no slot free"
+    );
+    store
+        .finish_pre_import(&first[0].path, &ImportStats::default(), None)
+        .await
+        .expect("finish")
+        .expect("applied");
+    assert!(
+        store.claim_ready(None, 3).await.expect("claim").is_empty(),
+        "a finished pre-import keeps its slot"
+    );
+    assert_eq!(
+        store.claim_ready(None, 5).await.expect("claim").len(),
+        2,
+        "a larger capacity frees two more"
+    );
+}
+
+#[tokio::test]
 async fn failures_abort_then_skip_after_max_retries() {
     let path = "group/project/flaky";
     let (scheduler, store) = scheduler_with(&[path]).await;
