@@ -188,21 +188,7 @@ impl Enqueuer {
             async move {
                 let _turn = this.turn.lock().await;
                 let wanted = this.reactions.swap(0, SeqCst);
-                let result = async {
-                    let settings = this.store.settings().await?;
-                    if !settings.enabled || !held.is_valid().await {
-                        return Ok(());
-                    }
-                    if wanted & StepEnd::PreImportDone.bit() != 0 {
-                        this.start_finals(&held, &settings).await?;
-                    }
-                    if wanted & StepEnd::SlotFreed.bit() != 0 {
-                        this.fill_free_slots(&held, &settings).await?;
-                    }
-                    Ok::<_, sqlx::Error>(())
-                }
-                .await;
-                if let Err(error) = result {
+                if let Err(error) = this.take_turn(&held, wanted).await {
                     tracing::warn!(%error, "reacting to a step's end failed; the loop picks it up");
                 }
             }
@@ -214,12 +200,24 @@ impl Enqueuer {
     /// One pass of the loop.
     pub async fn pass(&self, held: &HeldLease) -> Result<(), sqlx::Error> {
         let _turn = self.turn.lock().await;
+        let everything = StepEnd::PreImportDone.bit() | StepEnd::SlotFreed.bit();
+        self.take_turn(held, everything).await
+    }
+
+    /// The work of a pass, with the turn held: the final imports of finished pre-imports and the
+    /// free slots, as far as `wanted` ([`StepEnd::bit`]s) asks, while the migration is enabled.
+    async fn take_turn(&self, held: &HeldLease, wanted: u8) -> Result<(), sqlx::Error> {
         let settings = self.store.settings().await?;
         if !settings.enabled {
             return Ok(());
         }
-        self.start_finals(held, &settings).await?;
-        self.fill_free_slots(held, &settings).await
+        if wanted & StepEnd::PreImportDone.bit() != 0 {
+            self.start_finals(held, &settings).await?;
+        }
+        if wanted & StepEnd::SlotFreed.bit() != 0 {
+            self.fill_free_slots(held, &settings).await?;
+        }
+        Ok(())
     }
 
     /// Starts the final imports of finished pre-imports: their slots are taken already. Claimed
@@ -254,31 +252,33 @@ impl Enqueuer {
         {
             return Ok(());
         }
+        // Aborted repositories first, one at a time (rare, and each asks its importer).
         while held.is_valid().await {
-            // Aborted repositories first, one at a time (rare, and each asks its importer).
-            if let Some((repo, pre_import_done)) = self.store.next_aborted().await? {
-                if self.store.in_process_count().await? >= i64::from(settings.capacity) {
-                    break;
-                }
-                if !self
+            let Some((repo, pre_import_done)) = self.store.next_aborted().await? else {
+                break;
+            };
+            if self.store.in_process_count().await? >= i64::from(settings.capacity)
+                || !self
                     .retry_aborted(held, &repo, pre_import_done, settings)
                     .await?
-                {
-                    break; // the write was refused: the lease is gone or another holder acts
-                }
-                continue;
+            {
+                // No slot free, or the write was refused: the lease is gone or another holder
+                // acts.
+                return Ok(());
             }
-            // Then every free slot, claimed together and started together: a slot is never
-            // left idle while the others are being started one after another. The statement
-            // counts what is in process itself.
-            let batch = self
-                .store
-                .claim_ready(Some(held.fence), settings.capacity)
-                .await?;
-            for repo in batch {
-                self.spawn_dispatch(held, repo, ImportType::Pre, settings);
-            }
-            break;
+        }
+        if !held.is_valid().await {
+            return Ok(());
+        }
+        // Then every free slot, claimed together and started together: a slot is never left
+        // idle while the others are being started one after another. The statement counts what
+        // is in process itself.
+        let batch = self
+            .store
+            .claim_ready(Some(held.fence), settings.capacity)
+            .await?;
+        for repo in batch {
+            self.spawn_dispatch(held, repo, ImportType::Pre, settings);
         }
         Ok(())
     }

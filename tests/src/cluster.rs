@@ -252,13 +252,6 @@ impl Cluster {
 
     /// Polls until no repository has work left, or panics after `timeout`.
     pub async fn wait_until_settled(&self, timeout: Duration) -> MigrationSummary {
-        const PENDING: [&str; 5] = [
-            "default",
-            "pre_importing",
-            "pre_import_done",
-            "importing",
-            "import_aborted",
-        ];
         let mut client = self.client().await;
         let deadline = Instant::now() + timeout;
         loop {
@@ -267,11 +260,9 @@ impl Cluster {
                 .await
                 .expect("summary")
                 .into_inner();
-            let pending: u64 = summary
-                .states
+            let pending: u64 = ferry_scheduler::store::PENDING_STATES
                 .iter()
-                .filter(|s| PENDING.contains(&s.state.as_str()))
-                .map(|s| s.count)
+                .map(|state| state_count(&summary, state))
                 .sum();
             if pending == 0 && summary.total > 0 {
                 return summary;
@@ -283,6 +274,16 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// How many repositories `summary` counts in `state`.
+pub fn state_count(summary: &MigrationSummary, state: &str) -> u64 {
+    summary
+        .states
+        .iter()
+        .filter(|s| s.state == state)
+        .map(|s| s.count)
+        .sum()
 }
 
 /// Runs an inventory through `client` to its end and returns its last progress report.

@@ -126,4 +126,18 @@ impl LayoutWriter {
     pub fn image(&self, repository: &str, tag: &str, seed: &str) -> String {
         self.image_parts(repository, tag, seed).0
     }
+
+    /// A synthetic registry: `repositories` repositories `{group}/p0000/app`, `{group}/p0001/app`,
+    /// ..., each with `tags` distinct images tagged `v0`, `v1`, ...
+    pub fn registry(&self, group: &str, repositories: usize, tags: usize) {
+        for i in 0..repositories {
+            for t in 0..tags {
+                self.image(
+                    &format!("{group}/p{i:04}/app"),
+                    &format!("v{t}"),
+                    &format!("{group} {i}.{t}"),
+                );
+            }
+        }
+    }
 }

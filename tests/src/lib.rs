@@ -16,7 +16,7 @@ pub mod processes;
 pub mod repair_seed;
 pub mod throttle;
 
-pub use cluster::{Cluster, ClusterOptions, run_inventory};
+pub use cluster::{Cluster, ClusterOptions, run_inventory, state_count};
 pub use importer_harness::ImporterHarness;
 pub use layout_writer::LayoutWriter;
 

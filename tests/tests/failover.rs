@@ -27,12 +27,7 @@ async fn done(client: &mut SchedulerClient<ferry_shared::grpc::client::Connectio
         .await
         .expect("summary")
         .into_inner();
-    summary
-        .states
-        .iter()
-        .filter(|s| s.state == "import_done")
-        .map(|s| s.count)
-        .sum()
+    ferry_tests::state_count(&summary, "import_done")
 }
 
 /// `(repository, import type)` → how many starts the importers accepted, from their JSON logs.
@@ -112,16 +107,7 @@ impl Deployment {
     async fn start_shaped(repositories: usize, tags: usize, notify: bool) -> Self {
         let bucket = tempfile::tempdir().expect("tempdir");
         let logs = tempfile::tempdir().expect("logs");
-        let layout = LayoutWriter::new(bucket.path());
-        for i in 0..repositories {
-            for t in 0..tags {
-                layout.image(
-                    &format!("load/p{i:03}/app"),
-                    &format!("v{t}"),
-                    &format!("image {i}.{t}"),
-                );
-            }
-        }
+        LayoutWriter::new(bucket.path()).registry("load", repositories, tags);
         let storage = format!("file://{}", bucket.path().display());
         let database = fresh_database("failover").await;
         let metadata = fresh_database("failover_meta").await;

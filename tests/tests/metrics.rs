@@ -30,11 +30,7 @@ async fn both_services_report_the_migration_on_metrics() {
         .await
         .expect("enable");
     let summary = cluster.wait_until_settled(Duration::from_secs(120)).await;
-    let done = summary
-        .states
-        .iter()
-        .find(|s| s.state == "import_done")
-        .map_or(0, |s| s.count) as f64;
+    let done = ferry_tests::state_count(&summary, "import_done") as f64;
     assert!(done > 0.0, "{summary:?}");
 
     // Scheduler: the gauges refresh every 15 s.

@@ -8,21 +8,12 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 
 use ferry_proto::scheduler::v1::{
-    GetLeaseRequest, GetRepositoryRequest, MigrationSummary, SetMigrationEnabledRequest,
+    GetLeaseRequest, GetRepositoryRequest, SetMigrationEnabledRequest,
 };
 use ferry_tests::buckets::{Bucket, DirBucket, GcsBucket};
 use ferry_tests::{Cluster, RegistryServer, SampleRegistry};
 
 const BROKEN: &str = "group-d/project-6/broken";
-
-fn state_count(summary: &MigrationSummary, state: &str) -> u64 {
-    summary
-        .states
-        .iter()
-        .filter(|s| s.state == state)
-        .map(|s| s.count)
-        .sum()
-}
 
 fn strings(value: &serde_json::Value) -> Vec<String> {
     value
@@ -95,11 +86,15 @@ async fn migrate_and_check(sample: &SampleRegistry, cluster: &Cluster, bucket: &
     );
     assert_eq!(summary.total, expected_repositories);
     assert_eq!(
-        state_count(&summary, "import_done"),
+        ferry_tests::state_count(&summary, "import_done"),
         expected_repositories - 1,
         "{summary:?}"
     );
-    assert_eq!(state_count(&summary, "import_skipped"), 1, "{summary:?}");
+    assert_eq!(
+        ferry_tests::state_count(&summary, "import_skipped"),
+        1,
+        "{summary:?}"
+    );
 
     let meta = PgPool::connect(&cluster.metadata_database_url)
         .await

@@ -17,16 +17,7 @@ const CAPACITY: u32 = 3;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_ends_and_loop_passes_together_keep_to_the_capacity() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let layout = LayoutWriter::new(dir.path());
-    for i in 0..REPOSITORIES {
-        for t in 0..2 {
-            layout.image(
-                &format!("dispatch/p{i:02}/app"),
-                &format!("v{t}"),
-                &format!("dispatch {i}.{t}"),
-            );
-        }
-    }
+    LayoutWriter::new(dir.path()).registry("dispatch", REPOSITORIES, 2);
     // Four importer slots against a capacity of three: only the scheduler can keep to it.
     let cluster = Cluster::start_with(
         format!("file://{}", dir.path().display()),
@@ -73,12 +64,11 @@ async fn step_ends_and_loop_passes_together_keep_to_the_capacity() {
     done.store(true, Ordering::SeqCst);
     sampler.await.expect("sampler");
 
-    let imported = summary
-        .states
-        .iter()
-        .find(|s| s.state == "import_done")
-        .map_or(0, |s| s.count);
-    assert_eq!(imported, REPOSITORIES as u64, "{summary:?}");
+    assert_eq!(
+        ferry_tests::state_count(&summary, "import_done"),
+        REPOSITORIES as u64,
+        "{summary:?}"
+    );
     let most = most.load(Ordering::SeqCst);
     assert!(
         most <= i64::from(CAPACITY),
@@ -110,7 +100,7 @@ async fn step_ends_and_loop_passes_together_keep_to_the_capacity() {
     }
     let shown = client
         .get_repository(GetRepositoryRequest {
-            path: "dispatch/p00/app".into(),
+            path: "dispatch/p0000/app".into(),
         })
         .await
         .expect("get")

@@ -26,15 +26,6 @@ async fn quick_guard(cluster: &Cluster) -> SchedulerStore {
     store
 }
 
-fn state_count(summary: &ferry_proto::scheduler::v1::MigrationSummary, state: &str) -> u64 {
-    summary
-        .states
-        .iter()
-        .filter(|s| s.state == state)
-        .map(|s| s.count)
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_finishes_every_repository_when_all_notifications_are_lost() {
     let sample = SampleRegistry::build(false);
@@ -55,7 +46,7 @@ async fn the_guard_finishes_every_repository_when_all_notifications_are_lost() {
         .expect("enable");
     let summary = cluster.wait_until_settled(Duration::from_secs(120)).await;
     assert_eq!(
-        state_count(&summary, "import_done"),
+        ferry_tests::state_count(&summary, "import_done"),
         repositories,
         "{summary:?}"
     );
@@ -115,7 +106,7 @@ async fn a_step_whose_importer_died_is_unlocked_retried_elsewhere_and_completes(
         .expect("enable");
     let summary = cluster.wait_until_settled(Duration::from_secs(120)).await;
     assert_eq!(
-        state_count(&summary, "import_done"),
+        ferry_tests::state_count(&summary, "import_done"),
         repositories,
         "{summary:?}"
     );
@@ -192,7 +183,7 @@ async fn an_aborted_repository_whose_import_completed_is_finished_not_redone() {
         .expect("wake the loop");
     let summary = cluster.wait_until_settled(Duration::from_secs(60)).await;
     assert_eq!(
-        state_count(&summary, "import_done"),
+        ferry_tests::state_count(&summary, "import_done"),
         repositories,
         "{summary:?}"
     );

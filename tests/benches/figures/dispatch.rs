@@ -28,16 +28,7 @@ struct Run {
 
 async fn run_once(repositories: usize, tags: usize, importers: usize, slots: usize) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
-    let layout = LayoutWriter::new(dir.path());
-    for i in 0..repositories {
-        for t in 0..tags {
-            layout.image(
-                &format!("bench/p{i:04}/app"),
-                &format!("v{t}"),
-                &format!("bench {i}.{t}"),
-            );
-        }
-    }
+    LayoutWriter::new(dir.path()).registry("bench", repositories, tags);
     let capacity = u32::try_from(importers * slots).unwrap_or(12);
     let cluster = Cluster::start_with(
         format!("file://{}", dir.path().display()),
