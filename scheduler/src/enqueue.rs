@@ -98,6 +98,9 @@ impl Enqueuer {
                 }
             };
             match self.lease.try_acquire(floor).await {
+                Ok(Some(held)) if !self.fence_raised(&held).await => {
+                    let _ = self.lease.release(&held).await;
+                }
                 Ok(Some(held)) => {
                     tracing::info!(fence = held.fence, "enqueue lease acquired");
                     self.metrics.lease_acquired();
@@ -117,6 +120,26 @@ impl Enqueuer {
                 Err(error) => tracing::warn!(%error, "cannot reach Redis for the enqueue lease"),
             }
             self.sleep_or_wake().await;
+        }
+    }
+
+    /// Raises the database's fence to a newly taken lease's token before anything is written
+    /// with it. False (the lease is given back) when a newer token got there first or the
+    /// database cannot be reached.
+    async fn fence_raised(&self, held: &HeldLease) -> bool {
+        match self.store.raise_fence(held.fence).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    fence = held.fence,
+                    "a newer lease holder has written; giving the lease back"
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!(fence = held.fence, %error, "cannot raise the fence; giving the lease back");
+                false
+            }
         }
     }
 
@@ -163,6 +186,18 @@ impl Enqueuer {
                 }
             }
         }
+    }
+
+    /// The lease this replica holds, while it is valid.
+    pub async fn valid_lease(&self) -> Option<HeldLease> {
+        let held = self.held.lock().await.clone()?;
+        held.is_valid().await.then_some(held)
+    }
+
+    /// Starts a step claimed together with another step's end (a finished pre-import's final
+    /// import, or the freed slot's next pre-import) in a task of its own, as a pass would.
+    pub fn start_claimed(&self, held: &HeldLease, repo: Claimed, import_type: ImportType) {
+        self.spawn_dispatch(held, repo, import_type, None);
     }
 
     /// Runs what a step's end calls for at once, if this replica holds a valid lease: the final
@@ -232,7 +267,7 @@ impl Enqueuer {
             .claim_pre_import_done(Some(held.fence), limit)
             .await?;
         for repo in finals {
-            self.spawn_dispatch(held, repo, ImportType::Final, settings);
+            self.spawn_dispatch(held, repo, ImportType::Final, Some(settings));
         }
         Ok(())
     }
@@ -278,7 +313,7 @@ impl Enqueuer {
             .claim_ready(Some(held.fence), settings.capacity)
             .await?;
         for repo in batch {
-            self.spawn_dispatch(held, repo, ImportType::Pre, settings);
+            self.spawn_dispatch(held, repo, ImportType::Pre, Some(settings));
         }
         Ok(())
     }
@@ -320,41 +355,41 @@ impl Enqueuer {
                     } else {
                         ImportType::Pre
                     };
-                    self.dispatch(held, repo, import_type, settings).await?;
+                    self.dispatch(held, repo, import_type, None, settings)
+                        .await?;
                 }
                 resumed
             }
         })
     }
 
-    /// Counts the repository's tags (recorded for the guard's pre-import limit) and skips it
-    /// with `too_many_tags` when over `max_tags_count`. Returns whether to start it.
+    /// Counts the repository's tags and skips it with `too_many_tags` when over
+    /// `max_tags_count`. Returns `None` when skipped, else the count to record with the step's
+    /// start (none when counting failed).
     async fn within_tag_limit(
         &self,
         held: &HeldLease,
         repo: &Claimed,
         settings: &Settings,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<Option<i32>>, sqlx::Error> {
         let Ok(path) = ferry_shared::ids::RepositoryPath::parse(&repo.path) else {
-            return Ok(true); // the importer refuses it with a reason
+            return Ok(Some(None)); // the importer refuses it with a reason
         };
         let tags = match ferry_shared::walk::count_tags(self.storage.as_ref(), &path).await {
             Ok(tags) => i32::try_from(tags).unwrap_or(i32::MAX),
             Err(error) => {
                 tracing::warn!(repository = %repo.path, %error, "counting tags failed; starting without a count");
-                return Ok(true);
+                return Ok(Some(None));
             }
         };
-        let fence = Some(held.fence);
-        self.store.record_tags_count(repo.id, tags, fence).await?;
         if settings.max_tags_count > 0 && tags > settings.max_tags_count {
             tracing::info!(repository = %repo.path, tags, limit = settings.max_tags_count, "skipped: too many tags");
             self.store
-                .skip_too_many_tags(repo.id, tags, settings.max_tags_count, fence)
+                .skip_too_many_tags(repo.id, tags, settings.max_tags_count, Some(held.fence))
                 .await?;
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(true)
+        Ok(Some(Some(tags)))
     }
 
     /// Starts a claimed repository's step in a task of its own: the loop goes straight back to
@@ -365,11 +400,11 @@ impl Enqueuer {
         held: &HeldLease,
         repo: Claimed,
         import_type: ImportType,
-        settings: &Settings,
+        settings: Option<&Settings>,
     ) {
         let this = self.clone();
         let held = held.clone();
-        let settings = settings.clone();
+        let settings = settings.cloned();
         let span = tracing::info_span!(
             "dispatch",
             repository = %repo.path,
@@ -377,12 +412,18 @@ impl Enqueuer {
         );
         tokio::spawn(async move {
             let result = async {
-                if import_type == ImportType::Pre
-                    && !this.within_tag_limit(&held, &repo, &settings).await?
-                {
-                    return Ok(());
+                let settings = match settings {
+                    Some(settings) => settings,
+                    None => this.store.settings().await?,
+                };
+                let mut tags_count = None;
+                if import_type == ImportType::Pre {
+                    match this.within_tag_limit(&held, &repo, &settings).await? {
+                        Some(counted) => tags_count = counted,
+                        None => return Ok(()),
+                    }
                 }
-                this.dispatch(&held, &repo, import_type, &settings).await
+                this.dispatch(&held, &repo, import_type, tags_count, &settings).await
             }
             .await;
             if let Err(error) = result {
@@ -391,11 +432,14 @@ impl Enqueuer {
         }.instrument(span));
     }
 
+    /// Starts a claimed step on an importer and records which one took it (with the tag count,
+    /// when counted); finishes or aborts the repository when no importer can take it.
     async fn dispatch(
         &self,
         held: &HeldLease,
         repo: &Claimed,
         import_type: ImportType,
+        tags_count: Option<i32>,
         settings: &Settings,
     ) -> Result<(), sqlx::Error> {
         let max_retries = settings.max_retries;
@@ -417,7 +461,13 @@ impl Enqueuer {
                     tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, importer, "step started");
                     if !self
                         .store
-                        .record_importer(repo.id, &step_states, &importer, Some(held.fence))
+                        .record_importer(
+                            repo.id,
+                            &step_states,
+                            &importer,
+                            tags_count,
+                            Some(held.fence),
+                        )
                         .await?
                     {
                         tracing::warn!(repository = %repo.path, fence = held.fence, state,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
 
-use ferry_proto::common::v1::MigrationStatus;
+use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::scheduler::v1 as pb;
 use ferry_proto::scheduler::v1::{
     InventoryProgress, LeaseStatus, MigrationSummary, NotifyImportResultRequest,
@@ -20,9 +20,9 @@ use crate::enqueue::Triggers;
 use crate::error::SchedulerError;
 use crate::importers::ImporterPool;
 use crate::inventory;
-use crate::lease::Lease;
+use crate::lease::{HeldLease, Lease};
 use crate::settings_api;
-use crate::store::{EndedStep, RepoKey, RepositoryRecord, SchedulerStore};
+use crate::store::{Claimed, EndedStep, RepoKey, RepositoryRecord, SchedulerStore};
 
 /// What the scheduler offers, independent of gRPC.
 #[async_trait]
@@ -197,6 +197,32 @@ impl Scheduler {
         self.wake_enqueuer().await;
     }
 
+    /// After a step's end was applied: starts the step claimed with it, if any (only the lease
+    /// holder claims one), and otherwise reacts as [`Self::step_ended`] does.
+    async fn after_step_end(
+        &self,
+        status: MigrationStatus,
+        holder: Option<HeldLease>,
+        next: Option<Claimed>,
+    ) {
+        use crate::enqueue::StepEnd;
+        if let (Some(enqueuer), Some(held), Some(next)) = (&self.enqueuer, holder, next) {
+            let import_type = if status == MigrationStatus::PreImportComplete {
+                ImportType::Final
+            } else {
+                ImportType::Pre
+            };
+            enqueuer.start_claimed(&held, next, import_type);
+            return;
+        }
+        let end = if status == MigrationStatus::PreImportComplete {
+            StepEnd::PreImportDone
+        } else {
+            StepEnd::SlotFreed
+        };
+        self.step_ended(end).await;
+    }
+
     /// Wakes the enqueue loop here and, through Redis, on whichever replica holds the lease.
     async fn wake_enqueuer(&self) {
         self.wake.notify_one();
@@ -268,10 +294,25 @@ impl SchedulerService for Scheduler {
             "final"
         };
         self.metrics.result(kind, status.as_db_str());
-        let ended = match status {
-            PreImportComplete => self.store.finish_pre_import(path, &stats, None).await?,
-            ImportComplete => self.store.finish_import(path, &stats, None).await?,
-            PreImportFailed | PreImportCanceled | ImportFailed | ImportCanceled => {
+        // On the lease holder, a success also claims what comes next, in the same statement.
+        let holder = match &self.enqueuer {
+            Some(enqueuer) => enqueuer.valid_lease().await,
+            None => None,
+        };
+        let ended = match (status, &holder) {
+            (PreImportComplete, Some(held)) => {
+                self.store
+                    .finish_pre_import_and_start_import(path, &stats, held.fence)
+                    .await?
+            }
+            (ImportComplete, Some(held)) => {
+                self.store
+                    .finish_import_and_claim_next(path, &stats, held.fence)
+                    .await?
+            }
+            (PreImportComplete, None) => self.store.finish_pre_import(path, &stats, None).await?,
+            (ImportComplete, None) => self.store.finish_import(path, &stats, None).await?,
+            (PreImportFailed | PreImportCanceled | ImportFailed | ImportCanceled, _) => {
                 let from = if matches!(status, PreImportFailed | PreImportCanceled) {
                     "pre_importing"
                 } else {
@@ -282,38 +323,41 @@ impl SchedulerService for Scheduler {
                 self.store
                     .abort(RepoKey::Path(path), &[from], &error, max_retries, None)
                     .await?
-                    .map(|_| EndedStep { importer: None })
+                    .map(|migration_state| EndedStep {
+                        importer: None,
+                        migration_state,
+                        next: None,
+                    })
             }
-            other => {
+            (other, _) => {
                 return Err(SchedulerError::InvalidArgument(format!(
                     "status {} does not end a step",
                     other.as_db_str()
                 )));
             }
         };
-        // React first: a freed slot is refilled while the reply is put together.
+        // React first: the next step starts, or a freed slot is refilled, while the reply is
+        // put together.
         let changed = ended.is_some();
-        if let Some(ended) = ended {
-            if let Some(importer) = &ended.importer {
-                self.importers.step_ended_on(importer);
+        let migration_state = match ended {
+            Some(ended) => {
+                if let Some(importer) = &ended.importer {
+                    self.importers.step_ended_on(importer);
+                }
+                self.after_step_end(status, holder, ended.next).await;
+                ended.migration_state
             }
-            let end = if status == PreImportComplete {
-                crate::enqueue::StepEnd::PreImportDone
-            } else {
-                crate::enqueue::StepEnd::SlotFreed
-            };
-            self.step_ended(end).await;
-        }
-        let record = self.record(path).await?;
+            None => self.record(path).await?.migration_state,
+        };
         tracing::info!(
             repository = path,
             status = status.as_db_str(),
-            state = record.migration_state,
+            state = migration_state,
             duplicate = !changed,
             "import result applied"
         );
         Ok(NotifyImportResultResponse {
-            migration_state: record.migration_state,
+            migration_state,
             duplicate: !changed,
         })
     }

@@ -13,6 +13,7 @@ mod double_check;
 mod guard;
 pub mod repair;
 mod settings;
+mod step_end;
 
 pub use admin::MigrationProgress;
 pub use guard::StaleStep;
@@ -40,6 +41,11 @@ pub const ABORTABLE_STATES: [&str; 4] =
 pub struct EndedStep {
     /// The importer that had accepted the step, if it was recorded.
     pub importer: Option<String>,
+    /// The repository's state afterwards.
+    pub migration_state: String,
+    /// The step the lease holder claimed with the end, to be started now: the finished
+    /// pre-import's final import, or the next ready repository's pre-import in the freed slot.
+    pub next: Option<Claimed>,
 }
 
 /// A repository picked for a step.
@@ -119,17 +125,30 @@ pub struct SchedulerStore {
 }
 
 /// The fencing clauses for a statement whose fencing token is parameter `$n`: a `WITH` prefix
-/// that raises `scheduler_fence` to the token only if the token is not older, and a condition
-/// that holds only if it did. A `NULL` token (a write any replica may make) is not fenced.
+/// and a condition that holds only if no newer token has written. A `NULL` token (a write any
+/// replica may make) is not fenced.
+///
+/// The usual case, the token already in `scheduler_fence`, takes that row `FOR SHARE`: the lease
+/// holder's writes do not wait for one another, and none of them writes the row. A new holder's
+/// raise ([`SchedulerStore::raise_fence`]) needs the row exclusively, so it waits until every
+/// write still holding the old token has committed, and once it has committed, an old-token
+/// write that was waiting re-reads the row, finds the newer token and is refused. A token newer
+/// than the row (a holder whose raise has not landed) raises it in the same statement.
 fn fenced(n: usize) -> (String, String) {
     (
         format!(
-            "WITH fence AS (UPDATE scheduler_fence SET fence = ${n}::bigint, updated_at = now() \
-             WHERE ${n}::bigint IS NOT NULL AND fence <= ${n}::bigint RETURNING 1) "
+            "WITH fence_raised AS (UPDATE scheduler_fence SET fence = ${n}::bigint, updated_at = now() \
+                 WHERE ${n}::bigint IS NOT NULL AND fence < ${n}::bigint RETURNING 1), \
+             fence_held AS MATERIALIZED (SELECT 1 FROM scheduler_fence \
+                 WHERE ${n}::bigint IS NOT NULL AND fence = ${n}::bigint FOR SHARE) "
         ),
-        format!("AND (${n}::bigint IS NULL OR EXISTS (SELECT 1 FROM fence))"),
+        format!("AND (${n}::bigint IS NULL OR {FENCE_HOLDS})"),
     )
 }
+
+/// The condition, under [`fenced`]'s `WITH` prefix, that its token holds (false for `NULL`).
+const FENCE_HOLDS: &str =
+    "(EXISTS (SELECT 1 FROM fence_held) OR EXISTS (SELECT 1 FROM fence_raised))";
 
 fn fence_param(fence: Option<u64>) -> Option<i64> {
     fence.map(to_i64)
@@ -333,8 +352,8 @@ impl SchedulerStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// `pre_importing` → `pre_import_done`, adding the step's figures. `None` if the repository
-    /// was not pre-importing (a duplicate or stale notification).
+    /// `pre_importing` → `pre_import_done`, adding the step's figures (fenced when `fence` is
+    /// set). `None` if the repository was not pre-importing (a duplicate or stale notification).
     #[tracing::instrument(name = "db.finish_pre_import", skip_all, err(level = "warn"))]
     pub async fn finish_pre_import(
         &self,
@@ -342,15 +361,12 @@ impl SchedulerStore {
         stats: &ImportStats,
         fence: Option<u64>,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
-        let columns = (
-            "pre_importing",
-            "pre_import_done",
-            "migration_pre_import_done_at",
-        );
-        self.finish_step(path, columns, stats, fence).await
+        use step_end::{Apply, Step};
+        self.end_step(path, Step::Pre, stats, Apply::EndOnly(fence))
+            .await
     }
 
-    /// `importing` → `import_done`, adding the step's figures.
+    /// `importing` → `import_done`, adding the step's figures (fenced when `fence` is set).
     #[tracing::instrument(name = "db.finish_import", skip_all, err(level = "warn"))]
     pub async fn finish_import(
         &self,
@@ -358,48 +374,48 @@ impl SchedulerStore {
         stats: &ImportStats,
         fence: Option<u64>,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
-        let columns = ("importing", "import_done", "migration_import_done_at");
-        self.finish_step(path, columns, stats, fence).await
+        use step_end::{Apply, Step};
+        self.end_step(path, Step::Final, stats, Apply::EndOnly(fence))
+            .await
     }
 
-    async fn finish_step(
+    /// Like [`Self::finish_pre_import`] (unfenced: any replica may apply an end), applied by the
+    /// lease holder whose token is `holder`: the repository moves straight on to `importing`,
+    /// its final import claimed (`EndedStep::next`), when the token holds and the migration is
+    /// enabled. See `store/step_end.rs`.
+    #[tracing::instrument(
+        name = "db.finish_pre_import_and_start_import",
+        skip_all,
+        err(level = "warn")
+    )]
+    pub async fn finish_pre_import_and_start_import(
         &self,
         path: &str,
-        (from, to, done_column): (&str, &str, &str),
         stats: &ImportStats,
-        fence: Option<u64>,
+        holder: u64,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
-        let (with, check) = fenced(14);
-        let sql = format!(
-            "{with}UPDATE container_repositories SET migration_state = $3, {done_column} = now(), updated_at = now(), \
-                 migration_last_error = NULL, \
-                 import_manifests = import_manifests + $4, import_tags = import_tags + $5, \
-                 import_blobs = GREATEST(import_blobs, $6), import_blobs_copied = import_blobs_copied + $7, \
-                 import_bytes_copied = import_bytes_copied + $8, import_blobs_present = import_blobs_present + $9, \
-                 import_tags_skipped = GREATEST(import_tags_skipped, $10), import_duration_ms = import_duration_ms + $11, \
-                 import_manifests_skipped = GREATEST(import_manifests_skipped, $12), \
-                 import_layers_skipped = GREATEST(import_layers_skipped, $13) \
-             WHERE path = $1 AND migration_state = $2 {check} \
-             RETURNING migration_importer"
-        );
-        let importer: Option<Option<String>> = sqlx::query_scalar(&sql)
-            .bind(path)
-            .bind(from)
-            .bind(to)
-            .bind(to_i64(stats.manifests))
-            .bind(to_i64(stats.tags))
-            .bind(to_i64(stats.blobs))
-            .bind(to_i64(stats.blobs_copied))
-            .bind(to_i64(stats.bytes_copied))
-            .bind(to_i64(stats.blobs_present))
-            .bind(to_i64(stats.tags_skipped))
-            .bind(to_i64(stats.duration_ms))
-            .bind(to_i64(stats.manifests_skipped))
-            .bind(to_i64(stats.layers_skipped))
-            .bind(fence_param(fence))
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(importer.map(|importer| EndedStep { importer }))
+        use step_end::{Apply, Step};
+        self.end_step(path, Step::Pre, stats, Apply::HandOver(holder))
+            .await
+    }
+
+    /// Like [`Self::finish_import`] (unfenced), applied by the lease holder whose token is
+    /// `holder`: the freed slot's next ready repository is claimed for its pre-import in the same
+    /// statement (`EndedStep::next`) when nothing else has to go first. See `store/step_end.rs`.
+    #[tracing::instrument(
+        name = "db.finish_import_and_claim_next",
+        skip_all,
+        err(level = "warn")
+    )]
+    pub async fn finish_import_and_claim_next(
+        &self,
+        path: &str,
+        stats: &ImportStats,
+        holder: u64,
+    ) -> Result<Option<EndedStep>, sqlx::Error> {
+        use step_end::{Apply, Step};
+        self.end_step(path, Step::Final, stats, Apply::HandOver(holder))
+            .await
     }
 
     /// Finishes a repository as `import_done` from any active or default state: with `reason`

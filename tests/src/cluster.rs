@@ -81,6 +81,31 @@ async fn bind() -> (TcpListener, String) {
     (listener, url)
 }
 
+/// Runs a service on a runtime and threads of its own, as its own process would: tokio does not
+/// preempt a task, so on a shared runtime one service's busy tasks would hold up another's (an
+/// importer's step delaying the scheduler's reaction to a step's end), which no deployment does.
+fn spawn_service<Serve, Served>(name: &'static str, listener: TcpListener, serve: Serve)
+where
+    Serve: FnOnce(TcpListener) -> Served + Send + 'static,
+    Served: std::future::Future<Output = ()>,
+{
+    let listener = listener.into_std().expect("listener");
+    std::thread::Builder::new()
+        .name(format!("test-{name}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name(format!("test-{name}"))
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                serve(TcpListener::from_std(listener).expect("listener")).await;
+            });
+        })
+        .expect("service thread");
+}
+
 impl Cluster {
     /// Starts `importers` importers and one scheduler over `storage_root`, with fresh databases.
     pub async fn start(storage_root: &Path, importers: usize) -> Self {
@@ -146,7 +171,7 @@ impl Cluster {
             };
             let config = args.validate().expect("importer config");
             let stopped = shutdown();
-            tokio::spawn(async move {
+            spawn_service("importer", listener, move |listener| async move {
                 ferry_importer::run(config, listener, stopped)
                     .await
                     .expect("importer runs");
@@ -187,11 +212,15 @@ impl Cluster {
         };
         let config = args.validate().expect("scheduler config");
         let stopped = shutdown();
-        tokio::spawn(async move {
-            ferry_scheduler::run(config, scheduler_listener, stopped)
-                .await
-                .expect("scheduler runs");
-        });
+        spawn_service(
+            "scheduler",
+            scheduler_listener,
+            move |listener| async move {
+                ferry_scheduler::run(config, listener, stopped)
+                    .await
+                    .expect("scheduler runs");
+            },
+        );
         let cluster = Self {
             scheduler_url,
             database_url,

@@ -227,7 +227,7 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
     assert_eq!(ended.importer, None, "nothing was recorded yet");
     assert!(
         store
-            .record_importer(claimed.id, &pre, "http://pre", None)
+            .record_importer(claimed.id, &pre, "http://pre", None, None)
             .await
             .expect("record")
     );
@@ -242,14 +242,14 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
     assert_eq!(record.migration_step_accepted_at, None);
     assert!(
         !store
-            .record_importer(claimed.id, &pre, "http://late", None)
+            .record_importer(claimed.id, &pre, "http://late", None, None)
             .await
             .expect("record"),
         "the pre-import's record must not land on the final import"
     );
     assert!(
         store
-            .record_importer(claimed.id, &last, "http://final", None)
+            .record_importer(claimed.id, &last, "http://final", None, None)
             .await
             .expect("record")
     );
@@ -372,6 +372,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
             first.id,
             &["pre_importing"],
             "http://stale",
+            None,
             Some(old.fence),
         )
         .await
@@ -390,7 +391,13 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
     assert_eq!(aborted, None);
     assert!(
         store
-            .record_importer(first.id, &["pre_importing"], "http://live", Some(new.fence))
+            .record_importer(
+                first.id,
+                &["pre_importing"],
+                "http://live",
+                None,
+                Some(new.fence)
+            )
             .await
             .expect("write")
     );

@@ -33,6 +33,20 @@ const STEP_STARTED: &str = "CASE migration_state \
      ELSE migration_import_started_at END";
 
 impl SchedulerStore {
+    /// Raises the fence to a new lease holder's token before it writes anything: waits for every
+    /// write still holding an older token (see `fenced`), and refuses them from then on. False
+    /// if a newer token is there already.
+    #[tracing::instrument(name = "db.raise_fence", skip_all, err(level = "warn"))]
+    pub async fn raise_fence(&self, fence: u64) -> Result<bool, sqlx::Error> {
+        let result = sqlx::query(
+            "UPDATE scheduler_fence SET fence = $1, updated_at = now() WHERE fence <= $1",
+        )
+        .bind(super::to_i64(fence))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
     /// The highest fencing token a lease holder has written with.
     #[tracing::instrument(name = "db.current_fence", skip_all, err(level = "warn"))]
     pub async fn current_fence(&self) -> Result<u64, sqlx::Error> {
@@ -42,27 +56,32 @@ impl SchedulerStore {
         Ok(u64::try_from(fence).unwrap_or(0))
     }
 
-    /// Records the importer that accepted a step, and when (fenced). Only while the repository
-    /// is in that step or just past it (`step_states`: `pre_importing` and `pre_import_done`, or
-    /// `importing` and `import_done`): a short step can end before its start is recorded, but a
-    /// late record must never land on the next step, whose claim cleared both columns.
+    /// Records the importer that accepted a step, and when (fenced), with the repository's tag
+    /// count when the step counted them (a pre-import; the guard's limit for it grows with it).
+    /// Only while the repository is in that step or just past it (`step_states`:
+    /// `pre_importing` and `pre_import_done`, or `importing` and `import_done`): a short step can
+    /// end before its start is recorded, but a late record must never land on the next step,
+    /// whose claim cleared both columns.
     #[tracing::instrument(name = "db.record_importer", skip_all, err(level = "warn"))]
     pub async fn record_importer(
         &self,
         id: i64,
         step_states: &[&str],
         importer: &str,
+        tags_count: Option<i32>,
         fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
         let (with, check) = super::fenced(3);
         let result = sqlx::query(&format!(
-            "{with}UPDATE container_repositories SET migration_importer = $2, migration_step_accepted_at = now() \
+            "{with}UPDATE container_repositories SET migration_importer = $2, migration_step_accepted_at = now(), \
+                 migration_tags_count = COALESCE($5, migration_tags_count) \
              WHERE id = $1 AND migration_state = ANY($4) {check}"
         ))
         .bind(id)
         .bind(importer)
         .bind(super::fence_param(fence))
         .bind(step_states)
+        .bind(tags_count)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
@@ -89,27 +108,8 @@ impl SchedulerStore {
         .await
     }
 
-    /// Records how many tags a repository has (fenced).
-    #[tracing::instrument(name = "db.record_tags_count", skip_all, err(level = "warn"))]
-    pub async fn record_tags_count(
-        &self,
-        id: i64,
-        tags: i32,
-        fence: Option<u64>,
-    ) -> Result<bool, sqlx::Error> {
-        let (with, check) = super::fenced(3);
-        let result = sqlx::query(&format!(
-            "{with}UPDATE container_repositories SET migration_tags_count = $2 WHERE id = $1 {check}"
-        ))
-        .bind(id)
-        .bind(tags)
-        .bind(super::fence_param(fence))
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    /// Skips a pre-importing repository with too many tags (`too_many_tags`, fenced).
+    /// Skips a pre-importing repository with too many tags (`too_many_tags`, fenced), recording
+    /// the count.
     #[tracing::instrument(name = "db.skip_too_many_tags", skip_all, err(level = "warn"))]
     pub async fn skip_too_many_tags(
         &self,
@@ -121,13 +121,13 @@ impl SchedulerStore {
         let (with, check) = super::fenced(4);
         let result = sqlx::query(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'import_skipped', \
-                 migration_skipped_reason = 'too_many_tags', migration_skipped_at = now(), \
+                 migration_skipped_reason = 'too_many_tags', migration_skipped_at = now(), migration_tags_count = $2, \
                  migration_last_error = $2 || ' tags, over the limit of ' || $3, updated_at = now() \
              WHERE id = $1 AND migration_state = 'pre_importing' {check}"
         ))
         .bind(id)
-        .bind(tags.to_string())
-        .bind(limit.to_string())
+        .bind(tags)
+        .bind(limit)
         .bind(super::fence_param(fence))
         .execute(&self.pool)
         .await?;

@@ -68,6 +68,9 @@ async fn run_once(repositories: usize, tags: usize, importers: usize, slots: usi
         let now = Instant::now();
         let dt = now.duration_since(last).as_secs_f64();
         last = now;
+        if busy > i64::from(capacity) {
+            eprintln!("d: {busy} repositories in process, over the capacity of {capacity}");
+        }
         if ready > 0 && (busy > 0 || done > 0) {
             busy_time += dt * busy.min(i64::from(capacity)) as f64 / f64::from(capacity);
             window += dt;
