@@ -280,9 +280,12 @@ impl StepCommit {
     }
 
     async fn repository_tags(&mut self) -> Result<BTreeMap<String, String>, sqlx::Error> {
+        // Each tag's manifest by its primary key, never a join: a join's plan cached while the
+        // tables were small (a migration's first minute, before autovacuum analyzes them) scans
+        // every manifest for each repository.
         let rows = sqlx::query(
-            "SELECT t.name, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id \
-             WHERE t.repository_id = $1",
+            "SELECT t.name, (SELECT m.digest FROM manifests m WHERE m.id = t.manifest_id) AS digest \
+             FROM tags t WHERE t.repository_id = $1",
         )
         .bind(self.repository_id)
         .fetch_all(&mut *self.tx)
