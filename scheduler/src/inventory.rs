@@ -25,8 +25,9 @@ pub enum InventoryError {
     Database(#[from] sqlx::Error),
 }
 
-/// Walks the bucket and registers what it finds, calling `progress` after every batch; the
-/// returned report is the final one (`done` set).
+/// Walks the bucket and registers what it finds, calling `progress` after every batch, then
+/// refreshes the planner's statistics if anything was new; the returned report is the final one
+/// (`done` set).
 pub async fn run(
     storage: Arc<dyn BlobStore>,
     store: &SchedulerStore,
@@ -53,6 +54,9 @@ pub async fn run(
     }
     report.list_calls = walk.list_calls();
     flush(store, &mut batch, &mut report, started).await?;
+    if report.repositories_registered > 0 {
+        store.refresh_statistics().await?;
+    }
     report.done = true;
     Ok(report)
 }

@@ -217,6 +217,19 @@ impl SchedulerStore {
         })
     }
 
+    /// Refreshes the planner's statistics of the repositories and projects after a bulk
+    /// registration. Until autovacuum gets to it (up to a minute, and plans cached meanwhile
+    /// keep the old estimate), the planner takes a freshly filled table for a nearly empty one:
+    /// every claim then sorts all ready repositories instead of reading the first one off the
+    /// ready index (9 ms against 2 ms a claim at 2,000 repositories, and growing with them).
+    #[tracing::instrument(name = "db.refresh_statistics", skip_all, err(level = "warn"))]
+    pub async fn refresh_statistics(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("ANALYZE container_repositories, projects")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Repositories in pre_importing, pre_import_done or importing.
     #[tracing::instrument(name = "db.in_process_count", skip_all, err(level = "warn"))]
     pub async fn in_process_count(&self) -> Result<i64, sqlx::Error> {
