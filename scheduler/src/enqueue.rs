@@ -65,6 +65,10 @@ pub struct Enqueuer {
     /// What the queued reaction to step ends has to do ([`StepEnd::bit`]s); zero when none is
     /// queued. Ends that arrive while one waits for its turn join it instead of queueing more.
     pub reactions: Arc<std::sync::atomic::AtomicU8>,
+    /// The settings the last turn read: a step started with another step's end takes its retry
+    /// limits from here instead of reading the settings again (they are at most a pass old;
+    /// whether the migration is enabled was checked by the end's own statement).
+    pub last_settings: Arc<std::sync::Mutex<Option<Settings>>>,
 }
 
 /// What a step's end frees.
@@ -197,7 +201,12 @@ impl Enqueuer {
     /// Starts a step claimed together with another step's end (a finished pre-import's final
     /// import, or the freed slot's next pre-import) in a task of its own, as a pass would.
     pub fn start_claimed(&self, held: &HeldLease, repo: Claimed, import_type: ImportType) {
-        self.spawn_dispatch(held, repo, import_type, None);
+        let settings = self
+            .last_settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.spawn_dispatch(held, repo, import_type, settings.as_ref());
     }
 
     /// Runs what a step's end calls for at once, if this replica holds a valid lease: the final
@@ -243,6 +252,10 @@ impl Enqueuer {
     /// free slots, as far as `wanted` ([`StepEnd::bit`]s) asks, while the migration is enabled.
     async fn take_turn(&self, held: &HeldLease, wanted: u8) -> Result<(), sqlx::Error> {
         let settings = self.store.settings().await?;
+        *self
+            .last_settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(settings.clone());
         if !settings.enabled {
             return Ok(());
         }

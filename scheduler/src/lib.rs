@@ -212,6 +212,7 @@ pub async fn run(
         },
         turn: Arc::default(),
         reactions: Arc::default(),
+        last_settings: Arc::default(),
     };
     let wakeups = tokio::spawn(enqueue::forward_wakeups(
         redis_client,

@@ -198,7 +198,8 @@ async fn one_trace_follows_a_step_through_both_services() {
                     "ferry-scheduler",
                     "/ferry.scheduler.v1.Scheduler/NotifyImportResult",
                 )
-                && has(trace, "ferry-scheduler", "db.finish_import")
+                && (has(trace, "ferry-scheduler", "db.finish_import")
+                    || has(trace, "ferry-scheduler", "db.finish_import_and_claim_next"))
         })
         .collect();
     let names: HashSet<(&String, &String)> = spans.iter().map(|(s, _, n, _)| (s, n)).collect();
