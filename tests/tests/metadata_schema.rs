@@ -27,6 +27,22 @@ fn bad_digests() -> Vec<(String, &'static str)> {
     ]
 }
 
+/// Checks that `insert` takes [`GOOD`] and that `constraint` refuses every one of
+/// [`bad_digests`].
+async fn takes_only_good_digests<F, Fut>(insert: F, constraint: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>>,
+{
+    insert(GOOD.to_owned()).await.expect("a good digest");
+    for (digest, why) in bad_digests() {
+        let error = insert(digest.clone())
+            .await
+            .expect_err(&format!("{why}: {digest:?} must be refused"));
+        assert!(error.to_string().contains(constraint), "{why}: {error}");
+    }
+}
+
 async fn schema() -> PgPool {
     let url = fresh_database("schema").await;
     MetadataStore::connect(&url, 2)
@@ -50,16 +66,7 @@ async fn blob_rows_take_only_well_formed_digests() {
                 .await
         }
     };
-    insert(GOOD.to_owned()).await.expect("a good digest");
-    for (digest, why) in bad_digests() {
-        let error = insert(digest.clone())
-            .await
-            .expect_err(&format!("{why}: {digest:?} must be refused"));
-        assert!(
-            error.to_string().contains("blobs_digest_check"),
-            "{why}: {error}"
-        );
-    }
+    takes_only_good_digests(insert, "blobs_digest_check").await;
 }
 
 #[tokio::test]
@@ -84,14 +91,5 @@ async fn manifest_rows_take_only_well_formed_digests() {
             .await
         }
     };
-    insert(GOOD.to_owned()).await.expect("a good digest");
-    for (digest, why) in bad_digests() {
-        let error = insert(digest.clone())
-            .await
-            .expect_err(&format!("{why}: {digest:?} must be refused"));
-        assert!(
-            error.to_string().contains("manifests_digest_check"),
-            "{why}: {error}"
-        );
-    }
+    takes_only_good_digests(insert, "manifests_digest_check").await;
 }
