@@ -396,9 +396,11 @@ impl ImportService for Importer {
                     outcome: StartOutcome::AlreadyImported.into(),
                     status: status.into(),
                     capacity: Some(self.capacity()),
+                    accepted_at_unix_micros: 0,
                 });
             }
         };
+        let accepted_at = chrono::Utc::now();
         tracing::info!(repository = %path, ?import_type, fencing_token, "import step accepted");
         // Registered before the task starts, so a cancel or shutdown right after this answer
         // always reaches the step.
@@ -413,6 +415,7 @@ impl ImportService for Importer {
             outcome: StartOutcome::Accepted.into(),
             status: statuses(import_type).in_progress.into(),
             capacity: Some(self.capacity()),
+            accepted_at_unix_micros: accepted_at.timestamp_micros(),
         })
     }
 

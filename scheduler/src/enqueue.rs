@@ -470,7 +470,10 @@ impl Enqueuer {
                 .start(&repo.path, import_type, held.fence)
                 .await;
             match result {
-                StartResult::Accepted { importer } => {
+                StartResult::Accepted {
+                    importer,
+                    accepted_at,
+                } => {
                     tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, importer, "step started");
                     if !self
                         .store
@@ -478,6 +481,7 @@ impl Enqueuer {
                             repo.id,
                             &step_states,
                             &importer,
+                            accepted_at,
                             tags_count,
                             Some(held.fence),
                         )

@@ -33,6 +33,9 @@ pub enum StartResult {
     Accepted {
         /// The importer that runs the step.
         importer: String,
+        /// When the importer claimed the step, on its clock (None from an importer that does
+        /// not say).
+        accepted_at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Already on the new platform: created there (`native`) or imported earlier (a final
     /// import whose notification was lost).
@@ -267,6 +270,10 @@ impl ImporterPool {
                         },
                         _ => StartResult::Accepted {
                             importer: m.url.clone(),
+                            accepted_at: chrono::DateTime::from_timestamp_micros(
+                                response.accepted_at_unix_micros,
+                            )
+                            .filter(|_| response.accepted_at_unix_micros > 0),
                         },
                     };
                 }

@@ -74,12 +74,22 @@ async fn a_dns_name_stands_for_every_address_it_resolves_to() {
         members.contains(&format!("http://127.0.0.1:{port}")),
         "{members:?}"
     );
+    let asked = chrono::Utc::now();
     let started = pool.start("pool/p0/app", ImportType::Pre, 0).await;
-    assert_eq!(
-        started,
-        StartResult::Accepted {
-            importer: format!("http://127.0.0.1:{port}")
-        }
+    let answered = chrono::Utc::now();
+    let StartResult::Accepted {
+        importer,
+        accepted_at,
+    } = started
+    else {
+        panic!("not accepted: {started:?}");
+    };
+    assert_eq!(importer, format!("http://127.0.0.1:{port}"));
+    // The importer says when it claimed the step: between the request and its answer.
+    let accepted_at = accepted_at.expect("the importer's acceptance time");
+    assert!(
+        asked <= accepted_at && accepted_at <= answered,
+        "{asked} <= {accepted_at} <= {answered}"
     );
     // An unresolvable name keeps the pool as it was instead of emptying it.
     let missing = ImporterPool::new(&["dns://no-such-host.invalid:1".to_owned()]).expect("pool");

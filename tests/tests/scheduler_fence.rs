@@ -52,7 +52,7 @@ async fn a_raise_waits_for_the_old_holders_write_in_flight() {
         let store = store.clone();
         async move {
             store
-                .record_importer(id, &PRE, "http://old", Some(3), Some(1))
+                .record_importer(id, &PRE, "http://old", None, Some(3), Some(1))
                 .await
         }
     });
@@ -76,7 +76,7 @@ async fn a_raise_waits_for_the_old_holders_write_in_flight() {
     assert!(raise.await.expect("join").expect("raise"));
     assert!(
         !store
-            .record_importer(id, &PRE, "http://late", None, Some(1))
+            .record_importer(id, &PRE, "http://late", None, None, Some(1))
             .await
             .expect("write"),
         "after the raise, the old token writes nothing"
@@ -100,7 +100,7 @@ async fn an_old_write_that_meets_a_raise_in_progress_waits_and_is_refused() {
         let store = store.clone();
         async move {
             store
-                .record_importer(id, &PRE, "http://old", None, Some(1))
+                .record_importer(id, &PRE, "http://old", None, None, Some(1))
                 .await
         }
     });
@@ -121,7 +121,7 @@ async fn an_old_write_that_meets_a_raise_in_progress_waits_and_is_refused() {
         let store = store.clone();
         async move {
             store
-                .record_importer(id, &PRE, "http://new", Some(5), Some(2))
+                .record_importer(id, &PRE, "http://new", None, Some(5), Some(2))
                 .await
         }
     });
@@ -145,7 +145,7 @@ async fn the_current_holders_writes_share_the_fence_row() {
     // ... and another of its writes does not wait for it.
     let write = tokio::time::timeout(
         WAITS * 4,
-        store.record_importer(id, &PRE, "http://a", Some(1), Some(1)),
+        store.record_importer(id, &PRE, "http://a", None, Some(1), Some(1)),
     )
     .await
     .expect("a write with the current token never waits for another")

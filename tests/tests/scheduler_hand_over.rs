@@ -96,6 +96,7 @@ async fn a_finished_pre_import_moves_straight_on_to_its_final_import() {
             store.repository("g/p/a").await.unwrap().unwrap().id,
             &["pre_importing", "pre_import_done"],
             "http://pre",
+            None,
             Some(3),
             Some(HOLDER),
         )

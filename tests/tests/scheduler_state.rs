@@ -225,15 +225,20 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
         .expect("finish")
         .expect("applied");
     assert_eq!(ended.importer, None, "nothing was recorded yet");
+    // The time recorded is the importer's own, when it claimed the step (whole microseconds,
+    // as the answer carries it).
+    let accepted_at = chrono::DateTime::from_timestamp_micros(
+        (chrono::Utc::now() - chrono::Duration::milliseconds(7)).timestamp_micros(),
+    );
     assert!(
         store
-            .record_importer(claimed.id, &pre, "http://pre", None, None)
+            .record_importer(claimed.id, &pre, "http://pre", accepted_at, None, None)
             .await
             .expect("record")
     );
     let record = store.repository(path).await.expect("read").expect("row");
     assert_eq!(record.migration_importer.as_deref(), Some("http://pre"));
-    assert!(record.migration_step_accepted_at.is_some());
+    assert_eq!(record.migration_step_accepted_at, accepted_at);
     // The final import's claim clears both; a late record of the pre-import is refused.
     let finals = store.claim_pre_import_done(None, 4).await.expect("claim");
     assert_eq!(finals.len(), 1);
@@ -242,14 +247,14 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
     assert_eq!(record.migration_step_accepted_at, None);
     assert!(
         !store
-            .record_importer(claimed.id, &pre, "http://late", None, None)
+            .record_importer(claimed.id, &pre, "http://late", None, None, None)
             .await
             .expect("record"),
         "the pre-import's record must not land on the final import"
     );
     assert!(
         store
-            .record_importer(claimed.id, &last, "http://final", None, None)
+            .record_importer(claimed.id, &last, "http://final", None, None, None)
             .await
             .expect("record")
     );
@@ -373,6 +378,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
             &["pre_importing"],
             "http://stale",
             None,
+            None,
             Some(old.fence),
         )
         .await
@@ -395,6 +401,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
                 first.id,
                 &["pre_importing"],
                 "http://live",
+                None,
                 None,
                 Some(new.fence)
             )

@@ -56,7 +56,8 @@ impl SchedulerStore {
         Ok(u64::try_from(fence).unwrap_or(0))
     }
 
-    /// Records the importer that accepted a step, and when (fenced), with the repository's tag
+    /// Records the importer that accepted a step, and when (`accepted_at`, the importer's own
+    /// time of its claim; now when it did not say), fenced, with the repository's tag
     /// count when the step counted them (a pre-import; the guard's limit for it grows with it).
     /// Only while the repository is in that step or just past it (`step_states`:
     /// `pre_importing` and `pre_import_done`, or `importing` and `import_done`): a short step can
@@ -68,12 +69,14 @@ impl SchedulerStore {
         id: i64,
         step_states: &[&str],
         importer: &str,
+        accepted_at: Option<chrono::DateTime<chrono::Utc>>,
         tags_count: Option<i32>,
         fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
         let (with, check) = super::fenced(3);
         let result = sqlx::query(&format!(
-            "{with}UPDATE container_repositories SET migration_importer = $2, migration_step_accepted_at = now(), \
+            "{with}UPDATE container_repositories SET migration_importer = $2, \
+                 migration_step_accepted_at = COALESCE($6, now()), \
                  migration_tags_count = COALESCE($5, migration_tags_count) \
              WHERE id = $1 AND migration_state = ANY($4) {check}"
         ))
@@ -82,6 +85,7 @@ impl SchedulerStore {
         .bind(super::fence_param(fence))
         .bind(step_states)
         .bind(tags_count)
+        .bind(accepted_at)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)

@@ -7,9 +7,10 @@
 //! slot is the scheduler's doing. Every 10 ms the repositories holding a slot (pre_importing,
 //! pre_import_done, importing) are counted while ready ones wait: the time-weighted share of the
 //! capacity in use. Dispatch latency: from a repository's pre-import done to its final import
-//! accepted by an importer (`migration_step_accepted_at`, written once `StartImport` answered),
-//! which needs no free capacity (the repository keeps its slot), so it is the scheduler's own
-//! reaction time: notification, claim, `StartImport` and its answer recorded.
+//! claimed by an importer (`migration_step_accepted_at`: the importer's own time of its claim,
+//! which `StartImport`'s answer carries), which needs no free capacity (the repository keeps its
+//! slot), so it is the scheduler's own reaction time: notification, claim, and `StartImport`
+//! until the importer runs the step. The answer's way back delays no step and is not counted.
 
 use std::time::{Duration, Instant};
 
