@@ -462,9 +462,11 @@ impl Enqueuer {
         } else {
             ("pre_importing", ["pre_importing", "pre_import_done"])
         };
-        let mut attempt = 0;
+        // Backoffs waited out while every importer was busy (100 ms × the backoff's number);
+        // a step's end cuts the current one short without counting it.
+        let mut backoffs = 0;
+        let mut backoff_until = None;
         loop {
-            attempt += 1;
             let result = self
                 .importers
                 .start(&repo.path, import_type, held.fence)
@@ -513,10 +515,16 @@ impl Enqueuer {
                     return Ok(());
                 }
                 StartResult::AllBusy(message)
-                    if attempt <= start_max_retries && held.is_valid().await =>
+                    if backoffs < start_max_retries && held.is_valid().await =>
                 {
-                    tracing::debug!(repository = %repo.path, attempt, message, "every importer busy; backing off");
-                    tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                    tracing::debug!(repository = %repo.path, backoffs, message, "every importer busy; backing off");
+                    let until = *backoff_until.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + Duration::from_millis(100) * (backoffs + 1)
+                    });
+                    if !self.importers.slot_freed_before(until).await {
+                        backoffs += 1;
+                        backoff_until = None;
+                    }
                 }
                 StartResult::AllBusy(message) | StartResult::Refused(message) => {
                     let error = format!("could not start {}: {message}", state.replace('_', "-"));

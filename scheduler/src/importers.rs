@@ -94,6 +94,8 @@ pub struct ImporterPool {
     connector: Connector,
     members: RwLock<Vec<Arc<Member>>>,
     next: AtomicUsize,
+    /// Wakes one start that found every importer busy, each time a step ends somewhere.
+    slot_freed: tokio::sync::Notify,
 }
 
 fn member(
@@ -159,6 +161,7 @@ impl ImporterPool {
             connector,
             members: RwLock::new(members),
             next: AtomicUsize::new(0),
+            slot_freed: tokio::sync::Notify::new(),
         })
     }
 
@@ -302,11 +305,24 @@ impl ImporterPool {
         StartResult::AllBusy(busy.join("; "))
     }
 
-    /// Counts a slot of the importer at `url` as free again: a step it ran has ended. (Its next
-    /// answer replaces the count with its own.)
-    pub fn step_ended_on(&self, url: &str) {
-        if let Some(m) = self.members().iter().find(|m| m.url == url) {
+    /// A step has ended (on the importer at `url`, when known): counts that importer's slot as
+    /// free again (its next answer replaces the count with its own), and wakes the longest
+    /// waiting start that found every importer busy. The importer gave the slot up before it
+    /// reported the end.
+    pub fn step_ended(&self, url: Option<&str>) {
+        if let Some(m) = url.and_then(|url| self.members().into_iter().find(|m| m.url == url)) {
             m.free.fetch_add(1, Ordering::Relaxed);
+        }
+        self.slot_freed.notify_one();
+    }
+
+    /// Waits until a step ends somewhere (true) or `until` passes (false): how a start that
+    /// found every importer busy backs off. Each end wakes one waiter, the longest waiting, so
+    /// a freed slot is tried at once without a crowd of starts racing for it.
+    pub async fn slot_freed_before(&self, until: tokio::time::Instant) -> bool {
+        tokio::select! {
+            () = self.slot_freed.notified() => true,
+            () = tokio::time::sleep_until(until) => false,
         }
     }
 

@@ -341,9 +341,7 @@ impl SchedulerService for Scheduler {
         let changed = ended.is_some();
         let migration_state = match ended {
             Some(ended) => {
-                if let Some(importer) = &ended.importer {
-                    self.importers.step_ended_on(importer);
-                }
+                self.importers.step_ended(ended.importer.as_deref());
                 self.after_step_end(status, holder, ended.next).await;
                 ended.migration_state
             }

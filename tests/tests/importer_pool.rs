@@ -1,5 +1,6 @@
 //! The scheduler's importer pool against real importer gRPC servers on real PostgreSQL: DNS
-//! names resolve to every address, and starts go to the importer with the most free slots.
+//! names resolve to every address, starts go to the importer with the most free slots, and a
+//! start that found every importer busy is woken by a step's end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,4 +126,46 @@ async fn starts_go_to_the_importer_with_the_most_free_slots() {
     assert_eq!((small.in_flight(), large.in_flight()), (1, 3));
     let full = pool.start("pool/p4/app", ImportType::Pre, 0).await;
     assert!(matches!(full, StartResult::AllBusy(_)), "{full:?}");
+}
+
+#[tokio::test]
+async fn each_step_end_wakes_one_start_that_found_every_importer_busy() {
+    let pool = Arc::new(ImporterPool::new(&[]).expect("pool"));
+    let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let wait = |pool: &Arc<ImporterPool>| {
+        let pool = Arc::clone(pool);
+        tokio::spawn(async move { pool.slot_freed_before(far).await })
+    };
+    let (first, second) = (wait(&pool), wait(&pool));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!first.is_finished() && !second.is_finished());
+    // A step ends (on an importer the pool does not know): one waiting start is woken.
+    pool.step_ended(None);
+    let woken = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if first.is_finished() || second.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(woken.is_ok(), "a step's end woke no waiting start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !(first.is_finished() && second.is_finished()),
+        "one end woke two starts"
+    );
+    // The next end wakes the other; both saw a slot freed, not their backoff's end.
+    pool.step_ended(None);
+    for waiter in [first, second] {
+        let freed = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+        assert!(freed);
+    }
+    // With no step ending, the backoff runs out.
+    let soon = tokio::time::Instant::now() + Duration::from_millis(20);
+    assert!(!pool.slot_freed_before(soon).await);
 }
