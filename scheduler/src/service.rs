@@ -22,7 +22,7 @@ use crate::importers::ImporterPool;
 use crate::inventory;
 use crate::lease::{HeldLease, Lease};
 use crate::settings_api;
-use crate::store::{Claimed, EndedStep, RepoKey, RepositoryRecord, SchedulerStore};
+use crate::store::{Claimed, RepoKey, RepositoryRecord, SchedulerStore};
 
 /// What the scheduler offers, independent of gRPC.
 #[async_trait]
@@ -323,11 +323,6 @@ impl SchedulerService for Scheduler {
                 self.store
                     .abort(RepoKey::Path(path), &[from], &error, max_retries, None)
                     .await?
-                    .map(|migration_state| EndedStep {
-                        importer: None,
-                        migration_state,
-                        next: None,
-                    })
             }
             (other, _) => {
                 return Err(SchedulerError::InvalidArgument(format!(

@@ -37,7 +37,7 @@ pub const ABORTABLE_STATES: [&str; 4] =
     ["pre_importing", "importing", "pre_import_done", "default"];
 
 /// A step's end, as applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedStep {
     /// The importer that had accepted the step, if it was recorded.
     pub importer: Option<String>,
@@ -49,7 +49,7 @@ pub struct EndedStep {
 }
 
 /// A repository picked for a step.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Claimed {
     /// Its id.
     pub id: i64,
@@ -457,8 +457,9 @@ impl SchedulerStore {
     }
 
     /// Aborts the step a repository is in (only from `from_states`; fenced when `fence` is set): retries + 1, and skipped with
-    /// `too_many_retries` once retries reach `max_retries`. Returns the new state, or `None` when
-    /// the repository was not in one of `from_states`.
+    /// `too_many_retries` once retries reach `max_retries`. Returns the end as applied (the new
+    /// state, and the importer the step had, so that its slot is counted free again), or `None`
+    /// when the repository was not in one of `from_states`.
     #[tracing::instrument(name = "db.abort", skip_all, err(level = "warn"))]
     pub async fn abort(
         &self,
@@ -467,13 +468,13 @@ impl SchedulerStore {
         error: &str,
         max_retries: i32,
         fence: Option<u64>,
-    ) -> Result<Option<String>, sqlx::Error> {
+    ) -> Result<Option<EndedStep>, sqlx::Error> {
         let (by_id, by_path) = match key {
             RepoKey::Id(id) => (Some(id), None),
             RepoKey::Path(path) => (None, Some(path)),
         };
         let (with, check) = fenced(6);
-        sqlx::query_scalar(&format!(
+        let row = sqlx::query(&format!(
             "{with}UPDATE container_repositories SET \
                  migration_aborted_in_state = migration_state, \
                  migration_aborted_at = now(), \
@@ -483,7 +484,8 @@ impl SchedulerStore {
                  migration_skipped_at = CASE WHEN migration_retries_count + 1 >= $4 THEN now() ELSE migration_skipped_at END, \
                  migration_last_error = left($5, 1024), updated_at = now() \
              WHERE (id = $1 OR path = $2) AND migration_state = ANY($3) {check} \
-             RETURNING migration_state"
+             RETURNING migration_importer AS importer, migration_state, NULL::bigint AS next_id, \
+                 NULL::text AS next_path"
         ))
         .bind(by_id)
         .bind(by_path)
@@ -492,7 +494,8 @@ impl SchedulerStore {
         .bind(error)
         .bind(fence_param(fence))
         .fetch_optional(&self.pool)
-        .await
+        .await?;
+        Ok(row.as_ref().map(step_end::ended_step))
     }
 
     /// One repository by path.

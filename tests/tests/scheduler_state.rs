@@ -268,6 +268,33 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
 }
 
 #[tokio::test]
+async fn a_failed_step_names_its_importer_too() {
+    let path = "group/project/failing";
+    let (_scheduler, store) = scheduler_with(&[path]).await;
+    let claimed = store
+        .claim_next_default(None)
+        .await
+        .expect("claim")
+        .expect("a default repository");
+    let pre = ["pre_importing", "pre_import_done"];
+    assert!(
+        store
+            .record_importer(claimed.id, &pre, "http://failing", None, None, None)
+            .await
+            .expect("record")
+    );
+    // Its slot on that importer is free again, like a finished step's.
+    let ended = store
+        .abort(RepoKey::Path(path), &["pre_importing"], "broken", 3, None)
+        .await
+        .expect("abort")
+        .expect("applied");
+    assert_eq!(ended.importer.as_deref(), Some("http://failing"));
+    assert_eq!(ended.migration_state, "import_aborted");
+    assert_eq!(ended.next, None);
+}
+
+#[tokio::test]
 async fn claim_ready_takes_only_the_free_slots() {
     let paths = ["g/p/a", "g/p/b", "g/p/c", "g/p/d", "g/p/e"];
     let (_scheduler, store) = scheduler_with(&paths).await;

@@ -169,7 +169,8 @@ impl SchedulerStore {
     }
 }
 
-fn ended_step(row: &PgRow) -> EndedStep {
+/// An end as a statement returned it (`importer`, `migration_state`, `next_id`, `next_path`).
+pub(super) fn ended_step(row: &PgRow) -> EndedStep {
     let next = match (row.get("next_id"), row.get("next_path")) {
         (Some(id), Some(path)) => Some(Claimed { id, path }),
         _ => None,
