@@ -24,7 +24,7 @@ use crate::metrics::ImporterMetrics;
 use crate::notifier::Notifier;
 use crate::plan;
 use crate::running::RunningSteps;
-use crate::store::MetadataStore;
+use crate::store::{MetadataStore, RepositoryRow, StepClaim};
 
 mod step;
 
@@ -274,89 +274,104 @@ impl Importer {
         self.inner.limits.max_concurrent_imports - self.inner.permits.available_permits()
     }
 
-    /// Checks the repository's row and claims it for the step. The row and old storage are read
-    /// at once; the row's answer comes first.
+    /// Claims the repository for the step, after checking it exists in old storage: one
+    /// statement on the way that succeeds. When the claim is refused, or old storage does not
+    /// hold the repository, the row is read for the reason; its answer comes first.
     async fn claim(
         &self,
         path: &RepositoryPath,
         import_type: ImportType,
         fence: u64,
     ) -> Result<Claim, ApiError> {
+        let in_old_storage = plan::exists_in_old_storage(self.inner.storage.as_ref(), path).await;
+        if matches!(in_old_storage, Ok(true)) {
+            let is_final = import_type == ImportType::Final;
+            let claim = StepClaim {
+                in_progress: statuses(import_type).in_progress,
+                from: claimable_from(import_type),
+                create: !is_final,
+                canceled_settle: self.inner.limits.cancel_settle,
+                fence,
+            };
+            if let Some(repository_id) = self.inner.db.begin_step(path, &claim).await? {
+                return Ok(Claim::Step { repository_id });
+            }
+        }
+        let row = self.inner.db.repository(path).await?;
+        if let Some(status) = self.refusal(path, row.as_ref(), import_type, fence)? {
+            return Ok(Claim::AlreadyImported(status));
+        }
+        if !in_old_storage? {
+            return Err(ApiError::NotFound(path.to_string()));
+        }
+        // Nothing refuses it now: another actor changed the row between the two statements.
+        Err(match import_type {
+            ImportType::Final => ApiError::ImportInProgress(path.to_string()),
+            _ => ApiError::PreImportInProgress(path.to_string()),
+        })
+    }
+
+    /// Why `row` refuses a step of `import_type`: `Ok(Some(status))` when the repository is
+    /// already on the new platform, an error naming the reason, or `Ok(None)` when it does not.
+    fn refusal(
+        &self,
+        path: &RepositoryPath,
+        row: Option<&RepositoryRow>,
+        import_type: ImportType,
+        fence: u64,
+    ) -> Result<Option<MigrationStatus>, ApiError> {
         use MigrationStatus::*;
         let is_final = import_type == ImportType::Final;
-        let (row, in_old_storage) = tokio::join!(
-            self.inner.db.repository(path),
-            plan::exists_in_old_storage(self.inner.storage.as_ref(), path)
-        );
-        let row = row?;
-        let observed = row.as_ref().map(|r| r.status);
-        if let Some(row) = &row
-            && fence != 0
-            && row.fence > fence
-        {
+        let settle = self.inner.limits.cancel_settle.as_secs_f64();
+        let Some(row) = row else {
+            return match is_final {
+                true => Err(ApiError::PreImportRequired {
+                    path: path.to_string(),
+                    reason: "no pre-import ran",
+                }),
+                false => Ok(None),
+            };
+        };
+        if fence != 0 && row.fence > fence {
             return Err(ApiError::StaleFence {
                 path: path.to_string(),
                 token: fence,
                 seen: row.fence,
             });
         }
-        match &row {
-            Some(row) if matches!(row.status, Native | ImportComplete) => {
-                return Ok(Claim::AlreadyImported(row.status));
-            }
-            Some(row) if row.status == PreImportInProgress => {
-                return Err(ApiError::PreImportInProgress(path.to_string()));
-            }
-            Some(row) if row.status == ImportInProgress => {
-                return Err(ApiError::ImportInProgress(path.to_string()));
-            }
-            Some(row) if is_final && row.status == PreImportFailed => {
-                return Err(ApiError::PreImportRequired {
-                    path: path.to_string(),
-                    reason: "pre-import failed",
-                });
-            }
-            Some(row) if row.status == PreImportCanceled && is_final => {
-                return Err(ApiError::PreImportRequired {
-                    path: path.to_string(),
-                    reason: "pre-import was canceled",
-                });
-            }
-            Some(row)
-                if row.status == PreImportCanceled
-                    && row.age_seconds < self.inner.limits.cancel_settle.as_secs_f64() =>
-            {
-                let left = self.inner.limits.cancel_settle.as_secs_f64() - row.age_seconds;
-                return Err(ApiError::NotReady {
-                    path: path.to_string(),
-                    retry_after: Duration::from_secs_f64(left.max(0.0)),
-                });
-            }
-            None if is_final => {
-                return Err(ApiError::PreImportRequired {
-                    path: path.to_string(),
-                    reason: "no pre-import ran",
-                });
-            }
-            _ => {}
-        }
-        if !in_old_storage? {
-            return Err(ApiError::NotFound(path.to_string()));
-        }
-        let in_progress = statuses(import_type).in_progress;
-        match self
-            .inner
-            .db
-            .begin_step(path, observed, in_progress, fence)
-            .await?
-        {
-            Some(repository_id) => Ok(Claim::Step { repository_id }),
-            // Another importer claimed it between our read and our write.
-            None => Err(match import_type {
-                ImportType::Final => ApiError::ImportInProgress(path.to_string()),
-                _ => ApiError::PreImportInProgress(path.to_string()),
+        match row.status {
+            Native | ImportComplete => Ok(Some(row.status)),
+            PreImportInProgress => Err(ApiError::PreImportInProgress(path.to_string())),
+            ImportInProgress => Err(ApiError::ImportInProgress(path.to_string())),
+            PreImportFailed if is_final => Err(ApiError::PreImportRequired {
+                path: path.to_string(),
+                reason: "pre-import failed",
             }),
+            PreImportCanceled if is_final => Err(ApiError::PreImportRequired {
+                path: path.to_string(),
+                reason: "pre-import was canceled",
+            }),
+            PreImportCanceled if row.age_seconds < settle => Err(ApiError::NotReady {
+                path: path.to_string(),
+                retry_after: Duration::from_secs_f64((settle - row.age_seconds).max(0.0)),
+            }),
+            _ => Ok(None),
         }
+    }
+}
+
+/// The statuses a step of `import_type` may start from (a pre-import also from no row at all).
+fn claimable_from(import_type: ImportType) -> &'static [MigrationStatus] {
+    use MigrationStatus::*;
+    match import_type {
+        ImportType::Final => &[PreImportComplete, ImportFailed, ImportCanceled],
+        _ => &[
+            PreImportComplete,
+            PreImportFailed,
+            PreImportCanceled,
+            ImportFailed,
+            ImportCanceled,
+        ],
     }
 }
 

@@ -26,6 +26,21 @@ pub struct RepositoryRow {
     pub fence: u64,
 }
 
+/// What a step may claim, for [`MetadataStore::begin_step`].
+#[derive(Debug, Clone)]
+pub struct StepClaim {
+    /// The status the claim moves the repository to.
+    pub in_progress: MigrationStatus,
+    /// The statuses a repository may be claimed from.
+    pub from: &'static [MigrationStatus],
+    /// Whether a repository without a row gets one (a pre-import), or is refused (a final import).
+    pub create: bool,
+    /// How long a canceled pre-import must have been at rest before it may start again.
+    pub canceled_settle: std::time::Duration,
+    /// The scheduler's fencing token for the start (0: unfenced).
+    pub fence: u64,
+}
+
 /// A repository as the listing APIs return it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ListedRepository {
@@ -98,44 +113,52 @@ impl MetadataStore {
         }))
     }
 
-    /// Moves the repository to `in_progress` if its status is still `observed` (`None`: it has no
-    /// row yet) and no start with a higher fencing token than `fence` was seen (0: unfenced, the
-    /// one-shot mode). Returns the repository's id, or `None` when another actor changed it
-    /// first.
+    /// Claims the repository for a step in one statement: moves it to `claim.in_progress` if its
+    /// status is one of `claim.from` (a `pre_import_canceled` one only once it is
+    /// `claim.canceled_settle` old), creates its row in that status when it has none and
+    /// `claim.create` allows it, and records the start's fencing token unless a start with a
+    /// higher one was seen (0: unfenced, the one-shot mode). Returns the repository's id, or
+    /// `None` when the row refuses the step (read it to learn why).
     #[tracing::instrument(name = "db.begin_step", skip_all, err(level = "warn"))]
     pub async fn begin_step(
         &self,
         path: &RepositoryPath,
-        observed: Option<MigrationStatus>,
-        in_progress: MigrationStatus,
-        fence: u64,
+        claim: &StepClaim,
     ) -> Result<Option<i64>, sqlx::Error> {
-        let fence = i64::try_from(fence).unwrap_or(i64::MAX);
-        let claimed: Option<i64> = match observed {
-            None => sqlx::query_scalar(
-                "INSERT INTO repositories (path, name, migration_status, migration_fence) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (path) DO NOTHING RETURNING id",
+        let fence = i64::try_from(claim.fence).unwrap_or(i64::MAX);
+        let from: Vec<&str> = claim.from.iter().map(|s| s.as_db_str()).collect();
+        // `r` is the existing row; $1 path, $2 status, $3 fence, $4 claimable statuses, $5 settle.
+        const CLAIMABLE: &str = "r.migration_status = ANY($4) AND ($3 = 0 OR r.migration_fence <= $3) \
+             AND (r.migration_status <> 'pre_import_canceled' \
+                  OR r.updated_at <= now() - make_interval(secs => $5))";
+        let sql = if claim.create {
+            format!(
+                "INSERT INTO repositories AS r (path, name, migration_status, migration_fence) \
+                 VALUES ($1, $6, $2, $3) \
+                 ON CONFLICT (path) DO UPDATE SET migration_status = EXCLUDED.migration_status, \
+                     migration_error = NULL, updated_at = now(), \
+                     migration_fence = GREATEST(r.migration_fence, EXCLUDED.migration_fence) \
+                 WHERE {CLAIMABLE} RETURNING id"
             )
-            .bind(path.as_str())
-            .bind(path.name())
-            .bind(in_progress.as_db_str())
-            .bind(fence)
-            .fetch_optional(&self.pool)
-            .await?,
-            Some(observed) => sqlx::query_scalar(
-                "UPDATE repositories SET migration_status = $2, migration_error = NULL, updated_at = now(), \
-                     migration_fence = GREATEST(migration_fence, $4) \
-                 WHERE path = $1 AND migration_status = $3 AND ($4 = 0 OR migration_fence <= $4) \
-                 RETURNING id",
+        } else {
+            format!(
+                "UPDATE repositories r SET migration_status = $2, migration_error = NULL, \
+                     updated_at = now(), migration_fence = GREATEST(r.migration_fence, $3) \
+                 WHERE r.path = $1 AND {CLAIMABLE} RETURNING id"
             )
-            .bind(path.as_str())
-            .bind(in_progress.as_db_str())
-            .bind(observed.as_db_str())
-            .bind(fence)
-            .fetch_optional(&self.pool)
-            .await?,
         };
-        Ok(claimed)
+        let query = sqlx::query_scalar(&sql)
+            .bind(path.as_str())
+            .bind(claim.in_progress.as_db_str())
+            .bind(fence)
+            .bind(from)
+            .bind(claim.canceled_settle.as_secs_f64());
+        let query = if claim.create {
+            query.bind(path.name())
+        } else {
+            query
+        };
+        query.fetch_optional(&self.pool).await
     }
 
     /// Whether any repository lives in the top-level namespace `namespace`.

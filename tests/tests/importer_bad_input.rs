@@ -216,6 +216,24 @@ async fn start_import_answers_like_the_registry_import_api() {
         MigrationStatus::ImportComplete,
         "imported, not native"
     );
+    // The row's answer comes before old storage's: gone from the old layout, still imported.
+    std::fs::remove_dir_all(
+        h.root
+            .join("docker/registry/v2/repositories/group/project/app"),
+    )
+    .expect("remove from old storage");
+    let gone = h
+        .importer
+        .start_import("group/project/app", ImportType::Pre, 0)
+        .await
+        .expect("start");
+    assert_eq!(gone.outcome(), StartOutcome::AlreadyImported);
+    // A refused start leaves no row behind.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM repositories WHERE path LIKE '%none'")
+        .fetch_one(&h.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "the starts of a missing repository created a row");
     // Status of an unknown repository: 404.
     assert_eq!(
         code(h.importer.import_status("group/project/none").await),

@@ -433,3 +433,67 @@ async fn an_importer_refuses_a_start_with_a_lower_fencing_token_than_it_has_seen
         .expect("fence");
     assert_eq!(fence, 10);
 }
+
+/// Starts `import_type` on eight importers at once; returns how many accepted and the refusals.
+async fn race(importers: &[Importer], import_type: ImportType) -> (usize, Vec<ApiError>) {
+    let starts = importers
+        .iter()
+        .map(|importer| importer.start_import(PATH, import_type, 0));
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for answer in futures::future::join_all(starts).await {
+        match answer {
+            Ok(started) if started.outcome() == StartOutcome::Accepted => accepted += 1,
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(err) => refused.push(err),
+        }
+    }
+    (accepted, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_importers_starting_one_step_at_once_exactly_one_claims_it() {
+    let s = setup().await;
+    let (gated, open_gate) = GatedStore::new(Arc::clone(&s.local));
+    let gated: Arc<dyn BlobStore> = Arc::new(gated);
+    let importers: Vec<Importer> = (0..8)
+        .map(|_| {
+            importer(
+                &s,
+                Arc::clone(&gated),
+                Duration::ZERO,
+                Duration::from_secs(60),
+            )
+        })
+        .collect();
+
+    // The repository has no row yet: the claim that creates it wins, the others see it taken.
+    let (accepted, refused) = race(&importers, ImportType::Pre).await;
+    assert_eq!(accepted, 1, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|err| matches!(err, ApiError::PreImportInProgress(_))),
+        "{refused:?}"
+    );
+    open_gate.send(true).expect("open the gate");
+    wait_for_status(&s.pool, "pre_import_complete").await;
+    for importer in &importers {
+        wait_idle(importer, Duration::from_secs(30)).await;
+    }
+    open_gate.send(false).expect("close the gate");
+
+    // The row exists: one compare-and-set moves it to import_in_progress.
+    let (accepted, refused) = race(&importers, ImportType::Final).await;
+    assert_eq!(accepted, 1, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|err| matches!(err, ApiError::ImportInProgress(_))),
+        "{refused:?}"
+    );
+    assert_eq!(status(&s.pool).await, "import_in_progress");
+    open_gate.send(true).expect("open the gate");
+    wait_for_status(&s.pool, "import_complete").await;
+    assert_eq!(count_tags(&s.pool).await, 1);
+}
