@@ -18,8 +18,8 @@
 //!   (the last entry returned, like the local driver) with `startOffset`, and count objects and
 //!   prefixes together against `max_results`. That also makes them correct on fake-gcs-server,
 //!   which applies `maxResults` to objects only and repeats the remaining prefixes on every page.
-//! * `read` stats first (too large: refused without downloading), then streams the object,
-//!   stopping as soon as it outgrows the limit.
+//! * `read` is one request: it streams the object and stops as soon as it outgrows the limit
+//!   (an object over the limit costs at most the limit and one more chunk of download).
 //! * `copy` is a server-side `rewrite` (no data through the process) pinned to the source
 //!   generation, with `ifGenerationMatch=0` on the destination; it is skipped when the destination
 //!   exists (checked first, like the registry's blob transfer; the precondition covers the race).
@@ -436,22 +436,12 @@ impl BlobStore for GcsStore {
     async fn read(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
         let name = self.object_name(key)?;
         let connection = self.connection().await?;
-        let not_found = || StorageError::NotFound {
-            key: key.to_owned(),
-        };
         let too_large = || StorageError::TooLarge {
             key: key.to_owned(),
             limit: max_bytes,
         };
-        let object = self
-            .get(connection, key, &name)
-            .await?
-            .ok_or_else(not_found)?;
-        let size = u64::try_from(object.size).unwrap_or(0);
-        if size > max_bytes {
-            return Err(too_large());
-        }
-        // Not pinned to the generation just sized: a newer one is read instead, still bounded.
+        // One request: the bytes themselves, counted as they arrive. An object over the limit
+        // costs at most the limit and one more chunk of download.
         let request = GetObjectRequest {
             bucket: self.bucket.clone(),
             object: name,
@@ -462,7 +452,7 @@ impl BlobStore for GcsStore {
             .await
             .map_err(|error| self.error(key, error))?;
         let mut stream = std::pin::pin!(stream);
-        let mut data = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+        let mut data = BytesMut::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|error| self.error(key, error))?;
             if (data.len() + chunk.len()) as u64 > max_bytes {
@@ -509,11 +499,10 @@ impl BlobStore for GcsStore {
 
     fn requests(&self, operation: super::Operation) -> (u32, u32) {
         match operation {
-            super::Operation::List | super::Operation::Stat => (1, 0),
-            // GET the metadata (size limit), then the bytes.
-            super::Operation::Read => (2, 0),
             // GET the destination, GET the source, POST the rewrite (one call almost always).
             super::Operation::Copy => (2, 1),
+            // One GET: the listing, the metadata or the bytes.
+            super::Operation::List | super::Operation::Stat | super::Operation::Read => (1, 0),
         }
     }
 

@@ -196,7 +196,7 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     }
 
     /// Requests one call of `operation` makes of the provider, `(reads, writes)`, for the
-    /// request budgets (a GCS read fetches the metadata, then the bytes).
+    /// request budgets (a GCS copy reads the source's metadata before it rewrites).
     fn requests(&self, operation: Operation) -> (u32, u32) {
         match operation {
             Operation::Copy => (0, 1),

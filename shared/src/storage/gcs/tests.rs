@@ -300,3 +300,26 @@ fn emulator_hosts_are_read_like_google_sdks_do() {
     assert_eq!(emulator_base("http://h:1/"), "http://h:1");
     assert_eq!(emulator_base("https://h:1"), "https://h:1");
 }
+
+#[tokio::test]
+async fn a_read_is_one_request_and_stops_at_its_limit() {
+    let server = Scripted::start(|method, target| match method {
+        "GET" if target.contains("alt=media") => (200, "0123456789".to_owned()),
+        _ => error(400),
+    })
+    .await;
+    let store = server.store();
+    assert_eq!(store.read("a/link", 10).await.unwrap(), &b"0123456789"[..]);
+    let err = store.read("a/link", 9).await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::TooLarge { limit: 9, .. }),
+        "{err}"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "one request a read: {requests:?}");
+    assert!(
+        requests.iter().all(|r| r.contains("alt=media")),
+        "{requests:?}"
+    );
+    assert_eq!(store.requests(crate::storage::Operation::Read), (1, 0));
+}
