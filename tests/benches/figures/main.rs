@@ -1,9 +1,10 @@
 //! `make bench`: Ferry's figures, each measured beside its reference in the same run.
 //!
 //! Every figure runs `FERRY_BENCH_RUNS` times (default 3) and reports medians, since these
-//! machines are noisy. The table (figure, Ferry, reference, ratio, target, met) is printed and
-//! written into `docs/benchmarks.md` between its markers, with the machine it ran on. Rows of
-//! figures not run this time (`FERRY_BENCH_FIGURES=a1,g` picks some) keep their last values.
+//! machines are noisy. The table (figure, Ferry, reference, ratio, target, met, and the date,
+//! machine and runs it was measured on) is printed and written into `docs/benchmarks.md` between
+//! its markers. Rows of figures not run this time (`FERRY_BENCH_FIGURES=a1,g` picks some) keep
+//! their last values, with the machine they were measured on.
 //!
 //! Binaries come from `target/release` (`make bench` builds them).
 
@@ -107,9 +108,11 @@ fn machine() -> String {
 const BEGIN: &str = "<!-- figures:begin (written by `make bench`) -->";
 const END: &str = "<!-- figures:end -->";
 
-fn row(figure: &Figure) -> String {
+/// One row; `measured_on` names the date, machine and runs, since rows of figures not run now
+/// are kept and may come from another day or machine.
+fn row(figure: &Figure, measured_on: &str) -> String {
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {measured_on} |",
         figure.id,
         figure.name,
         figure.ferry,
@@ -135,22 +138,25 @@ fn write_doc(doc: &Path, figures: &[Figure], machine: &str) -> String {
             Some((id, l.to_owned()))
         })
         .collect();
-    for figure in figures {
-        match rows.iter_mut().find(|(id, _)| id == figure.id) {
-            Some(existing) => existing.1 = row(figure),
-            None => rows.push((figure.id.to_owned(), row(figure))),
-        }
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
     let date = std::process::Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let measured_on = format!("{date}, {machine}, median of {}", runs());
+    for figure in figures {
+        let line = row(figure, &measured_on);
+        match rows.iter_mut().find(|(id, _)| id == figure.id) {
+            Some(existing) => existing.1 = line,
+            None => rows.push((figure.id.to_owned(), line)),
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
     let measured: Vec<&str> = figures.iter().map(|f| f.id).collect();
     let table = format!(
-        "{BEGIN}\n| # | figure | Ferry | reference | ratio | target | met |\n|---|---|---|---|---|---|---|\n{}\n\n\
+        "{BEGIN}\n| # | figure | Ferry | reference | ratio | target | met | measured on |\n\
+         |---|---|---|---|---|---|---|---|\n{}\n\n\
          Last run {date}: {} on {machine}, release build, median of {} runs.\n{END}",
         rows.into_iter()
             .map(|(_, r)| r)
