@@ -324,13 +324,13 @@ impl Importer {
         let is_final = import_type == ImportType::Final;
         let settle = self.inner.limits.cancel_settle.as_secs_f64();
         let Some(row) = row else {
-            return match is_final {
-                true => Err(ApiError::PreImportRequired {
+            if is_final {
+                return Err(ApiError::PreImportRequired {
                     path: path.to_string(),
                     reason: "no pre-import ran",
-                }),
-                false => Ok(None),
-            };
+                });
+            }
+            return Ok(None);
         };
         if fence != 0 && row.fence > fence {
             return Err(ApiError::StaleFence {

@@ -434,8 +434,9 @@ async fn an_importer_refuses_a_start_with_a_lower_fencing_token_than_it_has_seen
     assert_eq!(fence, 10);
 }
 
-/// Starts `import_type` on eight importers at once; returns how many accepted and the refusals.
-async fn race(importers: &[Importer], import_type: ImportType) -> (usize, Vec<ApiError>) {
+/// Starts `import_type` on every importer at once and checks that exactly one accepts and
+/// every other is refused as `in_progress` says.
+async fn race(importers: &[Importer], import_type: ImportType, in_progress: fn(&ApiError) -> bool) {
     let starts = importers
         .iter()
         .map(|importer| importer.start_import(PATH, import_type, 0));
@@ -448,7 +449,8 @@ async fn race(importers: &[Importer], import_type: ImportType) -> (usize, Vec<Ap
             Err(err) => refused.push(err),
         }
     }
-    (accepted, refused)
+    assert_eq!(accepted, 1, "{refused:?}");
+    assert!(refused.iter().all(in_progress), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,14 +470,10 @@ async fn of_importers_starting_one_step_at_once_exactly_one_claims_it() {
         .collect();
 
     // The repository has no row yet: the claim that creates it wins, the others see it taken.
-    let (accepted, refused) = race(&importers, ImportType::Pre).await;
-    assert_eq!(accepted, 1, "{refused:?}");
-    assert!(
-        refused
-            .iter()
-            .all(|err| matches!(err, ApiError::PreImportInProgress(_))),
-        "{refused:?}"
-    );
+    race(&importers, ImportType::Pre, |err| {
+        matches!(err, ApiError::PreImportInProgress(_))
+    })
+    .await;
     open_gate.send(true).expect("open the gate");
     wait_for_status(&s.pool, "pre_import_complete").await;
     for importer in &importers {
@@ -484,14 +482,10 @@ async fn of_importers_starting_one_step_at_once_exactly_one_claims_it() {
     open_gate.send(false).expect("close the gate");
 
     // The row exists: one compare-and-set moves it to import_in_progress.
-    let (accepted, refused) = race(&importers, ImportType::Final).await;
-    assert_eq!(accepted, 1, "{refused:?}");
-    assert!(
-        refused
-            .iter()
-            .all(|err| matches!(err, ApiError::ImportInProgress(_))),
-        "{refused:?}"
-    );
+    race(&importers, ImportType::Final, |err| {
+        matches!(err, ApiError::ImportInProgress(_))
+    })
+    .await;
     assert_eq!(status(&s.pool).await, "import_in_progress");
     open_gate.send(true).expect("open the gate");
     wait_for_status(&s.pool, "import_complete").await;

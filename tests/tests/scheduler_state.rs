@@ -10,7 +10,7 @@ use ferry_scheduler::importers::ImporterPool;
 use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
-use ferry_scheduler::store::{RepoKey, SchedulerStore};
+use ferry_scheduler::store::{Claimed, RepoKey, SchedulerStore};
 use ferry_shared::ids::RepositoryPath;
 use ferry_tests::{fresh_database, redis_url, unique_suffix};
 
@@ -19,6 +19,15 @@ async fn redis() -> redis::aio::ConnectionManager {
     redis::aio::ConnectionManager::new(client)
         .await
         .expect("redis (run `make test`)")
+}
+
+/// Claims the next `default` repository for its pre-import; there must be one.
+async fn claim_default(store: &SchedulerStore) -> Claimed {
+    store
+        .claim_next_default(None)
+        .await
+        .expect("claim")
+        .expect("a default repository")
 }
 
 fn lease_config(ttl: Duration) -> LeaseConfig {
@@ -145,11 +154,7 @@ fn notification(path: &str, status: MigrationStatus, manifests: u64) -> NotifyIm
 async fn duplicate_and_stale_notifications_change_nothing() {
     let path = "group/project/app";
     let (scheduler, store) = scheduler_with(&[path]).await;
-    let claimed = store
-        .claim_next_default(None)
-        .await
-        .expect("claim")
-        .expect("a default repository");
+    let claimed = claim_default(&store).await;
     assert_eq!(claimed.path, path);
     assert!(
         store
@@ -212,11 +217,7 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
     let (_scheduler, store) = scheduler_with(&[path]).await;
     let pre = ["pre_importing", "pre_import_done"];
     let last = ["importing", "import_done"];
-    let claimed = store
-        .claim_next_default(None)
-        .await
-        .expect("claim")
-        .expect("a default repository");
+    let claimed = claim_default(&store).await;
     // A pre-import so short that it ended before its start was recorded: the record still
     // lands, on the step it belongs to.
     let ended = store
@@ -271,11 +272,7 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
 async fn a_failed_step_names_its_importer_too() {
     let path = "group/project/failing";
     let (_scheduler, store) = scheduler_with(&[path]).await;
-    let claimed = store
-        .claim_next_default(None)
-        .await
-        .expect("claim")
-        .expect("a default repository");
+    let claimed = claim_default(&store).await;
     let pre = ["pre_importing", "pre_import_done"];
     assert!(
         store

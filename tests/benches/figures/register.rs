@@ -15,6 +15,9 @@ use ferry_proto::common::v1::MigrationStatus;
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::storage::BlobStore;
 use ferry_tests::dataset::{DatasetSpec, generate};
+use ferry_tests::{env_size, fresh_database};
+
+use super::{Figure, median, runs};
 
 /// Registers each repository as a final import straight away (the figure times registration).
 const FINAL_WITHOUT_PRE_IMPORT: StepClaim = StepClaim {
@@ -24,9 +27,6 @@ const FINAL_WITHOUT_PRE_IMPORT: StepClaim = StepClaim {
     canceled_settle: std::time::Duration::ZERO,
     fence: 0,
 };
-use ferry_tests::{env_size, fresh_database};
-
-use super::{Figure, median, runs};
 
 /// The metadata tables, parents first.
 const TABLES: [&str; 7] = [
