@@ -87,11 +87,30 @@ struct Deployment {
     scheduler_urls: Vec<String>,
     repositories: usize,
     prefix: String,
+    /// The importers' metadata database.
+    metadata: String,
 }
 
 impl Deployment {
     async fn start() -> Self {
         Self::start_with(REPOSITORIES, 1).await
+    }
+
+    /// Which of `paths` the metadata database shows in a step: pre-import or final import in
+    /// progress.
+    async fn in_progress(metadata: &str, paths: &[String]) -> Vec<String> {
+        use sqlx::Connection;
+        let mut db = sqlx::PgConnection::connect(metadata)
+            .await
+            .expect("metadata database");
+        sqlx::query_scalar(
+            "SELECT path FROM repositories WHERE path = ANY($1) \
+             AND migration_status IN ('pre_import_in_progress', 'import_in_progress')",
+        )
+        .bind(paths)
+        .fetch_all(&mut db)
+        .await
+        .expect("repositories in progress")
     }
 
     /// Like [`Self::start`], with `repositories` repositories of `tags` distinct images each
@@ -176,6 +195,7 @@ impl Deployment {
             scheduler_urls,
             repositories,
             prefix: prefix.clone(),
+            metadata,
         };
         let mut client = connect(&deployment.scheduler_urls[0]).await;
         connect(&deployment.scheduler_urls[1]).await;
@@ -320,39 +340,44 @@ async fn killing_the_lease_holder_loses_nothing_and_starts_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_importer_killed_mid_import_is_unlocked_and_its_steps_retried_elsewhere() {
-    // Forty images a repository: each step reads forty manifests and copies eighty blobs, so a
-    // step caught running is nearly certain to be cut off by the kill.
+    // Forty images a repository: each step reads forty manifests and copies eighty blobs, long
+    // enough to catch one running.
     let mut deployment = Deployment::start_with(20, 40).await;
     deployment.wait_done(0, 3, Duration::from_secs(60)).await;
-    // An importer whose log shows a step it accepted and has not ended is killed at once.
-    let (victim, in_flight) = loop {
+    // An importer whose log shows a step it accepted and has not ended is frozen, so its log
+    // and its database writes stop where they are. It is killed only if one of those steps is
+    // still in progress in the metadata database; otherwise it is thawed and the search goes on.
+    let metadata = deployment.metadata.clone();
+    let (victim, orphans) = loop {
         let running = deployment
             .importers
             .iter()
             .enumerate()
-            .find_map(|(i, importer)| {
-                let open = cut_off_steps(importer.as_ref()?);
-                (!open.is_empty()).then_some((i, open))
-            });
-        if let Some((victim, open)) = running {
-            deployment.importers[victim]
-                .as_ref()
-                .expect("running")
-                .signal("KILL");
-            break (victim, open);
+            .find_map(|(i, importer)| (!cut_off_steps(importer.as_ref()?).is_empty()).then_some(i));
+        let Some(candidate) = running else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        };
+        let importer = deployment.importers[candidate].as_mut().expect("running");
+        importer.signal("STOP");
+        // A commit it sent just before it froze lands meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let open = cut_off_steps(importer);
+        if Deployment::in_progress(&metadata, &open).await.is_empty() {
+            importer.signal("CONT");
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        importer.signal("KILL");
+        importer.wait_exit(Duration::from_secs(10)).await;
+        // Its connections are closed now: what is still in progress was cut off for good.
+        let orphans = Deployment::in_progress(&metadata, &open).await;
+        assert!(
+            !orphans.is_empty(),
+            "every step of {open:?} committed while the importer was frozen"
+        );
+        break (candidate, orphans);
     };
-    let mut killed = deployment.importers[victim].take().expect("the victim");
-    while killed.is_running() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // The victim's own log is exact: a step it accepted and never ended was cut off.
-    let orphans = cut_off_steps(&killed);
-    assert!(
-        !orphans.is_empty(),
-        "the kill cut off no step ({in_flight:?} had just ended); steps are too short"
-    );
+    let killed = deployment.importers[victim].take().expect("the victim");
     deployment
         .wait_done(0, deployment.repositories as u64, Duration::from_secs(180))
         .await;
