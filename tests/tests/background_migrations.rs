@@ -352,11 +352,16 @@ async fn one_worker_at_a_time_and_a_run_cut_off_by_its_cap_is_retried() {
         "the other replica waits"
     );
 
-    // A run capped below the work's time: cut off, the job stays running, the lock is freed.
+    // A run capped far below the work's time: cut off, the job stays running, the lock is freed.
+    // The cap leaves a loaded machine ample time to take the lock and start the attempt.
+    let much_slower: Arc<dyn Work> = Arc::new(Visit {
+        delay: Duration::from_secs(10),
+        ..Visit::new("slow")
+    });
     let capped = setup.worker(
-        vec![slow()],
+        vec![much_slower],
         WorkerConfig {
-            max_run_time: Duration::from_millis(100),
+            max_run_time: Duration::from_secs(1),
             ..default_config()
         },
     );

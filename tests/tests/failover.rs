@@ -15,7 +15,9 @@ use ferry_tests::processes::{Process, free_port};
 use ferry_tests::{LayoutWriter, fresh_database, redis_url, unique_suffix};
 
 const REPOSITORIES: usize = 60;
-const LEASE_TTL: Duration = Duration::from_secs(2);
+/// Long enough that a holder stalled by a loaded machine still renews in time (it renews every
+/// third of it).
+const LEASE_TTL: Duration = Duration::from_secs(4);
 
 async fn connect(url: &str) -> SchedulerClient<ferry_shared::grpc::client::Connection> {
     ferry_tests::processes::connect_scheduler(url).await
@@ -96,6 +98,33 @@ impl Deployment {
         Self::start_with(REPOSITORIES, 1).await
     }
 
+    /// Waits up to two seconds until PostgreSQL runs no statement from the sessions named
+    /// `application`; false if one still runs (it may wait on a lock the frozen process holds).
+    async fn sessions_settled(metadata: &str, application: &str) -> bool {
+        use sqlx::Connection;
+        let mut db = sqlx::PgConnection::connect(metadata)
+            .await
+            .expect("metadata database");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND state = 'active'",
+            )
+            .bind(application)
+            .fetch_one(&mut db)
+            .await
+            .expect("sessions");
+            if running == 0 {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Which of `paths` the metadata database shows in a step: pre-import or final import in
     /// progress.
     async fn in_progress(metadata: &str, paths: &[String]) -> Vec<String> {
@@ -105,7 +134,7 @@ impl Deployment {
             .expect("metadata database");
         sqlx::query_scalar(
             "SELECT path FROM repositories WHERE path = ANY($1) \
-             AND migration_status IN ('pre_import_in_progress', 'import_in_progress')",
+             AND migration_status IN ('pre_import_in_progress', 'import_in_progress') ORDER BY path",
         )
         .bind(paths)
         .fetch_all(&mut db)
@@ -139,7 +168,11 @@ impl Deployment {
         let mut importer_urls = Vec::new();
         for i in 0..3 {
             let env = [
-                ("FERRY_METADATA_DATABASE_URL", metadata.clone()),
+                // Named, so that a test can tell its PostgreSQL sessions from the others'.
+                (
+                    "FERRY_METADATA_DATABASE_URL",
+                    format!("{metadata}?application_name=importer-{i}"),
+                ),
                 ("FERRY_STORAGE_URL", storage.clone()),
                 (
                     "FERRY_SCHEDULER_URL",
@@ -346,7 +379,8 @@ async fn an_importer_killed_mid_import_is_unlocked_and_its_steps_retried_elsewhe
     deployment.wait_done(0, 3, Duration::from_secs(60)).await;
     // An importer whose log shows a step it accepted and has not ended is frozen, so its log
     // and its database writes stop where they are. It is killed only if one of those steps is
-    // still in progress in the metadata database; otherwise it is thawed and the search goes on.
+    // still in progress in the metadata database once PostgreSQL has run all it sent; otherwise
+    // it is thawed and the search goes on.
     let metadata = deployment.metadata.clone();
     let (victim, orphans) = loop {
         let running = deployment
@@ -360,20 +394,22 @@ async fn an_importer_killed_mid_import_is_unlocked_and_its_steps_retried_elsewhe
         };
         let importer = deployment.importers[candidate].as_mut().expect("running");
         importer.signal("STOP");
-        // A commit it sent just before it froze lands meanwhile.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once PostgreSQL has read and run every statement it sent (a commit included), its
+        // writes are final; a moment lets its sessions read what is in their sockets.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let settled = Deployment::sessions_settled(&metadata, &importer.name).await;
         let open = cut_off_steps(importer);
-        if Deployment::in_progress(&metadata, &open).await.is_empty() {
+        let orphans = Deployment::in_progress(&metadata, &open).await;
+        if !settled || orphans.is_empty() {
             importer.signal("CONT");
             continue;
         }
         importer.signal("KILL");
         importer.wait_exit(Duration::from_secs(10)).await;
-        // Its connections are closed now: what is still in progress was cut off for good.
-        let orphans = Deployment::in_progress(&metadata, &open).await;
-        assert!(
-            !orphans.is_empty(),
-            "every step of {open:?} committed while the importer was frozen"
+        assert_eq!(
+            Deployment::in_progress(&metadata, &open).await,
+            orphans,
+            "a step of the frozen importer committed after all"
         );
         break (candidate, orphans);
     };

@@ -117,10 +117,14 @@ async fn a_killed_scan_resumes_without_losing_or_double_counting_a_project() {
         .await
         .expect("enable");
 
-    // SIGKILL mid-run: what was recorded stays; claims in hand stay ongoing.
+    // SIGKILL mid-run: what was recorded stays; claims in hand stay ongoing. The importer the
+    // scan asks is frozen first, so the scan stands still where it was seen, however late the
+    // look came on a loaded machine.
     let at_kill = wait_for(&mut client, "scan under way", |s| s.completed >= 20_000).await;
+    importer.signal("STOP");
     scheduler.signal("KILL");
     scheduler.wait_exit(Duration::from_secs(10)).await;
+    importer.signal("CONT");
     let orphaned = ongoing(&db).await;
     let recorded_at_kill: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM container_registry_data_repair_details WHERE status = 'completed'",
@@ -142,7 +146,10 @@ async fn a_killed_scan_resumes_without_losing_or_double_counting_a_project() {
         s.completed as i64 >= recorded_at_kill + 20_000
     })
     .await;
+    // Stopped while calls to the frozen importer are in flight; they end once it thaws.
+    importer.signal("STOP");
     scheduler.signal("TERM");
+    importer.signal("CONT");
     scheduler.wait_exit(Duration::from_secs(20)).await;
     let left = ongoing(&db).await;
     eprintln!(

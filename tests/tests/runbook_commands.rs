@@ -80,55 +80,53 @@ async fn every_runbook_step_is_a_ferryctl_command() {
     }
 
     // A stuck deduplication key (no expiry, set by a replica that died): shown, then cleared.
+    // The lease holder consumes the key at the start of every pass, so the lease is taken away
+    // from it first: a key no pass consumes stays until an operator clears it.
     let client = redis::Client::open(redis_url()).expect("redis");
     let mut redis = client
         .get_multiplexed_async_connection()
         .await
         .expect("redis connection");
-    let key = format!("{}:enqueuer:pending", cluster.redis_prefix);
-    // The lease holder consumes the key at the start of every pass (200 ms apart here), so the
-    // key is set again before each look until one look lands between two passes.
-    let mut stuck = async || {
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg("dead-replica")
-            .query_async(&mut redis)
-            .await
-            .expect("set");
-    };
-    let mut seen_json = None;
-    let mut seen_text = None;
-    for _ in 0..50 {
-        if seen_json.is_none() {
-            stuck().await;
-            let shown = json(&cluster, &["dedup", "show", "--json"]);
-            if shown["pending"] == true {
-                seen_json = Some(shown);
-            }
-        }
-        if seen_text.is_none() {
-            stuck().await;
-            let (ok, text, _) = ferryctl(&cluster, &["dedup"]);
-            assert!(ok, "{text}");
-            if !text.contains("no enqueue trigger pending") {
-                seen_text = Some(text);
-            }
-        }
-        if seen_json.is_some() && seen_text.is_some() {
-            break;
-        }
+    let lease_key = format!("{}:enqueuer:lease", cluster.redis_prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&lease_key)
+        .arg("runbook-test")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .expect("take the lease");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ferry_tests::metric(&cluster.metrics().await, "ferry_lease_held") != Some(0.0) {
+        assert!(Instant::now() < deadline, "the scheduler kept leading");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let shown = seen_json.expect("the stuck key was never shown");
+    let key = format!("{}:enqueuer:pending", cluster.redis_prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("dead-replica")
+        .query_async(&mut redis)
+        .await
+        .expect("set");
+    let shown = json(&cluster, &["dedup", "show", "--json"]);
+    assert_eq!(shown["pending"], true, "{shown}");
     assert_eq!(shown["owner"], "dead-replica", "{shown}");
-    let text = seen_text.expect("the stuck key was never shown as text");
-    assert!(text.contains("set by dead-replica"), "{text}");
-    stuck().await;
+    let (ok, text, _) = ferryctl(&cluster, &["dedup"]);
+    assert!(ok && text.contains("set by dead-replica"), "{text}");
+    // Cleared, it is replaced by this replica's wake-up, which expires by itself.
     let cleared = json(&cluster, &["dedup", "clear", "--json"]);
+    assert_eq!(cleared["pending"], true, "{cleared}");
     assert_ne!(cleared["owner"], "dead-replica", "{cleared}");
+    assert!(cleared["ttl_left_ms"].as_u64() > Some(0), "{cleared}");
     let owner: Option<String> = redis::cmd("GET")
         .arg(&key)
         .query_async(&mut redis)
         .await
         .expect("get");
     assert_ne!(owner.as_deref(), Some("dead-replica"));
+    let _: () = redis::cmd("DEL")
+        .arg(&lease_key)
+        .query_async(&mut redis)
+        .await
+        .expect("give the lease back");
 }

@@ -3,13 +3,14 @@
 //! a raise waits for it to commit; a write that meets a raise in progress waits for it and is then
 //! refused. Each test holds one side open in a transaction of its own and checks the other waits.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::store::SchedulerStore;
 use ferry_shared::ids::RepositoryPath;
 use ferry_tests::fresh_database;
 use sqlx::{Connection, PgConnection};
+use tokio::task::JoinHandle;
 
 const PATH: &str = "group/project/app";
 const PRE: [&str; 2] = ["pre_importing", "pre_import_done"];
@@ -33,8 +34,29 @@ async fn claimed_by_first_holder() -> (SchedulerStore, String, i64) {
     (store, url, claimed.id)
 }
 
-/// Long enough for a statement that does not wait for a lock to have finished.
-const WAITS: Duration = Duration::from_millis(500);
+/// Watches `task` until it has finished (true) or PostgreSQL shows `waiting` sessions of this
+/// database waiting for a lock (false), whichever comes first; panics after 30 s of neither.
+async fn finished_or_waiting<T>(url: &str, task: &JoinHandle<T>, waiting: i64) -> bool {
+    let mut watcher = PgConnection::connect(url).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if task.is_finished() {
+            return true;
+        }
+        let waits: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .expect("sessions");
+        if waits >= waiting {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "neither finished nor waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 #[tokio::test]
 async fn a_raise_waits_for_the_old_holders_write_in_flight() {
@@ -56,16 +78,17 @@ async fn a_raise_waits_for_the_old_holders_write_in_flight() {
                 .await
         }
     });
-    tokio::time::sleep(WAITS).await;
-    assert!(!write.is_finished(), "the write waits for its row");
+    assert!(
+        !finished_or_waiting(&url, &write, 1).await,
+        "the write waits for its row"
+    );
     // A new holder raises the fence: it must wait until the old write has committed.
     let raise = tokio::spawn({
         let store = store.clone();
         async move { store.raise_fence(2).await }
     });
-    tokio::time::sleep(WAITS).await;
     assert!(
-        !raise.is_finished(),
+        !finished_or_waiting(&url, &raise, 2).await,
         "the raise must wait for the write that passed the old fence"
     );
     held.commit().await.expect("release the row");
@@ -104,9 +127,8 @@ async fn an_old_write_that_meets_a_raise_in_progress_waits_and_is_refused() {
                 .await
         }
     });
-    tokio::time::sleep(WAITS).await;
     assert!(
-        !write.is_finished(),
+        !finished_or_waiting(&url, &write, 1).await,
         "the old write waits for the raise in progress"
     );
     raising.commit().await.expect("commit the raise");
@@ -143,14 +165,19 @@ async fn the_current_holders_writes_share_the_fence_row() {
         .await
         .expect("share the fence row");
     // ... and another of its writes does not wait for it.
-    let write = tokio::time::timeout(
-        WAITS * 4,
-        store.record_importer(id, &PRE, "http://a", None, Some(1), Some(1)),
-    )
-    .await
-    .expect("a write with the current token never waits for another")
-    .expect("write");
-    assert!(write);
+    let write = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .record_importer(id, &PRE, "http://a", None, Some(1), Some(1))
+                .await
+        }
+    });
+    assert!(
+        finished_or_waiting(&url, &write, 1).await,
+        "a write with the current token never waits for another"
+    );
+    assert!(write.await.expect("join").expect("write"));
     tx.commit().await.expect("commit");
     assert_eq!(tags_count(&mut open, id).await, Some(1));
 }

@@ -83,12 +83,12 @@ async fn the_lease_is_exclusive_fenced_and_released_only_by_its_owner() {
 
 #[tokio::test]
 async fn an_abandoned_lease_blocks_for_at_most_its_ttl() {
-    let config = lease_config(Duration::from_millis(600));
+    let config = lease_config(Duration::from_secs(2));
     let crashed = Lease::new(redis().await, config.clone());
     let other = Lease::new(redis().await, config);
     let abandoned = crashed.try_acquire(0).await.expect("redis").expect("taken");
     assert!(other.try_acquire(0).await.expect("redis").is_none());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(
         !abandoned.is_valid().await,
         "the holder's local deadline passed before the TTL"
@@ -478,7 +478,7 @@ async fn triggers_collapse_and_an_orphaned_pending_key_blocks_for_at_most_one_tt
     let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
     pubsub.subscribe(&channel).await.expect("subscribe");
     let mut wakes = pubsub.into_on_message();
-    let ttl = Duration::from_millis(400);
+    let ttl = Duration::from_secs(2);
     let triggers = Triggers::new(
         redis().await,
         &prefix,
@@ -535,7 +535,7 @@ async fn triggers_collapse_and_an_orphaned_pending_key_blocks_for_at_most_one_tt
     }
     let blocked = started.elapsed();
     assert!(
-        blocked <= ttl + Duration::from_millis(300),
+        blocked <= ttl * 3 / 2,
         "blocked {blocked:?}, more than one TTL"
     );
     tokio::time::timeout(Duration::from_secs(2), wakes.next())
@@ -549,14 +549,14 @@ async fn the_lease_holder_is_visible() {
     let (scheduler, _store) = scheduler_with(&[]).await;
     let nobody = scheduler.lease().await.expect("lease");
     assert!(!nobody.held);
-    let config = lease_config(Duration::from_secs(5));
+    let config = lease_config(Duration::from_secs(15));
     let lease = Lease::new(redis().await, config.clone());
     let held = lease.try_acquire(0).await.expect("redis").expect("taken");
     let info = lease.describe().await.expect("describe").expect("held");
     assert_eq!(info.holder, config.holder);
     assert_eq!(info.fence, held.fence);
     assert!(
-        info.ttl_left_ms > 4000 && info.ttl_left_ms <= 5000,
+        info.ttl_left_ms > 10_000 && info.ttl_left_ms <= 15_000,
         "{info:?}"
     );
 }
