@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_proto::scheduler::v1::GetMigrationSummaryRequest;
@@ -43,12 +44,36 @@ pub fn bin_dir() -> PathBuf {
     target.join("debug")
 }
 
-/// A free port on 127.0.0.1.
+/// A free port on 127.0.0.1 for a service to bind later, taken below the kernel's ephemeral
+/// range: a port the kernel handed out (`bind` to port 0) may be given to an outgoing
+/// connection before the service binds it, while one below the range is never given out.
+/// Each call in a test process tries a port no earlier call tried.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    const LOWEST: u32 = 10_000;
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let Some(span) = ephemeral_start
+        .checked_sub(LOWEST)
+        .filter(|span| *span >= 1_000)
+    else {
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+    };
+    // Test processes run one after another; the process id spreads them over the span anyway.
+    let base = std::process::id().wrapping_mul(7_919);
+    loop {
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
+        assert!(call < span, "no free port left below {ephemeral_start}");
+        let port = u16::try_from(LOWEST + base.wrapping_add(call) % span).expect("a port");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running Ferry process; killed when dropped.
