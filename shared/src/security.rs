@@ -17,6 +17,15 @@ use crate::config::ConfigCheck;
 
 pub use tokens::{Scope, TokenTable};
 
+/// Seconds between checks of the TLS and token files, unless configured.
+pub const DEFAULT_RELOAD_SECS: u64 = 10;
+/// A call's deadline in seconds, unless configured.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 60;
+/// Calls served at once, unless configured.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
+/// Largest request body in bytes, unless configured.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
 /// Security and admission flags shared by `ferry-scheduler` and `ferry-importer`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SecurityArgs {
@@ -32,7 +41,7 @@ pub struct SecurityArgs {
     #[arg(long, env = "FERRY_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
     /// Seconds between checks of the TLS and token files for changes.
-    #[arg(long, env = "FERRY_TLS_RELOAD_SECS", default_value = "10")]
+    #[arg(long, env = "FERRY_TLS_RELOAD_SECS", default_value_t = DEFAULT_RELOAD_SECS.to_string())]
     pub tls_reload_secs: String,
     /// File of accepted bearer tokens, one `<scope> <token>` per line (scope `read` or `admin`;
     /// `#` starts a comment). When set, every call needs a token or a verified client
@@ -43,13 +52,13 @@ pub struct SecurityArgs {
     #[arg(long, env = "FERRY_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
     /// Longest a call may take before it is answered DEADLINE_EXCEEDED, in seconds.
-    #[arg(long, env = "FERRY_REQUEST_TIMEOUT_SECS", default_value = "60")]
+    #[arg(long, env = "FERRY_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS.to_string())]
     pub request_timeout_secs: String,
     /// Calls served at once; calls beyond it are shed with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "FERRY_MAX_CONCURRENT_REQUESTS", default_value = "256")]
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS.to_string())]
     pub max_concurrent_requests: String,
     /// Largest request body accepted, in bytes; a larger one is refused RESOURCE_EXHAUSTED.
-    #[arg(long, env = "FERRY_MAX_REQUEST_BYTES", default_value = "4194304")]
+    #[arg(long, env = "FERRY_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES.to_string())]
     pub max_request_bytes: String,
     /// Plain-text address serving only `grpc.health.v1` (for kubelet probes when the gRPC port
     /// needs TLS); `off` serves none.
@@ -64,12 +73,12 @@ impl Default for SecurityArgs {
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
-            tls_reload_secs: "10".into(),
+            tls_reload_secs: DEFAULT_RELOAD_SECS.to_string(),
             auth_tokens_file: None,
             auth_token: None,
-            request_timeout_secs: "60".into(),
-            max_concurrent_requests: "256".into(),
-            max_request_bytes: "4194304".into(),
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS.to_string(),
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS.to_string(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES.to_string(),
             health_addr: "off".into(),
         }
     }
@@ -106,9 +115,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            request_timeout: Duration::from_secs(60),
-            max_concurrent: 256,
-            max_request_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+            max_concurrent: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -162,7 +171,7 @@ impl SecurityArgs {
         let defaults = Limits::default();
         SecurityConfig {
             tls,
-            reload_every: Duration::from_secs(reload.unwrap_or(10)),
+            reload_every: Duration::from_secs(reload.unwrap_or(DEFAULT_RELOAD_SECS)),
             tokens_file: self.auth_tokens_file.clone(),
             client_token: self.auth_token.clone().filter(|t| !t.trim().is_empty()),
             limits: Limits {
@@ -180,7 +189,7 @@ impl Default for SecurityConfig {
     fn default() -> Self {
         Self {
             tls: None,
-            reload_every: Duration::from_secs(10),
+            reload_every: Duration::from_secs(DEFAULT_RELOAD_SECS),
             tokens_file: None,
             client_token: None,
             limits: Limits::default(),
