@@ -269,3 +269,54 @@ async fn a_call_that_makes_several_requests_books_its_slots_at_once() {
         started.elapsed()
     );
 }
+
+/// A copy that finds its destination present writes nothing, so it gives back the write it
+/// booked: at one write per thousand seconds, twenty such copies pass at once, while a copy
+/// that writes keeps its slot and the next one waits.
+#[tokio::test]
+async fn a_copy_that_writes_nothing_gives_its_write_back() {
+    use ferry_shared::storage::{BlobStore, CopyOutcome, Governed, LocalStore};
+
+    let dir = tempfile::tempdir().expect("bucket");
+    for name in ["src", "present", "new-1", "new-2"] {
+        std::fs::create_dir_all(dir.path().join(name)).expect("mkdir");
+    }
+    std::fs::write(dir.path().join("src/data"), b"layer").expect("source");
+    std::fs::write(dir.path().join("present/data"), b"layer").expect("destination");
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let redis = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("redis (run `make test`)");
+    let slow_writes = GovernorConfig {
+        read: None,
+        write: Some(BudgetConfig {
+            rate: 0.001,
+            max_rate: 0.001,
+        }),
+        ramp: Duration::from_secs(1200),
+    };
+    let governor = Governor::new(
+        redis,
+        &format!("ferry-test-{}", unique_suffix()),
+        slow_writes,
+    );
+    let local = LocalStore::new(dir.path().to_path_buf()).expect("local store");
+    let store = Governed::new(Arc::new(local), governor);
+    let present = async {
+        for _ in 0..20 {
+            let outcome = store.copy("src/data", "present/data", None).await;
+            assert_eq!(outcome.expect("copy"), CopyOutcome::AlreadyPresent);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), present)
+        .await
+        .expect("each copy gave its write back");
+    let copied = store.copy("src/data", "new-1/data", None).await;
+    assert_eq!(copied.expect("copy"), CopyOutcome::Copied(5));
+    let next = tokio::time::timeout(
+        Duration::from_secs(2),
+        store.copy("src/data", "new-2/data", None),
+    )
+    .await;
+    assert!(next.is_err(), "a copy that wrote kept its slot: {next:?}");
+}

@@ -244,7 +244,9 @@ impl Importer {
                     stats.blobs_copied += 1;
                     stats.bytes_copied += bytes;
                 }
-                CopyOutcome::AlreadyPresent => stats.blobs_present += 1,
+                CopyOutcome::AlreadyPresent | CopyOutcome::PublishedMeanwhile => {
+                    stats.blobs_present += 1;
+                }
             }
         }
         Ok(())

@@ -481,7 +481,7 @@ impl BlobStore for GcsStore {
             }
         })?;
         let Some(copied) = self.rewrite(connection, src, &source, &dst_name).await? else {
-            return Ok(CopyOutcome::AlreadyPresent);
+            return Ok(CopyOutcome::PublishedMeanwhile);
         };
         let expected = source.crc32c.as_deref().unwrap_or("none");
         let actual = copied.crc32c.as_deref().unwrap_or("none");
@@ -503,6 +503,16 @@ impl BlobStore for GcsStore {
             super::Operation::Copy => (2, 1),
             // One GET: the listing, the metadata or the bytes.
             super::Operation::List | super::Operation::Stat | super::Operation::Read => (1, 0),
+        }
+    }
+
+    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
+        match outcome {
+            // The destination's GET found it.
+            CopyOutcome::AlreadyPresent => (1, 0),
+            CopyOutcome::Copied(_) | CopyOutcome::PublishedMeanwhile => {
+                self.requests(super::Operation::Copy)
+            }
         }
     }
 

@@ -308,7 +308,7 @@ fn link_blocking(
     match fs::hard_link(src_path, dst_path) {
         Ok(()) => Ok(Some(CopyOutcome::Copied(meta.len()))),
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-            Ok(Some(CopyOutcome::AlreadyPresent))
+            Ok(Some(CopyOutcome::PublishedMeanwhile))
         }
         // EXDEV (another filesystem), EPERM (links refused), EMLINK (too many links).
         Err(err) if matches!(err.raw_os_error(), Some(18 | 1 | 31)) => Ok(None),
@@ -367,7 +367,7 @@ fn copy_blocking(
         match fs::hard_link(&tmp_path, dst_path) {
             Ok(()) => Ok(CopyOutcome::Copied(copied)),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                Ok(CopyOutcome::AlreadyPresent)
+                Ok(CopyOutcome::PublishedMeanwhile)
             }
             Err(_) => match fs::rename(&tmp_path, dst_path) {
                 Ok(()) => Ok(CopyOutcome::Copied(copied)),
@@ -460,6 +460,14 @@ impl BlobStore for LocalStore {
         .await?;
         *synced = now;
         Ok(())
+    }
+
+    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
+        match outcome {
+            // Found by a look at the directory: nothing written.
+            CopyOutcome::AlreadyPresent => (0, 0),
+            CopyOutcome::Copied(_) | CopyOutcome::PublishedMeanwhile => (0, 1),
+        }
     }
 
     fn url(&self) -> String {

@@ -63,6 +63,9 @@ pub enum CopyOutcome {
     Copied(u64),
     /// The destination already existed, so nothing was copied (objects are content-addressed).
     AlreadyPresent,
+    /// Another copier published the destination while this copy ran, so this one kept nothing
+    /// (it had read, and on GCS tried to write, before it found out).
+    PublishedMeanwhile,
 }
 
 /// A storage failure.
@@ -202,6 +205,14 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
             Operation::Copy => (0, 1),
             Operation::List | Operation::Stat | Operation::Read => (1, 0),
         }
+    }
+
+    /// Requests a copy that ended in `outcome` made, `(reads, writes)`: at most
+    /// [`Self::requests`] of [`Operation::Copy`], which the governor books before the call and
+    /// gives back the rest of.
+    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
+        let _ = outcome;
+        self.requests(Operation::Copy)
     }
 
     /// The store's URL, for logs and messages.

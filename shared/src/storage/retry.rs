@@ -170,6 +170,10 @@ impl BlobStore for Retrying {
         self.inner.requests(operation)
     }
 
+    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
+        self.inner.copy_requests(outcome)
+    }
+
     fn url(&self) -> String {
         self.inner.url()
     }

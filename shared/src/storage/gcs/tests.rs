@@ -190,12 +190,26 @@ async fn no_answer_is_transient() {
 }
 
 #[tokio::test]
+async fn a_present_destination_costs_the_copy_one_read() {
+    let server = Scripted::start(|_, _| object("pre/dst", 1, "AAAAAA==")).await;
+    let store = server.store();
+    let outcome = store.copy("src", "dst", None).await.unwrap();
+    assert_eq!(outcome, CopyOutcome::AlreadyPresent);
+    assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
+    assert_eq!(store.copy_requests(outcome), (1, 0));
+    assert_eq!(store.copy_requests(CopyOutcome::Copied(5)), (2, 1));
+}
+
+#[tokio::test]
 async fn a_destination_published_during_the_copy_wins_the_race() {
     let server =
         Scripted::start(|method, target| copy_script(method, target).unwrap_or_else(|| error(412)))
             .await;
-    let outcome = server.store().copy("src", "dst", None).await.unwrap();
-    assert_eq!(outcome, CopyOutcome::AlreadyPresent);
+    let store = server.store();
+    let outcome = store.copy("src", "dst", None).await.unwrap();
+    assert_eq!(outcome, CopyOutcome::PublishedMeanwhile);
+    assert_eq!(server.requests().len(), 3, "{:?}", server.requests());
+    assert_eq!(store.copy_requests(outcome), (2, 1));
     let rewrite = server.requests().pop().unwrap();
     assert!(
         rewrite.starts_with("POST /storage/v1/b/bkt/o/pre%2Fsrc/rewriteTo/b/bkt/o/pre%2Fdst?"),
