@@ -172,9 +172,9 @@ impl GovernorArgs {
 
 /// Reserves the next `ARGV[8]` slots of a budget (`take`), gives back that many reserved
 /// slots a call did not use (`give`: the schedule moves back, never before now), cuts its rate
-/// after a 429 (`cut`), or reads it (`peek`). Times are Redis's own (`TIME`), so every process agrees on them. Returns
-/// `{done, wait_ms, rate, ceiling}` (done: a slot reserved, or the rate cut), numbers as
-/// strings since Redis would truncate Lua floats to integers.
+/// after a 429 (`cut`), or reads it (`peek`). Times are Redis's own (`TIME`), so every process
+/// agrees on them. Returns `{done, wait_ms, rate, ceiling}` (done: a slot reserved, or the rate
+/// cut), numbers as strings since Redis would truncate Lua floats to integers.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
