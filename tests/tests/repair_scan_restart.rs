@@ -118,8 +118,8 @@ async fn a_killed_scan_resumes_without_losing_or_double_counting_a_project() {
         .expect("enable");
 
     // SIGKILL mid-run: what was recorded stays; claims in hand stay ongoing. The importer the
-    // scan asks is frozen first, so the scan stands still where it was seen, however late the
-    // look came on a loaded machine.
+    // scan asks is frozen first, so the scan stops right after the look instead of running on
+    // while the kill is sent and takes effect.
     let at_kill = wait_for(&mut client, "scan under way", |s| s.completed >= 20_000).await;
     importer.signal("STOP");
     scheduler.signal("KILL");

@@ -467,14 +467,27 @@ impl BlobStore for GcsStore {
         &self,
         src: &str,
         dst: &str,
-        _expected: Option<&Digest>,
+        expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError> {
-        let src_name = self.object_name(src)?;
         let dst_name = self.object_name(dst)?;
         let connection = self.connection().await?;
         if self.get(connection, dst, &dst_name).await?.is_some() {
             return Ok(CopyOutcome::AlreadyPresent);
         }
+        self.copy_to_absent(src, dst, expected).await
+    }
+
+    /// The source's GET and the rewrite, whose "does not exist" precondition keeps a destination
+    /// published meanwhile.
+    async fn copy_to_absent(
+        &self,
+        src: &str,
+        dst: &str,
+        _expected: Option<&Digest>,
+    ) -> Result<CopyOutcome, StorageError> {
+        let src_name = self.object_name(src)?;
+        let dst_name = self.object_name(dst)?;
+        let connection = self.connection().await?;
         let source = (self.get(connection, src, &src_name).await?).ok_or_else(|| {
             StorageError::NotFound {
                 key: src.to_owned(),
@@ -501,18 +514,10 @@ impl BlobStore for GcsStore {
         match operation {
             // GET the destination, GET the source, POST the rewrite (one call almost always).
             super::Operation::Copy => (2, 1),
+            // The same without the destination's GET.
+            super::Operation::CopyToAbsent => (1, 1),
             // One GET: the listing, the metadata or the bytes.
             super::Operation::List | super::Operation::Stat | super::Operation::Read => (1, 0),
-        }
-    }
-
-    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
-        match outcome {
-            // The destination's GET found it.
-            CopyOutcome::AlreadyPresent => (1, 0),
-            CopyOutcome::Copied(_) | CopyOutcome::PublishedMeanwhile => {
-                self.requests(super::Operation::Copy)
-            }
         }
     }
 

@@ -170,11 +170,10 @@ impl GovernorArgs {
     }
 }
 
-/// Reserves the next `ARGV[8]` slots of a budget (`take`), gives back that many reserved
-/// slots a call did not use (`give`: the schedule moves back, never before now), cuts its rate
-/// after a 429 (`cut`), or reads it (`peek`). Times are Redis's own (`TIME`), so every process
-/// agrees on them. Returns `{done, wait_ms, rate, ceiling}` (done: a slot reserved, or the rate
-/// cut), numbers as strings since Redis would truncate Lua floats to integers.
+/// Reserves the next `ARGV[8]` slots of a budget (`take`), cuts its rate after a 429 (`cut`),
+/// or reads it (`peek`). Times are Redis's own (`TIME`), so every process agrees on them. Returns
+/// `{done, wait_ms, rate, ceiling}` (done: a slot reserved, or the rate cut), numbers as
+/// strings since Redis would truncate Lua floats to integers.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -214,14 +213,6 @@ end
 local interval = 1000 / rate
 if tat < now then tat = now end
 local slots = tonumber(ARGV[8])
-if ARGV[6] == 'give' then
-  if h[1] then
-    local back = tat - interval * slots
-    if back < now then back = now end
-    redis.call('HSET', KEYS[1], 'tat', tostring(back))
-  end
-  return {1, '0', tostring(rate), tostring(ceiling)}
-end
 local wait = tat + interval * (slots - 1) - interval * (burst - 1) - now
 if wait > max_wait then
   return {0, tostring(wait), tostring(rate), tostring(ceiling)}
@@ -364,18 +355,6 @@ impl Governor {
         }
     }
 
-    /// Gives back `slots` slots taken for requests that were not made (a copy that found its
-    /// destination present made fewer than it booked), so that later requests take them. The
-    /// slots go back at the budget's rate now.
-    pub async fn give_back(&self, budget: Budget, slots: u32) {
-        if slots == 0 {
-            return;
-        }
-        if let Err(error) = self.call(budget, "give", slots).await {
-            tracing::warn!(%error, budget = budget.as_str(), "storage budget unavailable; unused slots not given back");
-        }
-    }
-
     /// Reports a 429: cuts the budget's rate (once per cooldown at most).
     pub async fn throttled(&self, budget: Budget) {
         match self.call(budget, "cut", 0).await {
@@ -459,18 +438,24 @@ impl BlobStore for Governed {
         dst: &str,
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError> {
-        let (reads, writes) = self.inner.requests(Operation::Copy);
-        let outcome = self
-            .run((reads, writes), self.inner.copy(src, dst, expected))
-            .await?;
-        let (read, written) = self.inner.copy_requests(outcome);
-        self.governor
-            .give_back(Budget::Read, reads.saturating_sub(read))
-            .await;
-        self.governor
-            .give_back(Budget::Write, writes.saturating_sub(written))
-            .await;
-        Ok(outcome)
+        // Booked as the requests come: a destination already there (a layer another repository
+        // brought over) costs only the look, not the source's read and the write.
+        let cost = self.inner.requests(Operation::Stat);
+        if self.run(cost, self.inner.stat(dst)).await?.is_some() {
+            return Ok(CopyOutcome::AlreadyPresent);
+        }
+        self.copy_to_absent(src, dst, expected).await
+    }
+
+    async fn copy_to_absent(
+        &self,
+        src: &str,
+        dst: &str,
+        expected: Option<&Digest>,
+    ) -> Result<CopyOutcome, StorageError> {
+        let cost = self.inner.requests(Operation::CopyToAbsent);
+        self.run(cost, self.inner.copy_to_absent(src, dst, expected))
+            .await
     }
 
     async fn persist(&self) -> Result<(), StorageError> {
@@ -479,10 +464,6 @@ impl BlobStore for Governed {
 
     fn requests(&self, operation: super::Operation) -> (u32, u32) {
         self.inner.requests(operation)
-    }
-
-    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
-        self.inner.copy_requests(outcome)
     }
 
     fn url(&self) -> String {

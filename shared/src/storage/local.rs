@@ -462,14 +462,6 @@ impl BlobStore for LocalStore {
         Ok(())
     }
 
-    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
-        match outcome {
-            // Found by a look at the directory: nothing written.
-            CopyOutcome::AlreadyPresent => (0, 0),
-            CopyOutcome::Copied(_) | CopyOutcome::PublishedMeanwhile => (0, 1),
-        }
-    }
-
     fn url(&self) -> String {
         format!("file://{}", self.root.display())
     }

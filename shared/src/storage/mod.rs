@@ -167,6 +167,8 @@ pub enum Operation {
     Read,
     /// [`BlobStore::copy`].
     Copy,
+    /// [`BlobStore::copy_to_absent`].
+    CopyToAbsent,
 }
 
 /// A bucket of objects in the Docker distribution layout.
@@ -191,6 +193,19 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError>;
 
+    /// Copies like [`Self::copy`] when the caller has just seen that `dst` does not exist:
+    /// drivers whose copy starts by looking (GCS: the destination's GET) skip that request. `dst`
+    /// is still never replaced: a copier that published it meanwhile wins
+    /// ([`CopyOutcome::PublishedMeanwhile`]).
+    async fn copy_to_absent(
+        &self,
+        src: &str,
+        dst: &str,
+        expected: Option<&Digest>,
+    ) -> Result<CopyOutcome, StorageError> {
+        self.copy(src, dst, expected).await
+    }
+
     /// Makes every copy this store has made durable: a crash of the machine can no longer undo
     /// it. Callers persist before they record a copy anywhere else (a database commit). Drivers
     /// whose copies are durable when they return (GCS) need do nothing.
@@ -202,17 +217,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// request budgets (a GCS copy reads the source's metadata before it rewrites).
     fn requests(&self, operation: Operation) -> (u32, u32) {
         match operation {
-            Operation::Copy => (0, 1),
+            Operation::Copy | Operation::CopyToAbsent => (0, 1),
             Operation::List | Operation::Stat | Operation::Read => (1, 0),
         }
-    }
-
-    /// Requests a copy that ended in `outcome` made, `(reads, writes)`: at most
-    /// [`Self::requests`] of [`Operation::Copy`], which the governor books before the call and
-    /// gives back the rest of.
-    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
-        let _ = outcome;
-        self.requests(Operation::Copy)
     }
 
     /// The store's URL, for logs and messages.

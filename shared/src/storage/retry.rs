@@ -161,6 +161,18 @@ impl BlobStore for Retrying {
             .await
     }
 
+    async fn copy_to_absent(
+        &self,
+        src: &str,
+        dst: &str,
+        expected: Option<&Digest>,
+    ) -> Result<CopyOutcome, StorageError> {
+        self.with_retry("copy", src, || {
+            self.inner.copy_to_absent(src, dst, expected)
+        })
+        .await
+    }
+
     async fn persist(&self) -> Result<(), StorageError> {
         self.with_retry("persist", "", || self.inner.persist())
             .await
@@ -168,10 +180,6 @@ impl BlobStore for Retrying {
 
     fn requests(&self, operation: super::Operation) -> (u32, u32) {
         self.inner.requests(operation)
-    }
-
-    fn copy_requests(&self, outcome: CopyOutcome) -> (u32, u32) {
-        self.inner.copy_requests(outcome)
     }
 
     fn url(&self) -> String {

@@ -196,8 +196,27 @@ async fn a_present_destination_costs_the_copy_one_read() {
     let outcome = store.copy("src", "dst", None).await.unwrap();
     assert_eq!(outcome, CopyOutcome::AlreadyPresent);
     assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
-    assert_eq!(store.copy_requests(outcome), (1, 0));
-    assert_eq!(store.copy_requests(CopyOutcome::Copied(5)), (2, 1));
+}
+
+#[tokio::test]
+async fn a_copy_to_an_absent_destination_skips_the_look() {
+    let server =
+        Scripted::start(|method, target| copy_script(method, target).unwrap_or_else(|| error(412)))
+            .await;
+    let store = server.store();
+    let outcome = store.copy_to_absent("src", "dst", None).await.unwrap();
+    assert_eq!(outcome, CopyOutcome::PublishedMeanwhile);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(
+        requests[0].starts_with("GET /storage/v1/b/bkt/o/pre%2Fsrc"),
+        "{requests:?}"
+    );
+    assert!(requests[1].starts_with("POST "), "{requests:?}");
+    assert_eq!(
+        store.requests(crate::storage::Operation::CopyToAbsent),
+        (1, 1)
+    );
 }
 
 #[tokio::test]
@@ -209,7 +228,6 @@ async fn a_destination_published_during_the_copy_wins_the_race() {
     let outcome = store.copy("src", "dst", None).await.unwrap();
     assert_eq!(outcome, CopyOutcome::PublishedMeanwhile);
     assert_eq!(server.requests().len(), 3, "{:?}", server.requests());
-    assert_eq!(store.copy_requests(outcome), (2, 1));
     let rewrite = server.requests().pop().unwrap();
     assert!(
         rewrite.starts_with("POST /storage/v1/b/bkt/o/pre%2Fsrc/rewriteTo/b/bkt/o/pre%2Fdst?"),
