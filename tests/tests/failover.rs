@@ -100,11 +100,7 @@ impl Deployment {
 
     /// Waits up to two seconds until PostgreSQL runs no statement from the sessions named
     /// `application`; false if one still runs (it may wait on a lock the frozen process holds).
-    async fn sessions_settled(metadata: &str, application: &str) -> bool {
-        use sqlx::Connection;
-        let mut db = sqlx::PgConnection::connect(metadata)
-            .await
-            .expect("metadata database");
+    async fn sessions_settled(metadata: &sqlx::PgPool, application: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             let running: i64 = sqlx::query_scalar(
@@ -112,7 +108,7 @@ impl Deployment {
                  WHERE application_name = $1 AND state = 'active'",
             )
             .bind(application)
-            .fetch_one(&mut db)
+            .fetch_one(metadata)
             .await
             .expect("sessions");
             if running == 0 {
@@ -127,17 +123,13 @@ impl Deployment {
 
     /// Which of `paths` the metadata database shows in a step: pre-import or final import in
     /// progress.
-    async fn in_progress(metadata: &str, paths: &[String]) -> Vec<String> {
-        use sqlx::Connection;
-        let mut db = sqlx::PgConnection::connect(metadata)
-            .await
-            .expect("metadata database");
+    async fn in_progress(metadata: &sqlx::PgPool, paths: &[String]) -> Vec<String> {
         sqlx::query_scalar(
             "SELECT path FROM repositories WHERE path = ANY($1) \
              AND migration_status IN ('pre_import_in_progress', 'import_in_progress') ORDER BY path",
         )
         .bind(paths)
-        .fetch_all(&mut db)
+        .fetch_all(metadata)
         .await
         .expect("repositories in progress")
     }
@@ -381,7 +373,9 @@ async fn an_importer_killed_mid_import_is_unlocked_and_its_steps_retried_elsewhe
     // and its database writes stop where they are. It is killed only if one of those steps is
     // still in progress in the metadata database once PostgreSQL has run all it sent; otherwise
     // it is thawed and the search goes on.
-    let metadata = deployment.metadata.clone();
+    let metadata = sqlx::PgPool::connect(&deployment.metadata)
+        .await
+        .expect("metadata database");
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut tries = 0;
     let (victim, orphans) = loop {

@@ -8,20 +8,23 @@ use std::time::{Duration, Instant};
 use ferry_shared::storage::governor::{Budget, BudgetConfig, Governor, GovernorConfig};
 use ferry_tests::{redis_url, unique_suffix};
 
+/// A governor of the budgets under `prefix` with only `read` governed.
 async fn governor(prefix: &str, read: BudgetConfig, ramp: Duration) -> Governor {
+    let config = GovernorConfig {
+        read: Some(read),
+        write: None,
+        ramp,
+    };
+    governor_with(prefix, config).await
+}
+
+/// A governor of the budgets under `prefix`, on its own Redis connection.
+async fn governor_with(prefix: &str, config: GovernorConfig) -> Governor {
     let client = redis::Client::open(redis_url()).expect("redis url");
     let redis = redis::aio::ConnectionManager::new(client)
         .await
         .expect("redis (run `make test`)");
-    Governor::new(
-        redis,
-        prefix,
-        GovernorConfig {
-            read: Some(read),
-            write: None,
-            ramp,
-        },
-    )
+    Governor::new(redis, prefix, config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,10 +300,6 @@ async fn a_copy_whose_destination_is_present_books_no_write() {
     }
     std::fs::write(dir.path().join("src/data"), b"layer").expect("source");
     std::fs::write(dir.path().join("present/data"), b"layer").expect("destination");
-    let client = redis::Client::open(redis_url()).expect("redis url");
-    let redis = redis::aio::ConnectionManager::new(client)
-        .await
-        .expect("redis (run `make test`)");
     let slow_writes = GovernorConfig {
         read: None,
         write: Some(BudgetConfig {
@@ -309,11 +308,7 @@ async fn a_copy_whose_destination_is_present_books_no_write() {
         }),
         ramp: Duration::from_secs(1200),
     };
-    let governor = Governor::new(
-        redis,
-        &format!("ferry-test-{}", unique_suffix()),
-        slow_writes,
-    );
+    let governor = governor_with(&format!("ferry-test-{}", unique_suffix()), slow_writes).await;
     let local = LocalStore::new(dir.path().to_path_buf()).expect("local store");
     let store = Governed::new(Arc::new(local), governor);
     let present = async {

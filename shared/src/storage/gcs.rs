@@ -469,12 +469,8 @@ impl BlobStore for GcsStore {
         dst: &str,
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError> {
-        let dst_name = self.object_name(dst)?;
-        let connection = self.connection().await?;
-        if self.get(connection, dst, &dst_name).await?.is_some() {
-            return Ok(CopyOutcome::AlreadyPresent);
-        }
-        self.copy_to_absent(src, dst, expected).await
+        // The destination's GET (a stat), then the rest.
+        super::copy_after_look(self, src, dst, expected).await
     }
 
     /// The source's GET and the rewrite, whose "does not exist" precondition keeps a destination

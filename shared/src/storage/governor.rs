@@ -438,13 +438,10 @@ impl BlobStore for Governed {
         dst: &str,
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError> {
-        // Booked as the requests come: a destination already there (a layer another repository
-        // brought over) costs only the look, not the source's read and the write.
-        let cost = self.inner.requests(Operation::Stat);
-        if self.run(cost, self.inner.stat(dst)).await?.is_some() {
-            return Ok(CopyOutcome::AlreadyPresent);
-        }
-        self.copy_to_absent(src, dst, expected).await
+        // Booked as the requests come (`stat`, then `copy_to_absent`): a destination already
+        // there (a layer another repository brought over) costs only the look, not the source's
+        // read and the write.
+        super::copy_after_look(self, src, dst, expected).await
     }
 
     async fn copy_to_absent(

@@ -226,6 +226,21 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn url(&self) -> String;
 }
 
+/// A copy that looks first: [`CopyOutcome::AlreadyPresent`] when `dst` exists, else
+/// [`BlobStore::copy_to_absent`]. GCS copies this way, and the governor too, booking the look
+/// and the rest apart.
+pub(crate) async fn copy_after_look(
+    store: &dyn BlobStore,
+    src: &str,
+    dst: &str,
+    expected: Option<&Digest>,
+) -> Result<CopyOutcome, StorageError> {
+    if store.stat(dst).await?.is_some() {
+        return Ok(CopyOutcome::AlreadyPresent);
+    }
+    store.copy_to_absent(src, dst, expected).await
+}
+
 /// Opens the store that `url` names: `file:///abs/dir` (the directory that holds `docker/`),
 /// or `gs://bucket[/prefix]` (see [`GcsStore`]; the client connects on first use), retrying
 /// transient failures with the default [`RetryPolicy`].
