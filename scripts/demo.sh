@@ -107,10 +107,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 SCHEDULER_PORT=$(free_port)
 METRICS_PORT=$(free_port)
 IMPORTER_PORTS=("$(free_port)" "$(free_port)")
+IMPORTER_METRICS_PORTS=("$(free_port)" "$(free_port)")
 export FERRY_SCHEDULER_URL=http://127.0.0.1:$SCHEDULER_PORT
 
 for i in 0 1; do
-  FERRY_LISTEN_ADDR=127.0.0.1:${IMPORTER_PORTS[$i]} "$BIN/ferry-importer" >"$WORK/importer-$((i + 1)).log" 2>&1 &
+  FERRY_LISTEN_ADDR=127.0.0.1:${IMPORTER_PORTS[$i]} \
+  FERRY_METRICS_ADDR=127.0.0.1:${IMPORTER_METRICS_PORTS[$i]} \
+    "$BIN/ferry-importer" >"$WORK/importer-$((i + 1)).log" 2>&1 &
   PIDS+=($!)
 done
 FERRY_LISTEN_ADDR=127.0.0.1:$SCHEDULER_PORT \
@@ -121,12 +124,39 @@ FERRY_ENQUEUE_INTERVAL_MS=500 \
 PIDS+=($!)
 log "scheduler on :$SCHEDULER_PORT, importers on :${IMPORTER_PORTS[0]} and :${IMPORTER_PORTS[1]}, storage $FERRY_STORAGE_URL"
 
+NAMES=(importer-1 importer-2 scheduler)
+services_alive() { # fails naming the first service that exited
+  local i
+  for i in "${!PIDS[@]}"; do
+    kill -0 "${PIDS[$i]}" 2>/dev/null || die "${NAMES[$i]} exited; see $WORK/${NAMES[$i]}.log"
+  done
+}
 for _ in $(seq 1 100); do
   "$BIN/ferryctl" status >/dev/null 2>&1 && break
-  for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || die "a service exited at start-up; see $WORK"; done
+  services_alive
   sleep 0.2
 done
 "$BIN/ferryctl" status >/dev/null || die "the scheduler did not come up; see $WORK/scheduler.log"
+# Every importer answers on its metrics address before the migration starts.
+for port in "${IMPORTER_METRICS_PORTS[@]}"; do
+  for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
+    services_alive
+    sleep 0.2
+  done
+done
+services_alive
 
 "$BIN/ferryctl" inventory
-"$BIN/ferryctl" migrate --capacity "${CAPACITY:-4}" --wait
+# The migration runs while every service is watched: the demo fails the moment one exits.
+"$BIN/ferryctl" migrate --capacity "${CAPACITY:-4}" --wait &
+MIGRATE=$!
+while kill -0 "$MIGRATE" 2>/dev/null; do
+  if ! (services_alive) 2>/dev/null; then
+    kill "$MIGRATE" 2>/dev/null || true
+    services_alive
+  fi
+  sleep 0.2
+done
+wait "$MIGRATE"
+services_alive

@@ -42,9 +42,6 @@ pub struct ImporterArgs {
     /// Tags (and their manifests) looked up at once per import.
     #[arg(long, env = "FERRY_TAG_CONCURRENCY", default_value = "10")]
     pub tag_concurrency: String,
-    /// After a cancellation, refuse a new pre-import of the repository for this many seconds.
-    #[arg(long, env = "FERRY_CANCEL_SETTLE_SECS", default_value = "5")]
-    pub cancel_settle_secs: String,
     /// How often a running step checks for a cancellation made through another importer, in ms.
     #[arg(long, env = "FERRY_CANCEL_POLL_MS", default_value = "1000")]
     pub cancel_poll_ms: String,
@@ -166,7 +163,6 @@ impl ImporterArgs {
         let fin = check.positive("FERRY_IMPORT_TIMEOUT_SECS", &self.import_timeout_secs);
         let copies = check.positive("FERRY_COPY_CONCURRENCY", &self.copy_concurrency);
         let tags = check.positive("FERRY_TAG_CONCURRENCY", &self.tag_concurrency);
-        let settle = check.positive("FERRY_CANCEL_SETTLE_SECS", &self.cancel_settle_secs);
         let poll = check.positive("FERRY_CANCEL_POLL_MS", &self.cancel_poll_ms);
         let grace = check.positive("FERRY_SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs);
         let redis_url = self
@@ -187,7 +183,6 @@ impl ImporterArgs {
                 import_timeout: Duration::from_secs(fin?),
                 copy_concurrency: size(copies?),
                 tag_concurrency: size(tags?),
-                cancel_settle: Duration::from_secs(settle?),
                 cancel_poll: Duration::from_millis(poll?),
             })
         })();

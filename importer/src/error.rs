@@ -37,15 +37,16 @@ pub enum ApiError {
     /// 429: this importer runs its maximum number of imports.
     #[error("importer is running its maximum of {0} concurrent imports")]
     TooManyImports(usize),
-    /// 429: the repository's last step was canceled moments ago and may still be stopping.
-    #[error(
-        "repository {path} is not ready: its last import was canceled moments ago and may still be stopping"
-    )]
-    NotReady {
+    /// A start naming a step no newer than the repository's last one: a late or repeated start
+    /// of a step the scheduler has given up, or one canceled before it arrived.
+    #[error("step {step} of {path} is stale: the repository is at step {current}")]
+    StaleStep {
         /// The repository.
         path: String,
-        /// When the settle window ends.
-        retry_after: Duration,
+        /// The step the start named.
+        step: u64,
+        /// The repository's last step.
+        current: u64,
     },
     /// A start from a scheduler whose lease was taken over: the repository was already started
     /// with a higher fencing token.
@@ -58,13 +59,16 @@ pub enum ApiError {
         /// The highest token seen for the repository.
         seen: u64,
     },
-    /// 400: nothing to cancel (no step in progress, or a forced cancel of a native repository).
-    #[error("import of {path} cannot be canceled: its status is {status}")]
+    /// 400: nothing to cancel (no step in progress, a native repository, a completed final
+    /// import, or a newer step than the one named).
+    #[error("import of {path} cannot be canceled: its status is {status} (step {step})")]
     CannotCancel {
         /// The repository.
         path: String,
         /// Its current status.
         status: &'static str,
+        /// The step that status belongs to.
+        step: u64,
     },
     /// The metadata database failed.
     #[error("metadata database: {0}")]
@@ -88,8 +92,9 @@ impl ApiError {
             }
             ApiError::PreImportRequired { .. }
             | ApiError::CannotCancel { .. }
-            | ApiError::StaleFence { .. } => ErrorCode::FailedPrecondition,
-            ApiError::TooManyImports(_) | ApiError::NotReady { .. } => ErrorCode::ResourceExhausted,
+            | ApiError::StaleFence { .. }
+            | ApiError::StaleStep { .. } => ErrorCode::FailedPrecondition,
+            ApiError::TooManyImports(_) => ErrorCode::ResourceExhausted,
             ApiError::Database(_) | ApiError::Storage(_) | ApiError::ShuttingDown => {
                 ErrorCode::Unavailable
             }
@@ -103,7 +108,6 @@ const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         let retry_after = match &error {
-            ApiError::NotReady { retry_after, .. } => Some(*retry_after),
             ApiError::TooManyImports(_) | ApiError::ShuttingDown => Some(BUSY_RETRY_AFTER),
             _ => None,
         };

@@ -39,7 +39,12 @@ impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
             ImportType::try_from(request.import_type).unwrap_or(ImportType::Unspecified);
         let response = self
             .0
-            .start_import(&request.path, import_type, request.fencing_token)
+            .start_import(
+                &request.path,
+                import_type,
+                request.fencing_token,
+                request.step,
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -59,7 +64,9 @@ impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
     ) -> Result<Response<CancelImportResponse>, Status> {
         let request = request.into_inner();
         Ok(Response::new(
-            self.0.cancel_import(&request.path, request.force).await?,
+            self.0
+                .cancel_import(&request.path, request.step, request.force)
+                .await?,
         ))
     }
 

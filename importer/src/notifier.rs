@@ -4,10 +4,8 @@ use std::time::{Duration, Instant};
 
 use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 
-use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_proto::scheduler::v1::NotifyImportResultRequest;
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
-use ferry_shared::ids::RepositoryPath;
 
 /// Sends `NotifyImportResult` to the scheduler.
 #[derive(Debug, Clone)]
@@ -53,23 +51,10 @@ impl Notifier {
         })
     }
 
-    /// Reports a step's end, retrying with jittered exponential backoff until acknowledged.
-    pub async fn notify(
-        &self,
-        path: &RepositoryPath,
-        import_type: ImportType,
-        status: MigrationStatus,
-        detail: String,
-        stats: ImportStats,
-    ) {
-        let request = NotifyImportResultRequest {
-            path: path.to_string(),
-            name: path.name().to_owned(),
-            status: status.into(),
-            detail,
-            import_type: import_type.into(),
-            stats: Some(stats),
-        };
+    /// Reports a step's end (`request`), retrying with jittered exponential backoff until
+    /// acknowledged.
+    pub async fn notify(&self, request: NotifyImportResultRequest) {
+        let path = request.path.as_str();
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -82,15 +67,15 @@ impl Notifier {
             match client.notify_import_result(request.clone()).await {
                 Ok(_) => return,
                 Err(status) if is_permanent(status.code()) => {
-                    tracing::error!(repository = %path, %status, "scheduler refused the step's result; not retrying");
+                    tracing::error!(repository = path, %status, "scheduler refused the step's result; not retrying");
                     return;
                 }
                 Err(status) if started.elapsed() >= self.give_up_after => {
-                    tracing::error!(repository = %path, %status, "scheduler never acknowledged the step's result; giving up");
+                    tracing::error!(repository = path, %status, "scheduler never acknowledged the step's result; giving up");
                     return;
                 }
                 Err(status) => {
-                    tracing::warn!(repository = %path, %status, retry_in_ms = backoff.as_millis() as u64, "notifying the scheduler failed");
+                    tracing::warn!(repository = path, %status, retry_in_ms = backoff.as_millis() as u64, "notifying the scheduler failed");
                     // Try the next replica on the next attempt.
                     self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let jitter = Duration::from_millis(rand_jitter(backoff.as_millis() as u64 / 2));

@@ -33,7 +33,8 @@ pub struct RunningSteps {
 
 #[derive(Debug, Default)]
 struct Registry {
-    by_path: HashMap<String, (u64, StopSignal)>,
+    /// Per path: the registration's id, the step's number, and its stop signal.
+    by_path: HashMap<String, (u64, u64, StopSignal)>,
     /// Set by [`RunningSteps::stop_all`]; a step registered afterwards starts stopped.
     shutting_down: bool,
 }
@@ -49,13 +50,15 @@ pub struct RunningStep {
 }
 
 impl RunningSteps {
-    /// Registers a step for `path`.
-    pub fn register(self: &Arc<Self>, path: &RepositoryPath) -> RunningStep {
+    /// Registers step number `step` of `path`.
+    pub fn register(self: &Arc<Self>, path: &RepositoryPath, step: u64) -> RunningStep {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut registry = self.lock();
         let initial = registry.shutting_down.then_some(StopReason::Shutdown);
         let (sender, receiver) = watch::channel(initial);
-        registry.by_path.insert(path.to_string(), (id, sender));
+        registry
+            .by_path
+            .insert(path.to_string(), (id, step, sender));
         RunningStep {
             registry: Arc::clone(self),
             path: path.to_string(),
@@ -64,24 +67,29 @@ impl RunningSteps {
         }
     }
 
-    /// Whether a step of `path` runs in this process.
-    pub fn is_running(&self, path: &RepositoryPath) -> bool {
-        self.lock().by_path.contains_key(path.as_str())
-    }
-
-    /// Signals the step running here for `path`, if any. Returns whether one was running.
-    pub fn cancel(&self, path: &RepositoryPath) -> bool {
+    /// The number of the step of `path` running in this process, if one runs.
+    pub fn running_step(&self, path: &RepositoryPath) -> Option<u64> {
         self.lock()
             .by_path
             .get(path.as_str())
-            .is_some_and(|(_, sender)| sender.send(Some(StopReason::Canceled)).is_ok())
+            .map(|(_, step, _)| *step)
+    }
+
+    /// Signals the step running here for `path` if its number is at most `up_to` (a cancel of
+    /// step `up_to` supersedes every older one; 0 means any). Returns whether one was signalled.
+    pub fn cancel(&self, path: &RepositoryPath, up_to: u64) -> bool {
+        self.lock()
+            .by_path
+            .get(path.as_str())
+            .filter(|(_, step, _)| up_to == 0 || *step <= up_to)
+            .is_some_and(|(_, _, sender)| sender.send(Some(StopReason::Canceled)).is_ok())
     }
 
     /// Signals every step running here to stop for shutdown; returns how many there were.
     pub fn stop_all(&self) -> usize {
         let mut registry = self.lock();
         registry.shutting_down = true;
-        for (_, sender) in registry.by_path.values() {
+        for (_, _, sender) in registry.by_path.values() {
             let _ = sender.send(Some(StopReason::Shutdown));
         }
         registry.by_path.len()
@@ -101,21 +109,21 @@ impl Drop for RunningStep {
         if registry
             .by_path
             .get(&self.path)
-            .is_some_and(|(id, _)| *id == self.id)
+            .is_some_and(|(id, _, _)| *id == self.id)
         {
             registry.by_path.remove(&self.path);
         }
     }
 }
 
-/// Completes when the step must stop, with the reason: signalled in this process, or its status
-/// in the database is no longer `in_progress` (canceled through another importer), checked every
-/// `poll`.
+/// Completes when the step must stop, with the reason: signalled in this process, or the
+/// database no longer holds the repository `in_progress` in step `step` (canceled through another
+/// importer, or taken over by a newer step), checked every `poll`.
 pub async fn wait_for_stop(
     mut stop: watch::Receiver<Option<StopReason>>,
     db: &MetadataStore,
     path: &RepositoryPath,
-    in_progress: MigrationStatus,
+    (in_progress, step): (MigrationStatus, u64),
     poll: Duration,
 ) -> StopReason {
     if let Some(reason) = *stop.borrow_and_update() {
@@ -133,7 +141,9 @@ pub async fn wait_for_stop(
             }
             () = tokio::time::sleep(poll) => {
                 match db.repository(path).await {
-                    Ok(Some(row)) if row.status != in_progress => return StopReason::Canceled,
+                    Ok(Some(row)) if row.status != in_progress || row.step != step => {
+                        return StopReason::Canceled;
+                    }
                     Ok(_) => {}
                     Err(error) => tracing::warn!(repository = %path, %error, "checking for cancellation failed"),
                 }

@@ -24,7 +24,7 @@ use crate::metrics::ImporterMetrics;
 use crate::notifier::Notifier;
 use crate::plan;
 use crate::running::RunningSteps;
-use crate::store::{MetadataStore, RepositoryRow, StepClaim};
+use crate::store::{CancelOutcome, ClaimedStep, MetadataStore, RepositoryRow, StepClaim};
 
 mod step;
 
@@ -37,15 +37,17 @@ pub trait ImportService: Send + Sync + 'static {
         path: &str,
         import_type: ImportType,
         fencing_token: u64,
+        step: u64,
     ) -> Result<StartImportResponse, ApiError>;
 
     /// The repository's status in the metadata database.
     async fn import_status(&self, path: &str) -> Result<GetImportStatusResponse, ApiError>;
 
-    /// Cancels the repository's step (see the proto for the rules).
+    /// Cancels the repository's step `step` (0: any; see the proto for the rules).
     async fn cancel_import(
         &self,
         path: &str,
+        step: u64,
         force: bool,
     ) -> Result<CancelImportResponse, ApiError>;
 
@@ -91,9 +93,6 @@ pub struct StepLimits {
     pub copy_concurrency: usize,
     /// Tags (and their manifests) looked up at once per import.
     pub tag_concurrency: usize,
-    /// After a cancellation, a new pre-import is refused for this long, so that a step still
-    /// stopping somewhere cannot race the new one (seed 004).
-    pub cancel_settle: Duration,
     /// How often a running step checks the database for a cancellation made elsewhere.
     pub cancel_poll: Duration,
 }
@@ -152,13 +151,15 @@ fn statuses(import_type: ImportType) -> StepStatuses {
     }
 }
 
-/// The span of one step: every log line of the step carries its repository, its type and a
-/// correlation id (the trace id when traces are exported), and its trace continues the caller's.
-fn step_span(path: &RepositoryPath, import_type: ImportType) -> tracing::Span {
+/// The span of one step: every log line of the step carries its repository, its type, its number
+/// and a correlation id (the trace id when traces are exported), and its trace continues the
+/// caller's.
+fn step_span(path: &RepositoryPath, import_type: ImportType, step: u64) -> tracing::Span {
     tracing::info_span!(
         "import.step",
         repository = %path,
         import_type = crate::metrics::type_label(import_type),
+        step,
         correlation_id = %ferry_shared::telemetry::traces::correlation_id(),
     )
 }
@@ -221,8 +222,8 @@ impl Importer {
             .acquire_owned()
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
-        let repository_id = match self.claim(&path, import_type, 0).await? {
-            Claim::Step { repository_id } => repository_id,
+        let claimed = match self.claim(&path, import_type, 0, 0).await? {
+            Claim::Step(claimed) => claimed,
             Claim::AlreadyImported(status) => {
                 let detail = "already on the new platform".to_owned();
                 return Ok(StepOutcome {
@@ -231,18 +232,27 @@ impl Importer {
                     stats: Default::default(),
                 });
             }
+            // An unnumbered start never finds its own step running.
+            Claim::AlreadyRunning(step) => {
+                return Err(ApiError::StaleStep {
+                    path: path.to_string(),
+                    step,
+                    current: step,
+                });
+            }
         };
-        let running = self.inner.running.register(&path);
-        let span = step_span(&path, import_type);
+        let running = self.inner.running.register(&path, claimed.step);
+        let span = step_span(&path, import_type, claimed.step);
         Ok(self
             .clone()
-            .run_step(path, repository_id, import_type, permit, running)
+            .run_step(path, claimed, import_type, permit, running)
             .instrument(span)
             .await)
     }
 
     /// Starts shutting down: new starts are refused (`UNAVAILABLE`) and every running step is
-    /// stopped, to be recorded as failed with reason `shutdown` and reported to the scheduler.
+    /// stopped, to be recorded as failed with reason `shutdown` and handed back to the scheduler
+    /// (which retries it without counting a retry).
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         let stopped = self.inner.running.stop_all();
@@ -282,24 +292,25 @@ impl Importer {
         path: &RepositoryPath,
         import_type: ImportType,
         fence: u64,
+        step: u64,
     ) -> Result<Claim, ApiError> {
         let in_old_storage = plan::exists_in_old_storage(self.inner.storage.as_ref(), path).await;
         if matches!(in_old_storage, Ok(true)) {
             let is_final = import_type == ImportType::Final;
             let claim = StepClaim {
                 in_progress: statuses(import_type).in_progress,
-                from: claimable_from(import_type),
+                from: claimable_from(import_type, step != 0),
                 create: !is_final,
-                canceled_settle: self.inner.limits.cancel_settle,
                 fence,
+                step,
             };
-            if let Some(repository_id) = self.inner.db.begin_step(path, &claim).await? {
-                return Ok(Claim::Step { repository_id });
+            if let Some(claimed) = self.inner.db.begin_step(path, &claim).await? {
+                return Ok(Claim::Step(claimed));
             }
         }
         let row = self.inner.db.repository(path).await?;
-        if let Some(status) = self.refusal(path, row.as_ref(), import_type, fence)? {
-            return Ok(Claim::AlreadyImported(status));
+        if let Some(refused) = refusal(path, row.as_ref(), import_type, fence, step)? {
+            return Ok(refused);
         }
         if !in_old_storage? {
             return Err(ApiError::NotFound(path.to_string()));
@@ -310,77 +321,106 @@ impl Importer {
             _ => ApiError::PreImportInProgress(path.to_string()),
         })
     }
+}
 
-    /// Why `row` refuses a step of `import_type`: `Ok(Some(status))` when the repository is
-    /// already on the new platform, an error naming the reason, or `Ok(None)` when it does not.
-    fn refusal(
-        &self,
-        path: &RepositoryPath,
-        row: Option<&RepositoryRow>,
-        import_type: ImportType,
-        fence: u64,
-    ) -> Result<Option<MigrationStatus>, ApiError> {
-        use MigrationStatus::*;
-        let is_final = import_type == ImportType::Final;
-        let settle = self.inner.limits.cancel_settle.as_secs_f64();
-        let Some(row) = row else {
-            if is_final {
-                return Err(ApiError::PreImportRequired {
-                    path: path.to_string(),
-                    reason: "no pre-import ran",
-                });
-            }
-            return Ok(None);
-        };
-        if fence != 0 && row.fence > fence {
-            return Err(ApiError::StaleFence {
+/// Why `row` refuses a step of `import_type` numbered `step` (0: unnumbered): the claim to
+/// answer with when the repository is already on the new platform or the step already runs, an
+/// error naming the reason, or `Ok(None)` when nothing refuses it.
+fn refusal(
+    path: &RepositoryPath,
+    row: Option<&RepositoryRow>,
+    import_type: ImportType,
+    fence: u64,
+    step: u64,
+) -> Result<Option<Claim>, ApiError> {
+    use MigrationStatus::*;
+    let is_final = import_type == ImportType::Final;
+    let Some(row) = row else {
+        if is_final {
+            return Err(ApiError::PreImportRequired {
                 path: path.to_string(),
-                token: fence,
-                seen: row.fence,
+                reason: "no pre-import ran",
             });
         }
-        match row.status {
-            Native | ImportComplete => Ok(Some(row.status)),
-            PreImportInProgress => Err(ApiError::PreImportInProgress(path.to_string())),
-            ImportInProgress => Err(ApiError::ImportInProgress(path.to_string())),
-            PreImportFailed if is_final => Err(ApiError::PreImportRequired {
-                path: path.to_string(),
-                reason: "pre-import failed",
-            }),
-            PreImportCanceled if is_final => Err(ApiError::PreImportRequired {
-                path: path.to_string(),
-                reason: "pre-import was canceled",
-            }),
-            PreImportCanceled if row.age_seconds < settle => Err(ApiError::NotReady {
-                path: path.to_string(),
-                retry_after: Duration::from_secs_f64((settle - row.age_seconds).max(0.0)),
-            }),
-            _ => Ok(None),
-        }
+        return Ok(None);
+    };
+    if fence != 0 && row.fence > fence {
+        return Err(ApiError::StaleFence {
+            path: path.to_string(),
+            token: fence,
+            seen: row.fence,
+        });
+    }
+    if matches!(row.status, Native | ImportComplete) {
+        return Ok(Some(Claim::AlreadyImported(row.status)));
+    }
+    if step != 0 && row.step == step && row.status == statuses(import_type).in_progress {
+        return Ok(Some(Claim::AlreadyRunning(step)));
+    }
+    if step != 0 && row.step >= step {
+        return Err(ApiError::StaleStep {
+            path: path.to_string(),
+            step,
+            current: row.step,
+        });
+    }
+    match row.status {
+        PreImportInProgress => Err(ApiError::PreImportInProgress(path.to_string())),
+        ImportInProgress => Err(ApiError::ImportInProgress(path.to_string())),
+        PreImportFailed if is_final => Err(ApiError::PreImportRequired {
+            path: path.to_string(),
+            reason: "pre-import failed",
+        }),
+        PreImportCanceled if is_final => Err(ApiError::PreImportRequired {
+            path: path.to_string(),
+            reason: "pre-import was canceled",
+        }),
+        _ => Ok(None),
     }
 }
 
 /// The statuses a step of `import_type` may start from (a pre-import also from no row at all).
-fn claimable_from(import_type: ImportType) -> &'static [MigrationStatus] {
+/// A numbered step (`numbered`) also takes over an older step still recorded in progress: the
+/// scheduler numbers a step only once it gave up every older one, and the older step, wherever
+/// it still runs, can no longer commit.
+fn claimable_from(import_type: ImportType, numbered: bool) -> &'static [MigrationStatus] {
     use MigrationStatus::*;
-    match import_type {
-        ImportType::Final => &[PreImportComplete, ImportFailed, ImportCanceled],
-        _ => &[
+    match (import_type, numbered) {
+        (ImportType::Final, false) => &[PreImportComplete, ImportFailed, ImportCanceled],
+        (ImportType::Final, true) => &[
+            PreImportComplete,
+            ImportFailed,
+            ImportCanceled,
+            ImportInProgress,
+        ],
+        (_, false) => &[
             PreImportComplete,
             PreImportFailed,
             PreImportCanceled,
             ImportFailed,
             ImportCanceled,
         ],
+        (_, true) => &[
+            PreImportComplete,
+            PreImportFailed,
+            PreImportCanceled,
+            ImportFailed,
+            ImportCanceled,
+            PreImportInProgress,
+            ImportInProgress,
+        ],
     }
 }
 
 /// What a start found.
 enum Claim {
-    /// The repository (its row's id) is claimed for the step.
-    Step { repository_id: i64 },
+    /// The repository is claimed for the step.
+    Step(ClaimedStep),
     /// It is already on the new platform (`native` or `import_complete`); nothing was claimed.
     AlreadyImported(MigrationStatus),
+    /// The start's step already holds the repository (an earlier start of it was accepted, here
+    /// or by another importer).
+    AlreadyRunning(u64),
 }
 
 #[async_trait]
@@ -390,6 +430,7 @@ impl ImportService for Importer {
         path: &str,
         import_type: ImportType,
         fencing_token: u64,
+        step: u64,
     ) -> Result<StartImportResponse, ApiError> {
         let path =
             RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
@@ -404,26 +445,39 @@ impl ImportService for Importer {
         let permit = Arc::clone(&self.inner.permits)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyImports(self.inner.limits.max_concurrent_imports))?;
-        let repository_id = match self.claim(&path, import_type, fencing_token).await? {
-            Claim::Step { repository_id } => repository_id,
+        let claimed = match self.claim(&path, import_type, fencing_token, step).await? {
+            Claim::Step(claimed) => claimed,
             Claim::AlreadyImported(status) => {
+                drop(permit);
                 return Ok(StartImportResponse {
                     outcome: StartOutcome::AlreadyImported.into(),
                     status: status.into(),
                     capacity: Some(self.capacity()),
                     accepted_at_unix_micros: 0,
+                    step,
+                });
+            }
+            Claim::AlreadyRunning(step) => {
+                drop(permit);
+                tracing::info!(repository = %path, ?import_type, step, "import step already running");
+                return Ok(StartImportResponse {
+                    outcome: StartOutcome::AlreadyRunning.into(),
+                    status: statuses(import_type).in_progress.into(),
+                    capacity: Some(self.capacity()),
+                    accepted_at_unix_micros: 0,
+                    step,
                 });
             }
         };
         let accepted_at = chrono::Utc::now();
-        tracing::info!(repository = %path, ?import_type, fencing_token, "import step accepted");
+        tracing::info!(repository = %path, ?import_type, fencing_token, step = claimed.step, "import step accepted");
         // Registered before the task starts, so a cancel or shutdown right after this answer
         // always reaches the step.
-        let running = self.inner.running.register(&path);
-        let span = step_span(&path, import_type);
+        let running = self.inner.running.register(&path, claimed.step);
+        let span = step_span(&path, import_type, claimed.step);
         self.inner.tasks.spawn(
             self.clone()
-                .run_step(path, repository_id, import_type, permit, running)
+                .run_step(path, claimed, import_type, permit, running)
                 .instrument(span),
         );
         Ok(StartImportResponse {
@@ -431,27 +485,31 @@ impl ImportService for Importer {
             status: statuses(import_type).in_progress.into(),
             capacity: Some(self.capacity()),
             accepted_at_unix_micros: accepted_at.timestamp_micros(),
+            step: claimed.step,
         })
     }
 
     async fn cancel_import(
         &self,
         path: &str,
+        step: u64,
         force: bool,
     ) -> Result<CancelImportResponse, ApiError> {
         let path =
             RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        match self.inner.db.cancel(&path, force).await? {
-            None => Err(ApiError::NotFound(path.to_string())),
-            Some((false, status)) => Err(ApiError::CannotCancel {
+        match self.inner.db.cancel(&path, step, force).await? {
+            CancelOutcome::NoRow => Err(ApiError::NotFound(path.to_string())),
+            CancelOutcome::Refused { status, step } => Err(ApiError::CannotCancel {
                 path: path.to_string(),
                 status: status.as_db_str(),
+                step,
             }),
-            Some((true, status)) => {
-                let here = self.inner.running.cancel(&path);
-                tracing::info!(repository = %path, force, status = status.as_db_str(), stopped_here = here, "import canceled");
+            CancelOutcome::Canceled { status, step } => {
+                let here = self.inner.running.cancel(&path, step);
+                tracing::info!(repository = %path, force, step, status = status.as_db_str(), stopped_here = here, "import canceled");
                 Ok(CancelImportResponse {
                     status: status.into(),
+                    step,
                 })
             }
         }
@@ -516,6 +574,7 @@ impl ImportService for Importer {
             .repository(&path)
             .await?
             .ok_or_else(|| ApiError::NotFound(path.to_string()))?;
+        let running_step = self.inner.running.running_step(&path);
         Ok(GetImportStatusResponse {
             name: path.name().to_owned(),
             path: path.to_string(),
@@ -523,7 +582,9 @@ impl ImportService for Importer {
             detail: row
                 .error
                 .unwrap_or_else(|| status_detail(row.status).to_owned()),
-            running_here: self.inner.running.is_running(&path),
+            running_here: running_step.is_some(),
+            step: row.step,
+            running_step: running_step.unwrap_or(0),
         })
     }
 }

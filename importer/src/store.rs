@@ -24,6 +24,8 @@ pub struct RepositoryRow {
     pub age_seconds: f64,
     /// The highest scheduler fencing token a step of it was started with.
     pub fence: u64,
+    /// The step its status belongs to (the last step that claimed it).
+    pub step: u64,
 }
 
 /// What a step may claim, for [`MetadataStore::begin_step`].
@@ -35,10 +37,41 @@ pub struct StepClaim {
     pub from: &'static [MigrationStatus],
     /// Whether a repository without a row gets one (a pre-import), or is refused (a final import).
     pub create: bool,
-    /// How long a canceled pre-import must have been at rest before it may start again.
-    pub canceled_settle: std::time::Duration,
     /// The scheduler's fencing token for the start (0: unfenced).
     pub fence: u64,
+    /// The step's number (0: the next after the row's, as the one-shot mode numbers its steps).
+    pub step: u64,
+}
+
+/// A step claimed by [`MetadataStore::begin_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedStep {
+    /// The repository's row.
+    pub repository_id: i64,
+    /// The step's number, which every later write of the step names.
+    pub step: u64,
+}
+
+/// What [`MetadataStore::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The step was canceled (or, not started yet, canceled ahead of its start).
+    Canceled {
+        /// The status afterwards.
+        status: MigrationStatus,
+        /// The step it belongs to.
+        step: u64,
+    },
+    /// Nothing was canceled: no step in progress (without force), the repository is native or
+    /// its final import completed, or a newer step holds it.
+    Refused {
+        /// The status as it is.
+        status: MigrationStatus,
+        /// The step it belongs to.
+        step: u64,
+    },
+    /// The repository has no row and no step was named.
+    NoRow,
 }
 
 /// A repository as the listing APIs return it.
@@ -98,7 +131,7 @@ impl MetadataStore {
         path: &RepositoryPath,
     ) -> Result<Option<RepositoryRow>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT migration_status, migration_error, migration_fence, \
+            "SELECT migration_status, migration_error, migration_fence, migration_step, \
                     EXTRACT(EPOCH FROM now() - updated_at)::float8 AS age \
              FROM repositories WHERE path = $1",
         )
@@ -110,55 +143,62 @@ impl MetadataStore {
             error: row.get("migration_error"),
             age_seconds: row.get("age"),
             fence: u64::try_from(row.get::<i64, _>("migration_fence")).unwrap_or(0),
+            step: u64::try_from(row.get::<i64, _>("migration_step")).unwrap_or(0),
         }))
     }
 
     /// Claims the repository for a step in one statement: moves it to `claim.in_progress` if its
-    /// status is one of `claim.from` (a `pre_import_canceled` one only once it is
-    /// `claim.canceled_settle` old), creates its row in that status when it has none and
-    /// `claim.create` allows it, and records the start's fencing token unless a start with a
-    /// higher one was seen (0: unfenced, the one-shot mode). Returns the repository's id, or
-    /// `None` when the row refuses the step (read it to learn why).
+    /// status is one of `claim.from` and the step is newer than the row's last one, creates its
+    /// row in that status when it has none and `claim.create` allows it, and records the step and
+    /// the start's fencing token (unless a start with a higher token was seen; 0: unfenced, the
+    /// one-shot mode). A step of number 0 takes the row's next number. Returns the claimed step,
+    /// or `None` when the row refuses it (read the row to learn why).
     #[tracing::instrument(name = "db.begin_step", skip_all, err(level = "warn"))]
     pub async fn begin_step(
         &self,
         path: &RepositoryPath,
         claim: &StepClaim,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        let fence = i64::try_from(claim.fence).unwrap_or(i64::MAX);
+    ) -> Result<Option<ClaimedStep>, sqlx::Error> {
+        let fence = to_i64(claim.fence);
+        let step = to_i64(claim.step);
         let from: Vec<&str> = claim.from.iter().map(|s| s.as_db_str()).collect();
-        // `r` is the existing row; $1 path, $2 status, $3 fence, $4 claimable statuses, $5 settle.
+        // `r` is the existing row; $1 path, $2 status, $3 fence, $4 claimable statuses, $5 step.
         const CLAIMABLE: &str = "r.migration_status = ANY($4) AND ($3 = 0 OR r.migration_fence <= $3) \
-             AND (r.migration_status <> 'pre_import_canceled' \
-                  OR r.updated_at <= now() - make_interval(secs => $5))";
+             AND ($5 = 0 OR r.migration_step < $5)";
         let sql = if claim.create {
             format!(
-                "INSERT INTO repositories AS r (path, name, migration_status, migration_fence) \
-                 VALUES ($1, $6, $2, $3) \
+                "INSERT INTO repositories AS r (path, name, migration_status, migration_fence, migration_step) \
+                 VALUES ($1, $6, $2, $3, GREATEST($5, 1)) \
                  ON CONFLICT (path) DO UPDATE SET migration_status = EXCLUDED.migration_status, \
                      migration_error = NULL, updated_at = now(), \
-                     migration_fence = GREATEST(r.migration_fence, EXCLUDED.migration_fence) \
-                 WHERE {CLAIMABLE} RETURNING id"
+                     migration_fence = GREATEST(r.migration_fence, EXCLUDED.migration_fence), \
+                     migration_step = CASE WHEN $5 = 0 THEN r.migration_step + 1 ELSE $5 END \
+                 WHERE {CLAIMABLE} RETURNING id, migration_step"
             )
         } else {
             format!(
                 "UPDATE repositories r SET migration_status = $2, migration_error = NULL, \
-                     updated_at = now(), migration_fence = GREATEST(r.migration_fence, $3) \
-                 WHERE r.path = $1 AND {CLAIMABLE} RETURNING id"
+                     updated_at = now(), migration_fence = GREATEST(r.migration_fence, $3), \
+                     migration_step = CASE WHEN $5 = 0 THEN r.migration_step + 1 ELSE $5 END \
+                 WHERE r.path = $1 AND {CLAIMABLE} RETURNING id, migration_step"
             )
         };
-        let query = sqlx::query_scalar(&sql)
+        let query = sqlx::query(&sql)
             .bind(path.as_str())
             .bind(claim.in_progress.as_db_str())
             .bind(fence)
             .bind(from)
-            .bind(claim.canceled_settle.as_secs_f64());
+            .bind(step);
         let query = if claim.create {
             query.bind(path.name())
         } else {
             query
         };
-        query.fetch_optional(&self.pool).await
+        let row = query.fetch_optional(&self.pool).await?;
+        Ok(row.map(|row| ClaimedStep {
+            repository_id: row.get("id"),
+            step: u64::try_from(row.get::<i64, _>("migration_step")).unwrap_or(0),
+        }))
     }
 
     /// Whether any repository lives in the top-level namespace `namespace`.
@@ -252,39 +292,85 @@ impl MetadataStore {
         .await
     }
 
-    /// Cancels the repository's step: `pre_import_canceled` from a pre-import in progress (or,
-    /// forced, from a completed one), `import_canceled` otherwise. Without `force` only a step in
-    /// progress is canceled; `force` cancels anything but `native`. Returns the new status, or the
-    /// current one when nothing was canceled, or `None` when there is no row.
+    /// Cancels the repository's step `step` (0: whichever it is in): `pre_import_canceled` from a
+    /// pre-import's status, `import_canceled` from a final import's. A step in progress is always
+    /// canceled; `force` also cancels a pre-import that completed and a failed or canceled step.
+    /// Never canceled: a native repository, a completed final import (the completion won), a
+    /// newer step than `step`. A step not started yet (the row's step is older, or there is no
+    /// row) is canceled ahead: the row takes its number, so its start will be refused.
     #[tracing::instrument(name = "db.cancel", skip_all, err(level = "warn"))]
     pub async fn cancel(
         &self,
         path: &RepositoryPath,
+        step: u64,
         force: bool,
-    ) -> Result<Option<(bool, MigrationStatus)>, sqlx::Error> {
-        let canceled: Option<String> = sqlx::query_scalar(
-            "UPDATE repositories SET \
-                 migration_status = CASE WHEN migration_status IN ('pre_import_in_progress', 'pre_import_complete') \
-                     THEN 'pre_import_canceled' ELSE 'import_canceled' END, \
-                 migration_error = CASE WHEN $2 THEN 'forced cancelation' \
-                     WHEN migration_status = 'pre_import_in_progress' THEN 'pre import canceled' \
-                     ELSE 'final import canceled' END, \
-                 updated_at = now() \
-             WHERE path = $1 AND (migration_status IN ('pre_import_in_progress', 'import_in_progress') \
-                                  OR ($2 AND migration_status <> 'native')) \
-             RETURNING migration_status",
-        )
-        .bind(path.as_str())
-        .bind(force)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(status) = canceled {
-            return Ok(Some((
-                true,
-                MigrationStatus::from_db_str(&status).unwrap_or_default(),
-            )));
+    ) -> Result<CancelOutcome, sqlx::Error> {
+        let step = to_i64(step);
+        // Two tries: a row created between the update and the insert is canceled by the second.
+        // The row is locked `FOR NO KEY UPDATE`, as the update itself locks it: a step writing
+        // its chunks holds only key-share locks on it, so a cancel never waits for the step.
+        for _ in 0..2 {
+            let canceled = sqlx::query(
+                "UPDATE repositories r SET \
+                     migration_status = CASE WHEN o.cancels THEN \
+                         CASE WHEN o.was LIKE 'pre_import%' THEN 'pre_import_canceled' ELSE 'import_canceled' END \
+                         ELSE r.migration_status END, \
+                     migration_error = CASE WHEN NOT o.cancels THEN r.migration_error \
+                         WHEN $2 THEN 'forced cancelation' \
+                         WHEN o.was = 'pre_import_in_progress' THEN 'pre import canceled' \
+                         ELSE 'final import canceled' END, \
+                     migration_step = GREATEST(r.migration_step, $3), updated_at = now() \
+                 FROM (SELECT id, migration_status AS was, \
+                           migration_status IN ('pre_import_in_progress', 'import_in_progress') OR $2 AS cancels \
+                       FROM repositories WHERE path = $1 FOR NO KEY UPDATE) o \
+                 WHERE r.id = o.id AND r.migration_status NOT IN ('native', 'import_complete') \
+                   AND ($3 = 0 OR r.migration_step <= $3) AND (o.cancels OR r.migration_step < $3) \
+                 RETURNING r.migration_status, r.migration_step",
+            )
+            .bind(path.as_str())
+            .bind(force)
+            .bind(step)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = canceled {
+                return Ok(CancelOutcome::Canceled {
+                    status: status_of(&row),
+                    step: step_of(&row),
+                });
+            }
+            if let Some(row) = self.repository(path).await? {
+                return Ok(CancelOutcome::Refused {
+                    status: row.status,
+                    step: row.step,
+                });
+            }
+            if step == 0 {
+                return Ok(CancelOutcome::NoRow);
+            }
+            let ahead = sqlx::query(
+                "INSERT INTO repositories (path, name, migration_status, migration_error, migration_step) \
+                 VALUES ($1, $2, 'pre_import_canceled', 'canceled before it started', $3) \
+                 ON CONFLICT (path) DO NOTHING RETURNING migration_status, migration_step",
+            )
+            .bind(path.as_str())
+            .bind(path.name())
+            .bind(step)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = ahead {
+                return Ok(CancelOutcome::Canceled {
+                    status: status_of(&row),
+                    step: step_of(&row),
+                });
+            }
         }
-        Ok(self.repository(path).await?.map(|row| (false, row.status)))
+        Ok(match self.repository(path).await? {
+            Some(row) => CancelOutcome::Refused {
+                status: row.status,
+                step: row.step,
+            },
+            None => CancelOutcome::NoRow,
+        })
     }
 
     /// Which of `digests` the repository already has registered (and therefore copied: a blob is
@@ -324,28 +410,37 @@ impl MetadataStore {
         .await
     }
 
-    /// Records a failed step, only if the repository is still `in_progress`. Returns whether it
-    /// was recorded.
+    /// Records a failed step, only if the repository is still `in_progress` in that step.
+    /// Returns whether it was recorded.
     #[tracing::instrument(name = "db.fail_step", skip_all, err(level = "warn"))]
     pub async fn fail_step(
         &self,
-        path: &RepositoryPath,
+        claimed: ClaimedStep,
         in_progress: MigrationStatus,
         failed: MigrationStatus,
         reason: &str,
     ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
             "UPDATE repositories SET migration_status = $3, migration_error = $4, updated_at = now() \
-             WHERE path = $1 AND migration_status = $2",
+             WHERE id = $1 AND migration_status = $2 AND migration_step = $5",
         )
-        .bind(path.as_str())
+        .bind(claimed.repository_id)
         .bind(in_progress.as_db_str())
         .bind(failed.as_db_str())
         .bind(reason)
+        .bind(to_i64(claimed.step))
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
     }
+}
+
+fn status_of(row: &sqlx::postgres::PgRow) -> MigrationStatus {
+    MigrationStatus::from_db_str(row.get("migration_status")).unwrap_or_default()
+}
+
+fn step_of(row: &sqlx::postgres::PgRow) -> u64 {
+    u64::try_from(row.get::<i64, _>("migration_step")).unwrap_or(0)
 }
 
 fn to_i64(value: u64) -> i64 {

@@ -483,7 +483,9 @@ pub(crate) fn print_repository(repo: &Repository) {
     println!("  project         {}", repo.project_path);
     println!("  state           {}", repo.migration_state);
     println!("  retries         {}", repo.retries_count);
+    println!("  step            {}", repo.step);
     for (label, value) in [
+        ("cancel pending", &repo.cancel_requested),
         ("skipped reason", &repo.skipped_reason),
         ("aborted in", &repo.aborted_in_state),
         ("last error", &repo.last_error),
@@ -521,6 +523,7 @@ pub(crate) fn repository_json(repo: &Repository) -> serde_json::Value {
         "pre_import_done_at": repo.pre_import_done_at, "import_started_at": repo.import_started_at,
         "import_done_at": repo.import_done_at, "aborted_at": repo.aborted_at, "skipped_at": repo.skipped_at,
         "importer": repo.importer, "step_accepted_at": repo.step_accepted_at,
+        "step": repo.step, "cancel_requested": repo.cancel_requested,
         "stats": stats_json(&repo.stats.unwrap_or_default()),
     })
 }

@@ -22,7 +22,7 @@ use crate::guard::Guard;
 use crate::importers::{ImporterPool, StartResult};
 use crate::lease::{HeldLease, Lease};
 use crate::reconcile::{self, Resume};
-use crate::store::{Claimed, RepoKey, SchedulerStore, Settings};
+use crate::store::{Abort, Claimed, RepoKey, SchedulerStore, Settings};
 
 mod triggers;
 pub use triggers::{Triggers, forward_wakeups};
@@ -340,38 +340,57 @@ impl Enqueuer {
         pre_import_done: bool,
         settings: &Settings,
     ) -> Result<bool, sqlx::Error> {
-        let status = match self.importers.status(None, &repo.path).await {
-            Ok(answer) => Some(MigrationStatus::try_from(answer.status).unwrap_or_default()),
+        let (status, same_step) = match self.importers.status(None, &repo.path).await {
+            Ok(answer) => (
+                Some(MigrationStatus::try_from(answer.status).unwrap_or_default()),
+                i64::try_from(answer.step).is_ok_and(|step| step == repo.step),
+            ),
             Err(status) => {
                 tracing::debug!(repository = %repo.path, %status, "no importer status; retrying by the recorded state");
-                None
+                (None, false)
             }
         };
-        let resume = reconcile::resume(status, pre_import_done);
-        tracing::info!(repository = %repo.path, ?status, ?resume, "retrying aborted repository");
+        let resume = reconcile::resume(status, same_step, pre_import_done);
+        tracing::info!(repository = %repo.path, step = repo.step, ?status, same_step, ?resume, "retrying aborted repository");
         let fence = Some(held.fence);
         Ok(match resume {
             Resume::FinishNative => {
                 self.store
-                    .finish_import_as(repo.id, Some("native_import"), fence)
+                    .finish_import_as(repo.id, repo.step, Some("native_import"), fence)
                     .await?
             }
-            Resume::FinishImport => self.store.finish_import_as(repo.id, None, fence).await?,
-            Resume::WatchPreImport => self.store.resume_aborted(repo.id, false, fence).await?,
-            Resume::WatchImport => self.store.resume_aborted(repo.id, true, fence).await?,
+            Resume::FinishImport => {
+                self.store
+                    .finish_import_as(repo.id, repo.step, None, fence)
+                    .await?
+            }
+            Resume::WatchPreImport | Resume::WatchImport => {
+                let to_final = resume == Resume::WatchImport;
+                self.store
+                    .resume_aborted(repo, to_final, false, fence)
+                    .await?
+                    .is_some()
+            }
             Resume::RetryPreImport | Resume::RetryImport => {
                 let to_final = resume == Resume::RetryImport;
-                let resumed = self.store.resume_aborted(repo.id, to_final, fence).await?;
-                if resumed {
+                let resumed = self
+                    .store
+                    .resume_aborted(repo, to_final, true, fence)
+                    .await?;
+                if let Some(step) = resumed {
                     let import_type = if to_final {
                         ImportType::Final
                     } else {
                         ImportType::Pre
                     };
-                    self.dispatch(held, repo, import_type, None, settings)
+                    let repo = Claimed {
+                        step,
+                        ..repo.clone()
+                    };
+                    self.dispatch(held, &repo, import_type, None, settings)
                         .await?;
                 }
-                resumed
+                resumed.is_some()
             }
         })
     }
@@ -398,7 +417,13 @@ impl Enqueuer {
         if settings.max_tags_count > 0 && tags > settings.max_tags_count {
             tracing::info!(repository = %repo.path, tags, limit = settings.max_tags_count, "skipped: too many tags");
             self.store
-                .skip_too_many_tags(repo.id, tags, settings.max_tags_count, Some(held.fence))
+                .skip_too_many_tags(
+                    repo.id,
+                    repo.step,
+                    tags,
+                    settings.max_tags_count,
+                    Some(held.fence),
+                )
                 .await?;
             return Ok(None);
         }
@@ -457,11 +482,12 @@ impl Enqueuer {
     ) -> Result<(), sqlx::Error> {
         let max_retries = settings.max_retries;
         let start_max_retries = u32::try_from(settings.start_max_retries).unwrap_or(0);
-        let (state, step_states) = if import_type == ImportType::Final {
-            ("importing", ["importing", "import_done"])
+        let state = if import_type == ImportType::Final {
+            "importing"
         } else {
-            ("pre_importing", ["pre_importing", "pre_import_done"])
+            "pre_importing"
         };
+        let step = u64::try_from(repo.step).unwrap_or(0);
         // Backoffs waited out while every importer was busy (100 ms × the backoff's number);
         // a step's end cuts the current one short without counting it.
         let mut backoffs = 0;
@@ -469,19 +495,19 @@ impl Enqueuer {
         loop {
             let result = self
                 .importers
-                .start(&repo.path, import_type, held.fence)
+                .start(&repo.path, import_type, held.fence, step)
                 .await;
             match result {
                 StartResult::Accepted {
                     importer,
                     accepted_at,
                 } => {
-                    tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, importer, "step started");
+                    tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, step, importer, "step started");
                     if !self
                         .store
                         .record_importer(
                             repo.id,
-                            &step_states,
+                            repo.step,
                             &importer,
                             accepted_at,
                             tags_count,
@@ -489,28 +515,39 @@ impl Enqueuer {
                         )
                         .await?
                     {
-                        tracing::warn!(repository = %repo.path, fence = held.fence, state,
-                            "importer not recorded: the step moved on, or a newer lease holder exists");
+                        tracing::warn!(repository = %repo.path, fence = held.fence, step,
+                            "importer not recorded: a newer step exists, or a newer lease holder");
                     }
+                    return Ok(());
+                }
+                StartResult::AlreadyRunning => {
+                    // An earlier start of this step was accepted and its answer lost; whichever
+                    // importer runs it is found by the guard if it is ever needed.
+                    tracing::info!(repository = %repo.path, step, "step already running");
                     return Ok(());
                 }
                 StartResult::AlreadyImported { imported: true } => {
                     tracing::info!(repository = %repo.path, "importer already completed it; finishing");
                     self.store
-                        .finish_import_as(repo.id, None, Some(held.fence))
+                        .finish_import_as(repo.id, repo.step, None, Some(held.fence))
                         .await?;
                     return Ok(());
                 }
                 StartResult::AlreadyImported { imported: false } => {
                     self.store
-                        .finish_import_as(repo.id, Some("native_import"), Some(held.fence))
+                        .finish_import_as(
+                            repo.id,
+                            repo.step,
+                            Some("native_import"),
+                            Some(held.fence),
+                        )
                         .await?;
                     return Ok(());
                 }
                 StartResult::NotFound(message) => {
                     tracing::warn!(repository = %repo.path, message, "not in old storage; finished as not_found");
                     self.store
-                        .finish_import_as(repo.id, Some("not_found"), Some(held.fence))
+                        .finish_import_as(repo.id, repo.step, Some("not_found"), Some(held.fence))
                         .await?;
                     return Ok(());
                 }
@@ -530,13 +567,15 @@ impl Enqueuer {
                     let error = format!("could not start {}: {message}", state.replace('_', "-"));
                     tracing::warn!(repository = %repo.path, error, "aborting");
                     self.store
-                        .abort(
-                            RepoKey::Id(repo.id),
-                            &[state],
-                            &error,
+                        .abort(Abort {
+                            key: RepoKey::Id(repo.id),
+                            step: repo.step,
+                            from: &[state],
+                            error: &error,
                             max_retries,
-                            Some(held.fence),
-                        )
+                            counted: true,
+                            fence: Some(held.fence),
+                        })
                         .await?;
                     return Ok(());
                 }

@@ -15,9 +15,9 @@
 
 use ferry_proto::common::v1::MigrationStatus;
 
-use crate::importers::{ImporterPool, is_unreachable};
+use crate::importers::{CancelResult, ImporterPool, StepStatus, is_unreachable};
 use crate::lease::HeldLease;
-use crate::store::{RepoKey, SchedulerStore, Settings, StaleStep};
+use crate::store::{Abort, RepoKey, SchedulerStore, Settings, StaleStep};
 
 /// What one guard pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -70,47 +70,74 @@ impl Verdict {
     }
 }
 
-/// Decides what to do with `step` given the importer's answer (`Err`: it could not be asked).
+/// Decides what to do with `step` given what the importers say of it (`Err`: they could not
+/// be asked, or could not tell).
 pub fn verdict(
     step: &StaleStep,
-    answer: Result<(MigrationStatus, bool, String), tonic::Status>,
+    answer: Result<StepStatus, tonic::Status>,
     settings: &Settings,
 ) -> Verdict {
     use MigrationStatus::*;
-    let (status, running_here, detail) = match answer {
+    let state = step.migration_state.as_str();
+    let limit = if state == "pre_importing" {
+        settings.pre_import_limit(step.migration_tags_count)
+    } else {
+        settings.import_timeout
+    };
+    let past_limit = step.age_seconds > limit.as_secs_f64();
+    let answer = match answer {
         Ok(answer) => answer,
-        Err(status) if is_unreachable(&status) => {
+        // The importer that accepted the step is gone.
+        Err(status) if is_unreachable(&status) && step.migration_importer.is_some() => {
             return Verdict::Orphaned(format!("importer unreachable: {}", status.message()));
+        }
+        // Nobody recorded the step's importer and one importer could not be asked: it may run
+        // the step. Left alone until the step's own time limit.
+        Err(status) if is_unreachable(&status) => {
+            return if past_limit {
+                Verdict::Orphaned(format!("past its time limit and {}", status.message()))
+            } else {
+                Verdict::LeaveAlone
+            };
         }
         Err(status) => return Verdict::Abort(format!("status check failed: {}", status.message())),
     };
-    let state = step.migration_state.as_str();
-    let active = matches!(
-        (state, status),
-        ("pre_importing", PreImportInProgress) | ("importing", ImportInProgress)
-    );
-    if active {
-        if !running_here {
-            return Verdict::Orphaned(format!("{} but no importer runs it", status.as_db_str()));
-        }
-        let limit = if state == "pre_importing" {
-            settings.pre_import_limit(step.migration_tags_count)
-        } else {
-            settings.import_timeout
-        };
-        return if step.age_seconds > limit.as_secs_f64() {
-            Verdict::CancelLongRunning
-        } else {
-            Verdict::LeaveAlone
-        };
+    let number = u64::try_from(step.migration_step).unwrap_or(0);
+    match (state, answer.status) {
+        (_, Native) => return Verdict::Native,
+        (_, ImportComplete) => return Verdict::FinishImport,
+        _ => {}
     }
-    match (state, status) {
+    if answer.step < number {
+        return Verdict::Orphaned(format!(
+            "step {number} never reached an importer (the repository is at step {})",
+            answer.step
+        ));
+    }
+    if answer.step > number {
+        return Verdict::Abort(format!(
+            "the importer is at step {}, newer than the scheduler's {number}",
+            answer.step
+        ));
+    }
+    match (state, answer.status) {
+        ("pre_importing", PreImportInProgress) | ("importing", ImportInProgress) => {
+            if !answer.running {
+                Verdict::Orphaned(format!(
+                    "{} but no importer runs it",
+                    answer.status.as_db_str()
+                ))
+            } else if past_limit {
+                Verdict::CancelLongRunning
+            } else {
+                Verdict::LeaveAlone
+            }
+        }
         ("pre_importing", PreImportComplete) => Verdict::FinishPreImport,
-        ("importing", ImportComplete) => Verdict::FinishImport,
-        (_, Native) => Verdict::Native,
         (_, other) => Verdict::Abort(format!(
-            "stale {state} step: importer reports {}: {detail}",
-            other.as_db_str()
+            "stale {state} step: importer reports {}: {}",
+            other.as_db_str(),
+            answer.detail
         )),
     }
 }
@@ -145,15 +172,12 @@ impl Guard {
             }
             let answer = self
                 .importers
-                .status(step.migration_importer.as_deref(), &step.path)
-                .await
-                .map(|r| {
-                    (
-                        MigrationStatus::try_from(r.status).unwrap_or_default(),
-                        r.running_here,
-                        r.detail,
-                    )
-                });
+                .step_status(
+                    step.migration_importer.as_deref(),
+                    &step.path,
+                    u64::try_from(step.migration_step).unwrap_or(0),
+                )
+                .await;
             let verdict = verdict(&step, answer, &settings);
             self.metrics.guard_action(verdict.label());
             tracing::info!(repository = %step.path, state = step.migration_state, age_s = step.age_seconds, ?verdict, "guard");
@@ -172,15 +196,23 @@ impl Guard {
         report: &mut GuardReport,
     ) -> Result<(), sqlx::Error> {
         let state = step.migration_state.as_str();
+        let number = u64::try_from(step.migration_step).unwrap_or(0);
         let abort = |reason: String| async move {
             self.store
-                .abort(
-                    RepoKey::Id(step.id),
-                    &[state],
-                    &reason,
-                    settings.max_retries,
-                    Some(fence),
-                )
+                .abort(Abort {
+                    key: RepoKey::Id(step.id),
+                    step: step.migration_step,
+                    from: &[state],
+                    error: &reason,
+                    max_retries: settings.max_retries,
+                    counted: true,
+                    fence: Some(fence),
+                })
+                .await
+        };
+        let finished = |reason: Option<&'static str>| async move {
+            self.store
+                .finish_import_as(step.id, step.migration_step, reason, Some(fence))
                 .await
         };
         match verdict {
@@ -189,7 +221,7 @@ impl Guard {
                 let stats = Default::default();
                 if self
                     .store
-                    .finish_pre_import(&step.path, &stats, Some(fence))
+                    .finish_pre_import(&step.path, step.migration_step, &stats, Some(fence))
                     .await?
                     .is_some()
                 {
@@ -197,28 +229,22 @@ impl Guard {
                 }
             }
             Verdict::FinishImport => {
-                let stats = Default::default();
-                if self
-                    .store
-                    .finish_import(&step.path, &stats, Some(fence))
-                    .await?
-                    .is_some()
-                {
+                if finished(None).await? {
                     report.reconciled += 1;
                 }
             }
             Verdict::Native => {
-                if self
-                    .store
-                    .finish_import_as(step.id, Some("native_import"), Some(fence))
-                    .await?
-                {
+                if finished(Some("native_import")).await? {
                     report.reconciled += 1;
                 }
             }
             Verdict::CancelLongRunning => {
-                if let Err(status) = self.importers.cancel(&step.path, false).await {
-                    tracing::warn!(repository = %step.path, %status, "canceling a long-running step failed");
+                let canceled = self.importers.cancel_step(&step.path, number, false).await;
+                if self
+                    .completed_meanwhile(step, &canceled, fence, report)
+                    .await?
+                {
+                    return Ok(());
                 }
                 report.canceled += 1;
                 let reason =
@@ -226,7 +252,7 @@ impl Guard {
                 if step.migration_retries_count >= settings.max_retries - 1 {
                     if self
                         .store
-                        .skip_canceled(step.id, state, &reason, Some(fence))
+                        .skip_canceled(step.id, step.migration_step, state, &reason, Some(fence))
                         .await?
                     {
                         report.skipped += 1;
@@ -236,9 +262,14 @@ impl Guard {
                 }
             }
             Verdict::Orphaned(reason) => {
-                // Unlock it on the importer side too, so a retry elsewhere is accepted.
-                if let Err(status) = self.importers.cancel(&step.path, true).await {
-                    tracing::warn!(repository = %step.path, %status, "force-canceling an orphaned step failed");
+                // Unlock it on the importer side too, so that a retry is accepted at once, and a
+                // start of this step still on its way is refused.
+                let canceled = self.importers.cancel_step(&step.path, number, true).await;
+                if self
+                    .completed_meanwhile(step, &canceled, fence, report)
+                    .await?
+                {
+                    return Ok(());
                 }
                 if abort(format!("orphaned {state} step: {reason}"))
                     .await?
@@ -255,6 +286,35 @@ impl Guard {
         }
         Ok(())
     }
+
+    /// After the guard's cancel of `step`: true when the final import had completed instead
+    /// (the completion won; the repository is finished as done), false when the guard goes on.
+    async fn completed_meanwhile(
+        &self,
+        step: &StaleStep,
+        canceled: &CancelResult,
+        fence: u64,
+        report: &mut GuardReport,
+    ) -> Result<bool, sqlx::Error> {
+        match canceled {
+            CancelResult::Completed => {
+                tracing::info!(repository = %step.path, step = step.migration_step, "the final import completed before the guard's cancel");
+                if self
+                    .store
+                    .finish_import_as(step.id, step.migration_step, None, Some(fence))
+                    .await?
+                {
+                    report.reconciled += 1;
+                }
+                Ok(true)
+            }
+            CancelResult::Canceled(_) => Ok(false),
+            CancelResult::NotCanceled(status) | CancelResult::Unreachable(status) => {
+                tracing::warn!(repository = %step.path, %status, "the guard's cancel was not carried out");
+                Ok(false)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +328,7 @@ mod tests {
             path: "g/p/app".into(),
             migration_state: state.into(),
             migration_importer: Some("http://importer".into()),
+            migration_step: 3,
             migration_retries_count: 0,
             age_seconds,
             migration_tags_count: None,
@@ -282,11 +343,77 @@ mod tests {
         }
     }
 
-    fn ok(
+    fn at_step(
         status: MigrationStatus,
-        here: bool,
-    ) -> Result<(MigrationStatus, bool, String), tonic::Status> {
-        Ok((status, here, String::new()))
+        step: u64,
+        running: bool,
+    ) -> Result<StepStatus, tonic::Status> {
+        Ok(StepStatus {
+            status,
+            step,
+            running,
+            detail: String::new(),
+        })
+    }
+
+    fn ok(status: MigrationStatus, running: bool) -> Result<StepStatus, tonic::Status> {
+        at_step(status, 3, running)
+    }
+
+    #[test]
+    fn steps_are_judged_by_their_number() {
+        use MigrationStatus::*;
+        let s = settings();
+        // The start never reached an importer: the importer's row is at an older step.
+        assert!(matches!(
+            verdict(
+                &step("importing", 400.0),
+                at_step(ImportCanceled, 2, false),
+                &s
+            ),
+            Verdict::Orphaned(_)
+        ));
+        // An older step's in-progress status is not this step running.
+        assert!(matches!(
+            verdict(
+                &step("importing", 400.0),
+                at_step(ImportInProgress, 2, false),
+                &s
+            ),
+            Verdict::Orphaned(_)
+        ));
+        // A completed final import is final whichever step completed it.
+        assert_eq!(
+            verdict(
+                &step("importing", 400.0),
+                at_step(ImportComplete, 2, false),
+                &s
+            ),
+            Verdict::FinishImport
+        );
+        // A newer step than the scheduler's is never taken for this one.
+        assert!(matches!(
+            verdict(
+                &step("pre_importing", 400.0),
+                at_step(PreImportComplete, 4, false),
+                &s
+            ),
+            Verdict::Abort(_)
+        ));
+    }
+
+    #[test]
+    fn an_unrecorded_step_is_not_orphaned_while_an_importer_cannot_be_asked() {
+        let s = settings();
+        let mut unrecorded = step("importing", 400.0);
+        unrecorded.migration_importer = None;
+        let unknown = || Err(tonic::Status::unavailable("importer-2 did not answer"));
+        assert_eq!(verdict(&unrecorded, unknown(), &s), Verdict::LeaveAlone);
+        unrecorded.age_seconds = 601.0;
+        assert!(matches!(
+            verdict(&unrecorded, unknown(), &s),
+            Verdict::Orphaned(_)
+        ));
     }
 
     #[test]

@@ -18,6 +18,43 @@ use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 /// the repair scan).
 pub const LISTING_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Deadline of a capacity, status or cancel call: one or two database statements on the
+/// importer. A frozen or partitioned importer must not hold up the caller (a start-up refresh, a
+/// guard pass, an operator's cancel) for the transport's 30 s.
+pub const QUICK_DEADLINE: Duration = Duration::from_secs(5);
+
+fn quick<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(QUICK_DEADLINE);
+    request
+}
+
+/// What [`ImporterPool::cancel_step`] found.
+#[derive(Debug, Clone)]
+pub enum CancelResult {
+    /// The step is canceled (or canceled ahead of its start); the status afterwards.
+    Canceled(MigrationStatus),
+    /// The repository's final import completed: the completion won.
+    Completed,
+    /// Nothing was canceled (no step in progress, without force), and nothing completed.
+    NotCanceled(tonic::Status),
+    /// No importer could be reached.
+    Unreachable(tonic::Status),
+}
+
+/// A step's status as the importers report it, for the guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepStatus {
+    /// The repository's status in the metadata database.
+    pub status: MigrationStatus,
+    /// The step that status belongs to.
+    pub step: u64,
+    /// Whether a live importer runs the step asked about.
+    pub running: bool,
+    /// The status's detail (the failure reason, if any).
+    pub detail: String,
+}
+
 /// The `import_type` of spans and log lines: `pre` or `final`.
 pub fn type_label(import_type: ImportType) -> &'static str {
     match import_type {
@@ -47,7 +84,9 @@ pub enum StartResult {
     NotFound(String),
     /// Every importer is full or unreachable: try again later.
     AllBusy(String),
-    /// Refused for another reason (a step in progress, a missing pre-import, ...).
+    /// The step was accepted by an earlier start (whose answer was lost) and still runs.
+    AlreadyRunning,
+    /// Refused for another reason (a step in progress, a missing pre-import, a stale step, ...).
     Refused(String),
 }
 
@@ -216,7 +255,12 @@ impl ImporterPool {
             }
         }
         futures::future::join_all(next.iter().map(|m| async move {
-            let free = match m.client.clone().get_capacity(GetCapacityRequest {}).await {
+            let free = match m
+                .client
+                .clone()
+                .get_capacity(quick(GetCapacityRequest {}))
+                .await
+            {
                 Ok(answer) => free_slots(&answer.into_inner()),
                 Err(_) => 0,
             };
@@ -240,7 +284,13 @@ impl ImporterPool {
     /// slots is counted as taken before the request goes out, so starts made at the same time
     /// spread over the importers instead of all asking the same one. Importers that answer
     /// `RESOURCE_EXHAUSTED` or cannot be reached are passed over.
-    pub async fn start(&self, path: &str, import_type: ImportType, fence: u64) -> StartResult {
+    pub async fn start(
+        &self,
+        path: &str,
+        import_type: ImportType,
+        fence: u64,
+        step: u64,
+    ) -> StartResult {
         let mut untried = self.members();
         if untried.is_empty() {
             return StartResult::AllBusy("no importers known".into());
@@ -260,6 +310,7 @@ impl ImporterPool {
                 path: path.to_owned(),
                 import_type: import_type.into(),
                 fencing_token: fence,
+                step,
             };
             match m.client.clone().start_import(request).await {
                 Ok(response) => {
@@ -271,6 +322,7 @@ impl ImporterPool {
                         Ok(StartOutcome::AlreadyImported) => StartResult::AlreadyImported {
                             imported: response.status == i32::from(MigrationStatus::ImportComplete),
                         },
+                        Ok(StartOutcome::AlreadyRunning) => StartResult::AlreadyRunning,
                         _ => StartResult::Accepted {
                             importer: m.url.clone(),
                             accepted_at: chrono::DateTime::from_timestamp_micros(
@@ -340,8 +392,10 @@ impl ImporterPool {
         url: Option<&str>,
         path: &str,
     ) -> Result<GetImportStatusResponse, tonic::Status> {
-        let request = || GetImportStatusRequest {
-            path: path.to_owned(),
+        let request = || {
+            quick(GetImportStatusRequest {
+                path: path.to_owned(),
+            })
         };
         if let Some(mut client) = url.and_then(|url| self.client(url)) {
             return client
@@ -358,6 +412,57 @@ impl ImporterPool {
             }
         }
         Err(last)
+    }
+
+    /// Step `step` of the repository as the importers see it, for the guard. With the importer
+    /// that accepted the step known (`recorded`), its answer decides whether the step runs; an
+    /// error when it cannot be reached. Otherwise every importer is asked at once, and the step
+    /// runs if any of them runs it; when none does but one could not be asked, the answer is
+    /// `UNAVAILABLE`: nobody can tell whether the unreachable one runs it.
+    pub async fn step_status(
+        &self,
+        recorded: Option<&str>,
+        path: &str,
+        step: u64,
+    ) -> Result<StepStatus, tonic::Status> {
+        let from = |answer: GetImportStatusResponse, running: bool| StepStatus {
+            status: MigrationStatus::try_from(answer.status).unwrap_or_default(),
+            step: answer.step,
+            running,
+            detail: answer.detail,
+        };
+        if recorded.is_some_and(|url| self.client(url).is_some()) {
+            let answer = self.status(recorded, path).await?;
+            let running = answer.running_step == step;
+            return Ok(from(answer, running));
+        }
+        let members = self.members();
+        let answers = futures::future::join_all(members.iter().map(|m| {
+            let mut client = m.client.clone();
+            let request = quick(GetImportStatusRequest {
+                path: path.to_owned(),
+            });
+            async move { client.get_import_status(request).await }
+        }))
+        .await;
+        let mut seen = None;
+        let mut unreachable = None;
+        for answer in answers {
+            match answer.map(tonic::Response::into_inner) {
+                Ok(answer) if answer.running_step == step => return Ok(from(answer, true)),
+                Ok(answer) => seen = Some(answer),
+                Err(status) if is_unreachable(&status) => unreachable = Some(status),
+                Err(status) => return Err(status),
+            }
+        }
+        match (unreachable, seen) {
+            (Some(status), _) => Err(tonic::Status::unavailable(format!(
+                "no importer recorded for step {step}, and one could not be asked: {}",
+                status.message()
+            ))),
+            (None, Some(answer)) => Ok(from(answer, false)),
+            (None, None) => Err(tonic::Status::unavailable("no importers configured")),
+        }
     }
 
     /// One page of the repositories (with tags) created since `since` (RFC 3339), from any
@@ -408,16 +513,40 @@ impl ImporterPool {
         Err(failure)
     }
 
-    /// Cancels the repository's step through any reachable importer (they share the metadata
-    /// database; the one running the step notices within its poll interval).
-    pub async fn cancel(&self, path: &str, force: bool) -> Result<MigrationStatus, tonic::Status> {
+    /// Cancels step `step` of the repository (see [`Self::cancel`]) and says which side won:
+    /// the cancel, or a final import that committed first (the importer then refuses the
+    /// cancel and reports `import_complete`, which only a newer step could change, and no newer
+    /// one is claimed while the caller holds the step).
+    pub async fn cancel_step(&self, path: &str, step: u64, force: bool) -> CancelResult {
+        match self.cancel(path, step, force).await {
+            Ok(status) => CancelResult::Canceled(status),
+            Err(status) if is_unreachable(&status) => CancelResult::Unreachable(status),
+            Err(refused) => match self.status(None, path).await {
+                Ok(answer) if answer.status == i32::from(MigrationStatus::ImportComplete) => {
+                    CancelResult::Completed
+                }
+                _ => CancelResult::NotCanceled(refused),
+            },
+        }
+    }
+
+    /// Cancels the repository's step `step` through any reachable importer (they share the
+    /// metadata database; the one running the step notices within its poll interval). Returns
+    /// the status afterwards.
+    pub async fn cancel(
+        &self,
+        path: &str,
+        step: u64,
+        force: bool,
+    ) -> Result<MigrationStatus, tonic::Status> {
         let mut last = tonic::Status::unavailable("no importers configured");
         for m in self.members() {
             let request = CancelImportRequest {
                 path: path.to_owned(),
                 force,
+                step,
             };
-            match m.client.clone().cancel_import(request).await {
+            match m.client.clone().cancel_import(quick(request)).await {
                 Ok(response) => {
                     return Ok(
                         MigrationStatus::try_from(response.into_inner().status).unwrap_or_default()

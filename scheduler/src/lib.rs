@@ -15,6 +15,7 @@ pub mod guard;
 pub mod importers;
 pub mod inventory;
 pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod reconcile;
 pub mod repair;

@@ -22,15 +22,19 @@ pub enum Resume {
     RetryImport,
 }
 
-/// The resumption for `status` (`None`: the importer could not say), given whether the
-/// repository's pre-import had finished.
-pub fn resume(status: Option<MigrationStatus>, pre_import_done: bool) -> Resume {
+/// The resumption for `status` (`None`: the importer could not say), given whether it belongs
+/// to the repository's aborted step (`same_step`) and whether its pre-import had finished. A
+/// step in progress is watched only if it is the aborted step itself; an older one is taken over
+/// by a new step.
+pub fn resume(status: Option<MigrationStatus>, same_step: bool, pre_import_done: bool) -> Resume {
     use MigrationStatus::*;
     match status {
         Some(Native) => Resume::FinishNative,
         Some(ImportComplete) => Resume::FinishImport,
-        Some(PreImportInProgress) => Resume::WatchPreImport,
-        Some(ImportInProgress) => Resume::WatchImport,
+        Some(PreImportInProgress) if same_step => Resume::WatchPreImport,
+        Some(ImportInProgress) if same_step => Resume::WatchImport,
+        Some(PreImportInProgress | ImportInProgress) if pre_import_done => Resume::RetryImport,
+        Some(PreImportInProgress | ImportInProgress) => Resume::RetryPreImport,
         Some(PreImportComplete | ImportFailed | ImportCanceled) => Resume::RetryImport,
         Some(PreImportFailed | PreImportCanceled) => Resume::RetryPreImport,
         Some(Unspecified) | None if pre_import_done => Resume::RetryImport,
@@ -45,22 +49,49 @@ mod tests {
 
     #[test]
     fn follows_the_original_reconciliation_table() {
-        assert_eq!(resume(Some(Native), false), Resume::FinishNative);
-        assert_eq!(resume(Some(ImportComplete), true), Resume::FinishImport);
+        assert_eq!(resume(Some(Native), true, false), Resume::FinishNative);
         assert_eq!(
-            resume(Some(PreImportInProgress), false),
+            resume(Some(ImportComplete), false, true),
+            Resume::FinishImport
+        );
+        assert_eq!(
+            resume(Some(PreImportInProgress), true, false),
             Resume::WatchPreImport
         );
-        assert_eq!(resume(Some(ImportInProgress), true), Resume::WatchImport);
-        assert_eq!(resume(Some(PreImportComplete), false), Resume::RetryImport);
-        assert_eq!(resume(Some(ImportFailed), true), Resume::RetryImport);
-        assert_eq!(resume(Some(ImportCanceled), true), Resume::RetryImport);
-        assert_eq!(resume(Some(PreImportFailed), true), Resume::RetryPreImport);
         assert_eq!(
-            resume(Some(PreImportCanceled), false),
+            resume(Some(ImportInProgress), true, true),
+            Resume::WatchImport
+        );
+        assert_eq!(
+            resume(Some(PreImportComplete), true, false),
+            Resume::RetryImport
+        );
+        assert_eq!(resume(Some(ImportFailed), true, true), Resume::RetryImport);
+        assert_eq!(
+            resume(Some(ImportCanceled), true, true),
+            Resume::RetryImport
+        );
+        assert_eq!(
+            resume(Some(PreImportFailed), true, true),
             Resume::RetryPreImport
         );
-        assert_eq!(resume(None, true), Resume::RetryImport);
-        assert_eq!(resume(None, false), Resume::RetryPreImport);
+        assert_eq!(
+            resume(Some(PreImportCanceled), true, false),
+            Resume::RetryPreImport
+        );
+        assert_eq!(resume(None, false, true), Resume::RetryImport);
+        assert_eq!(resume(None, false, false), Resume::RetryPreImport);
+    }
+
+    #[test]
+    fn an_older_step_in_progress_is_taken_over_not_watched() {
+        assert_eq!(
+            resume(Some(PreImportInProgress), false, false),
+            Resume::RetryPreImport
+        );
+        assert_eq!(
+            resume(Some(ImportInProgress), false, true),
+            Resume::RetryImport
+        );
     }
 }

@@ -22,7 +22,7 @@ use crate::importers::ImporterPool;
 use crate::inventory;
 use crate::lease::{HeldLease, Lease};
 use crate::settings_api;
-use crate::store::{Claimed, RepoKey, RepositoryRecord, SchedulerStore};
+use crate::store::{Abort, Claimed, RepoKey, RepositoryRecord, SchedulerStore};
 
 /// What the scheduler offers, independent of gRPC.
 #[async_trait]
@@ -259,6 +259,8 @@ impl From<RepositoryRecord> for Repository {
             skipped_at: timestamp(r.migration_skipped_at),
             importer: r.migration_importer.unwrap_or_default(),
             step_accepted_at: timestamp(r.migration_step_accepted_at),
+            step: to_u64(r.migration_step),
+            cancel_requested: r.migration_cancel_requested.unwrap_or_default(),
             stats: Some(ferry_proto::common::v1::ImportStats {
                 manifests: to_u64(r.import_manifests),
                 tags: to_u64(r.import_tags),
@@ -285,6 +287,7 @@ impl SchedulerService for Scheduler {
         let status = MigrationStatus::try_from(request.status).unwrap_or_default();
         let stats = request.stats.unwrap_or_default();
         let path = request.path.as_str();
+        let step = crate::limits::step(request.step)?;
         let kind = if matches!(
             status,
             PreImportComplete | PreImportFailed | PreImportCanceled
@@ -302,16 +305,20 @@ impl SchedulerService for Scheduler {
         let ended = match (status, &holder) {
             (PreImportComplete, Some(held)) => {
                 self.store
-                    .finish_pre_import_and_start_import(path, &stats, held.fence)
+                    .finish_pre_import_and_start_import(path, step, &stats, held.fence)
                     .await?
             }
             (ImportComplete, Some(held)) => {
                 self.store
-                    .finish_import_and_claim_next(path, &stats, held.fence)
+                    .finish_import_and_claim_next(path, step, &stats, held.fence)
                     .await?
             }
-            (PreImportComplete, None) => self.store.finish_pre_import(path, &stats, None).await?,
-            (ImportComplete, None) => self.store.finish_import(path, &stats, None).await?,
+            (PreImportComplete, None) => {
+                self.store
+                    .finish_pre_import(path, step, &stats, None)
+                    .await?
+            }
+            (ImportComplete, None) => self.store.finish_import(path, step, &stats, None).await?,
             (PreImportFailed | PreImportCanceled | ImportFailed | ImportCanceled, _) => {
                 let from = if matches!(status, PreImportFailed | PreImportCanceled) {
                     "pre_importing"
@@ -319,9 +326,24 @@ impl SchedulerService for Scheduler {
                     "importing"
                 };
                 let max_retries = self.store.settings().await?.max_retries;
-                let error = format!("{}: {}", status.as_db_str(), request.detail);
+                let error = if request.handed_back {
+                    format!(
+                        "handed back by an importer shutting down: {}",
+                        request.detail
+                    )
+                } else {
+                    format!("{}: {}", status.as_db_str(), request.detail)
+                };
                 self.store
-                    .abort(RepoKey::Path(path), &[from], &error, max_retries, None)
+                    .abort(Abort {
+                        key: RepoKey::Path(path),
+                        step,
+                        from: &[from],
+                        error: &error,
+                        max_retries,
+                        counted: !request.handed_back,
+                        fence: None,
+                    })
                     .await?
             }
             (other, _) => {
@@ -344,6 +366,7 @@ impl SchedulerService for Scheduler {
         };
         tracing::info!(
             repository = path,
+            step,
             status = status.as_db_str(),
             state = migration_state,
             duplicate = !changed,

@@ -55,6 +55,28 @@ pub struct Claimed {
     pub id: i64,
     /// Its path.
     pub path: String,
+    /// The step's number: the start, the importer's record of it, its end and its cancel name it.
+    pub step: i64,
+}
+
+/// An abort of a repository's step, for [`SchedulerStore::abort`].
+#[derive(Debug, Clone, Copy)]
+pub struct Abort<'a> {
+    /// The repository.
+    pub key: RepoKey<'a>,
+    /// The step being aborted: nothing changes if the repository is at another step.
+    pub step: i64,
+    /// The states it may be aborted from.
+    pub from: &'a [&'a str],
+    /// Why (recorded as `migration_last_error`).
+    pub error: &'a str,
+    /// Retries before the repository is skipped with `too_many_retries`.
+    pub max_retries: i32,
+    /// Whether the abort counts as a retry: not when the step was handed back by an importer
+    /// shutting down.
+    pub counted: bool,
+    /// The lease holder's fencing token (`None`: any replica may apply it).
+    pub fence: Option<u64>,
 }
 
 /// One repository's row. Each field is the `container_repositories` column of the same name
@@ -78,6 +100,8 @@ pub struct RepositoryRecord {
     pub migration_skipped_at: Option<chrono::DateTime<chrono::Utc>>,
     pub migration_importer: Option<String>,
     pub migration_step_accepted_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub migration_step: i64,
+    pub migration_cancel_requested: Option<String>,
     pub import_manifests: i64,
     pub import_tags: i64,
     pub import_blobs: i64,
@@ -94,7 +118,8 @@ pub(crate) const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS projec
     r.migration_retries_count, r.migration_skipped_reason, r.migration_aborted_in_state, \
     r.migration_last_error, r.migration_pre_import_started_at, r.migration_pre_import_done_at, \
     r.migration_import_started_at, r.migration_import_done_at, r.migration_aborted_at, \
-    r.migration_skipped_at, r.migration_importer, r.migration_step_accepted_at, r.import_manifests, r.import_tags, r.import_blobs, r.import_blobs_copied, \
+    r.migration_skipped_at, r.migration_importer, r.migration_step_accepted_at, r.migration_step, \
+    r.migration_cancel_requested, r.import_manifests, r.import_tags, r.import_blobs, r.import_blobs_copied, \
     r.import_bytes_copied, r.import_blobs_present, r.import_tags_skipped, r.import_duration_ms, \
     r.import_manifests_skipped, r.import_layers_skipped";
 
@@ -277,14 +302,15 @@ impl SchedulerStore {
         sqlx::query_as(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'pre_importing', migration_priority = 0, \
                  migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, \
-                 migration_importer = NULL, migration_step_accepted_at = NULL, updated_at = now() \
+                 migration_importer = NULL, migration_step_accepted_at = NULL, \
+                 migration_step = migration_step + 1, updated_at = now() \
              WHERE id = ANY(ARRAY(SELECT r.id FROM container_repositories r, migration_settings s \
                          WHERE {ready} ORDER BY r.migration_priority DESC, r.path \
                          LIMIT CASE WHEN $2::int IS NULL THEN 1 ELSE GREATEST($2::int - \
                              (SELECT count(*) FROM container_repositories WHERE migration_state = ANY($3)), 0) END \
                          FOR UPDATE OF r SKIP LOCKED)) \
                AND migration_state = 'default' {check} \
-             RETURNING id, path"
+             RETURNING id, path, migration_step AS step"
         ))
         .bind(fence_param(fence))
         .bind(capacity)
@@ -305,11 +331,13 @@ impl SchedulerStore {
         sqlx::query_as(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'importing', \
                  migration_import_started_at = now(), migration_import_done_at = NULL, \
-                 migration_importer = NULL, migration_step_accepted_at = NULL, updated_at = now() \
+                 migration_importer = NULL, migration_step_accepted_at = NULL, \
+                 migration_step = migration_step + 1, updated_at = now() \
              WHERE id = ANY(ARRAY(SELECT id FROM container_repositories WHERE migration_state = 'pre_import_done' \
+                         AND migration_cancel_requested IS NULL \
                          ORDER BY migration_pre_import_done_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
-               AND migration_state = 'pre_import_done' {check} \
-             RETURNING id, path"
+               AND migration_state = 'pre_import_done' AND migration_cancel_requested IS NULL {check} \
+             RETURNING id, path, migration_step AS step"
         ))
         .bind(fence_param(fence))
         .bind(limit)
@@ -321,8 +349,9 @@ impl SchedulerStore {
     #[tracing::instrument(name = "db.next_aborted", skip_all, err(level = "warn"))]
     pub async fn next_aborted(&self) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT id, path, migration_pre_import_done_at IS NOT NULL AS pre_import_done \
+            "SELECT id, path, migration_step, migration_pre_import_done_at IS NOT NULL AS pre_import_done \
              FROM container_repositories WHERE migration_state = 'import_aborted' \
+               AND migration_cancel_requested IS NULL \
              ORDER BY migration_priority DESC, path LIMIT 1",
         )
         .fetch_optional(&self.pool)
@@ -331,22 +360,27 @@ impl SchedulerStore {
             let claimed = Claimed {
                 id: row.get("id"),
                 path: row.get("path"),
+                step: row.get("migration_step"),
             };
             (claimed, row.get("pre_import_done"))
         }))
     }
 
-    /// Moves an `import_aborted` repository back into a step (fenced): `importing` (`to_final`,
-    /// its pre-import counted done) or `pre_importing`. False if it was no longer aborted.
+    /// Moves an `import_aborted` repository (still at `repo.step`, no cancel requested) back
+    /// into a step (fenced): `importing` (`to_final`, its pre-import counted done) or
+    /// `pre_importing`. With `new_step` the step is a new one, numbered next, to be started;
+    /// without, the repository goes back to watching the step it had, which still runs. Returns
+    /// the step it is at now, or `None` if it was no longer aborted at that step.
     #[tracing::instrument(name = "db.resume_aborted", skip_all, err(level = "warn"))]
     pub async fn resume_aborted(
         &self,
-        id: i64,
+        repo: &Claimed,
         to_final: bool,
+        new_step: bool,
         fence: Option<u64>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<i64>, sqlx::Error> {
         let (with, check) = fenced(3);
-        let result = sqlx::query(&format!(
+        sqlx::query_scalar(&format!(
             "{with}UPDATE container_repositories SET \
                  migration_state = CASE WHEN $2 THEN 'importing' ELSE 'pre_importing' END, \
                  migration_pre_import_started_at = CASE WHEN $2 THEN migration_pre_import_started_at ELSE now() END, \
@@ -354,41 +388,51 @@ impl SchedulerStore {
                  migration_import_started_at = CASE WHEN $2 THEN now() ELSE migration_import_started_at END, \
                  migration_import_done_at = NULL, \
                  migration_aborted_at = NULL, migration_aborted_in_state = NULL, migration_priority = 0, \
+                 migration_step = CASE WHEN $5 THEN migration_step + 1 ELSE migration_step END, \
+                 migration_importer = CASE WHEN $5 THEN NULL ELSE migration_importer END, \
+                 migration_step_accepted_at = CASE WHEN $5 THEN NULL ELSE migration_step_accepted_at END, \
                  updated_at = now() \
-             WHERE id = $1 AND migration_state = 'import_aborted' {check}"
+             WHERE id = $1 AND migration_state = 'import_aborted' AND migration_step = $4 \
+               AND migration_cancel_requested IS NULL {check} \
+             RETURNING migration_step"
         ))
-        .bind(id)
+        .bind(repo.id)
         .bind(to_final)
         .bind(fence_param(fence))
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
+        .bind(repo.step)
+        .bind(new_step)
+        .fetch_optional(&self.pool)
+        .await
     }
 
-    /// `pre_importing` → `pre_import_done`, adding the step's figures (fenced when `fence` is
-    /// set). `None` if the repository was not pre-importing (a duplicate or stale notification).
+    /// `pre_importing` → `pre_import_done` at step `step`, adding the step's figures (fenced
+    /// when `fence` is set). `None` if the repository was not pre-importing in that step (a
+    /// duplicate or stale notification).
     #[tracing::instrument(name = "db.finish_pre_import", skip_all, err(level = "warn"))]
     pub async fn finish_pre_import(
         &self,
         path: &str,
+        step: i64,
         stats: &ImportStats,
         fence: Option<u64>,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
         use step_end::{Apply, Step};
-        self.end_step(path, Step::Pre, stats, Apply::EndOnly(fence))
+        self.end_step(path, step, Step::Pre, stats, Apply::EndOnly(fence))
             .await
     }
 
-    /// `importing` → `import_done`, adding the step's figures (fenced when `fence` is set).
+    /// `importing` → `import_done` at step `step`, adding the step's figures (fenced when
+    /// `fence` is set).
     #[tracing::instrument(name = "db.finish_import", skip_all, err(level = "warn"))]
     pub async fn finish_import(
         &self,
         path: &str,
+        step: i64,
         stats: &ImportStats,
         fence: Option<u64>,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
         use step_end::{Apply, Step};
-        self.end_step(path, Step::Final, stats, Apply::EndOnly(fence))
+        self.end_step(path, step, Step::Final, stats, Apply::EndOnly(fence))
             .await
     }
 
@@ -404,11 +448,12 @@ impl SchedulerStore {
     pub async fn finish_pre_import_and_start_import(
         &self,
         path: &str,
+        step: i64,
         stats: &ImportStats,
         holder: u64,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
         use step_end::{Apply, Step};
-        self.end_step(path, Step::Pre, stats, Apply::HandOver(holder))
+        self.end_step(path, step, Step::Pre, stats, Apply::HandOver(holder))
             .await
     }
 
@@ -423,76 +468,83 @@ impl SchedulerStore {
     pub async fn finish_import_and_claim_next(
         &self,
         path: &str,
+        step: i64,
         stats: &ImportStats,
         holder: u64,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
         use step_end::{Apply, Step};
-        self.end_step(path, Step::Final, stats, Apply::HandOver(holder))
+        self.end_step(path, step, Step::Final, stats, Apply::HandOver(holder))
             .await
     }
 
-    /// Finishes a repository as `import_done` from any active or default state: with `reason`
-    /// `native_import` or `not_found` when nothing was imported, or none when the importer reports
-    /// an import it completed (whose notification was lost).
+    /// Finishes a repository at step `step` as `import_done` from any active or default state:
+    /// with `reason` `native_import` or `not_found` when nothing was imported, or none when the
+    /// importer reports an import it completed (whose notification was lost, or which won the
+    /// race against a cancel).
     #[tracing::instrument(name = "db.finish_import_as", skip_all, err(level = "warn"))]
     pub async fn finish_import_as(
         &self,
         id: i64,
+        step: i64,
         reason: Option<&str>,
         fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
         let (with, check) = fenced(4);
         let result = sqlx::query(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'import_done', migration_import_done_at = now(), \
-                 migration_skipped_reason = $2, updated_at = now() \
-             WHERE id = $1 AND migration_state = ANY($3) {check}"
+                 migration_skipped_reason = $2, migration_cancel_requested = NULL, updated_at = now() \
+             WHERE id = $1 AND migration_state = ANY($3) AND migration_step = $5 {check}"
         ))
         .bind(id)
         .bind(reason)
-        .bind(&["default", "pre_importing", "importing", "import_aborted"][..])
+        .bind(&["default", "pre_importing", "pre_import_done", "importing", "import_aborted"][..])
         .bind(fence_param(fence))
+        .bind(step)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
     }
 
-    /// Aborts the step a repository is in (only from `from_states`; fenced when `fence` is set): retries + 1, and skipped with
-    /// `too_many_retries` once retries reach `max_retries`. Returns the end as applied (the new
-    /// state, and the importer the step had, so that its slot is counted free again), or `None`
-    /// when the repository was not in one of `from_states`.
+    /// Aborts a repository's step as `abort` says: only from its states and at its step (fenced
+    /// when it names a token). A counted abort adds a retry, and skips the repository with
+    /// `too_many_retries` once retries reach `max_retries`; a repository whose cancel was
+    /// requested is skipped with that cancel's reason instead. Returns the end as applied (the
+    /// new state, and the importer the step had, so that its slot is counted free again), or
+    /// `None` when the repository was not in that step.
     #[tracing::instrument(name = "db.abort", skip_all, err(level = "warn"))]
-    pub async fn abort(
-        &self,
-        key: RepoKey<'_>,
-        from_states: &[&str],
-        error: &str,
-        max_retries: i32,
-        fence: Option<u64>,
-    ) -> Result<Option<EndedStep>, sqlx::Error> {
-        let (by_id, by_path) = match key {
+    pub async fn abort(&self, abort: Abort<'_>) -> Result<Option<EndedStep>, sqlx::Error> {
+        let (by_id, by_path) = match abort.key {
             RepoKey::Id(id) => (Some(id), None),
             RepoKey::Path(path) => (None, Some(path)),
         };
         let (with, check) = fenced(6);
+        // $7: whether it counts; $8: the step.
         let row = sqlx::query(&format!(
-            "{with}UPDATE container_repositories SET \
-                 migration_aborted_in_state = migration_state, \
+            "{with}UPDATE container_repositories r SET \
+                 migration_aborted_in_state = r.migration_state, \
                  migration_aborted_at = now(), \
-                 migration_retries_count = migration_retries_count + 1, \
-                 migration_state = CASE WHEN migration_retries_count + 1 >= $4 THEN 'import_skipped' ELSE 'import_aborted' END, \
-                 migration_skipped_reason = CASE WHEN migration_retries_count + 1 >= $4 THEN 'too_many_retries' ELSE migration_skipped_reason END, \
-                 migration_skipped_at = CASE WHEN migration_retries_count + 1 >= $4 THEN now() ELSE migration_skipped_at END, \
+                 migration_retries_count = r.migration_retries_count + v.added, \
+                 migration_state = CASE WHEN v.skip IS NOT NULL THEN 'import_skipped' ELSE 'import_aborted' END, \
+                 migration_skipped_reason = COALESCE(v.skip, r.migration_skipped_reason), \
+                 migration_skipped_at = CASE WHEN v.skip IS NOT NULL THEN now() ELSE r.migration_skipped_at END, \
+                 migration_cancel_requested = NULL, \
                  migration_last_error = left($5, 1024), updated_at = now() \
-             WHERE (id = $1 OR path = $2) AND migration_state = ANY($3) {check} \
-             RETURNING migration_importer AS importer, migration_state, NULL::bigint AS next_id, \
-                 NULL::text AS next_path"
+             FROM (SELECT id, CASE WHEN $7 THEN 1 ELSE 0 END AS added, \
+                       COALESCE(migration_cancel_requested, CASE WHEN $7 AND migration_retries_count + 1 >= $4 \
+                           THEN 'too_many_retries' END) AS skip \
+                   FROM container_repositories WHERE id = $1 OR path = $2) v \
+             WHERE r.id = v.id AND r.migration_state = ANY($3) AND r.migration_step = $8 {check} \
+             RETURNING r.migration_importer AS importer, r.migration_state, NULL::bigint AS next_id, \
+                 NULL::text AS next_path, NULL::bigint AS next_step"
         ))
         .bind(by_id)
         .bind(by_path)
-        .bind(from_states)
-        .bind(max_retries)
-        .bind(error)
-        .bind(fence_param(fence))
+        .bind(abort.from)
+        .bind(abort.max_retries)
+        .bind(abort.error)
+        .bind(fence_param(abort.fence))
+        .bind(abort.counted)
+        .bind(abort.step)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(step_end::ended_step))

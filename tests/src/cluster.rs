@@ -159,7 +159,6 @@ impl Cluster {
                 import_timeout_secs: "120".into(),
                 copy_concurrency: "4".into(),
                 tag_concurrency: "4".into(),
-                cancel_settle_secs: "5".into(),
                 cancel_poll_ms: "200".into(),
                 shutdown_grace_secs: "5".into(),
                 metrics_addr: format!("127.0.0.1:{importer_metrics_port}"),

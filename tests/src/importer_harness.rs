@@ -55,7 +55,6 @@ impl ImporterHarness {
             import_timeout: Duration::from_secs(60),
             copy_concurrency: 4,
             tag_concurrency: 4,
-            cancel_settle: Duration::from_secs(5),
             cancel_poll: Duration::from_millis(200),
         };
         let importer = Importer::new(wrap(storage), db, Some(notifier), limits);
@@ -77,7 +76,7 @@ impl ImporterHarness {
     pub async fn run(&self, path: &str, import_type: ImportType) -> (String, Option<String>) {
         let response = self
             .importer
-            .start_import(path, import_type, 0)
+            .start_import(path, import_type, 0, 0)
             .await
             .expect("start");
         assert_eq!(response.outcome(), StartOutcome::Accepted);
@@ -120,4 +119,26 @@ impl ImporterHarness {
             ))
             .exists()
     }
+}
+
+/// Serves `importer` as `ferry.importer.v1.Importer` on a free loopback port (plaintext, no
+/// tokens) until the test ends; returns the port.
+pub async fn serve_importer(importer: Importer) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let routes = tonic::service::Routes::new(
+        ferry_proto::importer::v1::importer_server::ImporterServer::new(
+            ferry_importer::grpc::ImporterGrpc(importer),
+        ),
+    );
+    tokio::spawn(ferry_shared::grpc::serve(
+        listener,
+        routes,
+        &[],
+        ferry_shared::grpc::ServeOptions::default(),
+        std::future::pending(),
+    ));
+    port
 }

@@ -17,7 +17,7 @@ pub mod repair_seed;
 pub mod throttle;
 
 pub use cluster::{Cluster, ClusterOptions, run_inventory, state_count};
-pub use importer_harness::ImporterHarness;
+pub use importer_harness::{ImporterHarness, serve_importer};
 pub use layout_writer::LayoutWriter;
 
 use std::path::{Path, PathBuf};

@@ -165,7 +165,7 @@ async fn start_import_answers_like_the_registry_import_api() {
     // Hostile or malformed paths never reach storage.
     for path in ["../etc", "group/../../x", "Group/App", "a//b", ""] {
         assert_eq!(
-            code(h.importer.start_import(path, ImportType::Pre, 0).await),
+            code(h.importer.start_import(path, ImportType::Pre, 0, 0).await),
             ErrorCode::InvalidArgument,
             "{path:?}"
         );
@@ -173,7 +173,7 @@ async fn start_import_answers_like_the_registry_import_api() {
     assert_eq!(
         code(
             h.importer
-                .start_import("group/project/app", ImportType::Unspecified, 0)
+                .start_import("group/project/app", ImportType::Unspecified, 0, 0)
                 .await
         ),
         ErrorCode::InvalidArgument
@@ -182,7 +182,7 @@ async fn start_import_answers_like_the_registry_import_api() {
     assert_eq!(
         code(
             h.importer
-                .start_import("group/project/none", ImportType::Pre, 0)
+                .start_import("group/project/none", ImportType::Pre, 0, 0)
                 .await
         ),
         ErrorCode::NotFound
@@ -191,7 +191,7 @@ async fn start_import_answers_like_the_registry_import_api() {
     assert_eq!(
         code(
             h.importer
-                .start_import("group/project/app", ImportType::Final, 0)
+                .start_import("group/project/app", ImportType::Final, 0, 0)
                 .await
         ),
         ErrorCode::FailedPrecondition
@@ -207,7 +207,7 @@ async fn start_import_answers_like_the_registry_import_api() {
     // Already on the new platform: 200, nothing started.
     let again = h
         .importer
-        .start_import("group/project/app", ImportType::Pre, 0)
+        .start_import("group/project/app", ImportType::Pre, 0, 0)
         .await
         .expect("start");
     assert_eq!(again.outcome(), StartOutcome::AlreadyImported);
@@ -224,7 +224,7 @@ async fn start_import_answers_like_the_registry_import_api() {
     .expect("remove from old storage");
     let gone = h
         .importer
-        .start_import("group/project/app", ImportType::Pre, 0)
+        .start_import("group/project/app", ImportType::Pre, 0, 0)
         .await
         .expect("start");
     assert_eq!(gone.outcome(), StartOutcome::AlreadyImported);

@@ -183,7 +183,6 @@ async fn a_cancel_from_elsewhere_is_not_held_up_by_a_step_writing_its_chunks() {
             import_timeout: Duration::from_secs(60),
             copy_concurrency: 2,
             tag_concurrency: 4,
-            cancel_settle: Duration::from_secs(5),
             cancel_poll: Duration::from_millis(100),
         };
         Importer::new(storage, db.clone(), Some(notifier), limits)
@@ -191,7 +190,7 @@ async fn a_cancel_from_elsewhere_is_not_held_up_by_a_step_writing_its_chunks() {
     let running = importer(Arc::new(stuck));
     let other = importer(local);
     running
-        .start_import(path, ImportType::Pre, 0)
+        .start_import(path, ImportType::Pre, 0, 0)
         .await
         .expect("start");
     // Wait until the first chunk is written and the step waits with its transaction open.
@@ -211,7 +210,7 @@ async fn a_cancel_from_elsewhere_is_not_held_up_by_a_step_writing_its_chunks() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), other.cancel_import(path, false))
+    tokio::time::timeout(Duration::from_secs(5), other.cancel_import(path, 0, false))
         .await
         .expect("the cancel is not blocked by the step's transaction")
         .expect("cancel");

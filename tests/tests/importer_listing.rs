@@ -43,7 +43,6 @@ async fn server() -> Server {
         import_timeout_secs: "60".into(),
         copy_concurrency: "1".into(),
         tag_concurrency: "4".into(),
-        cancel_settle_secs: "5".into(),
         cancel_poll_ms: "1000".into(),
         shutdown_grace_secs: "5".into(),
         metrics_addr: "off".into(),

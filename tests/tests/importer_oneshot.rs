@@ -27,7 +27,6 @@ fn config(
             import_timeout: Duration::from_secs(60),
             copy_concurrency: 4,
             tag_concurrency: 4,
-            cancel_settle: Duration::from_secs(5),
             cancel_poll: Duration::from_millis(500),
         },
         budgets: Default::default(),

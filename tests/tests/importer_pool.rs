@@ -5,14 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::service::Routes;
-
-use ferry_importer::grpc::ImporterGrpc;
 use ferry_importer::notifier::Notifier;
 use ferry_importer::service::{Importer, StepLimits};
 use ferry_importer::store::MetadataStore;
 use ferry_proto::common::v1::ImportType;
-use ferry_proto::importer::v1::importer_server::ImporterServer;
 use ferry_scheduler::importers::{ImporterPool, StartResult};
 use ferry_shared::storage::BlobStore;
 use ferry_tests::{GatedStore, LayoutWriter, fresh_database};
@@ -30,23 +26,11 @@ async fn serve_importer(
         import_timeout: Duration::from_secs(60),
         copy_concurrency: 2,
         tag_concurrency: 2,
-        cancel_settle: Duration::from_secs(5),
         cancel_poll: Duration::from_secs(60),
     };
     let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
     let importer = Importer::new(Arc::new(gated), db, Some(notifier), limits);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let routes = Routes::new(ImporterServer::new(ImporterGrpc(importer.clone())));
-    tokio::spawn(ferry_shared::grpc::serve(
-        listener,
-        routes,
-        &[],
-        ferry_shared::grpc::ServeOptions::default(),
-        std::future::pending(),
-    ));
+    let port = ferry_tests::serve_importer(importer.clone()).await;
     (importer, port, gate)
 }
 
@@ -76,7 +60,7 @@ async fn a_dns_name_stands_for_every_address_it_resolves_to() {
         "{members:?}"
     );
     let asked = chrono::Utc::now();
-    let started = pool.start("pool/p0/app", ImportType::Pre, 0).await;
+    let started = pool.start("pool/p0/app", ImportType::Pre, 0, 0).await;
     let answered = chrono::Utc::now();
     let StartResult::Accepted {
         importer,
@@ -96,7 +80,7 @@ async fn a_dns_name_stands_for_every_address_it_resolves_to() {
     let missing = ImporterPool::new(&["dns://no-such-host.invalid:1".to_owned()]).expect("pool");
     assert!(missing.refresh().await.is_empty());
     assert!(matches!(
-        missing.start("pool/p1/app", ImportType::Pre, 0).await,
+        missing.start("pool/p1/app", ImportType::Pre, 0, 0).await,
         StartResult::AllBusy(_)
     ));
 }
@@ -115,7 +99,7 @@ async fn starts_go_to_the_importer_with_the_most_free_slots() {
     pool.refresh().await;
     for i in 0..4 {
         let started = pool
-            .start(&format!("pool/p{i}/app"), ImportType::Pre, 0)
+            .start(&format!("pool/p{i}/app"), ImportType::Pre, 0, 0)
             .await;
         assert!(
             matches!(started, StartResult::Accepted { .. }),
@@ -124,7 +108,7 @@ async fn starts_go_to_the_importer_with_the_most_free_slots() {
     }
     // Four slots in all, four starts, none refused for lack of room: 1 + 3.
     assert_eq!((small.in_flight(), large.in_flight()), (1, 3));
-    let full = pool.start("pool/p4/app", ImportType::Pre, 0).await;
+    let full = pool.start("pool/p4/app", ImportType::Pre, 0, 0).await;
     assert!(matches!(full, StartResult::AllBusy(_)), "{full:?}");
 }
 

@@ -13,7 +13,8 @@ use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 
 const PATH: &str = "group/project/app";
-const PRE: [&str; 2] = ["pre_importing", "pre_import_done"];
+/// The step the repository's first claim numbers.
+const STEP: i64 = 1;
 
 /// A store with one repository claimed by the holder of token 1; its database's URL.
 async fn claimed_by_first_holder() -> (SchedulerStore, String, i64) {
@@ -74,7 +75,7 @@ async fn a_raise_waits_for_the_old_holders_write_in_flight() {
         let store = store.clone();
         async move {
             store
-                .record_importer(id, &PRE, "http://old", None, Some(3), Some(1))
+                .record_importer(id, STEP, "http://old", None, Some(3), Some(1))
                 .await
         }
     });
@@ -99,7 +100,7 @@ async fn a_raise_waits_for_the_old_holders_write_in_flight() {
     assert!(raise.await.expect("join").expect("raise"));
     assert!(
         !store
-            .record_importer(id, &PRE, "http://late", None, None, Some(1))
+            .record_importer(id, STEP, "http://late", None, None, Some(1))
             .await
             .expect("write"),
         "after the raise, the old token writes nothing"
@@ -123,7 +124,7 @@ async fn an_old_write_that_meets_a_raise_in_progress_waits_and_is_refused() {
         let store = store.clone();
         async move {
             store
-                .record_importer(id, &PRE, "http://old", None, None, Some(1))
+                .record_importer(id, STEP, "http://old", None, None, Some(1))
                 .await
         }
     });
@@ -143,7 +144,7 @@ async fn an_old_write_that_meets_a_raise_in_progress_waits_and_is_refused() {
         let store = store.clone();
         async move {
             store
-                .record_importer(id, &PRE, "http://new", None, Some(5), Some(2))
+                .record_importer(id, STEP, "http://new", None, Some(5), Some(2))
                 .await
         }
     });
@@ -169,7 +170,7 @@ async fn the_current_holders_writes_share_the_fence_row() {
         let store = store.clone();
         async move {
             store
-                .record_importer(id, &PRE, "http://a", None, Some(1), Some(1))
+                .record_importer(id, STEP, "http://a", None, Some(1), Some(1))
                 .await
         }
     });

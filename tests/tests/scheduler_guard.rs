@@ -84,7 +84,7 @@ async fn a_step_whose_importer_died_is_unlocked_retried_elsewhere_and_completes(
         .expect("claim")
         .expect("a repository");
     store
-        .record_importer(orphan.id, &["pre_importing"], DEAD, None, None, None)
+        .record_importer(orphan.id, orphan.step, DEAD, None, None, None)
         .await
         .expect("record");
     let meta = PgPool::connect(&cluster.metadata_database_url)

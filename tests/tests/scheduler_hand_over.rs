@@ -4,7 +4,7 @@
 
 use ferry_proto::common::v1::ImportStats;
 use ferry_scheduler::inventory::new_repository;
-use ferry_scheduler::store::{RepoKey, SchedulerStore, SettingsPatch};
+use ferry_scheduler::store::{Abort, RepoKey, SchedulerStore, SettingsPatch};
 use ferry_shared::ids::RepositoryPath;
 use ferry_tests::fresh_database;
 
@@ -44,6 +44,16 @@ async fn state(store: &SchedulerStore, path: &str) -> String {
         .migration_state
 }
 
+/// The repository's current step.
+async fn step_of(store: &SchedulerStore, path: &str) -> i64 {
+    store
+        .repository(path)
+        .await
+        .expect("read")
+        .expect("row")
+        .migration_step
+}
+
 /// Claims `path`'s pre-import (the only ready one at that moment, by priority) and finishes it.
 async fn pre_import_done(store: &SchedulerStore, path: &str) {
     assert!(store.prioritize(path).await.expect("prioritize"));
@@ -54,7 +64,12 @@ async fn pre_import_done(store: &SchedulerStore, path: &str) {
         .expect("ready");
     assert_eq!(claimed.path, path);
     store
-        .finish_pre_import(path, &ImportStats::default(), None)
+        .finish_pre_import(
+            path,
+            step_of(store, path).await,
+            &ImportStats::default(),
+            None,
+        )
         .await
         .expect("finish")
         .expect("applied");
@@ -69,7 +84,12 @@ async fn importing(store: &SchedulerStore, path: &str) {
         .expect("claim")
         .expect("ready");
     let ended = store
-        .finish_pre_import_and_start_import(path, &ImportStats::default(), HOLDER)
+        .finish_pre_import_and_start_import(
+            path,
+            step_of(store, path).await,
+            &ImportStats::default(),
+            HOLDER,
+        )
         .await
         .expect("finish")
         .expect("applied");
@@ -94,7 +114,7 @@ async fn a_finished_pre_import_moves_straight_on_to_its_final_import() {
     store
         .record_importer(
             store.repository("g/p/a").await.unwrap().unwrap().id,
-            &["pre_importing", "pre_import_done"],
+            step_of(&store, "g/p/a").await,
             "http://pre",
             None,
             Some(3),
@@ -103,7 +123,12 @@ async fn a_finished_pre_import_moves_straight_on_to_its_final_import() {
         .await
         .expect("record");
     let ended = store
-        .finish_pre_import_and_start_import("g/p/a", &stats(7), HOLDER)
+        .finish_pre_import_and_start_import(
+            "g/p/a",
+            step_of(&store, "g/p/a").await,
+            &stats(7),
+            HOLDER,
+        )
         .await
         .expect("finish")
         .expect("applied");
@@ -125,7 +150,12 @@ async fn a_finished_pre_import_moves_straight_on_to_its_final_import() {
     assert_eq!(record.migration_step_accepted_at, None);
     assert!(
         store
-            .finish_pre_import_and_start_import("g/p/a", &stats(7), HOLDER)
+            .finish_pre_import_and_start_import(
+                "g/p/a",
+                step_of(&store, "g/p/a").await,
+                &stats(7),
+                HOLDER
+            )
             .await
             .expect("finish")
             .is_none(),
@@ -148,7 +178,12 @@ async fn a_stale_holder_or_a_disabled_migration_only_ends_the_pre_import() {
     let claimed = store.claim_ready(Some(HOLDER), 2).await.expect("claim");
     assert_eq!(claimed.len(), 2);
     let ended = store
-        .finish_pre_import_and_start_import("g/p/a", &stats(1), HOLDER - 1)
+        .finish_pre_import_and_start_import(
+            "g/p/a",
+            step_of(&store, "g/p/a").await,
+            &stats(1),
+            HOLDER - 1,
+        )
         .await
         .expect("finish")
         .expect("the end applies whoever reports it");
@@ -162,7 +197,12 @@ async fn a_stale_holder_or_a_disabled_migration_only_ends_the_pre_import() {
         .await
         .expect("settings");
     let ended = store
-        .finish_pre_import_and_start_import("g/p/b", &stats(1), HOLDER)
+        .finish_pre_import_and_start_import(
+            "g/p/b",
+            step_of(&store, "g/p/b").await,
+            &stats(1),
+            HOLDER,
+        )
         .await
         .expect("finish")
         .expect("applied");
@@ -176,7 +216,7 @@ async fn a_finished_final_import_hands_its_slot_to_the_next_ready_repository() {
     importing(&store, "g/p/a").await;
     assert!(store.prioritize("g/p/c").await.expect("prioritize"));
     let ended = store
-        .finish_import_and_claim_next("g/p/a", &stats(2), HOLDER)
+        .finish_import_and_claim_next("g/p/a", step_of(&store, "g/p/a").await, &stats(2), HOLDER)
         .await
         .expect("finish")
         .expect("applied");
@@ -191,7 +231,12 @@ async fn a_finished_final_import_hands_its_slot_to_the_next_ready_repository() {
     assert_eq!(store.in_process_count().await.expect("count"), 1);
     assert!(
         store
-            .finish_import_and_claim_next("g/p/a", &stats(2), HOLDER)
+            .finish_import_and_claim_next(
+                "g/p/a",
+                step_of(&store, "g/p/a").await,
+                &stats(2),
+                HOLDER
+            )
             .await
             .expect("finish")
             .is_none(),
@@ -215,7 +260,7 @@ async fn a_hand_over_never_goes_over_the_capacity() {
         .await
         .expect("settings");
     let ended = store
-        .finish_import_and_claim_next("g/p/a", &stats(1), HOLDER)
+        .finish_import_and_claim_next("g/p/a", step_of(&store, "g/p/a").await, &stats(1), HOLDER)
         .await
         .expect("finish")
         .expect("applied");
@@ -234,7 +279,12 @@ async fn a_hand_over_leaves_the_slot_to_the_loop_when_something_else_goes_first(
     // An old token claims nothing.
     importing(&store, "g/p/a").await;
     let ended = store
-        .finish_import_and_claim_next("g/p/a", &stats(1), HOLDER - 1)
+        .finish_import_and_claim_next(
+            "g/p/a",
+            step_of(&store, "g/p/a").await,
+            &stats(1),
+            HOLDER - 1,
+        )
         .await
         .expect("finish")
         .expect("the end applies");
@@ -250,7 +300,7 @@ async fn a_hand_over_leaves_the_slot_to_the_loop_when_something_else_goes_first(
         .await
         .expect("settings");
     let ended = store
-        .finish_import_and_claim_next("g/p/b", &stats(1), HOLDER)
+        .finish_import_and_claim_next("g/p/b", step_of(&store, "g/p/b").await, &stats(1), HOLDER)
         .await
         .expect("finish")
         .expect("applied");
@@ -269,14 +319,22 @@ async fn a_hand_over_leaves_the_slot_to_the_loop_when_something_else_goes_first(
         .await
         .expect("claim the final");
     store
-        .abort(RepoKey::Path("g/p/x"), &["importing"], "lost", 3, None)
+        .abort(Abort {
+            key: RepoKey::Path("g/p/x"),
+            step: step_of(&store, "g/p/x").await,
+            from: &["importing"],
+            error: "lost",
+            max_retries: 3,
+            counted: true,
+            fence: None,
+        })
         .await
         .expect("abort")
         .expect("applied");
     assert_eq!(state(&store, "g/p/x").await, "import_aborted");
     importing(&store, "g/p/c").await;
     let ended = store
-        .finish_import_and_claim_next("g/p/c", &stats(1), HOLDER)
+        .finish_import_and_claim_next("g/p/c", step_of(&store, "g/p/c").await, &stats(1), HOLDER)
         .await
         .expect("finish")
         .expect("applied");

@@ -10,7 +10,7 @@ use ferry_scheduler::importers::ImporterPool;
 use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
-use ferry_scheduler::store::{Claimed, RepoKey, SchedulerStore};
+use ferry_scheduler::store::{Abort, Claimed, RepoKey, SchedulerStore};
 use ferry_shared::ids::RepositoryPath;
 use ferry_tests::{fresh_database, redis_url, unique_suffix};
 
@@ -135,8 +135,15 @@ async fn scheduler_with(paths: &[&str]) -> (Scheduler, SchedulerStore) {
     (scheduler, store)
 }
 
-fn notification(path: &str, status: MigrationStatus, manifests: u64) -> NotifyImportResultRequest {
+fn notification(
+    path: &str,
+    step: i64,
+    status: MigrationStatus,
+    manifests: u64,
+) -> NotifyImportResultRequest {
     NotifyImportResultRequest {
+        step: u64::try_from(step).expect("a step number"),
+        handed_back: false,
         path: path.into(),
         name: path.rsplit('/').next().unwrap_or(path).into(),
         status: status.into(),
@@ -167,14 +174,32 @@ async fn duplicate_and_stale_notifications_change_nothing() {
 
     // A final-import result while pre-importing is stale: acknowledged, ignored.
     let stale = scheduler
-        .notify_import_result(notification(path, MigrationStatus::ImportComplete, 5))
+        .notify_import_result(notification(
+            path,
+            claimed.step,
+            MigrationStatus::ImportComplete,
+            5,
+        ))
         .await
         .expect("notify");
     assert!(stale.duplicate);
     assert_eq!(stale.migration_state, "pre_importing");
+    // A report that names no step is refused.
+    let unnumbered = scheduler
+        .notify_import_result(notification(path, 0, MigrationStatus::PreImportComplete, 5))
+        .await;
+    assert!(
+        matches!(&unnumbered, Err(error) if error.to_string().contains("step must be between 1")),
+        "{unnumbered:?}"
+    );
 
     let first = scheduler
-        .notify_import_result(notification(path, MigrationStatus::PreImportComplete, 3))
+        .notify_import_result(notification(
+            path,
+            claimed.step,
+            MigrationStatus::PreImportComplete,
+            3,
+        ))
         .await
         .expect("notify");
     assert_eq!(
@@ -182,7 +207,12 @@ async fn duplicate_and_stale_notifications_change_nothing() {
         ("pre_import_done", false)
     );
     let again = scheduler
-        .notify_import_result(notification(path, MigrationStatus::PreImportComplete, 3))
+        .notify_import_result(notification(
+            path,
+            claimed.step,
+            MigrationStatus::PreImportComplete,
+            3,
+        ))
         .await
         .expect("notify");
     assert_eq!(
@@ -204,8 +234,31 @@ async fn duplicate_and_stale_notifications_change_nothing() {
         .pop()
         .expect("ready for final");
     assert_eq!(importing.path, path);
+    assert_eq!(
+        importing.step,
+        claimed.step + 1,
+        "the final import is the next step"
+    );
+    let late = scheduler
+        .notify_import_result(notification(
+            path,
+            claimed.step,
+            MigrationStatus::ImportComplete,
+            0,
+        ))
+        .await
+        .expect("notify");
+    assert!(
+        late.duplicate,
+        "the pre-import's step cannot end the final import"
+    );
     let done = scheduler
-        .notify_import_result(notification(path, MigrationStatus::ImportComplete, 0))
+        .notify_import_result(notification(
+            path,
+            importing.step,
+            MigrationStatus::ImportComplete,
+            0,
+        ))
         .await
         .expect("notify");
     assert_eq!(done.migration_state, "import_done");
@@ -215,13 +268,11 @@ async fn duplicate_and_stale_notifications_change_nothing() {
 async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
     let path = "group/project/quick";
     let (_scheduler, store) = scheduler_with(&[path]).await;
-    let pre = ["pre_importing", "pre_import_done"];
-    let last = ["importing", "import_done"];
     let claimed = claim_default(&store).await;
     // A pre-import so short that it ended before its start was recorded: the record still
     // lands, on the step it belongs to.
     let ended = store
-        .finish_pre_import(path, &ImportStats::default(), None)
+        .finish_pre_import(path, claimed.step, &ImportStats::default(), None)
         .await
         .expect("finish")
         .expect("applied");
@@ -233,7 +284,14 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
     );
     assert!(
         store
-            .record_importer(claimed.id, &pre, "http://pre", accepted_at, None, None)
+            .record_importer(
+                claimed.id,
+                claimed.step,
+                "http://pre",
+                accepted_at,
+                None,
+                None
+            )
             .await
             .expect("record")
     );
@@ -243,25 +301,26 @@ async fn a_late_record_of_a_step_never_lands_on_the_next_one() {
     // The final import's claim clears both; a late record of the pre-import is refused.
     let finals = store.claim_pre_import_done(None, 4).await.expect("claim");
     assert_eq!(finals.len(), 1);
+    let last = finals[0].step;
     let record = store.repository(path).await.expect("read").expect("row");
     assert_eq!(record.migration_importer, None);
     assert_eq!(record.migration_step_accepted_at, None);
     assert!(
         !store
-            .record_importer(claimed.id, &pre, "http://late", None, None, None)
+            .record_importer(claimed.id, claimed.step, "http://late", None, None, None)
             .await
             .expect("record"),
         "the pre-import's record must not land on the final import"
     );
     assert!(
         store
-            .record_importer(claimed.id, &last, "http://final", None, None, None)
+            .record_importer(claimed.id, last, "http://final", None, None, None)
             .await
             .expect("record")
     );
     // The step's end names the importer that accepted it.
     let ended = store
-        .finish_import(path, &ImportStats::default(), None)
+        .finish_import(path, last, &ImportStats::default(), None)
         .await
         .expect("finish")
         .expect("applied");
@@ -273,16 +332,23 @@ async fn a_failed_step_names_its_importer_too() {
     let path = "group/project/failing";
     let (_scheduler, store) = scheduler_with(&[path]).await;
     let claimed = claim_default(&store).await;
-    let pre = ["pre_importing", "pre_import_done"];
     assert!(
         store
-            .record_importer(claimed.id, &pre, "http://failing", None, None, None)
+            .record_importer(claimed.id, claimed.step, "http://failing", None, None, None)
             .await
             .expect("record")
     );
     // Its slot on that importer is free again, like a finished step's.
     let ended = store
-        .abort(RepoKey::Path(path), &["pre_importing"], "broken", 3, None)
+        .abort(Abort {
+            key: RepoKey::Path(path),
+            step: claimed.step,
+            from: &["pre_importing"],
+            error: "broken",
+            max_retries: 3,
+            counted: true,
+            fence: None,
+        })
         .await
         .expect("abort")
         .expect("applied");
@@ -302,7 +368,7 @@ async fn claim_ready_takes_only_the_free_slots() {
         "no slot free"
     );
     store
-        .finish_pre_import(&first[0].path, &ImportStats::default(), None)
+        .finish_pre_import(&first[0].path, first[0].step, &ImportStats::default(), None)
         .await
         .expect("finish")
         .expect("applied");
@@ -323,14 +389,20 @@ async fn failures_abort_then_skip_after_max_retries() {
     let (scheduler, store) = scheduler_with(&[path]).await;
     let max_retries = store.settings().await.expect("settings").max_retries;
     assert_eq!(max_retries, 3, "the original's default");
-    store
+    let mut step = store
         .claim_next_default(None)
         .await
         .expect("claim")
-        .expect("claimed");
+        .expect("claimed")
+        .step;
     for attempt in 1..=max_retries {
         let response = scheduler
-            .notify_import_result(notification(path, MigrationStatus::PreImportFailed, 0))
+            .notify_import_result(notification(
+                path,
+                step,
+                MigrationStatus::PreImportFailed,
+                0,
+            ))
             .await
             .expect("notify");
         let record = store.repository(path).await.expect("read").expect("row");
@@ -344,12 +416,12 @@ async fn failures_abort_then_skip_after_max_retries() {
             let (retried, pre_import_done) =
                 store.next_aborted().await.expect("next").expect("aborted");
             assert_eq!((retried.path.as_str(), pre_import_done), (path, false));
-            assert!(
-                store
-                    .resume_aborted(retried.id, false, None)
-                    .await
-                    .expect("resume")
-            );
+            step = store
+                .resume_aborted(&retried, false, true, None)
+                .await
+                .expect("resume")
+                .expect("resumed at a new step");
+            assert_eq!(step, retried.step + 1);
         } else {
             assert_eq!(response.migration_state, "import_skipped");
             assert_eq!(
@@ -399,7 +471,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
     let refused = store
         .record_importer(
             first.id,
-            &["pre_importing"],
+            first.step,
             "http://stale",
             None,
             None,
@@ -409,13 +481,15 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
         .expect("write");
     assert!(!refused, "a stale holder's write changes nothing");
     let aborted = store
-        .abort(
-            RepoKey::Id(first.id),
-            &["pre_importing"],
-            "stale",
-            3,
-            Some(old.fence),
-        )
+        .abort(Abort {
+            key: RepoKey::Id(first.id),
+            step: first.step,
+            from: &["pre_importing"],
+            error: "stale",
+            max_retries: 3,
+            counted: true,
+            fence: Some(old.fence),
+        })
         .await
         .expect("abort");
     assert_eq!(aborted, None);
@@ -423,7 +497,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
         store
             .record_importer(
                 first.id,
-                &["pre_importing"],
+                first.step,
                 "http://live",
                 None,
                 None,
@@ -435,7 +509,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
     // Writes any replica may make (notifications) are not fenced.
     assert!(
         store
-            .finish_pre_import(&first.path, &ImportStats::default(), None)
+            .finish_pre_import(&first.path, first.step, &ImportStats::default(), None)
             .await
             .expect("finish")
             .is_some()
@@ -559,4 +633,74 @@ async fn the_lease_holder_is_visible() {
         info.ttl_left_ms > 10_000 && info.ttl_left_ms <= 15_000,
         "{info:?}"
     );
+}
+
+#[tokio::test]
+async fn a_step_handed_back_by_a_shutdown_is_retried_without_counting_a_retry() {
+    let path = "group/project/rolled";
+    let (scheduler, store) = scheduler_with(&[path]).await;
+    let claimed = claim_default(&store).await;
+    let mut handed_back = notification(path, claimed.step, MigrationStatus::PreImportFailed, 0);
+    handed_back.handed_back = true;
+    handed_back.detail = "shutdown".into();
+    let response = scheduler
+        .notify_import_result(handed_back)
+        .await
+        .expect("notify");
+    assert_eq!(response.migration_state, "import_aborted");
+    let record = store.repository(path).await.expect("read").expect("row");
+    assert_eq!(
+        record.migration_retries_count, 0,
+        "a rollout spends no retry"
+    );
+    assert!(
+        record
+            .migration_last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("handed back")),
+        "{:?}",
+        record.migration_last_error
+    );
+    let (retried, _) = store.next_aborted().await.expect("next").expect("aborted");
+    assert_eq!(retried.path, path);
+}
+
+#[tokio::test]
+async fn an_abort_naming_an_older_step_changes_nothing() {
+    let path = "group/project/retried";
+    let (_scheduler, store) = scheduler_with(&[path]).await;
+    let first = claim_default(&store).await;
+    let abort = |step| Abort {
+        key: RepoKey::Id(first.id),
+        step,
+        from: &["pre_importing"],
+        error: "could not start pre-importing: AlreadyExists",
+        max_retries: 3,
+        counted: true,
+        fence: None,
+    };
+    store
+        .abort(abort(first.step))
+        .await
+        .expect("abort")
+        .expect("applied");
+    let (aborted, _) = store.next_aborted().await.expect("next").expect("aborted");
+    let second = store
+        .resume_aborted(&aborted, false, true, None)
+        .await
+        .expect("resume")
+        .expect("resumed");
+    // A start of the first attempt that hung on a frozen importer answers late: its abort
+    // names the first step and leaves the second attempt alone.
+    assert!(
+        store
+            .abort(abort(first.step))
+            .await
+            .expect("abort")
+            .is_none()
+    );
+    let record = store.repository(path).await.expect("read").expect("row");
+    assert_eq!(record.migration_state, "pre_importing");
+    assert_eq!(record.migration_step, second);
+    assert_eq!(record.migration_retries_count, 1);
 }

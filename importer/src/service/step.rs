@@ -8,6 +8,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
+use ferry_proto::scheduler::v1::NotifyImportResultRequest;
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
 use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
@@ -16,13 +17,13 @@ use super::{Importer, StepOutcome, StepStatuses, status_detail, statuses};
 use crate::error::StepError;
 use crate::plan::{self, PlannedBlob};
 use crate::running::{self, RunningStep, StopReason};
-use crate::store::CommitOutcome;
+use crate::store::{ClaimedStep, CommitOutcome};
 
 impl Importer {
     pub(super) async fn run_step(
         self,
         path: RepositoryPath,
-        repository_id: i64,
+        claimed: ClaimedStep,
         import_type: ImportType,
         permit: OwnedSemaphorePermit,
         running: RunningStep,
@@ -40,13 +41,12 @@ impl Importer {
             running.stop.clone(),
             &self.inner.db,
             &path,
-            step.in_progress,
+            (step.in_progress, claimed.step),
             self.inner.limits.cancel_poll,
         );
         let work = tokio::time::timeout(
             limit,
-            self.execute(&path, repository_id, import_type, step)
-                .boxed(),
+            self.execute(&path, claimed, import_type, step).boxed(),
         );
         // Whichever ends first: the step, its time limit, or a stop (which drops the step).
         let result = tokio::select! {
@@ -57,6 +57,9 @@ impl Importer {
             }),
         };
         drop(running);
+        // A step stopped for this importer's shutdown did not fail: the scheduler retries it
+        // without counting it against the repository's retries.
+        let handed_back = matches!(result, Err(StepError::Shutdown));
         let (status, detail, mut stats) = match result {
             Ok(stats) => (
                 step.complete,
@@ -77,7 +80,7 @@ impl Importer {
                 match self
                     .inner
                     .db
-                    .fail_step(&path, step.in_progress, step.failed, &reason)
+                    .fail_step(claimed, step.in_progress, step.failed, &reason)
                     .await
                 {
                     Ok(true) => (step.failed, reason, ImportStats::default()),
@@ -97,10 +100,19 @@ impl Importer {
         let metrics = &self.inner.metrics;
         metrics.step_ended(import_type, status, started.elapsed().as_secs_f64(), &stats);
         metrics.slots(self.in_flight(), self.inner.limits.max_concurrent_imports);
-        tracing::info!(repository = %path, ?import_type, status = status.as_db_str(), duration_ms = stats.duration_ms, "import step ended");
+        tracing::info!(repository = %path, ?import_type, step = claimed.step, status = status.as_db_str(), duration_ms = stats.duration_ms, handed_back, "import step ended");
         if let Some(notifier) = &self.inner.notifier {
             notifier
-                .notify(&path, import_type, status, detail.clone(), stats)
+                .notify(NotifyImportResultRequest {
+                    path: path.to_string(),
+                    name: path.name().to_owned(),
+                    status: status.into(),
+                    detail: detail.clone(),
+                    import_type: import_type.into(),
+                    stats: Some(stats),
+                    step: claimed.step,
+                    handed_back,
+                })
                 .await;
         }
         StepOutcome {
@@ -126,7 +138,7 @@ impl Importer {
     async fn execute(
         &self,
         path: &RepositoryPath,
-        repository_id: i64,
+        claimed: ClaimedStep,
         import_type: ImportType,
         step: StepStatuses,
     ) -> Result<ImportStats, StepError> {
@@ -176,13 +188,13 @@ impl Importer {
             plan::verify_copied_blobs(storage, &chunk.blobs, concurrency).await?;
             let tx = match commit.as_mut() {
                 Some(tx) => tx,
-                None => commit.insert(db.begin_commit(repository_id).await?),
+                None => commit.insert(db.begin_commit(claimed).await?),
             };
             tx.write_chunk(&chunk).await?;
         }
         let mut tx = match commit {
             Some(tx) => tx,
-            None => db.begin_commit(repository_id).await?,
+            None => db.begin_commit(claimed).await?,
         };
         let skipped = walk.skipped();
         let (kept, left_out): (Vec<_>, Vec<_>) = tags

@@ -8,7 +8,7 @@ use sqlx::{Postgres, Row, Transaction};
 use ferry_proto::common::v1::MigrationStatus;
 use ferry_shared::ids::Digest;
 
-use super::{MetadataStore, to_i64};
+use super::{ClaimedStep, MetadataStore, to_i64};
 use crate::plan::{Chunk, PlannedManifest};
 
 /// What a step's transaction wrote.
@@ -44,18 +44,19 @@ pub enum CommitOutcome {
 pub struct StepCommit {
     tx: Transaction<'static, Postgres>,
     repository_id: i64,
+    step: i64,
     written: WrittenCounts,
 }
 
 impl MetadataStore {
-    /// Opens the transaction of a step of the repository whose row is `repository_id` (as
-    /// `begin_step` returned it).
+    /// Opens the transaction of the step `claimed` (as `begin_step` returned it).
     #[tracing::instrument(name = "db.begin_commit", skip_all, err(level = "warn"))]
-    pub async fn begin_commit(&self, repository_id: i64) -> Result<StepCommit, sqlx::Error> {
+    pub async fn begin_commit(&self, claimed: ClaimedStep) -> Result<StepCommit, sqlx::Error> {
         let tx = self.pool.begin().await?;
         Ok(StepCommit {
             tx,
-            repository_id,
+            repository_id: claimed.repository_id,
+            step: to_i64(claimed.step),
             written: WrittenCounts::default(),
         })
     }
@@ -248,14 +249,17 @@ impl StepCommit {
         complete: MigrationStatus,
         expected_tags: Option<&BTreeMap<String, Digest>>,
     ) -> Result<CommitOutcome, sqlx::Error> {
-        // The status moves first: the row stays locked until the commit or rollback.
+        // The status moves first: the row stays locked until the commit or rollback. Only the
+        // step that still holds the repository commits: a canceled step, or one a newer step
+        // took over (even into the same status), is superseded.
         let completed = sqlx::query(
             "UPDATE repositories SET migration_status = $3, migration_error = NULL, updated_at = now() \
-             WHERE id = $1 AND migration_status = $2",
+             WHERE id = $1 AND migration_status = $2 AND migration_step = $4",
         )
         .bind(self.repository_id)
         .bind(in_progress.as_db_str())
         .bind(complete.as_db_str())
+        .bind(self.step)
         .execute(&mut *self.tx)
         .await?;
         if completed.rows_affected() == 0 {

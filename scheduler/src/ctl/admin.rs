@@ -39,7 +39,8 @@ pub enum AdminCommand {
     Cancel {
         /// The repository path.
         path: String,
-        /// Cancel whatever the importer's status (the runbook's force cancel).
+        /// Cancel whatever the importer's status (the runbook's force cancel), except a final
+        /// import that already completed: the completion wins, and the repository ends done.
         #[arg(long)]
         force: bool,
         /// Print JSON.
@@ -251,7 +252,7 @@ pub async fn run(
                         report.last_full_repair_pass_at
                     )
                 };
-                println!("  last full repair pass                 {pass}");
+                println!("  last full repair pass started        {pass}");
             }
         }
         AdminCommand::Writable { path, json } => {

@@ -7,7 +7,7 @@ use ferry_shared::ids::RepositoryPath;
 
 use super::{Scheduler, SchedulerService};
 use crate::error::SchedulerError;
-use crate::importers::is_unreachable;
+use crate::importers::CancelResult;
 use crate::inventory::new_repository;
 
 fn parse(path: &str) -> Result<RepositoryPath, SchedulerError> {
@@ -93,7 +93,7 @@ impl Scheduler {
         let record = self.record(path).await?;
         if !self.store.prioritize(path).await? {
             return Err(SchedulerError::FailedPrecondition(format!(
-                "{path} is {}: only a default or aborted repository can be started",
+                "{path} is {}: only a default, aborted or skipped repository can be started",
                 record.migration_state
             )));
         }
@@ -102,45 +102,90 @@ impl Scheduler {
         Ok(record.into())
     }
 
+    /// Cancels a repository's migration, linearized with its step's end: the cancel is
+    /// recorded at the repository's current step first (no new step is claimed from then on),
+    /// then the importer cancels that step. Either the cancel wins (both sides end canceled:
+    /// `import_skipped` here) or the step's final import had committed first (both sides end
+    /// done, and the cancel is refused with `FAILED_PRECONDITION`). See `docs/operations.md`.
     pub(super) async fn do_cancel(
         &self,
         path: &str,
         force: bool,
     ) -> Result<Repository, SchedulerError> {
-        let record = self.record(path).await?;
-        if matches!(
-            record.migration_state.as_str(),
-            "import_done" | "import_skipped"
-        ) {
-            return Err(SchedulerError::FailedPrecondition(format!(
-                "{path} is {}: nothing to cancel",
-                record.migration_state
-            )));
-        }
-        // Unlock the importer side first: a step there stops, and its status becomes canceled.
-        match self.importers.cancel(path, force).await {
-            Ok(status) => tracing::info!(
-                repository = path,
-                status = status.as_db_str(),
-                "importer step canceled"
-            ),
-            Err(status) if is_unreachable(&status) => {
-                return Err(SchedulerError::Unavailable(format!(
-                    "no importer reachable to cancel {path}: {}",
-                    status.message()
-                )));
-            }
-            // Nothing to cancel there (never started, or not in progress): fine.
-            Err(status) => {
-                tracing::info!(repository = path, %status, "nothing to cancel on the importer")
-            }
-        }
         let reason = if force {
             "migration_forced_canceled"
         } else {
             "migration_canceled"
         };
-        self.store.cancel_migration(path, reason).await?;
+        // The step moves on only by a claim made before the request landed: a few tries.
+        let mut tries = 0;
+        let record = loop {
+            let record = self.record(path).await?;
+            if matches!(
+                record.migration_state.as_str(),
+                "import_done" | "import_skipped"
+            ) {
+                return Err(SchedulerError::FailedPrecondition(format!(
+                    "{path} is {}: nothing to cancel",
+                    record.migration_state
+                )));
+            }
+            if self
+                .store
+                .request_cancel(path, record.migration_step, reason)
+                .await?
+            {
+                break record;
+            }
+            tries += 1;
+            if tries == 5 {
+                return Err(SchedulerError::Unavailable(format!(
+                    "{path} kept moving on to new steps; try again"
+                )));
+            }
+        };
+        let step = record.migration_step;
+        if record.migration_state != "default" {
+            // Unlock the importer side first: a step there stops, and its status becomes canceled.
+            let number = u64::try_from(step).unwrap_or(0);
+            match self.importers.cancel_step(path, number, force).await {
+                CancelResult::Canceled(status) => {
+                    tracing::info!(
+                        repository = path,
+                        step,
+                        status = status.as_db_str(),
+                        "importer step canceled"
+                    );
+                }
+                CancelResult::Completed => {
+                    self.store
+                        .finish_import_as(record.id, step, None, None)
+                        .await?;
+                    tracing::info!(
+                        repository = path,
+                        step,
+                        "the final import completed before the cancel"
+                    );
+                    self.wake_enqueuer().await;
+                    return Err(SchedulerError::FailedPrecondition(format!(
+                        "{path} is import_done: its final import completed before the cancel"
+                    )));
+                }
+                CancelResult::Unreachable(status) => {
+                    self.store.withdraw_cancel(path, step).await?;
+                    return Err(SchedulerError::Unavailable(format!(
+                        "no importer reachable to cancel {path}: {}",
+                        status.message()
+                    )));
+                }
+                // Nothing in progress there (never started, or ended without completing): fine.
+                CancelResult::NotCanceled(status) => {
+                    tracing::info!(repository = path, step, %status, "nothing to cancel on the importer");
+                }
+            }
+        }
+        // Done here unless the step's own canceled end already skipped it (same reason).
+        self.store.cancel_migration(path, step, reason).await?;
         self.wake_enqueuer().await;
         let record = self.record(path).await?;
         Ok(record.into())
@@ -205,11 +250,7 @@ impl Scheduler {
         since_hours: u32,
         dry_run: bool,
     ) -> Result<DoubleCheckReport, SchedulerError> {
-        if since_hours == 0 {
-            return Err(SchedulerError::InvalidArgument(
-                "since_hours must be at least 1".into(),
-            ));
-        }
+        crate::limits::SINCE_HOURS.require(since_hours)?;
         let since =
             (chrono::Utc::now() - chrono::Duration::hours(i64::from(since_hours))).to_rfc3339();
         let mut report = DoubleCheckReport {

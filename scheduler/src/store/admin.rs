@@ -52,13 +52,19 @@ impl SchedulerStore {
         record.ok_or(sqlx::Error::RowNotFound)
     }
 
-    /// Puts a `default` or `import_aborted` repository at the front of the queue. Returns false
-    /// when it is in another state.
+    /// Puts a `default` or `import_aborted` repository at the front of the queue, and queues a
+    /// skipped one again from the start (`default`, no retries counted, at the front): the
+    /// runbook's "retry later" of a canceled, force-canceled or too-often-failed repository.
+    /// Returns false when it is in another state.
     #[tracing::instrument(name = "db.prioritize", skip_all, err(level = "warn"))]
     pub async fn prioritize(&self, path: &str) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
-            "UPDATE container_repositories SET migration_priority = 1, updated_at = now() \
-             WHERE path = $1 AND migration_state IN ('default', 'import_aborted')",
+            "UPDATE container_repositories SET migration_priority = 1, updated_at = now(), \
+                 migration_state = CASE WHEN migration_state = 'import_skipped' THEN 'default' ELSE migration_state END, \
+                 migration_retries_count = CASE WHEN migration_state = 'import_skipped' THEN 0 ELSE migration_retries_count END, \
+                 migration_skipped_reason = CASE WHEN migration_state = 'import_skipped' THEN NULL ELSE migration_skipped_reason END, \
+                 migration_skipped_at = CASE WHEN migration_state = 'import_skipped' THEN NULL ELSE migration_skipped_at END \
+             WHERE path = $1 AND migration_state IN ('default', 'import_aborted', 'import_skipped')",
         )
         .bind(path)
         .execute(&self.pool)
@@ -66,21 +72,67 @@ impl SchedulerStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Skips a repository that is not done or skipped yet with `reason` (`migration_canceled` or
-    /// `migration_forced_canceled`). Returns false when it was done or skipped already.
+    /// Records an operator's cancel of the repository at step `step` (its skip reason,
+    /// `migration_canceled` or `migration_forced_canceled`) before the importer is asked: from
+    /// then on no new step is claimed for it, and its step's failed or canceled end skips it.
+    /// False when it is done, skipped, or at another step.
+    #[tracing::instrument(name = "db.request_cancel", skip_all, err(level = "warn"))]
+    pub async fn request_cancel(
+        &self,
+        path: &str,
+        step: i64,
+        reason: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let result = sqlx::query(
+            "UPDATE container_repositories SET migration_cancel_requested = $3, updated_at = now() \
+             WHERE path = $1 AND migration_step = $2 AND migration_state = ANY($4)",
+        )
+        .bind(path)
+        .bind(step)
+        .bind(reason)
+        .bind(&CANCELABLE[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Withdraws a cancel requested at step `step` that could not be carried out.
+    #[tracing::instrument(name = "db.withdraw_cancel", skip_all, err(level = "warn"))]
+    pub async fn withdraw_cancel(&self, path: &str, step: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE container_repositories SET migration_cancel_requested = NULL \
+             WHERE path = $1 AND migration_step = $2",
+        )
+        .bind(path)
+        .bind(step)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Skips a repository at step `step` that is not done or skipped yet with `reason`
+    /// (`migration_canceled` or `migration_forced_canceled`). Returns false when it was done or
+    /// skipped already, or is at another step.
     #[tracing::instrument(name = "db.cancel_migration", skip_all, err(level = "warn"))]
-    pub async fn cancel_migration(&self, path: &str, reason: &str) -> Result<bool, sqlx::Error> {
+    pub async fn cancel_migration(
+        &self,
+        path: &str,
+        step: i64,
+        reason: &str,
+    ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
             "UPDATE container_repositories SET migration_state = 'import_skipped', \
                  migration_skipped_reason = $2, migration_skipped_at = now(), \
                  migration_aborted_in_state = CASE WHEN migration_state IN ('default', 'pre_importing', 'pre_import_done', 'importing') \
                      THEN migration_state ELSE migration_aborted_in_state END, \
+                 migration_cancel_requested = NULL, \
                  migration_last_error = 'canceled by an operator', updated_at = now() \
-             WHERE path = $1 AND migration_state = ANY($3)",
+             WHERE path = $1 AND migration_state = ANY($3) AND migration_step = $4",
         )
         .bind(path)
         .bind(reason)
         .bind(&CANCELABLE[..])
+        .bind(step)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)

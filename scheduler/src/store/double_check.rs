@@ -33,12 +33,13 @@ impl SchedulerStore {
         super::repair::register_native_on(&mut conn, batch).await
     }
 
-    /// When the last full repair pass finished, if one did.
+    /// When the last full repair pass started, if one finished: the double-check's safe bound
+    /// (a repository created while the pass ran may have been missed by it).
     #[tracing::instrument(name = "db.last_full_repair_pass", skip_all, err(level = "warn"))]
     pub async fn last_full_repair_pass(
         &self,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
-        sqlx::query_scalar("SELECT max(finished_at) FROM repair_passes")
+        sqlx::query_scalar("SELECT max(started_at) FROM repair_passes")
             .fetch_one(&self.pool)
             .await
     }

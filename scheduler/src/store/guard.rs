@@ -18,6 +18,8 @@ pub struct StaleStep {
     pub migration_state: String,
     /// The importer the step was started on, if recorded.
     pub migration_importer: Option<String>,
+    /// The step's number.
+    pub migration_step: i64,
     /// Aborts so far.
     pub migration_retries_count: i32,
     /// Seconds since the step started (or, for `pre_import_done`, since the pre-import ended).
@@ -56,18 +58,16 @@ impl SchedulerStore {
         Ok(u64::try_from(fence).unwrap_or(0))
     }
 
-    /// Records the importer that accepted a step, and when (`accepted_at`, the importer's own
-    /// time of its claim; now when it did not say), fenced, with the repository's tag
-    /// count when the step counted them (a pre-import; the guard's limit for it grows with it).
-    /// Only while the repository is in that step or just past it (`step_states`:
-    /// `pre_importing` and `pre_import_done`, or `importing` and `import_done`): a short step can
-    /// end before its start is recorded, but a late record must never land on the next step,
-    /// whose claim cleared both columns.
+    /// Records the importer that accepted step `step`, and when (`accepted_at`, the importer's
+    /// own time of its claim; now when it did not say), fenced, with the repository's tag count
+    /// when the step counted them (a pre-import; the guard's limit for it grows with it). Only
+    /// while the repository is at that step, whatever its state: a short step can end before its
+    /// start is recorded, but a late record must never land on the next step.
     #[tracing::instrument(name = "db.record_importer", skip_all, err(level = "warn"))]
     pub async fn record_importer(
         &self,
         id: i64,
-        step_states: &[&str],
+        step: i64,
         importer: &str,
         accepted_at: Option<chrono::DateTime<chrono::Utc>>,
         tags_count: Option<i32>,
@@ -78,12 +78,12 @@ impl SchedulerStore {
             "{with}UPDATE container_repositories SET migration_importer = $2, \
                  migration_step_accepted_at = COALESCE($6, now()), \
                  migration_tags_count = COALESCE($5, migration_tags_count) \
-             WHERE id = $1 AND migration_state = ANY($4) {check}"
+             WHERE id = $1 AND migration_step = $4 {check}"
         ))
         .bind(id)
         .bind(importer)
         .bind(super::fence_param(fence))
-        .bind(step_states)
+        .bind(step)
         .bind(tags_count)
         .bind(accepted_at)
         .execute(&self.pool)
@@ -99,7 +99,7 @@ impl SchedulerStore {
         limit: i64,
     ) -> Result<Vec<StaleStep>, sqlx::Error> {
         sqlx::query_as(&format!(
-            "SELECT id, path, migration_state, migration_importer, migration_retries_count, migration_tags_count, \
+            "SELECT id, path, migration_state, migration_importer, migration_step, migration_retries_count, migration_tags_count, \
                     EXTRACT(EPOCH FROM now() - COALESCE({STEP_STARTED}, 'epoch'))::float8 AS age_seconds \
              FROM container_repositories \
              WHERE migration_state IN ('pre_importing', 'pre_import_done', 'importing') \
@@ -112,12 +112,13 @@ impl SchedulerStore {
         .await
     }
 
-    /// Skips a pre-importing repository with too many tags (`too_many_tags`, fenced), recording
-    /// the count.
+    /// Skips a repository pre-importing at step `step` with too many tags (`too_many_tags`,
+    /// fenced), recording the count.
     #[tracing::instrument(name = "db.skip_too_many_tags", skip_all, err(level = "warn"))]
     pub async fn skip_too_many_tags(
         &self,
         id: i64,
+        step: i64,
         tags: i32,
         limit: i32,
         fence: Option<u64>,
@@ -126,24 +127,27 @@ impl SchedulerStore {
         let result = sqlx::query(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'import_skipped', \
                  migration_skipped_reason = 'too_many_tags', migration_skipped_at = now(), migration_tags_count = $2, \
-                 migration_last_error = $2 || ' tags, over the limit of ' || $3, updated_at = now() \
-             WHERE id = $1 AND migration_state = 'pre_importing' {check}"
+                 migration_last_error = $2 || ' tags, over the limit of ' || $3, \
+                 migration_cancel_requested = NULL, updated_at = now() \
+             WHERE id = $1 AND migration_state = 'pre_importing' AND migration_step = $5 {check}"
         ))
         .bind(id)
         .bind(tags)
         .bind(limit)
         .bind(super::fence_param(fence))
+        .bind(step)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
     }
 
-    /// Skips a repository whose step had to be canceled (`migration_canceled`), from `from`
-    /// (fenced).
+    /// Skips a repository whose step `step` had to be canceled (`migration_canceled`), from
+    /// `from` (fenced).
     #[tracing::instrument(name = "db.skip_canceled", skip_all, err(level = "warn"))]
     pub async fn skip_canceled(
         &self,
         id: i64,
+        step: i64,
         from: &str,
         error: &str,
         fence: Option<u64>,
@@ -153,13 +157,14 @@ impl SchedulerStore {
             "{with}UPDATE container_repositories SET migration_state = 'import_skipped', \
                  migration_skipped_reason = 'migration_canceled', migration_skipped_at = now(), \
                  migration_aborted_in_state = migration_state, migration_last_error = left($3, 1024), \
-                 updated_at = now() \
-             WHERE id = $1 AND migration_state = $2 {check}"
+                 migration_cancel_requested = NULL, updated_at = now() \
+             WHERE id = $1 AND migration_state = $2 AND migration_step = $5 {check}"
         ))
         .bind(id)
         .bind(from)
         .bind(error)
         .bind(super::fence_param(fence))
+        .bind(step)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)

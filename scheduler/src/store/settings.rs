@@ -129,15 +129,16 @@ impl SettingsPatch {
         positive_secs("pre_import_timeout", self.pre_import_timeout);
         positive_secs("import_timeout", self.import_timeout);
         positive_secs("repair_stale_after", self.repair_stale_after);
-        for (name, value) in [
-            ("capacity", self.capacity),
-            ("max_retries", self.max_retries),
-            ("max_tags_count", self.max_tags_count),
-            ("start_max_retries", self.start_max_retries),
-            ("repair_max_concurrency", self.repair_max_concurrency),
+        use crate::limits;
+        for (range, value) in [
+            (limits::CAPACITY, self.capacity),
+            (limits::MAX_RETRIES, self.max_retries),
+            (limits::MAX_TAGS_COUNT, self.max_tags_count),
+            (limits::START_MAX_RETRIES, self.start_max_retries),
+            (limits::REPAIR_MAX_CONCURRENCY, self.repair_max_concurrency),
         ] {
-            if value.is_some_and(|v| v < 0) {
-                problems.push(format!("{name} must not be negative"));
+            if let Some(Err(problem)) = value.map(|v| range.check(v)) {
+                problems.push(problem);
             }
         }
         if self

@@ -80,43 +80,56 @@ fn bind_stats<'q>(
         .bind(to_i64(stats.layers_skipped))
 }
 
-/// Only the end (`$14`: its fencing token).
+/// Only the end (`$14`: its fencing token; `$15`: the step). A final import's end settles a
+/// cancel requested meanwhile (the completion won); a pre-import's leaves it for the cancel to
+/// finish.
 fn end_only(step: Step) -> String {
     let (_, _, done_column) = step.columns();
     let (with, check) = fenced(14);
+    let settle_cancel = match step {
+        Step::Pre => "",
+        Step::Final => "migration_cancel_requested = NULL, ",
+    };
     format!(
         "{with}UPDATE container_repositories r SET migration_state = $3, {done_column} = now(), \
-             updated_at = now(), {ADD_STATS} \
-         WHERE r.path = $1 AND r.migration_state = $2 {check} \
+             {settle_cancel}updated_at = now(), {ADD_STATS} \
+         WHERE r.path = $1 AND r.migration_state = $2 AND r.migration_step = $15 {check} \
          RETURNING r.migration_importer AS importer, r.migration_state, NULL::bigint AS next_id, \
-             NULL::text AS next_path"
+             NULL::text AS next_path, NULL::bigint AS next_step"
     )
 }
 
-/// A pre-import's end that moves on to its final import when the holder's token (`$14`) holds
-/// and the migration is enabled. The importer that ran the pre-import is read from the row as it
-/// was; the final import's own is recorded once an importer accepts it.
+/// A pre-import's end (`$15`: its step) that moves on to its final import, numbered next, when
+/// the holder's token (`$14`) holds, the migration is enabled and no cancel is requested. The
+/// importer that ran the pre-import is read from the row as it was; the final import's own is
+/// recorded once an importer accepts it.
 fn pre_import_handed_over() -> String {
     let (with, _) = fenced(14);
     let holds = FENCE_HOLDS;
+    // Whether it moves on: read from the row as the update finds it, so that a cancel requested
+    // while the statement waited for the row is seen.
+    let on = "go.ok AND r.migration_cancel_requested IS NULL";
     format!(
         "{with}UPDATE container_repositories r SET \
-             migration_state = CASE WHEN go.ok THEN 'importing' ELSE $3 END, \
+             migration_state = CASE WHEN {on} THEN 'importing' ELSE $3 END, \
+             migration_step = CASE WHEN {on} THEN r.migration_step + 1 ELSE r.migration_step END, \
              migration_pre_import_done_at = now(), \
-             migration_import_started_at = CASE WHEN go.ok THEN now() ELSE r.migration_import_started_at END, \
-             migration_import_done_at = CASE WHEN go.ok THEN NULL ELSE r.migration_import_done_at END, \
-             migration_importer = CASE WHEN go.ok THEN NULL ELSE r.migration_importer END, \
-             migration_step_accepted_at = CASE WHEN go.ok THEN NULL ELSE r.migration_step_accepted_at END, \
+             migration_import_started_at = CASE WHEN {on} THEN now() ELSE r.migration_import_started_at END, \
+             migration_import_done_at = CASE WHEN {on} THEN NULL ELSE r.migration_import_done_at END, \
+             migration_importer = CASE WHEN {on} THEN NULL ELSE r.migration_importer END, \
+             migration_step_accepted_at = CASE WHEN {on} THEN NULL ELSE r.migration_step_accepted_at END, \
              updated_at = now(), {ADD_STATS} \
          FROM (SELECT {holds} AND s.enabled AS ok FROM migration_settings s) go, container_repositories was \
-         WHERE r.path = $1 AND r.migration_state = $2 AND was.id = r.id \
+         WHERE r.path = $1 AND r.migration_state = $2 AND r.migration_step = $15 AND was.id = r.id \
          RETURNING was.migration_importer AS importer, r.migration_state, \
-             CASE WHEN go.ok THEN r.id END AS next_id, CASE WHEN go.ok THEN r.path END AS next_path"
+             CASE WHEN r.migration_state = 'importing' THEN r.id END AS next_id, \
+             CASE WHEN r.migration_state = 'importing' THEN r.path END AS next_path, \
+             CASE WHEN r.migration_state = 'importing' THEN r.migration_step END AS next_step"
     )
 }
 
-/// A final import's end that hands its slot to the next ready repository when the holder's
-/// token (`$14`) holds (see the module's notes for when it does not).
+/// A final import's end (`$15`: its step) that hands its slot to the next ready repository when
+/// the holder's token (`$14`) holds (see the module's notes for when it does not).
 fn final_import_handed_over() -> String {
     let (with, _) = fenced(14);
     let holds = FENCE_HOLDS;
@@ -129,12 +142,13 @@ fn final_import_handed_over() -> String {
         .join(", ");
     format!(
         "{with}, ended AS (UPDATE container_repositories r SET migration_state = $3, \
-                 migration_import_done_at = now(), updated_at = now(), {ADD_STATS} \
-             WHERE r.path = $1 AND r.migration_state = $2 \
+                 migration_import_done_at = now(), migration_cancel_requested = NULL, updated_at = now(), {ADD_STATS} \
+             WHERE r.path = $1 AND r.migration_state = $2 AND r.migration_step = $15 \
              RETURNING r.migration_importer, r.migration_state), \
          next AS (UPDATE container_repositories SET migration_state = 'pre_importing', migration_priority = 0, \
                  migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, \
-                 migration_importer = NULL, migration_step_accepted_at = NULL, updated_at = now() \
+                 migration_importer = NULL, migration_step_accepted_at = NULL, \
+                 migration_step = migration_step + 1, updated_at = now() \
              WHERE id = (SELECT r.id FROM container_repositories r, migration_settings s \
                          WHERE {ready} AND s.enabled AND s.enqueue_waiting_time_secs = 0 \
                            AND EXISTS (SELECT 1 FROM ended) AND {holds} \
@@ -142,19 +156,20 @@ fn final_import_handed_over() -> String {
                            AND (SELECT count(*) FROM container_repositories WHERE migration_state IN ({in_process})) <= s.capacity \
                          ORDER BY r.migration_priority DESC, r.path LIMIT 1 FOR UPDATE OF r SKIP LOCKED) \
                AND migration_state = 'default' \
-             RETURNING id, path) \
+             RETURNING id, path, migration_step) \
          SELECT ended.migration_importer AS importer, ended.migration_state, next.id AS next_id, \
-             next.path AS next_path \
+             next.path AS next_path, next.migration_step AS next_step \
          FROM ended LEFT JOIN next ON true"
     )
 }
 
 impl SchedulerStore {
-    /// Applies a step's end (`step` in its ending state only) as `apply` says; `None` if the
-    /// repository was not in that step (a duplicate or stale notification).
+    /// Applies the end of step number `number` (`step` in its ending state only) as `apply`
+    /// says; `None` if the repository was not in that step (a duplicate or stale notification).
     pub(super) async fn end_step(
         &self,
         path: &str,
+        number: i64,
         step: Step,
         stats: &ImportStats,
         apply: Apply,
@@ -166,16 +181,22 @@ impl SchedulerStore {
             (Apply::HandOver(fence), Step::Final) => (final_import_handed_over(), Some(fence)),
         };
         let query = bind_stats(sqlx::query(&sql).bind(path).bind(from).bind(to), stats)
-            .bind(super::fence_param(fence));
+            .bind(super::fence_param(fence))
+            .bind(number);
         let row = query.fetch_optional(&self.pool).await?;
         Ok(row.map(|row| ended_step(&row)))
     }
 }
 
-/// An end as a statement returned it (`importer`, `migration_state`, `next_id`, `next_path`).
+/// An end as a statement returned it (`importer`, `migration_state`, `next_id`, `next_path`,
+/// `next_step`).
 pub(super) fn ended_step(row: &PgRow) -> EndedStep {
-    let next = match (row.get("next_id"), row.get("next_path")) {
-        (Some(id), Some(path)) => Some(Claimed { id, path }),
+    let next = match (
+        row.get("next_id"),
+        row.get("next_path"),
+        row.get("next_step"),
+    ) {
+        (Some(id), Some(path), Some(step)) => Some(Claimed { id, path, step }),
         _ => None,
     };
     EndedStep {

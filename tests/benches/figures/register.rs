@@ -24,8 +24,8 @@ const FINAL_WITHOUT_PRE_IMPORT: StepClaim = StepClaim {
     in_progress: MigrationStatus::ImportInProgress,
     from: &[],
     create: true,
-    canceled_settle: std::time::Duration::ZERO,
     fence: 0,
+    step: 0,
 };
 
 /// The metadata tables, parents first.
@@ -143,15 +143,12 @@ pub async fn registration_against_copy() -> Figure {
                 let (store, plans) = (store.clone(), Arc::clone(&plans));
                 async move {
                     let (tags, chunks) = &plans[i];
-                    let repository_id = store
+                    let claimed = store
                         .begin_step(path, &FINAL_WITHOUT_PRE_IMPORT)
                         .await
                         .expect("begin")
                         .expect("claimed");
-                    let mut commit = store
-                        .begin_commit(repository_id)
-                        .await
-                        .expect("transaction");
+                    let mut commit = store.begin_commit(claimed).await.expect("transaction");
                     for chunk in chunks {
                         commit.write_chunk(chunk).await.expect("chunk");
                     }

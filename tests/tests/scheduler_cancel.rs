@@ -1,0 +1,297 @@
+//! Cancel against completion, end to end: a scheduler whose importer pool calls real importer
+//! gRPC servers over real PostgreSQL (both databases) and Redis. The importers' notifications go
+//! nowhere, as if the replica they reach were frozen: what a cancel decides must hold on both
+//! sides whatever arrives later.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use ferry_importer::notifier::Notifier;
+use ferry_importer::service::{ImportService, Importer, StepLimits};
+use ferry_importer::store::MetadataStore;
+use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
+use ferry_proto::scheduler::v1::NotifyImportResultRequest;
+use ferry_scheduler::enqueue::Triggers;
+use ferry_scheduler::error::SchedulerError;
+use ferry_scheduler::importers::ImporterPool;
+use ferry_scheduler::inventory::new_repository;
+use ferry_scheduler::lease::{Lease, LeaseConfig};
+use ferry_scheduler::service::{Scheduler, SchedulerService};
+use ferry_scheduler::store::SchedulerStore;
+use ferry_shared::ids::RepositoryPath;
+use ferry_shared::storage::BlobStore;
+use ferry_tests::{
+    GatedStore, LayoutWriter, fresh_database, redis_url, serve_importer, unique_suffix,
+};
+
+const PATH: &str = "group/project/app";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    scheduler: Scheduler,
+    store: SchedulerStore,
+    /// The importer the scheduler's pool calls (over gRPC); steps are started on it directly.
+    importer: Importer,
+    metadata: PgPool,
+    /// The gate the importer's storage reads wait on (open until a test closes it).
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    LayoutWriter::new(dir.path()).image(PATH, "v1", "cancel-vs-complete");
+    let local: Arc<dyn BlobStore> =
+        ferry_shared::storage::open(&format!("file://{}", dir.path().display())).expect("storage");
+    let metadata_url = fresh_database("cancel_meta").await;
+    let db = MetadataStore::connect(&metadata_url, 8)
+        .await
+        .expect("connect");
+    db.migrate().await.expect("migrate");
+    let (storage, gate) = GatedStore::new(Arc::clone(&local));
+    gate.send(true).expect("open");
+    let limits = StepLimits {
+        max_concurrent_imports: 2,
+        pre_import_timeout: Duration::from_secs(60),
+        import_timeout: Duration::from_secs(60),
+        copy_concurrency: 2,
+        tag_concurrency: 2,
+        cancel_poll: Duration::from_secs(60),
+    };
+    // Notifications reach nobody: the replica they would reach is frozen.
+    let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
+    let importer = Importer::new(Arc::new(storage), db, Some(notifier), limits);
+    let port = serve_importer(importer.clone()).await;
+
+    let store = SchedulerStore::connect(&fresh_database("cancel_sched").await, 4)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let path = RepositoryPath::parse(PATH).expect("path");
+    store
+        .register(&[new_repository(&path, 2)])
+        .await
+        .expect("register");
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url()).expect("url"))
+        .await
+        .expect("redis (run `make test`)");
+    let prefix = format!("ferry-test-{}", unique_suffix());
+    let triggers = Triggers::new(
+        redis.clone(),
+        &prefix,
+        format!("{prefix}:wake"),
+        "test".into(),
+        Duration::from_secs(1),
+    );
+    let lease = Lease::new(
+        redis,
+        LeaseConfig {
+            key: format!("{prefix}:lease"),
+            fence_key: format!("{prefix}:fence"),
+            ttl: Duration::from_secs(5),
+            holder: "test".into(),
+        },
+    );
+    let pool = ImporterPool::new(&[format!("http://127.0.0.1:{port}")]).expect("pool");
+    pool.refresh().await;
+    let scheduler = Scheduler::new(
+        store.clone(),
+        local,
+        Arc::new(tokio::sync::Notify::new()),
+        triggers,
+        lease,
+        Arc::new(pool),
+        2,
+    );
+    Setup {
+        _dir: dir,
+        scheduler,
+        store,
+        importer,
+        metadata: PgPool::connect(&metadata_url).await.expect("metadata"),
+        gate,
+    }
+}
+
+async fn metadata_status(setup: &Setup) -> String {
+    sqlx::query_scalar("SELECT migration_status FROM repositories WHERE path = $1")
+        .bind(PATH)
+        .fetch_one(&setup.metadata)
+        .await
+        .expect("status")
+}
+
+async fn wait_for_metadata_status(setup: &Setup, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metadata_status(setup).await != wanted {
+        assert!(Instant::now() < deadline, "status never became {wanted}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn tags(setup: &Setup) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tags")
+        .fetch_one(&setup.metadata)
+        .await
+        .expect("tags")
+}
+
+/// Runs the repository's pre-import (step 1) to completion on both sides, then claims and
+/// starts its final import (step 2) on the importer, held at its first storage read when
+/// `held`. Returns the final import's step.
+async fn final_import_started(setup: &Setup, held: bool) -> i64 {
+    let pre = setup
+        .store
+        .claim_next_default(None)
+        .await
+        .expect("claim")
+        .expect("ready");
+    let step = u64::try_from(pre.step).expect("step");
+    setup
+        .importer
+        .start_import(PATH, ImportType::Pre, 0, step)
+        .await
+        .expect("pre-import");
+    wait_for_metadata_status(setup, "pre_import_complete").await;
+    setup
+        .store
+        .finish_pre_import(PATH, pre.step, &ImportStats::default(), None)
+        .await
+        .expect("finish")
+        .expect("applied");
+    let last = setup
+        .store
+        .claim_pre_import_done(None, 1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("final claimed");
+    setup.gate.send(!held).expect("gate");
+    setup
+        .importer
+        .start_import(
+            PATH,
+            ImportType::Final,
+            0,
+            u64::try_from(last.step).expect("step"),
+        )
+        .await
+        .expect("final import");
+    last.step
+}
+
+fn late_notification(step: i64, status: MigrationStatus) -> NotifyImportResultRequest {
+    NotifyImportResultRequest {
+        path: PATH.into(),
+        name: "app".into(),
+        status: status.into(),
+        detail: "late".into(),
+        import_type: ImportType::Final.into(),
+        stats: Some(ImportStats::default()),
+        step: u64::try_from(step).expect("step"),
+        handed_back: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_cancel_just_after_the_final_import_committed_leaves_both_sides_done() {
+    let s = setup().await;
+    let step = final_import_started(&s, false).await;
+    // The final import commits; its notification is stuck on a frozen replica.
+    wait_for_metadata_status(&s, "import_complete").await;
+    assert_eq!(
+        s.store
+            .repository(PATH)
+            .await
+            .expect("read")
+            .expect("row")
+            .migration_state,
+        "importing"
+    );
+    // The operator's forced cancel goes through the other replica: the completion won.
+    let refused = s.scheduler.cancel_migration(PATH, true).await;
+    assert!(
+        matches!(&refused, Err(SchedulerError::FailedPrecondition(m)) if m.contains("completed before the cancel")),
+        "{refused:?}"
+    );
+    let record = s.store.repository(PATH).await.expect("read").expect("row");
+    assert_eq!(record.migration_state, "import_done");
+    assert_eq!(record.migration_skipped_reason, None);
+    assert_eq!(record.migration_cancel_requested, None);
+    assert_eq!(metadata_status(&s).await, "import_complete");
+    assert_eq!(tags(&s).await, 1, "the committed tags stay");
+    // The frozen replica wakes up and applies the completion: nothing changes.
+    let late = s
+        .scheduler
+        .notify_import_result(late_notification(step, MigrationStatus::ImportComplete))
+        .await
+        .expect("notify");
+    assert!(late.duplicate);
+    assert_eq!(late.migration_state, "import_done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_cancel_before_the_commit_leaves_both_sides_canceled() {
+    let s = setup().await;
+    let step = final_import_started(&s, true).await;
+    // The final import is the step in flight, held before its first storage read.
+    assert_eq!(metadata_status(&s).await, "import_in_progress");
+    let canceled = s
+        .scheduler
+        .cancel_migration(PATH, true)
+        .await
+        .expect("cancel");
+    assert_eq!(canceled.migration_state, "import_skipped");
+    assert_eq!(canceled.skipped_reason, "migration_forced_canceled");
+    assert_eq!(metadata_status(&s).await, "import_canceled");
+    // The final import resumes and tries to commit: refused by its step; nothing registered.
+    s.gate.send(true).expect("open");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.importer.in_flight() > 0 {
+        assert!(Instant::now() < deadline, "the step never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metadata_status(&s).await, "import_canceled");
+    assert_eq!(tags(&s).await, 0);
+    // Its canceled end, delivered late, changes nothing either.
+    let late = s
+        .scheduler
+        .notify_import_result(late_notification(step, MigrationStatus::ImportCanceled))
+        .await
+        .expect("notify");
+    assert!(late.duplicate);
+    let record = s.store.repository(PATH).await.expect("read").expect("row");
+    assert_eq!(record.migration_state, "import_skipped");
+    assert_eq!(record.migration_retries_count, 0);
+    // The runbook's "retry later": queued again from the start.
+    let queued = s.scheduler.start_migration_now(PATH).await.expect("start");
+    assert_eq!(queued.migration_state, "default");
+    assert_eq!(queued.skipped_reason, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_requested_before_a_step_ends_decides_how_a_failure_ends() {
+    let s = setup().await;
+    let step = final_import_started(&s, true).await;
+    // A cancel recorded at the step: no new step is claimed for the repository meanwhile...
+    assert!(
+        s.store
+            .request_cancel(PATH, step, "migration_canceled")
+            .await
+            .expect("request")
+    );
+    // ...and a failure of the step ends it skipped with the cancel's reason, not retried.
+    let ended = s
+        .scheduler
+        .notify_import_result(late_notification(step, MigrationStatus::ImportFailed))
+        .await
+        .expect("notify");
+    assert_eq!(ended.migration_state, "import_skipped");
+    let record = s.store.repository(PATH).await.expect("read").expect("row");
+    assert_eq!(
+        record.migration_skipped_reason.as_deref(),
+        Some("migration_canceled")
+    );
+    assert_eq!(record.migration_cancel_requested, None);
+}
