@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup build demo test lint chart fmt bench clean
+.PHONY: help setup build demo test lint chart fmt bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,6 +26,12 @@ test: setup lint ## Set up, lint, check the Helm chart, and run every test again
 	$(CARGO) build --workspace --bins
 	@bash scripts/check-chart.sh
 	STORAGE_EMULATOR_HOST=$${FERRY_GCS_EMULATOR:-127.0.0.1:4443} $(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+chaos: setup ## The randomized fault suite: SCHEDULES seeded schedules (default 20) of WINDOW s of faults each (FERRY_CHAOS_SEED to replay one)
+	@bash scripts/drop-test-databases.sh
+	$(CARGO) build --workspace --bins
+	FERRY_CHAOS_SCHEDULES=$${SCHEDULES:-20} FERRY_CHAOS_WINDOW_SECS=$${WINDOW:-30} \
+	  $(CARGO) test -p ferry-tests --test chaos -- --nocapture
 
 chart: build ## Check the Helm chart: helm lint, kubernetes-validate, FERRY_* names against the binaries
 	@bash scripts/setup.sh --chart-tools >/dev/null

@@ -16,6 +16,7 @@ use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 use ferry_shared::security::tls::{ReloadingTls, TlsFiles};
 
 mod admin;
+mod plans;
 mod repair;
 mod runbook;
 mod settings;
@@ -95,6 +96,15 @@ pub enum Command {
     Bbm(repair::BbmCommand),
     /// Show the run-time settings, or change the ones given.
     Settings(settings::SettingsArgs),
+    /// Root namespaces' plans, which `target_plans` selects by: list, set, load a file.
+    Plans {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        action: Option<plans::PlansAction>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// The enqueue lease: show who holds it, or clear one a killed replica left.
     Lease {
         /// What to do (default: show).
@@ -138,6 +148,9 @@ pub enum CtlError {
     /// Not every repository ended `import_done`.
     #[error("{0}")]
     Incomplete(String),
+    /// A file or argument the command reads is unusable.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// Runs a `ferryctl` command.
@@ -196,6 +209,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             Ok(())
         }
         Command::Settings(args) => settings::run(&mut client, &args).await,
+        Command::Plans { action, json } => plans::run(&mut client, action, json).await,
         Command::Repair(command) => repair::run_repair(&mut client, command).await,
         Command::Bbm(command) => repair::run_bbm(&mut client, command).await,
         Command::Admin(command) => admin::run(&mut client, command).await,

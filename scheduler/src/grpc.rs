@@ -36,6 +36,7 @@ pub const READ_METHODS: &[&str] = &[
     "/ferry.scheduler.v1.Scheduler/ListBackgroundMigrations",
     "/ferry.scheduler.v1.Scheduler/GetRepairStatus",
     "/ferry.scheduler.v1.Scheduler/GetDedup",
+    "/ferry.scheduler.v1.Scheduler/ListNamespacePlans",
 ];
 
 /// Serves any [`SchedulerService`] as `ferry.scheduler.v1.Scheduler`.
@@ -253,6 +254,22 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
         _request: Request<pb::ClearDedupRequest>,
     ) -> Result<Response<pb::DedupStatus>, Status> {
         Ok(Response::new(self.0.clear_dedup().await?))
+    }
+
+    async fn set_namespace_plans(
+        &self,
+        request: Request<pb::SetNamespacePlansRequest>,
+    ) -> Result<Response<pb::NamespacePlans>, Status> {
+        Ok(Response::new(
+            self.0.set_namespace_plans(request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_namespace_plans(
+        &self,
+        _request: Request<pb::ListNamespacePlansRequest>,
+    ) -> Result<Response<pb::NamespacePlans>, Status> {
+        Ok(Response::new(self.0.namespace_plans().await?))
     }
 
     async fn get_repository(

@@ -97,11 +97,13 @@ fn free_slots(capacity: &Capacity) -> i64 {
     i64::from(capacity.max_concurrent_imports) - i64::from(capacity.in_flight)
 }
 
-/// Whether a status means the importer could not be reached (as opposed to an answer).
+/// Whether a status means the importer could not be reached (as opposed to an answer). A call
+/// past its deadline on this side ends `CANCELLED` ("Timeout expired"): a frozen importer, not
+/// an answer.
 pub fn is_unreachable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
     )
 }
 
@@ -333,9 +335,13 @@ impl ImporterPool {
                     };
                 }
                 Err(status) => match status.code() {
+                    // A start that timed out on a frozen importer may or may not have claimed
+                    // the step there: the next importer is asked for the same step, which
+                    // answers ALREADY_RUNNING if the frozen one took it.
                     tonic::Code::ResourceExhausted
                     | tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded => {
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => {
                         m.free.store(0, Ordering::Relaxed);
                         busy.push(format!("{}: {}", m.url, status.message()));
                     }

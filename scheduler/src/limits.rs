@@ -51,6 +51,26 @@ pub const START_MAX_RETRIES: Range = Range::new("start_max_retries", 0, 1_000);
 pub const REPAIR_MAX_CONCURRENCY: Range = Range::new("repair_max_concurrency", 0, 64);
 /// The double-check's window, in hours (ten years).
 pub const SINCE_HOURS: Range = Range::new("since_hours", 1, 87_600);
+/// Repositories a restore batch registers at once (0: the default).
+pub const RESTORE_BATCH_SIZE: Range = Range::new("batch_size", 0, 100_000);
+
+const DAY: i64 = 86_400;
+/// Age after which the guard asks about a step, in seconds.
+pub const MAX_STEP_DURATION_SECS: Range = Range::new("max_step_duration_secs", 1, 7 * DAY);
+/// Time limit of a pre-import, in seconds.
+pub const PRE_IMPORT_TIMEOUT_SECS: Range = Range::new("pre_import_timeout_secs", 1, 7 * DAY);
+/// Time limit of a final import, in seconds.
+pub const IMPORT_TIMEOUT_SECS: Range = Range::new("import_timeout_secs", 1, 7 * DAY);
+/// Wait after a step's end before a new repository starts, in seconds.
+pub const ENQUEUE_WAITING_TIME_SECS: Range = Range::new("enqueue_waiting_time_secs", 0, DAY);
+/// Age after which a repair analysis counts as abandoned, in seconds.
+pub const REPAIR_STALE_AFTER_SECS: Range = Range::new("repair_stale_after_secs", 1, 30 * DAY);
+/// Entries in the denied root namespaces and in the target plans.
+pub const NAME_LIST: Range = Range::new("entries", 0, 1_000);
+/// Entries of one `SetNamespacePlans` call.
+pub const NAMESPACE_PLANS: Range = Range::new("plans", 0, 10_000);
+/// Seconds a pre-import may take per tag (a big repository's time limit grows with it).
+pub const PRE_IMPORT_TAGS_RATE_MAX: f64 = 3_600.0;
 /// A step's number in an importer's report.
 pub const STEP: Range = Range::new("step", 1, i64::MAX);
 
@@ -62,6 +82,13 @@ pub fn step(value: u64) -> Result<i64, SchedulerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_checked_in_seconds() {
+        assert!(MAX_STEP_DURATION_SECS.check(0).is_err());
+        assert!(IMPORT_TIMEOUT_SECS.check(7 * DAY + 1).is_err());
+        assert_eq!(ENQUEUE_WAITING_TIME_SECS.check(0), Ok(0));
+    }
 
     #[test]
     fn refusals_name_the_field_and_its_range() {

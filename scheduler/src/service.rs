@@ -63,6 +63,15 @@ pub trait SchedulerService: Send + Sync + 'static {
     /// Deletes the pending enqueue trigger and wakes the lease holder.
     async fn clear_dedup(&self) -> Result<pb::DedupStatus, SchedulerError>;
 
+    /// Sets root namespaces' plans (all others removed first with `replace`).
+    async fn set_namespace_plans(
+        &self,
+        request: pb::SetNamespacePlansRequest,
+    ) -> Result<pb::NamespacePlans, SchedulerError>;
+
+    /// Every root namespace's plan.
+    async fn namespace_plans(&self) -> Result<pb::NamespacePlans, SchedulerError>;
+
     /// Registers a repository (a create event).
     async fn register_repository(
         &self,
@@ -287,6 +296,8 @@ impl SchedulerService for Scheduler {
         let status = MigrationStatus::try_from(request.status).unwrap_or_default();
         let stats = request.stats.unwrap_or_default();
         let path = request.path.as_str();
+        ferry_shared::ids::RepositoryPath::parse(path)
+            .map_err(|e| SchedulerError::InvalidArgument(format!("path: {e}")))?;
         let step = crate::limits::step(request.step)?;
         let kind = if matches!(
             status,
@@ -566,6 +577,17 @@ impl SchedulerService for Scheduler {
 
     async fn clear_dedup(&self) -> Result<pb::DedupStatus, SchedulerError> {
         self.do_clear_dedup().await
+    }
+
+    async fn set_namespace_plans(
+        &self,
+        request: pb::SetNamespacePlansRequest,
+    ) -> Result<pb::NamespacePlans, SchedulerError> {
+        self.do_set_namespace_plans(request).await
+    }
+
+    async fn namespace_plans(&self) -> Result<pb::NamespacePlans, SchedulerError> {
+        self.do_namespace_plans().await
     }
 
     async fn lease(&self) -> Result<LeaseStatus, SchedulerError> {

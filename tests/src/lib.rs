@@ -8,6 +8,7 @@
 
 pub mod buckets;
 pub mod certs;
+pub mod chaos;
 mod cluster;
 pub mod dataset;
 mod importer_harness;
@@ -182,15 +183,11 @@ impl RegistryServer {
 
     /// The digest the registry serves for `repository:reference`, or `None` on 404.
     pub async fn manifest_digest(&self, repository: &str, reference: &str) -> Option<String> {
-        const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-            application/vnd.oci.image.manifest.v1+json, \
-            application/vnd.docker.distribution.manifest.list.v2+json, \
-            application/vnd.docker.distribution.manifest.v2+json";
         let response = http_request(
             self.port,
             "HEAD",
             &format!("/v2/{repository}/manifests/{reference}"),
-            ACCEPT,
+            MANIFEST_TYPES,
         )
         .await
         .expect("registry answers");
@@ -206,6 +203,53 @@ impl RegistryServer {
         }
     }
 }
+
+impl RegistryServer {
+    /// The manifest the registry serves for `repository@reference`, byte for byte (`None` on
+    /// 404).
+    pub async fn manifest(&self, repository: &str, reference: &str) -> Option<String> {
+        let response = http_request(
+            self.port,
+            "GET",
+            &format!("/v2/{repository}/manifests/{reference}"),
+            MANIFEST_TYPES,
+        )
+        .await
+        .expect("registry answers");
+        (response.status == 200).then_some(response.body)
+    }
+
+    /// The tags the registry lists for `repository` (empty when it lists none).
+    pub async fn tags(&self, repository: &str) -> Vec<String> {
+        let response = http_request(
+            self.port,
+            "GET",
+            &format!("/v2/{repository}/tags/list"),
+            "application/json",
+        )
+        .await
+        .expect("registry answers");
+        if response.status != 200 {
+            return Vec::new();
+        }
+        let list: serde_json::Value = serde_json::from_str(&response.body)
+            .unwrap_or_else(|e| panic!("tags/list of {repository} ({e}): {}", response.body));
+        list["tags"]
+            .as_array()
+            .map(|tags| {
+                tags.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Every manifest media type Ferry migrates, for `Accept`.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
 
 impl Drop for RegistryServer {
     fn drop(&mut self) {

@@ -175,7 +175,6 @@ impl Deployment {
                     },
                 ),
                 ("FERRY_CANCEL_POLL_MS", "200".to_owned()),
-                ("FERRY_CANCEL_SETTLE_SECS", "1".to_owned()),
             ];
             let importer = Process::start(
                 "ferry-importer",

@@ -153,3 +153,28 @@ async fn each_step_end_wakes_one_start_that_found_every_importer_busy() {
     let soon = tokio::time::Instant::now() + Duration::from_millis(20);
     assert!(!pool.slot_freed_before(soon).await);
 }
+
+#[tokio::test]
+async fn a_frozen_importer_holds_a_refresh_up_for_its_deadline_only() {
+    // A frozen importer: the kernel accepts the connection, nothing ever answers.
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = frozen.local_addr().expect("addr").port();
+    let pool = ImporterPool::new(&[format!("http://127.0.0.1:{port}")]).expect("pool");
+    let started = std::time::Instant::now();
+    pool.refresh().await;
+    let took = started.elapsed();
+    // A scheduler refreshes its pool at start-up, with its port already bound: before the
+    // deadline, a frozen importer held its calls and notifications for 30 s.
+    assert!(
+        took < ferry_scheduler::importers::QUICK_DEADLINE * 2,
+        "the refresh took {took:?}"
+    );
+    let status = pool.status(None, "pool/p0/app").await;
+    assert!(
+        matches!(&status, Err(s) if ferry_scheduler::importers::is_unreachable(s)),
+        "{status:?}"
+    );
+    drop(frozen);
+}

@@ -130,3 +130,56 @@ async fn every_runbook_step_is_a_ferryctl_command() {
         .await
         .expect("give the lease back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_plans_select_repositories_by_the_plans_ferryctl_loads() {
+    let sample = SampleRegistry::build(false);
+    let cluster = Cluster::start(&sample.root(), 1).await;
+    cluster.inventory().await;
+    let file = tempfile::NamedTempFile::new().expect("plans file");
+    std::fs::write(
+        file.path(),
+        "# root namespace, plan\ngroup-a premium\ngroup-b,ultimate\n",
+    )
+    .expect("write");
+    let path = file.path().display().to_string();
+    let loaded = json(&cluster, &["plans", "load", &path, "--json"]);
+    assert_eq!(loaded["plans"]["group-a"], "premium", "{loaded}");
+    assert_eq!(loaded["plans"]["group-b"], "ultimate", "{loaded}");
+    let (ok, _, stderr) = ferryctl(&cluster, &["plans", "set", "bad/namespace", "free"]);
+    assert!(!ok && stderr.contains("without '/'"), "{stderr}");
+    let settings = json(
+        &cluster,
+        &["settings", "--target-plans", "premium", "--json"],
+    );
+    assert_eq!(settings["target_plans"], serde_json::json!(["premium"]));
+    assert!(ferryctl(&cluster, &["resume"]).0);
+
+    // Only group-a's repositories (on premium) are migrated; the others wait in `default`.
+    let in_plan = |path: &str| path.starts_with("group-a/");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = json(&cluster, &["list", "--state", "import_done", "--json"]);
+        let paths: Vec<String> = done["repositories"]
+            .as_array()
+            .expect("repositories")
+            .iter()
+            .map(|r| r["path"].as_str().expect("path").to_owned())
+            .collect();
+        assert!(paths.iter().all(|p| in_plan(p)), "{paths:?}");
+        if paths.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "group-a not migrated: {paths:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waiting = json(&cluster, &["list", "--state", "default", "--json"]);
+    assert_eq!(
+        waiting["repositories"].as_array().map(Vec::len),
+        Some(5),
+        "{waiting}"
+    );
+    // Replacing the plans without group-a: the rest of the plan is empty.
+    let replaced = json(&cluster, &["plans", "load", "-", "--replace", "--json"]);
+    assert_eq!(replaced["plans"], serde_json::json!({}), "{replaced}");
+}

@@ -40,6 +40,12 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(false).await
+}
+
+/// [`setup`], with the importer's notifications reaching the scheduler (served over gRPC) when
+/// `notify`, and reaching nobody (a frozen replica) otherwise.
+async fn setup_with(notify: bool) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     LayoutWriter::new(dir.path()).image(PATH, "v1", "cancel-vs-complete");
     let local: Arc<dyn BlobStore> =
@@ -59,8 +65,18 @@ async fn setup() -> Setup {
         tag_concurrency: 2,
         cancel_poll: Duration::from_secs(60),
     };
-    // Notifications reach nobody: the replica they would reach is frozen.
-    let notifier = Notifier::new("http://127.0.0.1:1", Duration::ZERO).expect("notifier");
+    let scheduler_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let scheduler_url = if notify {
+        format!(
+            "http://127.0.0.1:{}",
+            scheduler_listener.local_addr().expect("addr").port()
+        )
+    } else {
+        "http://127.0.0.1:1".to_owned()
+    };
+    let notifier = Notifier::new(&scheduler_url, Duration::from_secs(10)).expect("notifier");
     let importer = Importer::new(Arc::new(storage), db, Some(notifier), limits);
     let port = serve_importer(importer.clone()).await;
 
@@ -104,6 +120,20 @@ async fn setup() -> Setup {
         Arc::new(pool),
         2,
     );
+    if notify {
+        let routes = tonic::service::Routes::new(
+            ferry_proto::scheduler::v1::scheduler_server::SchedulerServer::new(
+                ferry_scheduler::grpc::SchedulerGrpc(scheduler.clone()),
+            ),
+        );
+        tokio::spawn(ferry_shared::grpc::serve(
+            scheduler_listener,
+            routes,
+            &[],
+            ferry_shared::grpc::ServeOptions::default(),
+            std::future::pending(),
+        ));
+    }
     Setup {
         _dir: dir,
         scheduler,
@@ -294,4 +324,102 @@ async fn a_cancel_requested_before_a_step_ends_decides_how_a_failure_ends() {
         Some("migration_canceled")
     );
     assert_eq!(record.migration_cancel_requested, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_hands_its_steps_back_without_spending_a_retry() {
+    let s = setup_with(true).await;
+    let claimed = s
+        .store
+        .claim_next_default(None)
+        .await
+        .expect("claim")
+        .expect("ready");
+    // The pre-import is held at its first storage read when the importer is told to stop.
+    s.gate.send(false).expect("close the gate");
+    s.importer
+        .start_import(
+            PATH,
+            ImportType::Pre,
+            0,
+            u64::try_from(claimed.step).expect("step"),
+        )
+        .await
+        .expect("start");
+    s.importer.begin_shutdown();
+    assert!(
+        s.importer.drain(Duration::from_secs(20)).await,
+        "the step stopped"
+    );
+    // Its end reached the scheduler over gRPC as handed back: aborted, no retry counted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let record = loop {
+        let record = s.store.repository(PATH).await.expect("read").expect("row");
+        if record.migration_state != "pre_importing" {
+            break record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the handed-back end never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(record.migration_state, "import_aborted");
+    assert_eq!(
+        record.migration_retries_count, 0,
+        "a rollout spends no retry"
+    );
+    assert!(
+        record
+            .migration_last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("handed back by an importer shutting down")),
+        "{:?}",
+        record.migration_last_error
+    );
+    assert_eq!(metadata_status(&s).await, "pre_import_failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_the_final_import_waits_skips_without_starting_it() {
+    let s = setup().await;
+    let pre = s
+        .store
+        .claim_next_default(None)
+        .await
+        .expect("claim")
+        .expect("ready");
+    s.importer
+        .start_import(
+            PATH,
+            ImportType::Pre,
+            0,
+            u64::try_from(pre.step).expect("step"),
+        )
+        .await
+        .expect("pre-import");
+    wait_for_metadata_status(&s, "pre_import_complete").await;
+    s.store
+        .finish_pre_import(PATH, pre.step, &ImportStats::default(), None)
+        .await
+        .expect("finish")
+        .expect("applied");
+    // Without force, the completed pre-import is left as it is on the metadata side (it holds no
+    // tags); the scheduler skips the repository, and no final import is claimed for it.
+    let canceled = s
+        .scheduler
+        .cancel_migration(PATH, false)
+        .await
+        .expect("cancel");
+    assert_eq!(canceled.migration_state, "import_skipped");
+    assert_eq!(canceled.skipped_reason, "migration_canceled");
+    assert!(
+        s.store
+            .claim_pre_import_done(None, 1)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(metadata_status(&s).await, "pre_import_complete");
+    assert_eq!(tags(&s).await, 0);
 }

@@ -206,6 +206,21 @@ impl Scheduler {
                 )));
             }
         };
+        const STATES: [&str; 7] = [
+            "default",
+            "pre_importing",
+            "pre_import_done",
+            "importing",
+            "import_done",
+            "import_aborted",
+            "import_skipped",
+        ];
+        if !state.is_empty() && !STATES.contains(&state) {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "state must be one of {} (or empty for all)",
+                STATES.join(", ")
+            )));
+        }
         let state = Some(state).filter(|s| !s.is_empty());
         let records = self.store.list_repositories(state, after, limit).await?;
         let next_after = if records.len() as i64 == limit {
@@ -306,6 +321,51 @@ impl Scheduler {
             "double-check done"
         );
         Ok(report)
+    }
+
+    pub(super) async fn do_set_namespace_plans(
+        &self,
+        request: ferry_proto::scheduler::v1::SetNamespacePlansRequest,
+    ) -> Result<ferry_proto::scheduler::v1::NamespacePlans, SchedulerError> {
+        crate::limits::NAMESPACE_PLANS.require(request.plans.len())?;
+        let mut plans = Vec::with_capacity(request.plans.len());
+        for entry in request.plans {
+            let namespace_ok =
+                (1..=255).contains(&entry.namespace.len()) && !entry.namespace.contains('/');
+            if !namespace_ok || entry.plan.len() > 255 {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "{:?} → {:?}: a namespace is 1..255 characters without '/', a plan at most 255",
+                    entry.namespace, entry.plan
+                )));
+            }
+            plans.push((entry.namespace, entry.plan));
+        }
+        let plans = self
+            .store
+            .set_namespace_plans(&plans, request.replace)
+            .await?;
+        tracing::info!(
+            namespaces = plans.len(),
+            replace = request.replace,
+            "namespace plans set"
+        );
+        self.wake_enqueuer().await;
+        Ok(namespace_plans(plans))
+    }
+
+    pub(super) async fn do_namespace_plans(
+        &self,
+    ) -> Result<ferry_proto::scheduler::v1::NamespacePlans, SchedulerError> {
+        Ok(namespace_plans(self.store.namespace_plans().await?))
+    }
+}
+
+fn namespace_plans(plans: Vec<(String, String)>) -> ferry_proto::scheduler::v1::NamespacePlans {
+    ferry_proto::scheduler::v1::NamespacePlans {
+        plans: plans
+            .into_iter()
+            .map(|(namespace, plan)| ferry_proto::scheduler::v1::NamespacePlan { namespace, plan })
+            .collect(),
     }
 }
 

@@ -148,11 +148,9 @@ impl Scheduler {
         batch_size: u32,
         force: bool,
     ) -> Result<pb::BackgroundMigration, SchedulerError> {
-        let batch_size = match batch_size {
+        let batch_size = match crate::limits::RESTORE_BATCH_SIZE.require(batch_size)? {
             0 => DEFAULT_RESTORE_BATCH,
-            n => i32::try_from(n).map_err(|_| {
-                SchedulerError::InvalidArgument(format!("batch_size {n} is too large"))
-            })?,
+            n => i32::try_from(n).unwrap_or(DEFAULT_RESTORE_BATCH),
         };
         if !force {
             let status = self.do_repair_status().await?;

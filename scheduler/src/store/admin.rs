@@ -15,7 +15,8 @@ const CANCELABLE: [&str; 5] = [
 /// The ready-queue filter shared by the claim and the preview (`r` repositories, `s` settings).
 pub(super) const READY: &str = "r.migration_state = 'default' \
     AND (s.created_before IS NULL OR r.created_at < s.created_before) \
-    AND (s.target_plans IS NULL OR COALESCE(r.migration_plan, 'free') = ANY(s.target_plans)) \
+    AND (s.target_plans IS NULL OR COALESCE((SELECT np.plan FROM namespace_plans np \
+         WHERE np.namespace = split_part(r.path, '/', 1)), 'free') = ANY(s.target_plans)) \
     AND NOT (split_part(r.path, '/', 1) = ANY(s.deny_root_namespaces))";
 
 impl SchedulerStore {
@@ -136,6 +137,55 @@ impl SchedulerStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    /// Sets the plan of each root namespace in `plans` (an empty plan removes the entry: the
+    /// namespace is on `free`), after removing every other entry when `replace`, in one
+    /// transaction. Returns every entry afterwards.
+    #[tracing::instrument(name = "db.set_namespace_plans", skip_all, err(level = "warn"))]
+    pub async fn set_namespace_plans(
+        &self,
+        plans: &[(String, String)],
+        replace: bool,
+    ) -> Result<Vec<(String, String)>, sqlx::Error> {
+        let (namespaces, names): (Vec<&str>, Vec<&str>) = plans
+            .iter()
+            .map(|(namespace, plan)| (namespace.as_str(), plan.as_str()))
+            .unzip();
+        let mut tx = self.pool.begin().await?;
+        if replace {
+            sqlx::query("DELETE FROM namespace_plans")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "DELETE FROM namespace_plans WHERE namespace IN \
+                 (SELECT n FROM UNNEST($1::text[], $2::text[]) AS u(n, p) WHERE p = '')",
+        )
+        .bind(&namespaces)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO namespace_plans (namespace, plan) \
+             SELECT DISTINCT ON (n) n, p FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(n, p, o) \
+             WHERE p <> '' ORDER BY n, o DESC \
+             ON CONFLICT (namespace) DO UPDATE SET plan = EXCLUDED.plan, updated_at = now()",
+        )
+        .bind(&namespaces)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.namespace_plans().await
+    }
+
+    /// Every root namespace's plan, by namespace.
+    #[tracing::instrument(name = "db.namespace_plans", skip_all, err(level = "warn"))]
+    pub async fn namespace_plans(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT namespace, plan FROM namespace_plans ORDER BY namespace")
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Repositories in `state` (or any state), by path after `after`, at most `limit`.

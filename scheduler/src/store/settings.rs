@@ -119,17 +119,19 @@ pub struct SettingsPatch {
 impl SettingsPatch {
     /// Every problem with the patch, or nothing.
     pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let mut positive_secs = |name: &str, value: Option<Duration>| {
-            if value.is_some_and(|d| d.as_secs() == 0 || d.as_secs() > i32::MAX as u64) {
-                problems.push(format!("{name} must be between 1 and {} seconds", i32::MAX));
-            }
-        };
-        positive_secs("max_step_duration", self.max_step_duration);
-        positive_secs("pre_import_timeout", self.pre_import_timeout);
-        positive_secs("import_timeout", self.import_timeout);
-        positive_secs("repair_stale_after", self.repair_stale_after);
         use crate::limits;
+        let mut problems = Vec::new();
+        for (range, value) in [
+            (limits::MAX_STEP_DURATION_SECS, self.max_step_duration),
+            (limits::PRE_IMPORT_TIMEOUT_SECS, self.pre_import_timeout),
+            (limits::IMPORT_TIMEOUT_SECS, self.import_timeout),
+            (limits::ENQUEUE_WAITING_TIME_SECS, self.enqueue_waiting_time),
+            (limits::REPAIR_STALE_AFTER_SECS, self.repair_stale_after),
+        ] {
+            if let Some(Err(problem)) = value.map(|d| range.check(d.as_secs())) {
+                problems.push(problem);
+            }
+        }
         for (range, value) in [
             (limits::CAPACITY, self.capacity),
             (limits::MAX_RETRIES, self.max_retries),
@@ -143,20 +145,28 @@ impl SettingsPatch {
         }
         if self
             .pre_import_tags_rate
-            .is_some_and(|r| !(r >= 0.0 && r.is_finite()))
+            .is_some_and(|r| !(0.0..=limits::PRE_IMPORT_TAGS_RATE_MAX).contains(&r))
         {
-            problems.push("pre_import_tags_rate must be a number of seconds, 0 or more".into());
+            problems.push(format!(
+                "pre_import_tags_rate must be between 0 and {} seconds",
+                limits::PRE_IMPORT_TAGS_RATE_MAX
+            ));
         }
-        if self
-            .enqueue_waiting_time
-            .is_some_and(|d| d.as_secs() > i32::MAX as u64)
-        {
-            problems.push("enqueue_waiting_time is too long".into());
+        for (name, list) in [
+            ("deny_root_namespaces", self.deny_root_namespaces.as_ref()),
+            (
+                "target_plans",
+                self.target_plans.as_ref().and_then(Option::as_ref),
+            ),
+        ] {
+            if let Some(Err(problem)) = list.map(|l| limits::NAME_LIST.check(l.len())) {
+                problems.push(format!("{name}: {problem}"));
+            }
         }
         let names = self.deny_root_namespaces.iter().flatten();
         let plans = self.target_plans.iter().flatten().flatten();
         for name in names.chain(plans) {
-            if name.is_empty() || name.contains('/') {
+            if name.is_empty() || name.len() > 255 || name.contains('/') {
                 problems.push(format!("{name:?} is not a root namespace or plan name"));
             }
         }
