@@ -223,15 +223,7 @@ pub struct MigrationMetrics {
 }
 
 /// The migration states, each a `ferry_repositories` series (0 when none).
-const STATES: [&str; 7] = [
-    "default",
-    "pre_importing",
-    "pre_import_done",
-    "importing",
-    "import_done",
-    "import_aborted",
-    "import_skipped",
-];
+const STATES: [&str; 7] = crate::store::ALL_STATES;
 
 impl MigrationMetrics {
     /// The metrics, registered in `registry`.

@@ -22,6 +22,17 @@ pub use settings::{Settings, SettingsPatch};
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
 
+/// Every migration state, in the order of a repository's life.
+pub const ALL_STATES: [&str; 7] = [
+    "default",
+    "pre_importing",
+    "pre_import_done",
+    "importing",
+    "import_done",
+    "import_aborted",
+    "import_skipped",
+];
+
 /// States in which a repository still has migration work ahead.
 pub const PENDING_STATES: [&str; 5] = [
     "default",

@@ -15,11 +15,13 @@ mod importer_harness;
 mod layout_writer;
 pub mod processes;
 pub mod repair_seed;
+mod scheduler_harness;
 pub mod throttle;
 
 pub use cluster::{Cluster, ClusterOptions, run_inventory, state_count};
 pub use importer_harness::{ImporterHarness, serve_importer};
 pub use layout_writer::LayoutWriter;
+pub use scheduler_harness::scheduler_with;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,6 @@
 //! and the parsers of link files and manifests with arbitrary bytes. Nothing panics, no answer is
 //! an internal error, and a refusal (`INVALID_ARGUMENT`) changes nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -16,15 +15,12 @@ use ferry_proto::common::v1::{ImportStats, ImportType};
 use ferry_proto::importer::v1::{ListSubRepositoriesBatchRequest, SubRepositoryPosition};
 use ferry_proto::scheduler::v1 as pb;
 use ferry_proto::scheduler::v1::scheduler_server::Scheduler as SchedulerRpc;
-use ferry_scheduler::enqueue::Triggers;
 use ferry_scheduler::grpc::SchedulerGrpc;
 use ferry_scheduler::importers::ImporterPool;
-use ferry_scheduler::inventory::new_repository;
-use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::Scheduler;
 use ferry_scheduler::store::SchedulerStore;
 use ferry_shared::ids::RepositoryPath;
-use ferry_tests::{LayoutWriter, fresh_database, redis_url, unique_suffix};
+use ferry_tests::{LayoutWriter, fresh_database};
 
 /// Cases per property: enough to hit every branch of the checks, quick on two cores.
 const CASES: u32 = 96;
@@ -65,47 +61,8 @@ fn number() -> impl Strategy<Value = u32> {
 }
 
 async fn scheduler() -> (SchedulerGrpc<Scheduler>, SchedulerStore) {
-    let store = SchedulerStore::connect(&fresh_database("bounds").await, 4)
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    let path = RepositoryPath::parse("group/project/app").expect("path");
-    store
-        .register(&[new_repository(&path, 2)])
-        .await
-        .expect("register");
-    let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url()).expect("url"))
-        .await
-        .expect("redis (run `make test`)");
-    let prefix = format!("ferry-test-{}", unique_suffix());
-    let triggers = Triggers::new(
-        redis.clone(),
-        &prefix,
-        format!("{prefix}:wake"),
-        "bounds".into(),
-        Duration::from_secs(1),
-    );
-    let lease = Lease::new(
-        redis,
-        LeaseConfig {
-            key: format!("{prefix}:lease"),
-            fence_key: format!("{prefix}:fence"),
-            ttl: Duration::from_secs(5),
-            holder: "bounds".into(),
-        },
-    );
-    let storage =
-        ferry_shared::storage::open(&format!("file://{}", std::env::temp_dir().display()))
-            .expect("storage");
-    let scheduler = Scheduler::new(
-        store.clone(),
-        storage,
-        Arc::new(tokio::sync::Notify::new()),
-        triggers,
-        lease,
-        Arc::new(ImporterPool::new(&[]).expect("no importers")),
-        2,
-    );
+    let importers = ImporterPool::new(&[]).expect("no importers");
+    let (scheduler, store) = ferry_tests::scheduler_with(&["group/project/app"], importers).await;
     (SchedulerGrpc(scheduler), store)
 }
 

@@ -13,18 +13,12 @@ use ferry_importer::service::{ImportService, Importer, StepLimits};
 use ferry_importer::store::MetadataStore;
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_proto::scheduler::v1::NotifyImportResultRequest;
-use ferry_scheduler::enqueue::Triggers;
 use ferry_scheduler::error::SchedulerError;
 use ferry_scheduler::importers::ImporterPool;
-use ferry_scheduler::inventory::new_repository;
-use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
 use ferry_scheduler::store::SchedulerStore;
-use ferry_shared::ids::RepositoryPath;
 use ferry_shared::storage::BlobStore;
-use ferry_tests::{
-    GatedStore, LayoutWriter, fresh_database, redis_url, serve_importer, unique_suffix,
-};
+use ferry_tests::{GatedStore, LayoutWriter, fresh_database, serve_importer};
 
 const PATH: &str = "group/project/app";
 
@@ -80,46 +74,9 @@ async fn setup_with(notify: bool) -> Setup {
     let importer = Importer::new(Arc::new(storage), db, Some(notifier), limits);
     let port = serve_importer(importer.clone()).await;
 
-    let store = SchedulerStore::connect(&fresh_database("cancel_sched").await, 4)
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    let path = RepositoryPath::parse(PATH).expect("path");
-    store
-        .register(&[new_repository(&path, 2)])
-        .await
-        .expect("register");
-    let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url()).expect("url"))
-        .await
-        .expect("redis (run `make test`)");
-    let prefix = format!("ferry-test-{}", unique_suffix());
-    let triggers = Triggers::new(
-        redis.clone(),
-        &prefix,
-        format!("{prefix}:wake"),
-        "test".into(),
-        Duration::from_secs(1),
-    );
-    let lease = Lease::new(
-        redis,
-        LeaseConfig {
-            key: format!("{prefix}:lease"),
-            fence_key: format!("{prefix}:fence"),
-            ttl: Duration::from_secs(5),
-            holder: "test".into(),
-        },
-    );
     let pool = ImporterPool::new(&[format!("http://127.0.0.1:{port}")]).expect("pool");
     pool.refresh().await;
-    let scheduler = Scheduler::new(
-        store.clone(),
-        local,
-        Arc::new(tokio::sync::Notify::new()),
-        triggers,
-        lease,
-        Arc::new(pool),
-        2,
-    );
+    let (scheduler, store) = ferry_tests::scheduler_with(&[PATH], pool).await;
     if notify {
         let routes = tonic::service::Routes::new(
             ferry_proto::scheduler::v1::scheduler_server::SchedulerServer::new(

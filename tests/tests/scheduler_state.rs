@@ -1,18 +1,15 @@
 //! The scheduler's state machine and lease against real PostgreSQL and Redis.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_proto::scheduler::v1::NotifyImportResultRequest;
 use ferry_scheduler::enqueue::Triggers;
 use ferry_scheduler::importers::ImporterPool;
-use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
 use ferry_scheduler::store::{Abort, Claimed, RepoKey, SchedulerStore};
-use ferry_shared::ids::RepositoryPath;
-use ferry_tests::{fresh_database, redis_url, unique_suffix};
+use ferry_tests::{redis_url, unique_suffix};
 
 async fn redis() -> redis::aio::ConnectionManager {
     let client = redis::Client::open(redis_url()).expect("redis url");
@@ -102,37 +99,7 @@ async fn an_abandoned_lease_blocks_for_at_most_its_ttl() {
 }
 
 async fn scheduler_with(paths: &[&str]) -> (Scheduler, SchedulerStore) {
-    let store = SchedulerStore::connect(&fresh_database("state").await, 4)
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    let batch: Vec<_> = paths
-        .iter()
-        .map(|p| new_repository(&RepositoryPath::parse(p).expect("path"), 2))
-        .collect();
-    store.register(&batch).await.expect("register");
-    let dir = std::env::temp_dir();
-    let storage =
-        ferry_shared::storage::open(&format!("file://{}", dir.display())).expect("storage");
-    let prefix = format!("ferry-test-{}", unique_suffix());
-    let triggers = Triggers::new(
-        redis().await,
-        &prefix,
-        format!("{prefix}:wake"),
-        "test".into(),
-        Duration::from_secs(1),
-    );
-    let lease = Lease::new(redis().await, lease_config(Duration::from_secs(5)));
-    let scheduler = Scheduler::new(
-        store.clone(),
-        storage,
-        Arc::new(tokio::sync::Notify::new()),
-        triggers,
-        lease,
-        Arc::new(ImporterPool::new(&[]).expect("no importers")),
-        2,
-    );
-    (scheduler, store)
+    ferry_tests::scheduler_with(paths, ImporterPool::new(&[]).expect("no importers")).await
 }
 
 fn notification(

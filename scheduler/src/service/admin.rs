@@ -206,19 +206,11 @@ impl Scheduler {
                 )));
             }
         };
-        const STATES: [&str; 7] = [
-            "default",
-            "pre_importing",
-            "pre_import_done",
-            "importing",
-            "import_done",
-            "import_aborted",
-            "import_skipped",
-        ];
-        if !state.is_empty() && !STATES.contains(&state) {
+        use crate::store::ALL_STATES;
+        if !state.is_empty() && !ALL_STATES.contains(&state) {
             return Err(SchedulerError::InvalidArgument(format!(
                 "state must be one of {} (or empty for all)",
-                STATES.join(", ")
+                ALL_STATES.join(", ")
             )));
         }
         let state = Some(state).filter(|s| !s.is_empty());

@@ -1,0 +1,66 @@
+//! A scheduler service (the domain, no enqueue loop) over a fresh database holding the given
+//! repositories, for tests that call its API directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_scheduler::enqueue::Triggers;
+use ferry_scheduler::importers::ImporterPool;
+use ferry_scheduler::inventory::new_repository;
+use ferry_scheduler::lease::{Lease, LeaseConfig};
+use ferry_scheduler::service::Scheduler;
+use ferry_scheduler::store::SchedulerStore;
+use ferry_shared::ids::RepositoryPath;
+
+use crate::{fresh_database, redis_url, unique_suffix};
+
+/// A scheduler over a fresh database where `paths` are registered (`default`), calling
+/// `importers`, with its Redis keys (triggers, lease) under a prefix of its own.
+pub async fn scheduler_with(
+    paths: &[&str],
+    importers: ImporterPool,
+) -> (Scheduler, SchedulerStore) {
+    let store = SchedulerStore::connect(&fresh_database("scheduler").await, 4)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let batch: Vec<_> = paths
+        .iter()
+        .map(|p| new_repository(&RepositoryPath::parse(p).expect("path"), 2))
+        .collect();
+    store.register(&batch).await.expect("register");
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url()).expect("url"))
+        .await
+        .expect("redis (run `make test`)");
+    let prefix = format!("ferry-test-{}", unique_suffix());
+    let triggers = Triggers::new(
+        redis.clone(),
+        &prefix,
+        format!("{prefix}:wake"),
+        "test".into(),
+        Duration::from_secs(1),
+    );
+    let lease = Lease::new(
+        redis,
+        LeaseConfig {
+            key: format!("{prefix}:lease"),
+            fence_key: format!("{prefix}:fence"),
+            ttl: Duration::from_secs(5),
+            holder: format!("test-holder-{prefix}"),
+        },
+    );
+    // The service reads the bucket only for an inventory, which these tests do not run.
+    let storage =
+        ferry_shared::storage::open(&format!("file://{}", std::env::temp_dir().display()))
+            .expect("storage");
+    let scheduler = Scheduler::new(
+        store.clone(),
+        storage,
+        Arc::new(tokio::sync::Notify::new()),
+        triggers,
+        lease,
+        Arc::new(importers),
+        2,
+    );
+    (scheduler, store)
+}
