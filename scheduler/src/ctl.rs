@@ -295,9 +295,9 @@ fn count(summary: &MigrationSummary, state: &str) -> u64 {
 }
 
 fn pending(summary: &MigrationSummary) -> u64 {
-    crate::store::PENDING_STATES
+    crate::state::MigrationState::PENDING
         .iter()
-        .map(|s| count(summary, s))
+        .map(|s| count(summary, s.as_str()))
         .sum()
 }
 
@@ -329,9 +329,10 @@ async fn wait_for_migration(
         } else {
             "-".to_owned()
         };
-        let active = count(&summary, "pre_importing")
-            + count(&summary, "importing")
-            + count(&summary, "pre_import_done");
+        let active: u64 = crate::state::MigrationState::IN_PROCESS
+            .iter()
+            .map(|state| count(&summary, state.as_str()))
+            .sum();
         let line = format!(
             "{} {finished}/{} done · {rate:.1} repos/s · ETA {eta} · {active} in process",
             bar(finished, summary.total),

@@ -22,6 +22,7 @@ use crate::guard::Guard;
 use crate::importers::{ImporterPool, StartResult};
 use crate::lease::{HeldLease, Lease};
 use crate::reconcile::{self, Resume};
+use crate::state::{MigrationState, SkipReason};
 use crate::store::{Abort, Claimed, RepoKey, SchedulerStore, Settings};
 
 mod triggers;
@@ -356,7 +357,7 @@ impl Enqueuer {
         Ok(match resume {
             Resume::FinishNative => {
                 self.store
-                    .finish_import_as(repo.id, repo.step, Some("native_import"), fence)
+                    .finish_import_as(repo.id, repo.step, Some(SkipReason::NativeImport), fence)
                     .await?
             }
             Resume::FinishImport => {
@@ -483,9 +484,9 @@ impl Enqueuer {
         let max_retries = settings.max_retries;
         let start_max_retries = u32::try_from(settings.start_max_retries).unwrap_or(0);
         let state = if import_type == ImportType::Final {
-            "importing"
+            MigrationState::Importing
         } else {
-            "pre_importing"
+            MigrationState::PreImporting
         };
         let step = u64::try_from(repo.step).unwrap_or(0);
         // Backoffs waited out while every importer was busy (100 ms × the backoff's number);
@@ -538,7 +539,7 @@ impl Enqueuer {
                         .finish_import_as(
                             repo.id,
                             repo.step,
-                            Some("native_import"),
+                            Some(SkipReason::NativeImport),
                             Some(held.fence),
                         )
                         .await?;
@@ -547,7 +548,12 @@ impl Enqueuer {
                 StartResult::NotFound(message) => {
                     tracing::warn!(repository = %repo.path, message, "not in old storage; finished as not_found");
                     self.store
-                        .finish_import_as(repo.id, repo.step, Some("not_found"), Some(held.fence))
+                        .finish_import_as(
+                            repo.id,
+                            repo.step,
+                            Some(SkipReason::NotFound),
+                            Some(held.fence),
+                        )
                         .await?;
                     return Ok(());
                 }
@@ -564,7 +570,10 @@ impl Enqueuer {
                     }
                 }
                 StartResult::AllBusy(message) | StartResult::Refused(message) => {
-                    let error = format!("could not start {}: {message}", state.replace('_', "-"));
+                    let error = format!(
+                        "could not start {}: {message}",
+                        state.as_str().replace('_', "-")
+                    );
                     tracing::warn!(repository = %repo.path, error, "aborting");
                     self.store
                         .abort(Abort {

@@ -17,6 +17,7 @@ use ferry_proto::common::v1::MigrationStatus;
 
 use crate::importers::{CancelResult, ImporterPool, StepStatus, is_unreachable};
 use crate::lease::HeldLease;
+use crate::state::{MigrationState, SkipReason};
 use crate::store::{Abort, RepoKey, SchedulerStore, Settings, StaleStep};
 
 /// What one guard pass did.
@@ -78,8 +79,8 @@ pub fn verdict(
     settings: &Settings,
 ) -> Verdict {
     use MigrationStatus::*;
-    let state = step.migration_state.as_str();
-    let limit = if state == "pre_importing" {
+    let state = step.migration_state;
+    let limit = if state == MigrationState::PreImporting {
         settings.pre_import_limit(step.migration_tags_count)
     } else {
         settings.import_timeout
@@ -121,7 +122,8 @@ pub fn verdict(
         ));
     }
     match (state, answer.status) {
-        ("pre_importing", PreImportInProgress) | ("importing", ImportInProgress) => {
+        (MigrationState::PreImporting, PreImportInProgress)
+        | (MigrationState::Importing, ImportInProgress) => {
             if !answer.running {
                 Verdict::Orphaned(format!(
                     "{} but no importer runs it",
@@ -133,7 +135,7 @@ pub fn verdict(
                 Verdict::LeaveAlone
             }
         }
-        ("pre_importing", PreImportComplete) => Verdict::FinishPreImport,
+        (MigrationState::PreImporting, PreImportComplete) => Verdict::FinishPreImport,
         (_, other) => Verdict::Abort(format!(
             "stale {state} step: importer reports {}: {}",
             other.as_db_str(),
@@ -180,7 +182,7 @@ impl Guard {
                 .await;
             let verdict = verdict(&step, answer, &settings);
             self.metrics.guard_action(verdict.label());
-            tracing::info!(repository = %step.path, state = step.migration_state, age_s = step.age_seconds, ?verdict, "guard");
+            tracing::info!(repository = %step.path, state = %step.migration_state, age_s = step.age_seconds, ?verdict, "guard");
             self.apply(&step, verdict, &settings, held.fence, &mut report)
                 .await?;
         }
@@ -195,7 +197,7 @@ impl Guard {
         fence: u64,
         report: &mut GuardReport,
     ) -> Result<(), sqlx::Error> {
-        let state = step.migration_state.as_str();
+        let state = step.migration_state;
         let number = u64::try_from(step.migration_step).unwrap_or(0);
         let abort = |reason: String| async move {
             self.store
@@ -210,7 +212,7 @@ impl Guard {
                 })
                 .await
         };
-        let finished = |reason: Option<&'static str>| async move {
+        let finished = |reason: Option<SkipReason>| async move {
             self.store
                 .finish_import_as(step.id, step.migration_step, reason, Some(fence))
                 .await
@@ -234,7 +236,7 @@ impl Guard {
                 }
             }
             Verdict::Native => {
-                if finished(Some("native_import")).await? {
+                if finished(Some(SkipReason::NativeImport)).await? {
                     report.reconciled += 1;
                 }
             }
@@ -323,10 +325,11 @@ mod tests {
     use super::*;
 
     fn step(state: &str, age_seconds: f64) -> StaleStep {
+        let state = MigrationState::parse(state).expect("a state");
         StaleStep {
             id: 1,
             path: "g/p/app".into(),
-            migration_state: state.into(),
+            migration_state: state,
             migration_importer: Some("http://importer".into()),
             migration_step: 3,
             migration_retries_count: 0,

@@ -21,6 +21,7 @@ pub mod reconcile;
 pub mod repair;
 pub mod service;
 pub mod settings_api;
+pub mod state;
 pub mod store;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use ferry_shared::metrics::{Label, Registry};
 
+use crate::state::MigrationState;
 use crate::store::MigrationProgress;
 use crate::store::bbm::BackgroundMigrationProgress;
 
@@ -222,9 +223,6 @@ pub struct MigrationMetrics {
     guard_actions: Family<[Label; 1], Counter>,
 }
 
-/// The migration states, each a `ferry_repositories` series (0 when none).
-const STATES: [&str; 7] = crate::store::ALL_STATES;
-
 impl MigrationMetrics {
     /// The metrics, registered in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
@@ -289,18 +287,19 @@ impl MigrationMetrics {
 
     /// Sets the progress gauges.
     pub fn progress(&self, progress: &MigrationProgress) {
-        for state in STATES {
+        // Every state a `ferry_repositories` series, 0 when none is in it.
+        for state in MigrationState::ALL {
             let count = progress
                 .states
                 .iter()
-                .find(|(s, _)| s == state)
+                .find(|(s, _)| *s == state)
                 .map_or(0, |(_, n)| *n);
             self.repositories
-                .get_or_create(&[("state", state.to_owned())])
+                .get_or_create(&[("state", state.as_str().to_owned())])
                 .set(count);
             let kind = match state {
-                "pre_importing" => "pre",
-                "importing" => "final",
+                MigrationState::PreImporting => "pre",
+                MigrationState::Importing => "final",
                 _ => continue,
             };
             self.in_flight

@@ -22,6 +22,7 @@ use crate::importers::ImporterPool;
 use crate::inventory;
 use crate::lease::{HeldLease, Lease};
 use crate::settings_api;
+use crate::state::MigrationState;
 use crate::store::{Abort, Claimed, RepoKey, RepositoryRecord, SchedulerStore};
 
 /// What the scheduler offers, independent of gRPC.
@@ -245,6 +246,11 @@ fn timestamp(value: Option<chrono::DateTime<chrono::Utc>>) -> String {
     value.map(|t| t.to_rfc3339()).unwrap_or_default()
 }
 
+/// A state's or reason's name, or the empty string the API gives for none.
+fn name(value: Option<impl std::fmt::Display>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -255,10 +261,10 @@ impl From<RepositoryRecord> for Repository {
             id: r.id,
             path: r.path,
             project_path: r.project_path,
-            migration_state: r.migration_state,
+            migration_state: r.migration_state.to_string(),
             retries_count: r.migration_retries_count,
-            skipped_reason: r.migration_skipped_reason.unwrap_or_default(),
-            aborted_in_state: r.migration_aborted_in_state.unwrap_or_default(),
+            skipped_reason: name(r.migration_skipped_reason),
+            aborted_in_state: name(r.migration_aborted_in_state),
             last_error: r.migration_last_error.unwrap_or_default(),
             pre_import_started_at: timestamp(r.migration_pre_import_started_at),
             pre_import_done_at: timestamp(r.migration_pre_import_done_at),
@@ -269,7 +275,7 @@ impl From<RepositoryRecord> for Repository {
             importer: r.migration_importer.unwrap_or_default(),
             step_accepted_at: timestamp(r.migration_step_accepted_at),
             step: to_u64(r.migration_step),
-            cancel_requested: r.migration_cancel_requested.unwrap_or_default(),
+            cancel_requested: name(r.migration_cancel_requested),
             stats: Some(ferry_proto::common::v1::ImportStats {
                 manifests: to_u64(r.import_manifests),
                 tags: to_u64(r.import_tags),
@@ -332,9 +338,9 @@ impl SchedulerService for Scheduler {
             (ImportComplete, None) => self.store.finish_import(path, step, &stats, None).await?,
             (PreImportFailed | PreImportCanceled | ImportFailed | ImportCanceled, _) => {
                 let from = if matches!(status, PreImportFailed | PreImportCanceled) {
-                    "pre_importing"
+                    MigrationState::PreImporting
                 } else {
-                    "importing"
+                    MigrationState::Importing
                 };
                 let max_retries = self.store.settings().await?.max_retries;
                 let error = if request.handed_back {
@@ -379,12 +385,12 @@ impl SchedulerService for Scheduler {
             repository = path,
             step,
             status = status.as_db_str(),
-            state = migration_state,
+            state = %migration_state,
             duplicate = !changed,
             "import result applied"
         );
         Ok(NotifyImportResultResponse {
-            migration_state,
+            migration_state: migration_state.to_string(),
             duplicate: !changed,
         })
     }
@@ -547,7 +553,7 @@ impl SchedulerService for Scheduler {
                 .states
                 .into_iter()
                 .map(|(state, n)| StateCount {
-                    state,
+                    state: state.to_string(),
                     count: to_u64(n),
                 })
                 .collect(),

@@ -7,6 +7,8 @@ use sqlx::{FromRow, Row};
 
 use ferry_proto::common::v1::ImportStats;
 
+use crate::state::{MigrationState, SkipReason};
+
 mod admin;
 pub mod bbm;
 mod double_check;
@@ -22,38 +24,13 @@ pub use settings::{Settings, SettingsPatch};
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
 
-/// Every migration state, in the order of a repository's life.
-pub const ALL_STATES: [&str; 7] = [
-    "default",
-    "pre_importing",
-    "pre_import_done",
-    "importing",
-    "import_done",
-    "import_aborted",
-    "import_skipped",
-];
-
-/// States in which a repository still has migration work ahead.
-pub const PENDING_STATES: [&str; 5] = [
-    "default",
-    "pre_importing",
-    "pre_import_done",
-    "importing",
-    "import_aborted",
-];
-/// States that count against capacity.
-pub const IN_PROCESS_STATES: [&str; 3] = ["pre_importing", "pre_import_done", "importing"];
-/// States from which an abort is allowed.
-pub const ABORTABLE_STATES: [&str; 4] =
-    ["pre_importing", "importing", "pre_import_done", "default"];
-
 /// A step's end, as applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedStep {
     /// The importer that had accepted the step, if it was recorded.
     pub importer: Option<String>,
     /// The repository's state afterwards.
-    pub migration_state: String,
+    pub migration_state: MigrationState,
     /// The step the lease holder claimed with the end, to be started now: the finished
     /// pre-import's final import, or the next ready repository's pre-import in the freed slot.
     pub next: Option<Claimed>,
@@ -78,7 +55,7 @@ pub struct Abort<'a> {
     /// The step being aborted: nothing changes if the repository is at another step.
     pub step: i64,
     /// The states it may be aborted from.
-    pub from: &'a [&'a str],
+    pub from: &'a [MigrationState],
     /// Why (recorded as `migration_last_error`).
     pub error: &'a str,
     /// Retries before the repository is skipped with `too_many_retries`.
@@ -98,10 +75,10 @@ pub struct RepositoryRecord {
     pub id: i64,
     pub path: String,
     pub project_path: String,
-    pub migration_state: String,
+    pub migration_state: MigrationState,
     pub migration_retries_count: i32,
-    pub migration_skipped_reason: Option<String>,
-    pub migration_aborted_in_state: Option<String>,
+    pub migration_skipped_reason: Option<SkipReason>,
+    pub migration_aborted_in_state: Option<MigrationState>,
     pub migration_last_error: Option<String>,
     pub migration_pre_import_started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub migration_pre_import_done_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -112,7 +89,7 @@ pub struct RepositoryRecord {
     pub migration_importer: Option<String>,
     pub migration_step_accepted_at: Option<chrono::DateTime<chrono::Utc>>,
     pub migration_step: i64,
-    pub migration_cancel_requested: Option<String>,
+    pub migration_cancel_requested: Option<SkipReason>,
     pub import_manifests: i64,
     pub import_tags: i64,
     pub import_blobs: i64,
@@ -272,7 +249,7 @@ impl SchedulerStore {
         sqlx::query_scalar(
             "SELECT count(*) FROM container_repositories WHERE migration_state = ANY($1)",
         )
-        .bind(&IN_PROCESS_STATES[..])
+        .bind(&MigrationState::IN_PROCESS[..])
         .fetch_one(&self.pool)
         .await
     }
@@ -325,7 +302,7 @@ impl SchedulerStore {
         ))
         .bind(fence_param(fence))
         .bind(capacity)
-        .bind(&IN_PROCESS_STATES[..])
+        .bind(&MigrationState::IN_PROCESS[..])
         .fetch_all(&self.pool)
         .await
     }
@@ -497,7 +474,7 @@ impl SchedulerStore {
         &self,
         id: i64,
         step: i64,
-        reason: Option<&str>,
+        reason: Option<SkipReason>,
         fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
         let (with, check) = fenced(4);
@@ -508,7 +485,7 @@ impl SchedulerStore {
         ))
         .bind(id)
         .bind(reason)
-        .bind(&["default", "pre_importing", "pre_import_done", "importing", "import_aborted"][..])
+        .bind(&MigrationState::PENDING[..])
         .bind(fence_param(fence))
         .bind(step)
         .execute(&self.pool)
@@ -589,7 +566,7 @@ impl SchedulerStore {
 
     /// Repository counts by state.
     #[tracing::instrument(name = "db.state_counts", skip_all, err(level = "warn"))]
-    pub async fn state_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    pub async fn state_counts(&self) -> Result<Vec<(MigrationState, i64)>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT migration_state, count(*) AS n FROM container_repositories GROUP BY 1 ORDER BY 1",
         )

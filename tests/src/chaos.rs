@@ -166,7 +166,7 @@ pub async fn run_schedule(source: &Source, seed: u64, window: Duration) -> Repor
     let pending_after_faults: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM container_repositories WHERE migration_state = ANY($1)",
     )
-    .bind(&ferry_scheduler::store::PENDING_STATES[..])
+    .bind(&ferry_scheduler::state::MigrationState::PENDING[..])
     .fetch_one(&scheduler)
     .await
     .expect("pending");

@@ -291,7 +291,7 @@ impl Cluster {
                 "SELECT count(*) FILTER (WHERE migration_state = ANY($1)), count(*) \
                  FROM container_repositories",
             )
-            .bind(&ferry_scheduler::store::PENDING_STATES[..])
+            .bind(&ferry_scheduler::state::MigrationState::PENDING[..])
             .fetch_one(&db)
             .await
             .expect("count");

@@ -297,7 +297,8 @@ impl Deployment {
         let starts = accepted_starts(&importers);
         for repository in &repositories {
             assert_eq!(
-                repository.migration_state, "import_done",
+                repository.migration_state.as_str(),
+                "import_done",
                 "{}",
                 repository.path
             );

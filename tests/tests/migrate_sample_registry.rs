@@ -173,7 +173,7 @@ async fn check_broken_repository(sample: &SampleRegistry, cluster: &Cluster, met
         .await
         .expect("scheduler repository")
         .into_inner();
-    assert_eq!(repo.migration_state, "import_skipped");
+    assert_eq!(repo.migration_state.as_str(), "import_skipped");
     assert_eq!(repo.skipped_reason, "too_many_retries");
     assert_eq!(repo.retries_count, 3);
     assert_eq!(repo.aborted_in_state, "pre_importing");

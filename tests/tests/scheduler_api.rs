@@ -70,7 +70,8 @@ async fn the_operator_api_drives_single_repositories() {
         .expect("register again")
         .into_inner();
     assert_eq!(
-        again.migration_state, "import_done",
+        again.migration_state.as_str(),
+        "import_done",
         "an existing repository is left alone"
     );
     let ghost = RegisterRepositoryRequest {
@@ -83,7 +84,8 @@ async fn the_operator_api_drives_single_repositories() {
             .await
             .expect("register")
             .into_inner()
-            .migration_state,
+            .migration_state
+            .as_str(),
         "default"
     );
     let bad = RegisterRepositoryRequest {

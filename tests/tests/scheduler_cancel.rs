@@ -16,6 +16,7 @@ use ferry_proto::scheduler::v1::NotifyImportResultRequest;
 use ferry_scheduler::error::SchedulerError;
 use ferry_scheduler::importers::ImporterPool;
 use ferry_scheduler::service::{Scheduler, SchedulerService};
+use ferry_scheduler::state::{MigrationState, SkipReason};
 use ferry_scheduler::store::SchedulerStore;
 use ferry_shared::storage::BlobStore;
 use ferry_tests::{GatedStore, LayoutWriter, fresh_database, serve_importer};
@@ -193,7 +194,8 @@ async fn a_forced_cancel_just_after_the_final_import_committed_leaves_both_sides
             .await
             .expect("read")
             .expect("row")
-            .migration_state,
+            .migration_state
+            .as_str(),
         "importing"
     );
     // The operator's forced cancel goes through the other replica: the completion won.
@@ -203,7 +205,7 @@ async fn a_forced_cancel_just_after_the_final_import_committed_leaves_both_sides
         "{refused:?}"
     );
     let record = s.store.repository(PATH).await.expect("read").expect("row");
-    assert_eq!(record.migration_state, "import_done");
+    assert_eq!(record.migration_state.as_str(), "import_done");
     assert_eq!(record.migration_skipped_reason, None);
     assert_eq!(record.migration_cancel_requested, None);
     assert_eq!(metadata_status(&s).await, "import_complete");
@@ -215,7 +217,7 @@ async fn a_forced_cancel_just_after_the_final_import_committed_leaves_both_sides
         .await
         .expect("notify");
     assert!(late.duplicate);
-    assert_eq!(late.migration_state, "import_done");
+    assert_eq!(late.migration_state.as_str(), "import_done");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +231,7 @@ async fn a_forced_cancel_before_the_commit_leaves_both_sides_canceled() {
         .cancel_migration(PATH, true)
         .await
         .expect("cancel");
-    assert_eq!(canceled.migration_state, "import_skipped");
+    assert_eq!(canceled.migration_state.as_str(), "import_skipped");
     assert_eq!(canceled.skipped_reason, "migration_forced_canceled");
     assert_eq!(metadata_status(&s).await, "import_canceled");
     // The final import resumes and tries to commit: refused by its step; nothing registered.
@@ -249,11 +251,11 @@ async fn a_forced_cancel_before_the_commit_leaves_both_sides_canceled() {
         .expect("notify");
     assert!(late.duplicate);
     let record = s.store.repository(PATH).await.expect("read").expect("row");
-    assert_eq!(record.migration_state, "import_skipped");
+    assert_eq!(record.migration_state.as_str(), "import_skipped");
     assert_eq!(record.migration_retries_count, 0);
     // The runbook's "retry later": queued again from the start.
     let queued = s.scheduler.start_migration_now(PATH).await.expect("start");
-    assert_eq!(queued.migration_state, "default");
+    assert_eq!(queued.migration_state.as_str(), "default");
     assert_eq!(queued.skipped_reason, "");
 }
 
@@ -264,7 +266,7 @@ async fn a_cancel_requested_before_a_step_ends_decides_how_a_failure_ends() {
     // A cancel recorded at the step: no new step is claimed for the repository meanwhile...
     assert!(
         s.store
-            .request_cancel(PATH, step, "migration_canceled")
+            .request_cancel(PATH, step, SkipReason::MigrationCanceled)
             .await
             .expect("request")
     );
@@ -274,10 +276,10 @@ async fn a_cancel_requested_before_a_step_ends_decides_how_a_failure_ends() {
         .notify_import_result(late_notification(step, MigrationStatus::ImportFailed))
         .await
         .expect("notify");
-    assert_eq!(ended.migration_state, "import_skipped");
+    assert_eq!(ended.migration_state.as_str(), "import_skipped");
     let record = s.store.repository(PATH).await.expect("read").expect("row");
     assert_eq!(
-        record.migration_skipped_reason.as_deref(),
+        record.migration_skipped_reason.map(|r| r.as_str()),
         Some("migration_canceled")
     );
     assert_eq!(record.migration_cancel_requested, None);
@@ -312,7 +314,7 @@ async fn a_rollout_hands_its_steps_back_without_spending_a_retry() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let record = loop {
         let record = s.store.repository(PATH).await.expect("read").expect("row");
-        if record.migration_state != "pre_importing" {
+        if record.migration_state != MigrationState::PreImporting {
             break record;
         }
         assert!(
@@ -321,7 +323,7 @@ async fn a_rollout_hands_its_steps_back_without_spending_a_retry() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(record.migration_state, "import_aborted");
+    assert_eq!(record.migration_state.as_str(), "import_aborted");
     assert_eq!(
         record.migration_retries_count, 0,
         "a rollout spends no retry"
@@ -368,7 +370,7 @@ async fn a_cancel_while_the_final_import_waits_skips_without_starting_it() {
         .cancel_migration(PATH, false)
         .await
         .expect("cancel");
-    assert_eq!(canceled.migration_state, "import_skipped");
+    assert_eq!(canceled.migration_state.as_str(), "import_skipped");
     assert_eq!(canceled.skipped_reason, "migration_canceled");
     assert!(
         s.store

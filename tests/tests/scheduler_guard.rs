@@ -117,7 +117,7 @@ async fn a_step_whose_importer_died_is_unlocked_retried_elsewhere_and_completes(
         .await
         .expect("repository")
         .into_inner();
-    assert_eq!(repo.migration_state, "import_done");
+    assert_eq!(repo.migration_state.as_str(), "import_done");
     assert_eq!(
         repo.retries_count, 1,
         "aborted once by the guard, then retried"

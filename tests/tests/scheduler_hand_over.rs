@@ -4,6 +4,7 @@
 
 use ferry_proto::common::v1::ImportStats;
 use ferry_scheduler::inventory::new_repository;
+use ferry_scheduler::state::MigrationState;
 use ferry_scheduler::store::{Abort, RepoKey, SchedulerStore, SettingsPatch};
 use ferry_shared::ids::RepositoryPath;
 use ferry_tests::fresh_database;
@@ -42,6 +43,7 @@ async fn state(store: &SchedulerStore, path: &str) -> String {
         .expect("read")
         .expect("row")
         .migration_state
+        .to_string()
 }
 
 /// The repository's current step.
@@ -93,7 +95,7 @@ async fn importing(store: &SchedulerStore, path: &str) {
         .await
         .expect("finish")
         .expect("applied");
-    assert_eq!(ended.migration_state, "importing");
+    assert_eq!(ended.migration_state.as_str(), "importing");
 }
 
 fn stats(manifests: u64) -> ImportStats {
@@ -132,7 +134,7 @@ async fn a_finished_pre_import_moves_straight_on_to_its_final_import() {
         .await
         .expect("finish")
         .expect("applied");
-    assert_eq!(ended.migration_state, "importing");
+    assert_eq!(ended.migration_state.as_str(), "importing");
     assert_eq!(
         ended.importer.as_deref(),
         Some("http://pre"),
@@ -187,7 +189,7 @@ async fn a_stale_holder_or_a_disabled_migration_only_ends_the_pre_import() {
         .await
         .expect("finish")
         .expect("the end applies whoever reports it");
-    assert_eq!(ended.migration_state, "pre_import_done");
+    assert_eq!(ended.migration_state.as_str(), "pre_import_done");
     assert!(ended.next.is_none(), "an old token claims nothing");
     store
         .update_settings(&SettingsPatch {
@@ -206,7 +208,7 @@ async fn a_stale_holder_or_a_disabled_migration_only_ends_the_pre_import() {
         .await
         .expect("finish")
         .expect("applied");
-    assert_eq!(ended.migration_state, "pre_import_done");
+    assert_eq!(ended.migration_state.as_str(), "pre_import_done");
     assert!(ended.next.is_none(), "a disabled migration starts nothing");
 }
 
@@ -220,7 +222,7 @@ async fn a_finished_final_import_hands_its_slot_to_the_next_ready_repository() {
         .await
         .expect("finish")
         .expect("applied");
-    assert_eq!(ended.migration_state, "import_done");
+    assert_eq!(ended.migration_state.as_str(), "import_done");
     assert_eq!(
         ended.next.expect("the freed slot's next").path,
         "g/p/c",
@@ -264,7 +266,7 @@ async fn a_hand_over_never_goes_over_the_capacity() {
         .await
         .expect("finish")
         .expect("applied");
-    assert_eq!(ended.migration_state, "import_done");
+    assert_eq!(ended.migration_state.as_str(), "import_done");
     assert!(
         ended.next.is_none(),
         "three in process against two: no slot"
@@ -288,7 +290,7 @@ async fn a_hand_over_leaves_the_slot_to_the_loop_when_something_else_goes_first(
         .await
         .expect("finish")
         .expect("the end applies");
-    assert_eq!(ended.migration_state, "import_done");
+    assert_eq!(ended.migration_state.as_str(), "import_done");
     assert!(ended.next.is_none(), "an old token claims nothing");
     // A waiting time after each step: the loop decides when the next one starts.
     importing(&store, "g/p/b").await;
@@ -322,7 +324,7 @@ async fn a_hand_over_leaves_the_slot_to_the_loop_when_something_else_goes_first(
         .abort(Abort {
             key: RepoKey::Path("g/p/x"),
             step: step_of(&store, "g/p/x").await,
-            from: &["importing"],
+            from: &[MigrationState::Importing],
             error: "lost",
             max_retries: 3,
             counted: true,
@@ -338,7 +340,7 @@ async fn a_hand_over_leaves_the_slot_to_the_loop_when_something_else_goes_first(
         .await
         .expect("finish")
         .expect("applied");
-    assert_eq!(ended.migration_state, "import_done");
+    assert_eq!(ended.migration_state.as_str(), "import_done");
     assert!(ended.next.is_none(), "the aborted repository goes first");
     assert_eq!(
         state(&store, "g/p/y").await,

@@ -8,6 +8,7 @@ use ferry_scheduler::enqueue::Triggers;
 use ferry_scheduler::importers::ImporterPool;
 use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
+use ferry_scheduler::state::MigrationState;
 use ferry_scheduler::store::{Abort, Claimed, RepoKey, SchedulerStore};
 use ferry_tests::{redis_url, unique_suffix};
 
@@ -150,7 +151,7 @@ async fn duplicate_and_stale_notifications_change_nothing() {
         .await
         .expect("notify");
     assert!(stale.duplicate);
-    assert_eq!(stale.migration_state, "pre_importing");
+    assert_eq!(stale.migration_state.as_str(), "pre_importing");
     // A report that names no step is refused.
     let unnumbered = scheduler
         .notify_import_result(notification(path, 0, MigrationStatus::PreImportComplete, 5))
@@ -228,7 +229,7 @@ async fn duplicate_and_stale_notifications_change_nothing() {
         ))
         .await
         .expect("notify");
-    assert_eq!(done.migration_state, "import_done");
+    assert_eq!(done.migration_state.as_str(), "import_done");
 }
 
 #[tokio::test]
@@ -310,7 +311,7 @@ async fn a_failed_step_names_its_importer_too() {
         .abort(Abort {
             key: RepoKey::Path(path),
             step: claimed.step,
-            from: &["pre_importing"],
+            from: &[MigrationState::PreImporting],
             error: "broken",
             max_retries: 3,
             counted: true,
@@ -320,7 +321,7 @@ async fn a_failed_step_names_its_importer_too() {
         .expect("abort")
         .expect("applied");
     assert_eq!(ended.importer.as_deref(), Some("http://failing"));
-    assert_eq!(ended.migration_state, "import_aborted");
+    assert_eq!(ended.migration_state.as_str(), "import_aborted");
     assert_eq!(ended.next, None);
 }
 
@@ -375,11 +376,11 @@ async fn failures_abort_then_skip_after_max_retries() {
         let record = store.repository(path).await.expect("read").expect("row");
         assert_eq!(record.migration_retries_count, attempt);
         assert_eq!(
-            record.migration_aborted_in_state.as_deref(),
+            record.migration_aborted_in_state.map(|s| s.as_str()),
             Some("pre_importing")
         );
         if attempt < max_retries {
-            assert_eq!(response.migration_state, "import_aborted");
+            assert_eq!(response.migration_state.as_str(), "import_aborted");
             let (retried, pre_import_done) =
                 store.next_aborted().await.expect("next").expect("aborted");
             assert_eq!((retried.path.as_str(), pre_import_done), (path, false));
@@ -390,9 +391,9 @@ async fn failures_abort_then_skip_after_max_retries() {
                 .expect("resumed at a new step");
             assert_eq!(step, retried.step + 1);
         } else {
-            assert_eq!(response.migration_state, "import_skipped");
+            assert_eq!(response.migration_state.as_str(), "import_skipped");
             assert_eq!(
-                record.migration_skipped_reason.as_deref(),
+                record.migration_skipped_reason.map(|r| r.as_str()),
                 Some("too_many_retries")
             );
             assert!(store.next_aborted().await.expect("next").is_none());
@@ -451,7 +452,7 @@ async fn a_holder_whose_lease_was_taken_over_cannot_write() {
         .abort(Abort {
             key: RepoKey::Id(first.id),
             step: first.step,
-            from: &["pre_importing"],
+            from: &[MigrationState::PreImporting],
             error: "stale",
             max_retries: 3,
             counted: true,
@@ -614,7 +615,7 @@ async fn a_step_handed_back_by_a_shutdown_is_retried_without_counting_a_retry() 
         .notify_import_result(handed_back)
         .await
         .expect("notify");
-    assert_eq!(response.migration_state, "import_aborted");
+    assert_eq!(response.migration_state.as_str(), "import_aborted");
     let record = store.repository(path).await.expect("read").expect("row");
     assert_eq!(
         record.migration_retries_count, 0,
@@ -640,7 +641,7 @@ async fn an_abort_naming_an_older_step_changes_nothing() {
     let abort = |step| Abort {
         key: RepoKey::Id(first.id),
         step,
-        from: &["pre_importing"],
+        from: &[MigrationState::PreImporting],
         error: "could not start pre-importing: AlreadyExists",
         max_retries: 3,
         counted: true,
@@ -667,7 +668,7 @@ async fn an_abort_naming_an_older_step_changes_nothing() {
             .is_none()
     );
     let record = store.repository(path).await.expect("read").expect("row");
-    assert_eq!(record.migration_state, "pre_importing");
+    assert_eq!(record.migration_state.as_str(), "pre_importing");
     assert_eq!(record.migration_step, second);
     assert_eq!(record.migration_retries_count, 1);
 }

@@ -9,6 +9,7 @@ use super::{Scheduler, SchedulerService};
 use crate::error::SchedulerError;
 use crate::importers::CancelResult;
 use crate::inventory::new_repository;
+use crate::state::{MigrationState, SkipReason};
 
 fn parse(path: &str) -> Result<RepositoryPath, SchedulerError> {
     RepositoryPath::parse(path).map_err(|e| SchedulerError::InvalidArgument(e.to_string()))
@@ -84,7 +85,7 @@ impl Scheduler {
                 on_new_platform,
             )
             .await?;
-        tracing::info!(repository = %path, on_new_platform, state = record.migration_state, "repository registered");
+        tracing::info!(repository = %path, on_new_platform, state = %record.migration_state, "repository registered");
         self.wake_enqueuer().await;
         Ok(record.into())
     }
@@ -113,17 +114,17 @@ impl Scheduler {
         force: bool,
     ) -> Result<Repository, SchedulerError> {
         let reason = if force {
-            "migration_forced_canceled"
+            SkipReason::MigrationForcedCanceled
         } else {
-            "migration_canceled"
+            SkipReason::MigrationCanceled
         };
         // The step moves on only by a claim made before the request landed: a few tries.
         let mut tries = 0;
         let record = loop {
             let record = self.record(path).await?;
             if matches!(
-                record.migration_state.as_str(),
-                "import_done" | "import_skipped"
+                record.migration_state,
+                MigrationState::ImportDone | MigrationState::ImportSkipped
             ) {
                 return Err(SchedulerError::FailedPrecondition(format!(
                     "{path} is {}: nothing to cancel",
@@ -145,7 +146,7 @@ impl Scheduler {
             }
         };
         let step = record.migration_step;
-        if record.migration_state != "default" {
+        if record.migration_state != MigrationState::Default {
             // Unlock the importer side first: a step there stops, and its status becomes canceled.
             let number = u64::try_from(step).unwrap_or(0);
             match self.importers.cancel_step(path, number, force).await {
@@ -206,14 +207,17 @@ impl Scheduler {
                 )));
             }
         };
-        use crate::store::ALL_STATES;
-        if !state.is_empty() && !ALL_STATES.contains(&state) {
-            return Err(SchedulerError::InvalidArgument(format!(
-                "state must be one of {} (or empty for all)",
-                ALL_STATES.join(", ")
-            )));
-        }
-        let state = Some(state).filter(|s| !s.is_empty());
+        let state = match MigrationState::parse(state) {
+            _ if state.is_empty() => None,
+            Some(state) => Some(state),
+            None => {
+                let names: Vec<&str> = MigrationState::ALL.iter().map(|s| s.as_str()).collect();
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "state must be one of {} (or empty for all)",
+                    names.join(", ")
+                )));
+            }
+        };
         let records = self.store.list_repositories(state, after, limit).await?;
         let next_after = if records.len() as i64 == limit {
             records.last().map(|r| r.path.clone()).unwrap_or_default()
@@ -240,7 +244,7 @@ impl Scheduler {
         path: &str,
     ) -> Result<WritableAnswer, SchedulerError> {
         let record = self.record(path).await?;
-        let writable = record.migration_state != "importing";
+        let writable = record.migration_state != MigrationState::Importing;
         Ok(WritableAnswer {
             writable,
             reason: if writable {
@@ -248,7 +252,7 @@ impl Scheduler {
             } else {
                 "Your repository is currently being migrated to a new platform and writes are temporarily disabled".to_owned()
             },
-            migration_state: record.migration_state,
+            migration_state: record.migration_state.to_string(),
         })
     }
 

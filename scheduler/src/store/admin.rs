@@ -2,15 +2,7 @@
 //! repositories, previewing the queue, and recent throughput.
 
 use super::{NewRepository, REPOSITORY_COLUMNS, RepositoryRecord, SchedulerStore};
-
-/// States from which a migration can be canceled (everything but done and skipped).
-const CANCELABLE: [&str; 5] = [
-    "default",
-    "pre_importing",
-    "pre_import_done",
-    "importing",
-    "import_aborted",
-];
+use crate::state::{MigrationState, SkipReason};
 
 /// The ready-queue filter shared by the claim and the preview (`r` repositories, `s` settings).
 pub(super) const READY: &str = "r.migration_state = 'default' \
@@ -82,7 +74,7 @@ impl SchedulerStore {
         &self,
         path: &str,
         step: i64,
-        reason: &str,
+        reason: SkipReason,
     ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
             "UPDATE container_repositories SET migration_cancel_requested = $3, updated_at = now() \
@@ -91,7 +83,7 @@ impl SchedulerStore {
         .bind(path)
         .bind(step)
         .bind(reason)
-        .bind(&CANCELABLE[..])
+        .bind(&MigrationState::PENDING[..])
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
@@ -119,7 +111,7 @@ impl SchedulerStore {
         &self,
         path: &str,
         step: i64,
-        reason: &str,
+        reason: SkipReason,
     ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
             "UPDATE container_repositories SET migration_state = 'import_skipped', \
@@ -132,7 +124,7 @@ impl SchedulerStore {
         )
         .bind(path)
         .bind(reason)
-        .bind(&CANCELABLE[..])
+        .bind(&MigrationState::PENDING[..])
         .bind(step)
         .execute(&self.pool)
         .await?;
@@ -192,7 +184,7 @@ impl SchedulerStore {
     #[tracing::instrument(name = "db.list_repositories", skip_all, err(level = "warn"))]
     pub async fn list_repositories(
         &self,
-        state: Option<&str>,
+        state: Option<MigrationState>,
         after: &str,
         limit: i64,
     ) -> Result<Vec<RepositoryRecord>, sqlx::Error> {
@@ -252,7 +244,7 @@ impl SchedulerStore {
         let total = states.iter().map(|(_, n)| *n).sum();
         let pending = states
             .iter()
-            .filter(|(state, _)| super::PENDING_STATES.contains(&state.as_str()))
+            .filter(|(state, _)| MigrationState::PENDING.contains(state))
             .map(|(_, n)| *n)
             .sum::<i64>();
         let done_per_minute =
@@ -279,7 +271,7 @@ const RATE_WINDOW_MINUTES: f64 = 10.0;
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrationProgress {
     /// Repositories per state.
-    pub states: Vec<(String, i64)>,
+    pub states: Vec<(MigrationState, i64)>,
     /// Repositories in all.
     pub total: i64,
     /// Repositories with migration work ahead.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::FromRow;
 
 use super::SchedulerStore;
+use crate::state::MigrationState;
 
 /// A step older than the staleness threshold.
 #[derive(Debug, Clone, FromRow)]
@@ -15,7 +16,7 @@ pub struct StaleStep {
     /// Its path.
     pub path: String,
     /// `pre_importing`, `pre_import_done` or `importing`.
-    pub migration_state: String,
+    pub migration_state: MigrationState,
     /// The importer the step was started on, if recorded.
     pub migration_importer: Option<String>,
     /// The step's number.
@@ -148,7 +149,7 @@ impl SchedulerStore {
         &self,
         id: i64,
         step: i64,
-        from: &str,
+        from: MigrationState,
         error: &str,
         fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {

@@ -21,7 +21,8 @@ use sqlx::query::Query;
 
 use ferry_proto::common::v1::ImportStats;
 
-use super::{Claimed, EndedStep, FENCE_HOLDS, IN_PROCESS_STATES, SchedulerStore, admin, fenced};
+use super::{Claimed, EndedStep, FENCE_HOLDS, SchedulerStore, admin, fenced};
+use crate::state::MigrationState;
 
 /// The figures a step adds to its repository (parameters `$4` to `$13`).
 const ADD_STATS: &str = "migration_last_error = NULL, \
@@ -41,14 +42,18 @@ pub(super) enum Step {
 
 impl Step {
     /// The state the step ends from, the state it ends in, and the column its end is stamped in.
-    fn columns(self) -> (&'static str, &'static str, &'static str) {
+    fn columns(self) -> (MigrationState, MigrationState, &'static str) {
         match self {
             Step::Pre => (
-                "pre_importing",
-                "pre_import_done",
+                MigrationState::PreImporting,
+                MigrationState::PreImportDone,
                 "migration_pre_import_done_at",
             ),
-            Step::Final => ("importing", "import_done", "migration_import_done_at"),
+            Step::Final => (
+                MigrationState::Importing,
+                MigrationState::ImportDone,
+                "migration_import_done_at",
+            ),
         }
     }
 }
@@ -137,7 +142,7 @@ fn final_import_handed_over() -> String {
     // The states as literals, not a parameter: with a parameter PostgreSQL's generic plan cannot
     // see that the count reads a few index entries, costs it as a scan of the table, and so
     // plans the statement afresh on every call (0.7 ms a call).
-    let in_process = IN_PROCESS_STATES
+    let in_process = MigrationState::IN_PROCESS
         .map(|state| format!("'{state}'"))
         .join(", ");
     format!(

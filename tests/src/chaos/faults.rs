@@ -135,7 +135,7 @@ async fn in_process(deployment: &Deployment) -> Vec<String> {
     let paths = sqlx::query_scalar(
         "SELECT path FROM container_repositories WHERE migration_state = ANY($1) ORDER BY path",
     )
-    .bind(&ferry_scheduler::store::IN_PROCESS_STATES[..])
+    .bind(&ferry_scheduler::state::MigrationState::IN_PROCESS[..])
     .fetch_all(&scheduler)
     .await
     .unwrap_or_default();
@@ -148,7 +148,7 @@ async fn work_left(scheduler: &sqlx::PgPool) -> bool {
     sqlx::query_scalar::<_, bool>(
         "SELECT EXISTS (SELECT 1 FROM container_repositories WHERE migration_state = ANY($1))",
     )
-    .bind(&ferry_scheduler::store::PENDING_STATES[..])
+    .bind(&ferry_scheduler::state::MigrationState::PENDING[..])
     .fetch_one(scheduler)
     .await
     .unwrap_or(true)

@@ -21,7 +21,7 @@ pub async fn wait_terminal(scheduler: &PgPool, bound: Duration) -> Vec<String> {
             "SELECT path, migration_state FROM container_repositories \
              WHERE migration_state = ANY($1) ORDER BY path",
         )
-        .bind(&ferry_scheduler::store::PENDING_STATES[..])
+        .bind(&ferry_scheduler::state::MigrationState::PENDING[..])
         .fetch_all(scheduler)
         .await
         .unwrap_or_default();
