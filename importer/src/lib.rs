@@ -29,6 +29,7 @@ use ferry_proto::importer::v1::importer_server::ImporterServer;
 
 use ferry_shared::metrics::Registry;
 use ferry_shared::security::Security;
+use ferry_shared::startup::with_retries;
 
 use crate::config::ImporterConfig;
 use crate::metrics::ImporterMetrics;
@@ -101,8 +102,11 @@ pub async fn run(
         }
     };
     let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
-    let db = MetadataStore::connect(&config.metadata_database_url, pool_size).await?;
-    db.migrate().await?;
+    let db = with_retries("connecting to the metadata database", || {
+        MetadataStore::connect(&config.metadata_database_url, pool_size)
+    })
+    .await?;
+    with_retries("migrating the metadata database", || db.migrate()).await?;
     let stop_metrics = CancellationToken::new();
     let metrics_tasks = [
         metrics_listener.map(|listener| {

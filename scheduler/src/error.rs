@@ -38,6 +38,17 @@ pub enum SchedulerError {
     Inventory(#[from] InventoryError),
 }
 
+impl From<crate::enqueue::EnqueueError> for SchedulerError {
+    fn from(error: crate::enqueue::EnqueueError) -> Self {
+        match error {
+            crate::enqueue::EnqueueError::Database(error) => SchedulerError::Database(error),
+            stopped @ crate::enqueue::EnqueueError::Stopped => {
+                SchedulerError::Unavailable(stopped.to_string())
+            }
+        }
+    }
+}
+
 impl SchedulerError {
     /// The error's code.
     pub fn code(&self) -> ErrorCode {

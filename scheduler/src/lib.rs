@@ -28,7 +28,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tonic::service::Routes;
 
 use ferry_proto::scheduler::v1::scheduler_server::SchedulerServer;
@@ -37,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_shared::metrics::Registry;
 use ferry_shared::security::Security;
+use ferry_shared::startup::with_retries;
 
 use crate::bbm::WorkRegistry;
 use crate::config::SchedulerConfig;
@@ -153,11 +153,16 @@ pub async fn run(
             Some(listener)
         }
     };
-    let store = SchedulerStore::connect(&config.database_url, 10).await?;
-    store.migrate().await?;
+    let store = with_retries("connecting to the scheduler database", || {
+        SchedulerStore::connect(&config.database_url, 10)
+    })
+    .await?;
+    with_retries("migrating the scheduler database", || store.migrate()).await?;
     let redis_client = redis::Client::open(config.redis_url.as_str())?;
-    let redis = redis::aio::ConnectionManager::new(redis_client.clone()).await?;
-    let wake = Arc::new(Notify::new());
+    let redis = with_retries("connecting to Redis", || {
+        redis::aio::ConnectionManager::new(redis_client.clone())
+    })
+    .await?;
     let wake_channel = format!("{}:enqueuer:wake", config.redis_prefix);
     let lease = Lease::new(
         redis.clone(),
@@ -177,7 +182,6 @@ pub async fn run(
         (config.enqueue_interval * 2).max(std::time::Duration::from_secs(1)),
     )
     .with_counter(migration_metrics.deduplicated_triggers.clone());
-    let held = Arc::new(tokio::sync::Mutex::new(None));
     let importers = Arc::new(ImporterPool::with_connector(
         &config.importers,
         security.connector(),
@@ -194,34 +198,31 @@ pub async fn run(
             }
         }
     });
-    let enqueuer = Enqueuer {
-        held: Arc::clone(&held),
+    let guard = guard::Guard {
         store: store.clone(),
-        guard: guard::Guard {
-            store: store.clone(),
-            importers: Arc::clone(&importers),
-            metrics: migration_metrics.clone(),
-        },
-        importers,
+        importers: Arc::clone(&importers),
         metrics: migration_metrics.clone(),
-        storage: Arc::clone(&storage),
-        lease: lease.clone(),
-        triggers: triggers.clone(),
-        wake: Arc::clone(&wake),
-        config: EnqueueConfig {
+    };
+    let (enqueuer, enqueue_handle) = Enqueuer::new(
+        store.clone(),
+        lease.clone(),
+        triggers.clone(),
+        EnqueueConfig {
             interval: config.enqueue_interval,
             guard_interval: config.guard_interval,
         },
-        turn: Arc::default(),
-        reactions: Arc::default(),
-        last_settings: Arc::default(),
-    };
+        guard,
+        importers,
+        Arc::clone(&storage),
+        migration_metrics.clone(),
+    );
     let wakeups = tokio::spawn(enqueue::forward_wakeups(
         redis_client,
         wake_channel.clone(),
-        Arc::clone(&wake),
+        enqueue_handle.clone(),
     ));
-    let enqueue_loop = tokio::spawn(enqueuer.clone().run());
+    let stop_enqueuer = CancellationToken::new();
+    let enqueue_loop = tokio::spawn(enqueuer.run(stop_enqueuer.clone(), SIDE_WORK_GRACE));
     let gauges = tokio::spawn(report_gauges(store.clone(), migration_metrics.clone()));
     let stop_side_work = CancellationToken::new();
     let metrics_endpoint = metrics_listener.map(|listener| {
@@ -244,7 +245,7 @@ pub async fn run(
         RepairScan::new(
             store.clone(),
             Arc::clone(&importers_for_api),
-            Arc::clone(&held),
+            enqueue_handle.lease(),
             replica_identity(&config.listen_addr.to_string()),
             config.repair.clone(),
             repair_metrics,
@@ -254,14 +255,13 @@ pub async fn run(
     let scheduler = Scheduler::new(
         store,
         storage,
-        wake,
         triggers,
         lease.clone(),
         Arc::clone(&importers_for_api),
         config.project_segments,
     )
     .with_metrics(migration_metrics)
-    .with_enqueuer(enqueuer);
+    .with_enqueuer(enqueue_handle);
     tracing::info!(addr = %config.listen_addr, importers = ?config.importers, "scheduler serving");
     let routes = Routes::new(
         SchedulerServer::new(grpc::SchedulerGrpc(scheduler))
@@ -287,9 +287,10 @@ pub async fn run(
     if let Some(endpoint) = metrics_endpoint {
         endpoint.abort();
     }
-    enqueue_loop.abort();
+    // The enqueuer releases the lease (another replica takes over at once) and waits for the
+    // starts in flight.
+    stop_enqueuer.cancel();
     let _ = enqueue_loop.await;
-    Enqueuer::release_held(&lease, &held).await;
     wakeups.abort();
     refresher.abort();
     gauges.abort();

@@ -123,7 +123,7 @@ pub async fn sub_repositories(
 pub struct RepairScan {
     store: SchedulerStore,
     importers: Arc<ImporterPool>,
-    held: Arc<Mutex<Option<HeldLease>>>,
+    held: tokio::sync::watch::Receiver<Option<HeldLease>>,
     identity: String,
     config: ScanConfig,
     metrics: RepairMetrics,
@@ -142,7 +142,7 @@ impl RepairScan {
     pub fn new(
         store: SchedulerStore,
         importers: Arc<ImporterPool>,
-        held: Arc<Mutex<Option<HeldLease>>>,
+        held: tokio::sync::watch::Receiver<Option<HeldLease>>,
         identity: String,
         config: ScanConfig,
         metrics: RepairMetrics,
@@ -182,7 +182,8 @@ impl RepairScan {
 
     /// The settings, when the scan may run here now: flag on, workers above 0, lease held.
     async fn allowed(&self) -> Result<Option<Settings>, sqlx::Error> {
-        let leading = match &*self.held.lock().await {
+        let held = self.held.borrow().clone();
+        let leading = match held {
             Some(held) => held.is_valid().await,
             None => false,
         };

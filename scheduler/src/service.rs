@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
-use ferry_proto::common::v1::{ImportType, MigrationStatus};
+use ferry_proto::common::v1::MigrationStatus;
 use ferry_proto::scheduler::v1 as pb;
 use ferry_proto::scheduler::v1::{
     InventoryProgress, LeaseStatus, MigrationSummary, NotifyImportResultRequest,
@@ -16,14 +16,13 @@ use ferry_shared::storage::BlobStore;
 mod admin;
 mod repair;
 
-use crate::enqueue::Triggers;
+use crate::enqueue::{EnqueueHandle, StepReport, Triggers};
 use crate::error::SchedulerError;
 use crate::importers::ImporterPool;
 use crate::inventory;
-use crate::lease::{HeldLease, Lease};
+use crate::lease::Lease;
 use crate::settings_api;
-use crate::state::MigrationState;
-use crate::store::{Abort, Claimed, RepoKey, RepositoryRecord, SchedulerStore};
+use crate::store::{RepositoryRecord, SchedulerStore};
 
 /// What the scheduler offers, independent of gRPC.
 #[async_trait]
@@ -149,13 +148,12 @@ pub trait SchedulerService: Send + Sync + 'static {
 pub struct Scheduler {
     store: SchedulerStore,
     storage: Arc<dyn BlobStore>,
-    wake: Arc<Notify>,
     triggers: Triggers,
     lease: Lease,
     importers: Arc<ImporterPool>,
     project_segments: usize,
     metrics: crate::metrics::MigrationMetrics,
-    enqueuer: Option<crate::enqueue::Enqueuer>,
+    enqueuer: Option<EnqueueHandle>,
 }
 
 impl Scheduler {
@@ -163,7 +161,6 @@ impl Scheduler {
     pub fn new(
         store: SchedulerStore,
         storage: Arc<dyn BlobStore>,
-        wake: Arc<Notify>,
         triggers: Triggers,
         lease: Lease,
         importers: Arc<ImporterPool>,
@@ -172,7 +169,6 @@ impl Scheduler {
         Self {
             store,
             storage,
-            wake,
             triggers,
             lease,
             importers,
@@ -187,55 +183,20 @@ impl Scheduler {
         Self { metrics, ..self }
     }
 
-    /// The scheduler, reacting to a step's end at once when this replica holds the lease
-    /// (see [`crate::enqueue::Enqueuer::step_ended`]).
-    pub fn with_enqueuer(self, enqueuer: crate::enqueue::Enqueuer) -> Self {
+    /// The scheduler, handing step ends and wake-ups to the enqueuer of this replica. Without
+    /// one (tests of the API alone), a step's end is applied here and nothing is started.
+    pub fn with_enqueuer(self, enqueuer: EnqueueHandle) -> Self {
         Self {
             enqueuer: Some(enqueuer),
             ..self
         }
     }
 
-    /// After a step's end: this replica reacts at once if it holds the lease; otherwise the
-    /// loop is woken wherever the lease is held.
-    async fn step_ended(&self, end: crate::enqueue::StepEnd) {
-        if let Some(enqueuer) = &self.enqueuer
-            && enqueuer.step_ended(end).await
-        {
-            return;
-        }
-        self.wake_enqueuer().await;
-    }
-
-    /// After a step's end was applied: starts the step claimed with it, if any (only the lease
-    /// holder claims one), and otherwise reacts as [`Self::step_ended`] does.
-    async fn after_step_end(
-        &self,
-        status: MigrationStatus,
-        holder: Option<HeldLease>,
-        next: Option<Claimed>,
-    ) {
-        use crate::enqueue::StepEnd;
-        if let (Some(enqueuer), Some(held), Some(next)) = (&self.enqueuer, holder, next) {
-            let import_type = if status == MigrationStatus::PreImportComplete {
-                ImportType::Final
-            } else {
-                ImportType::Pre
-            };
-            enqueuer.start_claimed(&held, next, import_type);
-            return;
-        }
-        let end = if status == MigrationStatus::PreImportComplete {
-            StepEnd::PreImportDone
-        } else {
-            StepEnd::SlotFreed
-        };
-        self.step_ended(end).await;
-    }
-
     /// Wakes the enqueue loop here and, through Redis, on whichever replica holds the lease.
     async fn wake_enqueuer(&self) {
-        self.wake.notify_one();
+        if let Some(enqueuer) = &self.enqueuer {
+            enqueuer.wake();
+        }
         if let Err(error) = self.triggers.trigger().await {
             tracing::warn!(%error, "publishing a wake-up failed; the timer will pick the work up");
         }
@@ -301,8 +262,7 @@ impl SchedulerService for Scheduler {
         use MigrationStatus::*;
         let status = MigrationStatus::try_from(request.status).unwrap_or_default();
         let stats = request.stats.unwrap_or_default();
-        let path = request.path.as_str();
-        ferry_shared::ids::RepositoryPath::parse(path)
+        ferry_shared::ids::RepositoryPath::parse(&request.path)
             .map_err(|e| SchedulerError::InvalidArgument(format!("path: {e}")))?;
         let step = crate::limits::step(request.step)?;
         let kind = if matches!(
@@ -314,72 +274,42 @@ impl SchedulerService for Scheduler {
             "final"
         };
         self.metrics.result(kind, status.as_db_str());
-        // On the lease holder, a success also claims what comes next, in the same statement.
-        let holder = match &self.enqueuer {
-            Some(enqueuer) => enqueuer.valid_lease().await,
-            None => None,
+        if !matches!(
+            status,
+            PreImportComplete
+                | ImportComplete
+                | PreImportFailed
+                | PreImportCanceled
+                | ImportFailed
+                | ImportCanceled
+        ) {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "status {} does not end a step",
+                status.as_db_str()
+            )));
+        }
+        let report = StepReport {
+            path: request.path,
+            step,
+            status,
+            detail: request.detail,
+            stats,
+            handed_back: request.handed_back,
         };
-        let ended = match (status, &holder) {
-            (PreImportComplete, Some(held)) => {
-                self.store
-                    .finish_pre_import_and_start_import(path, step, &stats, held.fence)
-                    .await?
-            }
-            (ImportComplete, Some(held)) => {
-                self.store
-                    .finish_import_and_claim_next(path, step, &stats, held.fence)
-                    .await?
-            }
-            (PreImportComplete, None) => {
-                self.store
-                    .finish_pre_import(path, step, &stats, None)
-                    .await?
-            }
-            (ImportComplete, None) => self.store.finish_import(path, step, &stats, None).await?,
-            (PreImportFailed | PreImportCanceled | ImportFailed | ImportCanceled, _) => {
-                let from = if matches!(status, PreImportFailed | PreImportCanceled) {
-                    MigrationState::PreImporting
-                } else {
-                    MigrationState::Importing
-                };
+        let path = report.path.clone();
+        // The enqueuer applies it (holding the lease, it also claims and starts what comes
+        // next) and answers before it starts anything.
+        let ended = match &self.enqueuer {
+            Some(enqueuer) => enqueuer.step_ended(report).await?,
+            None => {
                 let max_retries = self.store.settings().await?.max_retries;
-                let error = if request.handed_back {
-                    format!(
-                        "handed back by an importer shutting down: {}",
-                        request.detail
-                    )
-                } else {
-                    format!("{}: {}", status.as_db_str(), request.detail)
-                };
-                self.store
-                    .abort(Abort {
-                        key: RepoKey::Path(path),
-                        step,
-                        from: &[from],
-                        error: &error,
-                        max_retries,
-                        counted: !request.handed_back,
-                        fence: None,
-                    })
-                    .await?
-            }
-            (other, _) => {
-                return Err(SchedulerError::InvalidArgument(format!(
-                    "status {} does not end a step",
-                    other.as_db_str()
-                )));
+                crate::enqueue::apply_step_end(&self.store, &report, None, max_retries).await?
             }
         };
-        // React first: the next step starts, or a freed slot is refilled, while the reply is
-        // put together.
         let changed = ended.is_some();
         let migration_state = match ended {
-            Some(ended) => {
-                self.importers.step_ended(ended.importer.as_deref());
-                self.after_step_end(status, holder, ended.next).await;
-                ended.migration_state
-            }
-            None => self.record(path).await?.migration_state,
+            Some(ended) => ended.migration_state,
+            None => self.record(&path).await?.migration_state,
         };
         tracing::info!(
             repository = path,

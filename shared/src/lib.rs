@@ -19,6 +19,7 @@ pub mod ids;
 pub mod layout;
 pub mod metrics;
 pub mod security;
+pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod walk;

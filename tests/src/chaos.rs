@@ -117,6 +117,8 @@ pub struct Report {
     pub pending_after_faults: i64,
     /// From the end of the faults until every repository was terminal.
     pub convergence: Duration,
+    /// Processes that exited by themselves during the faults (started again before the checks).
+    pub exited: Vec<String>,
     /// Every invariant violated.
     pub violations: Vec<String>,
     /// From the first fault to the end of the checks.
@@ -129,12 +131,13 @@ impl Report {
         let faults: u32 = self.faults.values().sum();
         format!(
             "seed {}: {faults} faults, {} pending when they stopped, converged {:.1} s later, \
-             {} done, {} skipped, {} violations, {:.0} s",
+             {} done, {} skipped, {} exited by themselves, {} violations, {:.0} s",
             self.seed,
             self.pending_after_faults,
             self.convergence.as_secs_f64(),
             self.done,
             self.skipped,
+            self.exited.len(),
             self.violations.len(),
             self.elapsed.as_secs_f64()
         )
@@ -158,6 +161,12 @@ pub async fn run_schedule(source: &Source, seed: u64, window: Duration) -> Repor
         deployment::Deployment::start(&root, logs.path(), database.clone(), metadata.clone()).await;
     deployment.configure(CAPACITY).await;
     let faults = faults::play(&mut deployment, seed, window, &source.paths).await;
+    let exited = faults::restore(&mut deployment).await;
+    // A service must ride out every fault here: none is fatal to a process.
+    let mut early: Vec<String> = exited
+        .iter()
+        .map(|name| format!("{name} exited by itself during the faults"))
+        .collect();
 
     let scheduler = PgPool::connect(&database)
         .await
@@ -172,6 +181,7 @@ pub async fn run_schedule(source: &Source, seed: u64, window: Duration) -> Repor
     .expect("pending");
     let converging = Instant::now();
     let mut violations = invariants::wait_terminal(&scheduler, CONVERGENCE).await;
+    violations.append(&mut early);
     let convergence = converging.elapsed();
     let complete = invariants::sides_agree(&scheduler, &meta, &mut violations).await;
     invariants::registered_as_source(&source.registry, &meta, &root, &complete, &mut violations)
@@ -206,6 +216,7 @@ pub async fn run_schedule(source: &Source, seed: u64, window: Duration) -> Repor
         skipped,
         pending_after_faults,
         convergence,
+        exited,
         violations,
         elapsed: started.elapsed(),
     }

@@ -56,7 +56,6 @@ pub async fn scheduler_with(
     let scheduler = Scheduler::new(
         store.clone(),
         storage,
-        Arc::new(tokio::sync::Notify::new()),
         triggers,
         lease,
         Arc::new(importers),

@@ -1,10 +1,8 @@
 //! Enqueue triggers and wake-ups: how any replica asks the lease holder for a pass.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Notify;
 
 /// Enqueue triggers, deduplicated across replicas. A trigger sets `<prefix>:enqueuer:pending`
 /// (value: who triggered) with a short TTL and publishes a wake-up only if it set it; further
@@ -118,9 +116,13 @@ impl Triggers {
     }
 }
 
-/// Forwards Redis pub/sub wake-ups on `channel` to `wake` until the connection ends, then
-/// reconnects.
-pub async fn forward_wakeups(client: redis::Client, channel: String, wake: Arc<Notify>) {
+/// Forwards Redis pub/sub wake-ups on `channel` to the enqueuer until the connection ends,
+/// then reconnects.
+pub async fn forward_wakeups(
+    client: redis::Client,
+    channel: String,
+    enqueuer: super::EnqueueHandle,
+) {
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
@@ -129,7 +131,7 @@ pub async fn forward_wakeups(client: redis::Client, channel: String, wake: Arc<N
                 } else {
                     let mut messages = pubsub.on_message();
                     while messages.next().await.is_some() {
-                        wake.notify_one();
+                        enqueuer.wake();
                     }
                 }
             }

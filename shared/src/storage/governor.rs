@@ -496,7 +496,11 @@ impl BudgetSettings {
         let Some(url) = self.redis_url.as_deref().filter(|_| self.config.enabled()) else {
             return Ok(None);
         };
-        let redis = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
+        let client = redis::Client::open(url)?;
+        let redis = crate::startup::with_retries("connecting to Redis for the budgets", || {
+            redis::aio::ConnectionManager::new(client.clone())
+        })
+        .await?;
         Ok(Some(Governor::new(
             redis,
             &self.redis_prefix,

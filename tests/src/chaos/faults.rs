@@ -127,6 +127,54 @@ pub async fn play(
     tally
 }
 
+/// After the faults: every process running (one that exited by itself is started again, and
+/// named in the returned list), Redis up, and the switch on, retried until a scheduler takes it.
+pub async fn restore(deployment: &mut Deployment) -> Vec<String> {
+    let mut exited = Vec::new();
+    if !deployment.redis.is_running() {
+        deployment.redis.restart();
+    }
+    for i in 0..IMPORTERS {
+        let service = &mut deployment.importers[i];
+        thaw(service);
+        if !service.process.as_mut().is_some_and(|p| p.is_running()) {
+            if service.process.is_some() {
+                exited.push(service.name.clone());
+            }
+            deployment.start_importer(i);
+        }
+    }
+    for i in 0..SCHEDULERS {
+        let service = &mut deployment.schedulers[i];
+        thaw(service);
+        if !service.process.as_mut().is_some_and(|p| p.is_running()) {
+            if service.process.is_some() {
+                exited.push(service.name.clone());
+            }
+            deployment.start_scheduler(i);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut client = deployment.client().await;
+        let resume = SetMigrationEnabledRequest {
+            enabled: true,
+            capacity: None,
+        };
+        match client.set_migration_enabled(resume).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the migration could not be switched back on: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    exited
+}
+
 /// The repositories with a step in process now, by path.
 async fn in_process(deployment: &Deployment) -> Vec<String> {
     let Ok(scheduler) = sqlx::PgPool::connect(&deployment.database).await else {

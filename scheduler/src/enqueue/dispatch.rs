@@ -1,0 +1,305 @@
+//! Starting claimed steps on the importers, each in a task of its own, and retrying aborted
+//! repositories: the enqueuer's hands. A start that ends without a running step (the repository
+//! finished, skipped or aborted instead) wakes the enqueuer, since its slot is free again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use ferry_proto::common::v1::{ImportType, MigrationStatus};
+use ferry_shared::storage::BlobStore;
+
+use super::Message;
+use crate::importers::{ImporterPool, StartResult};
+use crate::lease::HeldLease;
+use crate::reconcile::{self, Resume};
+use crate::state::{MigrationState, SkipReason};
+use crate::store::{Abort, Claimed, RepoKey, SchedulerStore, Settings};
+
+/// Whether a dispatch left a step running.
+enum Started {
+    Yes,
+    No,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub(super) struct Dispatcher {
+    pub(super) store: SchedulerStore,
+    pub(super) importers: Arc<ImporterPool>,
+    /// The bucket, to count a repository's tags before its pre-import.
+    pub(super) storage: Arc<dyn BlobStore>,
+    /// The enqueuer's mailbox, for the wake-up after a start that freed its slot.
+    pub(super) mailbox: mpsc::Sender<Message>,
+    /// Every start in flight, so shutdown can wait for them.
+    pub(super) tasks: TaskTracker,
+}
+
+impl Dispatcher {
+    /// Retries an aborted repository after reconciling with the importer's status (see
+    /// [`reconcile`]); a new step is started in a task of its own. Returns false if its fenced
+    /// write was refused.
+    pub(super) async fn retry_aborted(
+        &self,
+        held: &HeldLease,
+        repo: &Claimed,
+        pre_import_done: bool,
+        settings: &Settings,
+    ) -> Result<bool, sqlx::Error> {
+        let (status, same_step) = match self.importers.status(None, &repo.path).await {
+            Ok(answer) => (
+                Some(MigrationStatus::try_from(answer.status).unwrap_or_default()),
+                i64::try_from(answer.step).is_ok_and(|step| step == repo.step),
+            ),
+            Err(status) => {
+                tracing::debug!(repository = %repo.path, %status, "no importer status; retrying by the recorded state");
+                (None, false)
+            }
+        };
+        let resume = reconcile::resume(status, same_step, pre_import_done);
+        tracing::info!(repository = %repo.path, step = repo.step, ?status, same_step, ?resume, "retrying aborted repository");
+        let fence = Some(held.fence);
+        Ok(match resume {
+            Resume::FinishNative => {
+                self.store
+                    .finish_import_as(repo.id, repo.step, Some(SkipReason::NativeImport), fence)
+                    .await?
+            }
+            Resume::FinishImport => {
+                self.store
+                    .finish_import_as(repo.id, repo.step, None, fence)
+                    .await?
+            }
+            Resume::WatchPreImport | Resume::WatchImport => {
+                let to_final = resume == Resume::WatchImport;
+                self.store
+                    .resume_aborted(repo, to_final, false, fence)
+                    .await?
+                    .is_some()
+            }
+            Resume::RetryPreImport | Resume::RetryImport => {
+                let to_final = resume == Resume::RetryImport;
+                let resumed = self
+                    .store
+                    .resume_aborted(repo, to_final, true, fence)
+                    .await?;
+                if let Some(step) = resumed {
+                    let import_type = if to_final {
+                        ImportType::Final
+                    } else {
+                        ImportType::Pre
+                    };
+                    let repo = Claimed {
+                        step,
+                        ..repo.clone()
+                    };
+                    self.spawn(held, repo, import_type, settings);
+                }
+                resumed.is_some()
+            }
+        })
+    }
+
+    /// Counts the repository's tags and skips it with `too_many_tags` when over
+    /// `max_tags_count`. Returns `None` when skipped, else the count to record with the step's
+    /// start (none when counting failed).
+    async fn within_tag_limit(
+        &self,
+        held: &HeldLease,
+        repo: &Claimed,
+        settings: &Settings,
+    ) -> Result<Option<Option<i32>>, sqlx::Error> {
+        let Ok(path) = ferry_shared::ids::RepositoryPath::parse(&repo.path) else {
+            return Ok(Some(None)); // the importer refuses it with a reason
+        };
+        let tags = match ferry_shared::walk::count_tags(self.storage.as_ref(), &path).await {
+            Ok(tags) => i32::try_from(tags).unwrap_or(i32::MAX),
+            Err(error) => {
+                tracing::warn!(repository = %repo.path, %error, "counting tags failed; starting without a count");
+                return Ok(Some(None));
+            }
+        };
+        if settings.max_tags_count > 0 && tags > settings.max_tags_count {
+            tracing::info!(repository = %repo.path, tags, limit = settings.max_tags_count, "skipped: too many tags");
+            self.store
+                .skip_too_many_tags(
+                    repo.id,
+                    repo.step,
+                    tags,
+                    settings.max_tags_count,
+                    Some(held.fence),
+                )
+                .await?;
+            return Ok(None);
+        }
+        Ok(Some(Some(tags)))
+    }
+
+    /// Starts a claimed repository's step in a task of its own: the enqueuer goes straight back
+    /// to its mailbox, so a slot never waits for another repository's start round trip. (The
+    /// claim already took the slot in the database.) A pre-import first checks the tag limit.
+    pub(super) fn spawn(
+        &self,
+        held: &HeldLease,
+        repo: Claimed,
+        import_type: ImportType,
+        settings: &Settings,
+    ) {
+        let this = self.clone();
+        let held = held.clone();
+        let settings = settings.clone();
+        let span = tracing::info_span!(
+            "dispatch",
+            repository = %repo.path,
+            import_type = crate::importers::type_label(import_type),
+            step = repo.step,
+        );
+        self.tasks.spawn(async move {
+            let result = async {
+                let mut tags_count = None;
+                if import_type == ImportType::Pre {
+                    match this.within_tag_limit(&held, &repo, &settings).await? {
+                        Some(counted) => tags_count = counted,
+                        None => return Ok(Started::No),
+                    }
+                }
+                this.dispatch(&held, &repo, import_type, tags_count, &settings).await
+            }
+            .await;
+            match result {
+                // The step ended without running (finished, skipped or aborted): its slot is free.
+                Ok(Started::No) => {
+                    let _ = this.mailbox.try_send(Message::Wake);
+                }
+                Ok(Started::Yes) => {}
+                Err(error) => {
+                    tracing::warn!(repository = %repo.path, %error, "dispatch failed; the guard will pick it up");
+                }
+            }
+        }.instrument(span));
+    }
+
+    /// Starts a claimed step on an importer and records which one took it (with the tag count,
+    /// when counted); finishes or aborts the repository when no importer can take it.
+    async fn dispatch(
+        &self,
+        held: &HeldLease,
+        repo: &Claimed,
+        import_type: ImportType,
+        tags_count: Option<i32>,
+        settings: &Settings,
+    ) -> Result<Started, sqlx::Error> {
+        let max_retries = settings.max_retries;
+        let start_max_retries = u32::try_from(settings.start_max_retries).unwrap_or(0);
+        let state = if import_type == ImportType::Final {
+            MigrationState::Importing
+        } else {
+            MigrationState::PreImporting
+        };
+        let step = u64::try_from(repo.step).unwrap_or(0);
+        // Backoffs waited out while every importer was busy (100 ms × the backoff's number);
+        // a step's end cuts the current one short without counting it.
+        let mut backoffs = 0;
+        let mut backoff_until = None;
+        loop {
+            let result = self
+                .importers
+                .start(&repo.path, import_type, held.fence, step)
+                .await;
+            match result {
+                StartResult::Accepted {
+                    importer,
+                    accepted_at,
+                } => {
+                    tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, step, importer, "step started");
+                    if !self
+                        .store
+                        .record_importer(
+                            repo.id,
+                            repo.step,
+                            &importer,
+                            accepted_at,
+                            tags_count,
+                            Some(held.fence),
+                        )
+                        .await?
+                    {
+                        tracing::warn!(repository = %repo.path, fence = held.fence, step,
+                            "importer not recorded: a newer step exists, or a newer lease holder");
+                    }
+                    return Ok(Started::Yes);
+                }
+                StartResult::AlreadyRunning => {
+                    // An earlier start of this step was accepted and its answer lost; whichever
+                    // importer runs it is found by the guard if it is ever needed.
+                    tracing::info!(repository = %repo.path, step, "step already running");
+                    return Ok(Started::Yes);
+                }
+                StartResult::AlreadyImported { imported: true } => {
+                    tracing::info!(repository = %repo.path, "importer already completed it; finishing");
+                    self.store
+                        .finish_import_as(repo.id, repo.step, None, Some(held.fence))
+                        .await?;
+                    return Ok(Started::No);
+                }
+                StartResult::AlreadyImported { imported: false } => {
+                    self.store
+                        .finish_import_as(
+                            repo.id,
+                            repo.step,
+                            Some(SkipReason::NativeImport),
+                            Some(held.fence),
+                        )
+                        .await?;
+                    return Ok(Started::No);
+                }
+                StartResult::NotFound(message) => {
+                    tracing::warn!(repository = %repo.path, message, "not in old storage; finished as not_found");
+                    self.store
+                        .finish_import_as(
+                            repo.id,
+                            repo.step,
+                            Some(SkipReason::NotFound),
+                            Some(held.fence),
+                        )
+                        .await?;
+                    return Ok(Started::No);
+                }
+                StartResult::AllBusy(message)
+                    if backoffs < start_max_retries && held.is_valid().await =>
+                {
+                    tracing::debug!(repository = %repo.path, backoffs, message, "every importer busy; backing off");
+                    let until = *backoff_until.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + Duration::from_millis(100) * (backoffs + 1)
+                    });
+                    if !self.importers.slot_freed_before(until).await {
+                        backoffs += 1;
+                        backoff_until = None;
+                    }
+                }
+                StartResult::AllBusy(message) | StartResult::Refused(message) => {
+                    let error = format!(
+                        "could not start {}: {message}",
+                        state.as_str().replace('_', "-")
+                    );
+                    tracing::warn!(repository = %repo.path, error, "aborting");
+                    self.store
+                        .abort(Abort {
+                            key: RepoKey::Id(repo.id),
+                            step: repo.step,
+                            from: &[state],
+                            error: &error,
+                            max_retries,
+                            counted: true,
+                            fence: Some(held.fence),
+                        })
+                        .await?;
+                    return Ok(Started::No);
+                }
+            }
+        }
+    }
+}
