@@ -527,11 +527,14 @@ impl ImporterPool {
         match self.cancel(path, step, force).await {
             Ok(status) => CancelResult::Canceled(status),
             Err(status) if is_unreachable(&status) => CancelResult::Unreachable(status),
+            // Refused: whether the completion won decides both sides' end, so a status that
+            // cannot be read is no answer either (never taken for "not completed").
             Err(refused) => match self.status(None, path).await {
                 Ok(answer) if answer.status == i32::from(MigrationStatus::ImportComplete) => {
                     CancelResult::Completed
                 }
-                _ => CancelResult::NotCanceled(refused),
+                Ok(_) => CancelResult::NotCanceled(refused),
+                Err(status) => CancelResult::Unreachable(status),
             },
         }
     }

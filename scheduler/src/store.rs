@@ -24,6 +24,12 @@ pub use settings::{Settings, SettingsPatch};
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
 
+/// Holds for a repository (`r`) whose cancel is not in flight: none recorded, or one left by a
+/// replica that stopped mid-cancel more than a minute ago. New claims and retries wait while a
+/// cancel is in flight.
+pub(crate) const NO_CANCEL_IN_FLIGHT: &str = "(r.migration_cancel_requested IS NULL \
+    OR r.migration_cancel_requested_at < now() - interval '1 minute')";
+
 /// A step's end, as applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedStep {
@@ -286,7 +292,7 @@ impl SchedulerStore {
         capacity: Option<i32>,
     ) -> Result<Vec<Claimed>, sqlx::Error> {
         let (with, check) = fenced(1);
-        let ready = admin::READY;
+        let ready = admin::ready();
         sqlx::query_as(&format!(
             "{with}UPDATE container_repositories SET migration_state = 'pre_importing', migration_priority = 0, \
                  migration_pre_import_started_at = now(), migration_pre_import_done_at = NULL, \
@@ -321,10 +327,10 @@ impl SchedulerStore {
                  migration_import_started_at = now(), migration_import_done_at = NULL, \
                  migration_importer = NULL, migration_step_accepted_at = NULL, \
                  migration_step = migration_step + 1, updated_at = now() \
-             WHERE id = ANY(ARRAY(SELECT id FROM container_repositories WHERE migration_state = 'pre_import_done' \
-                         AND migration_cancel_requested IS NULL \
+             WHERE id = ANY(ARRAY(SELECT id FROM container_repositories r WHERE migration_state = 'pre_import_done' \
+                         AND {NO_CANCEL_IN_FLIGHT} \
                          ORDER BY migration_pre_import_done_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
-               AND migration_state = 'pre_import_done' AND migration_cancel_requested IS NULL {check} \
+               AND migration_state = 'pre_import_done' {check} \
              RETURNING id, path, migration_step AS step"
         ))
         .bind(fence_param(fence))
@@ -336,12 +342,12 @@ impl SchedulerStore {
     /// The next `import_aborted` repository to retry, with whether its pre-import had finished.
     #[tracing::instrument(name = "db.next_aborted", skip_all, err(level = "warn"))]
     pub async fn next_aborted(&self) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT id, path, migration_step, migration_pre_import_done_at IS NOT NULL AS pre_import_done \
-             FROM container_repositories WHERE migration_state = 'import_aborted' \
-               AND migration_cancel_requested IS NULL \
-             ORDER BY migration_priority DESC, path LIMIT 1",
-        )
+             FROM container_repositories r WHERE migration_state = 'import_aborted' \
+               AND {NO_CANCEL_IN_FLIGHT} \
+             ORDER BY migration_priority DESC, path LIMIT 1"
+        ))
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|row| {
@@ -369,7 +375,7 @@ impl SchedulerStore {
     ) -> Result<Option<i64>, sqlx::Error> {
         let (with, check) = fenced(3);
         sqlx::query_scalar(&format!(
-            "{with}UPDATE container_repositories SET \
+            "{with}UPDATE container_repositories r SET \
                  migration_state = CASE WHEN $2 THEN 'importing' ELSE 'pre_importing' END, \
                  migration_pre_import_started_at = CASE WHEN $2 THEN migration_pre_import_started_at ELSE now() END, \
                  migration_pre_import_done_at = CASE WHEN $2 THEN COALESCE(migration_pre_import_done_at, now()) ELSE NULL END, \
@@ -381,7 +387,7 @@ impl SchedulerStore {
                  migration_step_accepted_at = CASE WHEN $5 THEN NULL ELSE migration_step_accepted_at END, \
                  updated_at = now() \
              WHERE id = $1 AND migration_state = 'import_aborted' AND migration_step = $4 \
-               AND migration_cancel_requested IS NULL {check} \
+               AND {NO_CANCEL_IN_FLIGHT} {check} \
              RETURNING migration_step"
         ))
         .bind(repo.id)
@@ -515,11 +521,10 @@ impl SchedulerStore {
                  migration_state = CASE WHEN v.skip IS NOT NULL THEN 'import_skipped' ELSE 'import_aborted' END, \
                  migration_skipped_reason = COALESCE(v.skip, r.migration_skipped_reason), \
                  migration_skipped_at = CASE WHEN v.skip IS NOT NULL THEN now() ELSE r.migration_skipped_at END, \
-                 migration_cancel_requested = NULL, \
                  migration_last_error = left($5, 1024), updated_at = now() \
              FROM (SELECT id, CASE WHEN $7 THEN 1 ELSE 0 END AS added, \
-                       COALESCE(migration_cancel_requested, CASE WHEN $7 AND migration_retries_count + 1 >= $4 \
-                           THEN 'too_many_retries' END) AS skip \
+                       CASE WHEN $7 AND migration_retries_count + 1 >= $4 \
+                           THEN 'too_many_retries' END AS skip \
                    FROM container_repositories WHERE id = $1 OR path = $2) v \
              WHERE r.id = v.id AND r.migration_state = ANY($3) AND r.migration_step = $8 {check} \
              RETURNING r.migration_importer AS importer, r.migration_state, NULL::bigint AS next_id, \

@@ -21,7 +21,7 @@ pub mod throttle;
 pub use cluster::{Cluster, ClusterOptions, run_inventory, state_count};
 pub use importer_harness::{ImporterHarness, serve_importer};
 pub use layout_writer::LayoutWriter;
-pub use scheduler_harness::scheduler_with;
+pub use scheduler_harness::{scheduler_with, scheduler_with_url};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

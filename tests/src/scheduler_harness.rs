@@ -20,9 +20,17 @@ pub async fn scheduler_with(
     paths: &[&str],
     importers: ImporterPool,
 ) -> (Scheduler, SchedulerStore) {
-    let store = SchedulerStore::connect(&fresh_database("scheduler").await, 4)
-        .await
-        .expect("connect");
+    let (scheduler, store, _) = scheduler_with_url(paths, importers).await;
+    (scheduler, store)
+}
+
+/// [`scheduler_with`], and the database's URL, for tests that also read or change it by hand.
+pub async fn scheduler_with_url(
+    paths: &[&str],
+    importers: ImporterPool,
+) -> (Scheduler, SchedulerStore, String) {
+    let url = fresh_database("scheduler").await;
+    let store = SchedulerStore::connect(&url, 4).await.expect("connect");
     store.migrate().await.expect("migrate");
     let batch: Vec<_> = paths
         .iter()
@@ -61,5 +69,5 @@ pub async fn scheduler_with(
         Arc::new(importers),
         2,
     );
-    (scheduler, store)
+    (scheduler, store, url)
 }

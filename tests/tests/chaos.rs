@@ -18,6 +18,9 @@ async fn every_schedule_of_faults_leaves_both_sides_in_agreement() {
         );
         let report = chaos::run_schedule(&source, seed, plan.window).await;
         eprintln!("chaos: {}", report.line());
+        for violation in &report.violations {
+            eprintln!("chaos:     {violation}");
+        }
         reports.push(report);
     }
     let summary = chaos::summarize(&reports);

@@ -32,6 +32,8 @@ struct Setup {
     metadata: PgPool,
     /// The gate the importer's storage reads wait on (open until a test closes it).
     gate: tokio::sync::watch::Sender<bool>,
+    /// The scheduler database.
+    database_url: String,
 }
 
 async fn setup() -> Setup {
@@ -77,7 +79,7 @@ async fn setup_with(notify: bool) -> Setup {
 
     let pool = ImporterPool::new(&[format!("http://127.0.0.1:{port}")]).expect("pool");
     pool.refresh().await;
-    let (scheduler, store) = ferry_tests::scheduler_with(&[PATH], pool).await;
+    let (scheduler, store, database_url) = ferry_tests::scheduler_with_url(&[PATH], pool).await;
     if notify {
         let routes = tonic::service::Routes::new(
             ferry_proto::scheduler::v1::scheduler_server::SchedulerServer::new(
@@ -99,6 +101,7 @@ async fn setup_with(notify: bool) -> Setup {
         importer,
         metadata: PgPool::connect(&metadata_url).await.expect("metadata"),
         gate,
+        database_url,
     }
 }
 
@@ -260,29 +263,80 @@ async fn a_forced_cancel_before_the_commit_leaves_both_sides_canceled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_requested_before_a_step_ends_decides_how_a_failure_ends() {
+async fn a_cancel_in_flight_holds_back_the_retry_of_a_failed_step_until_it_is_done() {
     let s = setup().await;
     let step = final_import_started(&s, true).await;
-    // A cancel recorded at the step: no new step is claimed for the repository meanwhile...
+    // A cancel recorded at the step (its importer call still on the way)...
     assert!(
         s.store
             .request_cancel(PATH, step, SkipReason::MigrationCanceled)
             .await
             .expect("request")
     );
-    // ...and a failure of the step ends it skipped with the cancel's reason, not retried.
+    // ...then the step fails: it is aborted, as any failure (only the importer's word ends a
+    // repository for good), but not retried while the cancel is in flight.
     let ended = s
         .scheduler
         .notify_import_result(late_notification(step, MigrationStatus::ImportFailed))
         .await
         .expect("notify");
-    assert_eq!(ended.migration_state.as_str(), "import_skipped");
+    assert_eq!(ended.migration_state.as_str(), "import_aborted");
+    assert!(
+        s.store.next_aborted().await.expect("next").is_none(),
+        "no retry while the cancel is in flight"
+    );
+    // The cancel carries on and skips it at the step it named.
+    assert!(
+        s.store
+            .cancel_migration(PATH, step, SkipReason::MigrationCanceled)
+            .await
+            .expect("cancel")
+    );
     let record = s.store.repository(PATH).await.expect("read").expect("row");
+    assert_eq!(record.migration_state.as_str(), "import_skipped");
     assert_eq!(
         record.migration_skipped_reason.map(|r| r.as_str()),
         Some("migration_canceled")
     );
     assert_eq!(record.migration_cancel_requested, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_left_by_a_stopped_replica_holds_nothing_back_after_a_minute() {
+    let s = setup().await;
+    assert!(
+        s.store
+            .request_cancel(PATH, 0, SkipReason::MigrationForcedCanceled)
+            .await
+            .expect("request")
+    );
+    assert!(
+        s.store
+            .claim_next_default(None)
+            .await
+            .expect("claim")
+            .is_none(),
+        "a cancel in flight holds the claim back"
+    );
+    // The replica that recorded it stopped before it finished: a minute later, it is stale.
+    let db = sqlx::PgPool::connect(&s.database_url)
+        .await
+        .expect("database");
+    sqlx::query(
+        "UPDATE container_repositories \
+         SET migration_cancel_requested_at = now() - interval '61 seconds'",
+    )
+    .execute(&db)
+    .await
+    .expect("age the request");
+    assert!(
+        s.store
+            .claim_next_default(None)
+            .await
+            .expect("claim")
+            .is_some(),
+        "a stale cancel holds nothing back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,15 +116,18 @@ impl Enqueuer {
         let mut timer = tokio::time::interval(self.config.interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // In this order: a stop first; the timer before the mailbox, so that a stream of
+            // step ends never keeps a replica from taking a free lease (the timer fires once a
+            // period, so it never starves the mailbox either).
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
+                () = lost(&mut self.renewer) => self.lease_lost().await,
+                _ = timer.tick() => self.tick().await,
                 message = self.mailbox.recv() => match message {
                     Some(message) => self.handle(message).await,
                     None => break,
                 },
-                () = lost(&mut self.renewer) => self.lease_lost().await,
-                _ = timer.tick() => self.tick().await,
             }
         }
         self.step_down().await;

@@ -5,11 +5,16 @@ use super::{NewRepository, REPOSITORY_COLUMNS, RepositoryRecord, SchedulerStore}
 use crate::state::{MigrationState, SkipReason};
 
 /// The ready-queue filter shared by the claim and the preview (`r` repositories, `s` settings).
-pub(super) const READY: &str = "r.migration_state = 'default' \
-    AND (s.created_before IS NULL OR r.created_at < s.created_before) \
-    AND (s.target_plans IS NULL OR COALESCE((SELECT np.plan FROM namespace_plans np \
-         WHERE np.namespace = split_part(r.path, '/', 1)), 'free') = ANY(s.target_plans)) \
-    AND NOT (split_part(r.path, '/', 1) = ANY(s.deny_root_namespaces))";
+pub(super) fn ready() -> String {
+    format!(
+        "r.migration_state = 'default' AND {} \
+         AND (s.created_before IS NULL OR r.created_at < s.created_before) \
+         AND (s.target_plans IS NULL OR COALESCE((SELECT np.plan FROM namespace_plans np \
+              WHERE np.namespace = split_part(r.path, '/', 1)), 'free') = ANY(s.target_plans)) \
+         AND NOT (split_part(r.path, '/', 1) = ANY(s.deny_root_namespaces))",
+        super::NO_CANCEL_IN_FLIGHT
+    )
+}
 
 impl SchedulerStore {
     /// Registers one repository (a create event): `default`, or `import_done` with
@@ -77,7 +82,8 @@ impl SchedulerStore {
         reason: SkipReason,
     ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
-            "UPDATE container_repositories SET migration_cancel_requested = $3, updated_at = now() \
+            "UPDATE container_repositories SET migration_cancel_requested = $3, \
+                 migration_cancel_requested_at = now(), updated_at = now() \
              WHERE path = $1 AND migration_step = $2 AND migration_state = ANY($4)",
         )
         .bind(path)
@@ -206,9 +212,10 @@ impl SchedulerStore {
     pub async fn preview_queue(
         &self,
     ) -> Result<(Option<RepositoryRecord>, Option<RepositoryRecord>, i64), sqlx::Error> {
+        let filter = ready();
         let next_ready = sqlx::query_as(&format!(
             "SELECT {REPOSITORY_COLUMNS} FROM container_repositories r JOIN projects p ON p.id = r.project_id, \
-                 migration_settings s WHERE {READY} ORDER BY r.migration_priority DESC, r.path LIMIT 1"
+                 migration_settings s WHERE {filter} ORDER BY r.migration_priority DESC, r.path LIMIT 1"
         ))
         .fetch_optional(&self.pool)
         .await?;
@@ -219,7 +226,7 @@ impl SchedulerStore {
         .fetch_optional(&self.pool)
         .await?;
         let ready: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM container_repositories r, migration_settings s WHERE {READY}"
+            "SELECT count(*) FROM container_repositories r, migration_settings s WHERE {filter}"
         ))
         .fetch_one(&self.pool)
         .await?;

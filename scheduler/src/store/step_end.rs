@@ -21,7 +21,7 @@ use sqlx::query::Query;
 
 use ferry_proto::common::v1::ImportStats;
 
-use super::{Claimed, EndedStep, FENCE_HOLDS, SchedulerStore, admin, fenced};
+use super::{Claimed, EndedStep, FENCE_HOLDS, NO_CANCEL_IN_FLIGHT, SchedulerStore, admin, fenced};
 use crate::state::MigrationState;
 
 /// The figures a step adds to its repository (parameters `$4` to `$13`).
@@ -113,7 +113,7 @@ fn pre_import_handed_over() -> String {
     let holds = FENCE_HOLDS;
     // Whether it moves on: read from the row as the update finds it, so that a cancel requested
     // while the statement waited for the row is seen.
-    let on = "go.ok AND r.migration_cancel_requested IS NULL";
+    let on = format!("go.ok AND {NO_CANCEL_IN_FLIGHT}");
     format!(
         "{with}UPDATE container_repositories r SET \
              migration_state = CASE WHEN {on} THEN 'importing' ELSE $3 END, \
@@ -138,7 +138,7 @@ fn pre_import_handed_over() -> String {
 fn final_import_handed_over() -> String {
     let (with, _) = fenced(14);
     let holds = FENCE_HOLDS;
-    let ready = admin::READY;
+    let ready = admin::ready();
     // The states as literals, not a parameter: with a parameter PostgreSQL's generic plan cannot
     // see that the count reads a few index entries, costs it as a scan of the table, and so
     // plans the statement afresh on every call (0.7 ms a call).
