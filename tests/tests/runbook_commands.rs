@@ -43,6 +43,39 @@ async fn every_runbook_step_is_a_ferryctl_command() {
     let (ok, text, _) = ferryctl(&cluster, &["queue", "next-aborted"]);
     assert!(ok && text.contains("no aborted repository waits"), "{text}");
 
+    // The same views through other commands, as JSON and as text.
+    let summary = json(&cluster, &["status", "--json"]);
+    let total = summary["total"].as_u64().expect("total");
+    assert_eq!(summary["states"]["default"], total, "{summary}");
+    assert_eq!(summary["elapsed_seconds"], serde_json::Value::Null);
+    let (ok, text, _) = ferryctl(&cluster, &["status"]);
+    assert!(
+        ok && text.starts_with("Ferry migration summary\n"),
+        "{text}"
+    );
+    let path = next["path"].as_str().expect("path");
+    assert_eq!(json(&cluster, &["status", path, "--json"]), next);
+    let (ok, text, _) = ferryctl(&cluster, &["status", path]);
+    assert!(
+        ok && text.starts_with(&format!("{path}\n  project ")),
+        "{text}"
+    );
+    let page = json(&cluster, &["list", "--limit", "2", "--json"]);
+    assert_eq!(
+        page["repositories"].as_array().map(Vec::len),
+        Some(2),
+        "{page}"
+    );
+    let after = page["next_after"].as_str().expect("next_after");
+    let (ok, text, _) = ferryctl(&cluster, &["list", "--limit", "2"]);
+    assert!(
+        ok && text.ends_with(&format!("next: --after {after}\n")),
+        "{text}"
+    );
+    let writable = json(&cluster, &["writable", path, "--json"]);
+    assert_eq!(writable["path"], path, "{writable}");
+    assert_eq!(writable["writable"], true, "{writable}");
+
     // The switch: resume, pause.
     assert!(ferryctl(&cluster, &["resume"]).0);
     assert_eq!(json(&cluster, &["settings", "--json"])["enabled"], true);

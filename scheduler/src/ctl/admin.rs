@@ -2,16 +2,19 @@
 //! queue, writable.
 
 use clap::Subcommand;
-use serde_json::json;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
     CancelMigrationRequest, CheckWritableRequest, DoubleCheckRequest, ListRepositoriesRequest,
-    PreviewQueueRequest, RegisterRepositoryRequest, Repository, StartMigrationNowRequest,
+    PreviewQueueRequest, RegisterRepositoryRequest, StartMigrationNowRequest,
 };
 use ferry_shared::grpc::client::Connection;
 
-use super::{CtlError, print_repository, repository_json};
+use super::CtlError;
+use super::view::{
+    DoubleCheckView, QueueHeadView, QueueView, RepositoryPageView, RepositoryView, WritableView,
+    emit,
+};
 
 /// Operator commands on repositories.
 #[derive(Debug, Subcommand)]
@@ -102,14 +105,6 @@ pub enum QueueWhich {
     NextAborted,
 }
 
-fn show(repository: &Repository, json: bool) {
-    if json {
-        println!("{}", repository_json(repository));
-    } else {
-        print_repository(repository);
-    }
-}
-
 /// Runs an operator command.
 pub async fn run(
     client: &mut SchedulerClient<Connection>,
@@ -125,21 +120,18 @@ pub async fn run(
                 path,
                 on_new_platform,
             };
-            show(
-                &client.register_repository(request).await?.into_inner(),
-                json,
-            );
+            let repository = client.register_repository(request).await?.into_inner();
+            emit(&RepositoryView::from(repository), json)
         }
         AdminCommand::Start { path, json } => {
             let request = StartMigrationNowRequest { path };
-            show(
-                &client.start_migration_now(request).await?.into_inner(),
-                json,
-            );
+            let repository = client.start_migration_now(request).await?.into_inner();
+            emit(&RepositoryView::from(repository), json)
         }
         AdminCommand::Cancel { path, force, json } => {
             let request = CancelMigrationRequest { path, force };
-            show(&client.cancel_migration(request).await?.into_inner(), json);
+            let repository = client.cancel_migration(request).await?.into_inner();
+            emit(&RepositoryView::from(repository), json)
         }
         AdminCommand::List {
             state,
@@ -153,62 +145,29 @@ pub async fn run(
                 after,
             };
             let page = client.list_repositories(request).await?.into_inner();
-            if json {
-                let repositories: Vec<_> = page.repositories.iter().map(repository_json).collect();
-                println!(
-                    "{}",
-                    json!({ "repositories": repositories, "next_after": page.next_after })
-                );
-            } else {
-                for repository in &page.repositories {
-                    let reason = if repository.skipped_reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", repository.skipped_reason)
-                    };
-                    println!(
-                        "{:<16} {}{reason}",
-                        repository.migration_state, repository.path
-                    );
-                }
-                if !page.next_after.is_empty() {
-                    println!("next: --after {}", page.next_after);
-                }
-            }
+            emit(&RepositoryPageView::from(page), json)
         }
         AdminCommand::Queue { which, json } => {
             let preview = client
                 .preview_queue(PreviewQueueRequest {})
                 .await?
                 .into_inner();
-            let one = match which {
-                None => None,
-                Some(QueueWhich::Next) => Some(("ready", preview.next_ready.as_ref())),
-                Some(QueueWhich::NextAborted) => Some(("aborted", preview.next_aborted.as_ref())),
-            };
-            match one {
-                Some((_, Some(repository))) => show(repository, json),
-                Some((_, None)) if json => println!("null"),
-                Some((queue, None)) => println!("no {queue} repository waits"),
-                None if json => println!(
-                    "{}",
-                    json!({
-                        "ready": preview.ready,
-                        "next_ready": preview.next_ready.as_ref().map(repository_json),
-                        "next_aborted": preview.next_aborted.as_ref().map(repository_json),
-                    })
+            match which {
+                None => emit(&QueueView::from(preview), json),
+                Some(QueueWhich::Next) => emit(
+                    &QueueHeadView {
+                        queue: "ready",
+                        repository: preview.next_ready.map(Into::into),
+                    },
+                    json,
                 ),
-                None => {
-                    let path = |r: &Option<Repository>| {
-                        r.as_ref().map_or("-".to_owned(), |r| r.path.clone())
-                    };
-                    println!("ready repositories  {}", preview.ready);
-                    println!(
-                        "next aborted retry  {} (retried first)",
-                        path(&preview.next_aborted)
-                    );
-                    println!("next ready          {}", path(&preview.next_ready));
-                }
+                Some(QueueWhich::NextAborted) => emit(
+                    &QueueHeadView {
+                        queue: "aborted",
+                        repository: preview.next_aborted.map(Into::into),
+                    },
+                    json,
+                ),
             }
         }
         AdminCommand::DoubleCheck {
@@ -223,54 +182,14 @@ pub async fn run(
                 })
                 .await?
                 .into_inner();
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "since": report.since, "checked": report.checked, "missing": report.missing,
-                        "created": report.created, "missing_paths": report.missing_paths,
-                        "last_full_repair_pass_at": (!report.last_full_repair_pass_at.is_empty()).then_some(&report.last_full_repair_pass_at),
-                    })
-                );
-            } else {
-                println!(
-                    "double-check since {}{}",
-                    report.since,
-                    if dry_run { " (dry run)" } else { "" }
-                );
-                println!("  repositories created in the window   {}", report.checked);
-                println!("  missing here                          {}", report.missing);
-                println!("  created                               {}", report.created);
-                for path in &report.missing_paths {
-                    println!("    {path}");
-                }
-                let pass = if report.last_full_repair_pass_at.is_empty() {
-                    "none yet: check back to the start of the migration".to_owned()
-                } else {
-                    format!(
-                        "{} (checking back to then is enough)",
-                        report.last_full_repair_pass_at
-                    )
-                };
-                println!("  last full repair pass started        {pass}");
-            }
+            emit(&DoubleCheckView::new(report, dry_run), json)
         }
         AdminCommand::Writable { path, json } => {
             let answer = client
                 .check_writable(CheckWritableRequest { path: path.clone() })
                 .await?
                 .into_inner();
-            if json {
-                println!(
-                    "{}",
-                    json!({ "path": path, "writable": answer.writable, "migration_state": answer.migration_state, "reason": answer.reason })
-                );
-            } else if answer.writable {
-                println!("{path} accepts writes ({})", answer.migration_state);
-            } else {
-                println!("{path} is read-only: {}", answer.reason);
-            }
+            emit(&WritableView::new(path, answer), json)
         }
     }
-    Ok(())
 }

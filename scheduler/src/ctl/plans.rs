@@ -1,15 +1,15 @@
 //! `ferryctl plans`: the plan of each root namespace, the source of the `target_plans` setting.
 
 use clap::Subcommand;
-use serde_json::json;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
-    ListNamespacePlansRequest, NamespacePlan, NamespacePlans, SetNamespacePlansRequest,
+    ListNamespacePlansRequest, NamespacePlan, SetNamespacePlansRequest,
 };
 use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
+use super::view::{PlansView, emit};
 
 /// `ferryctl plans` actions (`list` when none is given).
 #[derive(Debug, Subcommand)]
@@ -67,8 +67,7 @@ pub async fn run(
         }
     }
     .into_inner();
-    print(&plans, json);
-    Ok(())
+    emit(&PlansView::from(plans), json)
 }
 
 /// The entries of a plans file, or the first bad line.
@@ -95,24 +94,6 @@ fn parse(text: &str) -> Result<Vec<NamespacePlan>, String> {
         });
     }
     Ok(plans)
-}
-
-fn print(plans: &NamespacePlans, json: bool) {
-    if json {
-        let entries: serde_json::Map<String, serde_json::Value> = plans
-            .plans
-            .iter()
-            .map(|p| (p.namespace.clone(), json!(p.plan)))
-            .collect();
-        println!("{}", json!({ "plans": entries }));
-        return;
-    }
-    if plans.plans.is_empty() {
-        println!("no namespace plans: every namespace is on free");
-    }
-    for plan in &plans.plans {
-        println!("{:<40} {}", plan.namespace, plan.plan);
-    }
 }
 
 #[cfg(test)]

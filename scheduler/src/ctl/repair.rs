@@ -5,16 +5,19 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Subcommand;
-use serde_json::json;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
-    BackgroundMigration, BackgroundMigrationSelector, GetRepairStatusRequest, RepairStatus,
-    RetryFailedRepairsRequest, StartRepairRestoreRequest, UpdateSettingsRequest,
+    BackgroundMigrationSelector, GetRepairStatusRequest, RetryFailedRepairsRequest,
+    StartRepairRestoreRequest, UpdateSettingsRequest,
 };
 use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
+use super::view::{
+    BackgroundMigrationListView, BackgroundMigrationView, RepairProgressView, RepairStatusView,
+    emit,
+};
 
 /// How often `--wait` polls.
 const POLL: Duration = Duration::from_secs(2);
@@ -97,7 +100,7 @@ pub async fn run_repair(
                                 .into(),
                         ));
                     }
-                    let line = progress_line(&status);
+                    let line = RepairProgressView::from(&status);
                     if tty {
                         eprint!("\r\x1b[2K{line}");
                     } else {
@@ -110,12 +113,7 @@ pub async fn run_repair(
                     eprint!("\r\x1b[2K");
                 }
             }
-            if json {
-                println!("{}", repair_json(&status));
-            } else {
-                print_repair(&status);
-            }
-            Ok(())
+            emit(&status, json)
         }
         RepairCommand::Enable { concurrency } => {
             let settings = client
@@ -155,26 +153,29 @@ pub async fn run_repair(
             force,
             wait,
         } => {
-            let mut migration = client
-                .start_repair_restore(StartRepairRestoreRequest { batch_size, force })
-                .await?
-                .into_inner();
+            let mut migration = BackgroundMigrationView::from(
+                client
+                    .start_repair_restore(StartRepairRestoreRequest { batch_size, force })
+                    .await?
+                    .into_inner(),
+            );
             eprintln!(
                 "background migration {} created: projects {}..{}, {} per job",
                 migration.name, migration.min_value, migration.max_value, migration.batch_size
             );
             if wait {
-                while !matches!(migration.status.as_str(), "finished" | "failed") {
-                    eprintln!("{}", migration_line(&migration));
+                while !migration.ended() {
+                    eprintln!("{migration}");
                     tokio::time::sleep(POLL).await;
                     migration = one_migration(client, &migration.name).await?;
                 }
             }
-            eprintln!("{}", migration_line(&migration));
+            eprintln!("{migration}");
             if migration.status == "failed" {
                 return Err(CtlError::Incomplete(format!(
                     "{} failed: {}",
-                    migration.name, migration.failure_error_code
+                    migration.name,
+                    migration.failure_error_code.as_deref().unwrap_or_default()
                 )));
             }
             Ok(())
@@ -195,17 +196,7 @@ pub async fn run_bbm(
                 })
                 .await?
                 .into_inner();
-            if json {
-                let all: Vec<_> = list.migrations.iter().map(migration_json).collect();
-                println!("{}", serde_json::Value::Array(all));
-            } else if list.migrations.is_empty() {
-                println!("no background migrations");
-            } else {
-                for migration in &list.migrations {
-                    println!("{}", migration_line(migration));
-                }
-            }
-            Ok(())
+            emit(&BackgroundMigrationListView::from(list), json)
         }
         BbmCommand::Pause { name } => {
             let selector = BackgroundMigrationSelector {
@@ -242,17 +233,20 @@ fn listed(names: &[String]) -> String {
     }
 }
 
-async fn repair_status(client: &mut SchedulerClient<Connection>) -> Result<RepairStatus, CtlError> {
+async fn repair_status(
+    client: &mut SchedulerClient<Connection>,
+) -> Result<RepairStatusView, CtlError> {
     Ok(client
         .get_repair_status(GetRepairStatusRequest {})
         .await?
-        .into_inner())
+        .into_inner()
+        .into())
 }
 
 async fn one_migration(
     client: &mut SchedulerClient<Connection>,
     name: &str,
-) -> Result<BackgroundMigration, CtlError> {
+) -> Result<BackgroundMigrationView, CtlError> {
     client
         .list_background_migrations(BackgroundMigrationSelector {
             name: name.to_owned(),
@@ -262,129 +256,6 @@ async fn one_migration(
         .migrations
         .into_iter()
         .next()
+        .map(Into::into)
         .ok_or_else(|| CtlError::Incomplete(format!("background migration {name} vanished")))
-}
-
-fn eta(seconds: u64) -> String {
-    match seconds {
-        0 => "-".to_owned(),
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s => format!("{:.1} h", s as f64 / 3600.0),
-    }
-}
-
-fn progress_line(s: &RepairStatus) -> String {
-    format!(
-        "repair scan: {}/{} projects analyzed · {} left · {:.0} projects/s · ETA {} · {} missing repositories so far",
-        s.completed,
-        s.projects,
-        s.pending + s.ongoing,
-        s.projects_per_second,
-        eta(s.eta_seconds),
-        s.missing_repositories
-    )
-}
-
-fn repair_json(s: &RepairStatus) -> serde_json::Value {
-    json!({
-        "enabled": s.enabled, "max_concurrency": s.max_concurrency, "projects": s.projects,
-        "completed": s.completed, "ongoing": s.ongoing, "failed": s.failed, "pending": s.pending,
-        "missing_repositories": s.missing_repositories,
-        "projects_with_missing": s.projects_with_missing,
-        "projects_per_second": s.projects_per_second, "eta_seconds": s.eta_seconds,
-        "scanner": s.scanner, "scanner_reported_at": s.scanner_reported_at,
-        "pass_started_at": s.pass_started_at,
-        "passes": s.passes.iter().map(|p| json!({
-            "started_at": p.started_at, "finished_at": p.finished_at,
-            "projects": p.projects, "missing": p.missing,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-fn print_repair(s: &RepairStatus) {
-    println!("Project repair scan");
-    println!(
-        "  scan                 {} ({} workers)",
-        if s.enabled { "on" } else { "off" },
-        s.max_concurrency
-    );
-    println!("  projects             {}", s.projects);
-    println!("  analyzed             {}", s.completed);
-    println!("  in analysis          {}", s.ongoing);
-    println!("  failed               {}", s.failed);
-    println!("  left                 {}", s.pending);
-    println!(
-        "  missing repositories {} under {} projects",
-        s.missing_repositories, s.projects_with_missing
-    );
-    println!(
-        "  rate                 {:.0} projects/s · ETA {}",
-        s.projects_per_second,
-        eta(s.eta_seconds)
-    );
-    if !s.scanner.is_empty() {
-        println!(
-            "  scanner              {} (reported {})",
-            s.scanner, s.scanner_reported_at
-        );
-    }
-    if !s.pass_started_at.is_empty() {
-        println!("  pass started         {}", s.pass_started_at);
-    }
-    match s.passes.first() {
-        None => println!("  full passes          none yet"),
-        Some(_) => {
-            println!("  full passes (newest first)");
-            for p in &s.passes {
-                println!(
-                    "    {} → {}: {} projects, {} missing",
-                    p.started_at, p.finished_at, p.projects, p.missing
-                );
-            }
-        }
-    }
-}
-
-fn migration_line(m: &BackgroundMigration) -> String {
-    let failure = if m.failure_error_code.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", m.failure_error_code)
-    };
-    let error = if m.last_error.is_empty() {
-        String::new()
-    } else {
-        format!(" · last error: {}", m.last_error)
-    };
-    format!(
-        "{} [{}{failure}] {}:{}.{} {}..{} · {:.0} % · {}/{} jobs finished, {} failed · {} attempts · {:.1} s of work{error}",
-        m.name,
-        m.status,
-        m.job_signature_name,
-        m.table_name,
-        m.column_name,
-        m.min_value,
-        m.max_value,
-        m.progress * 100.0,
-        m.jobs_finished,
-        m.jobs,
-        m.jobs_failed,
-        m.attempts,
-        m.work_ms as f64 / 1000.0
-    )
-}
-
-fn migration_json(m: &BackgroundMigration) -> serde_json::Value {
-    json!({
-        "name": m.name, "job_signature_name": m.job_signature_name,
-        "table_name": m.table_name, "column_name": m.column_name,
-        "min_value": m.min_value, "max_value": m.max_value, "batch_size": m.batch_size,
-        "status": m.status,
-        "failure_error_code": (!m.failure_error_code.is_empty()).then_some(&m.failure_error_code),
-        "created_at": m.created_at, "started_at": m.started_at, "finished_at": m.finished_at,
-        "jobs": m.jobs, "jobs_finished": m.jobs_finished, "jobs_failed": m.jobs_failed,
-        "attempts": m.attempts, "work_ms": m.work_ms, "progress": m.progress,
-        "last_error": m.last_error,
-    })
 }

@@ -2,16 +2,15 @@
 //! lease and stuck deduplication.
 
 use clap::Subcommand;
-use serde_json::json;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{
-    ClearDedupRequest, ClearLeaseRequest, DedupStatus, GetDedupRequest, GetLeaseRequest,
-    LeaseStatus,
+    ClearDedupRequest, ClearLeaseRequest, GetDedupRequest, GetLeaseRequest,
 };
 use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
+use super::view::{DedupView, LeaseView, emit};
 
 /// `ferryctl lease` actions (`show` when none is given).
 #[derive(Debug, Subcommand)]
@@ -51,8 +50,7 @@ pub async fn lease(
         }
     }
     .into_inner();
-    print_lease(&lease, json);
-    Ok(())
+    emit(&LeaseView::from(lease), json)
 }
 
 /// Runs `ferryctl dedup`.
@@ -70,54 +68,5 @@ pub async fn dedup(
         }
     }
     .into_inner();
-    print_dedup(&status, json);
-    Ok(())
-}
-
-fn print_dedup(status: &DedupStatus, json: bool) {
-    if json {
-        let value = json!({
-            "pending": status.pending, "owner": status.owner,
-            "ttl_left_ms": status.ttl_left_ms,
-            "deduplicated_triggers": status.deduplicated_triggers,
-        });
-        println!("{value}");
-    } else if status.pending {
-        println!("an enqueue trigger is pending, set by {}", status.owner);
-        println!(
-            "  expires in      {:.1} s unless a pass consumes it first",
-            status.ttl_left_ms as f64 / 1000.0
-        );
-        println!(
-            "  collapsed here  {} triggers",
-            status.deduplicated_triggers
-        );
-    } else {
-        println!(
-            "no enqueue trigger pending ({} collapsed here since start)",
-            status.deduplicated_triggers
-        );
-    }
-}
-
-/// Prints the lease, as text or JSON.
-pub fn print_lease(lease: &LeaseStatus, json: bool) {
-    if json {
-        let value = json!({
-            "held": lease.held, "holder": lease.holder, "fence": lease.fence,
-            "age_ms": lease.age_ms, "ttl_left_ms": lease.ttl_left_ms,
-            "deduplicated_triggers": lease.deduplicated_triggers,
-        });
-        println!("{value}");
-    } else if lease.held {
-        println!("enqueue lease held by {}", lease.holder);
-        println!("  fencing token   {}", lease.fence);
-        println!("  held for        {:.1} s", lease.age_ms as f64 / 1000.0);
-        println!(
-            "  expires in      {:.1} s unless renewed",
-            lease.ttl_left_ms as f64 / 1000.0
-        );
-    } else {
-        println!("nobody holds the enqueue lease: nothing dispatches until a scheduler takes it");
-    }
+    emit(&DedupView::from(status), json)
 }

@@ -1,13 +1,13 @@
 //! `ferryctl settings`: show the run-time settings, or change some of them.
 
 use clap::Args;
-use serde_json::json;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
-use ferry_proto::scheduler::v1::{GetSettingsRequest, Settings, StringList, UpdateSettingsRequest};
+use ferry_proto::scheduler::v1::{GetSettingsRequest, StringList, UpdateSettingsRequest};
 use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
+use super::view::{SettingsView, emit};
 
 /// Changes to make; with none, the settings are shown.
 #[derive(Debug, Args)]
@@ -118,83 +118,5 @@ pub async fn run(
             .await?
             .into_inner(),
     };
-    if args.json {
-        println!("{}", settings_json(&settings));
-    } else {
-        print_settings(&settings);
-    }
-    Ok(())
-}
-
-fn settings_json(s: &Settings) -> serde_json::Value {
-    json!({
-        "enabled": s.enabled, "capacity": s.capacity, "max_retries": s.max_retries,
-        "max_step_duration_secs": s.max_step_duration_secs,
-        "pre_import_timeout_secs": s.pre_import_timeout_secs,
-        "import_timeout_secs": s.import_timeout_secs, "max_tags_count": s.max_tags_count,
-        "start_max_retries": s.start_max_retries, "pre_import_tags_rate": s.pre_import_tags_rate,
-        "enqueue_waiting_time_secs": s.enqueue_waiting_time_secs,
-        "created_before": (!s.created_before.is_empty()).then_some(&s.created_before),
-        "target_plans": s.target_plans.as_ref().map(|l| &l.values),
-        "deny_root_namespaces": s.deny_root_namespaces,
-        "repair_enabled": s.repair_enabled,
-        "repair_max_concurrency": s.repair_max_concurrency,
-        "repair_stale_after_secs": s.repair_stale_after_secs,
-    })
-}
-
-fn print_settings(s: &Settings) {
-    let or = |value: &str, empty: &str| {
-        if value.is_empty() {
-            empty.to_owned()
-        } else {
-            value.to_owned()
-        }
-    };
-    println!("Ferry settings");
-    println!(
-        "  switch                     {}",
-        if s.enabled { "on" } else { "off" }
-    );
-    println!("  capacity                   {}", s.capacity);
-    println!("  max retries                {}", s.max_retries);
-    println!(
-        "  max step duration          {} s",
-        s.max_step_duration_secs
-    );
-    println!(
-        "  pre-import timeout         {} s (or {} s per tag)",
-        s.pre_import_timeout_secs, s.pre_import_tags_rate
-    );
-    println!("  final import timeout       {} s", s.import_timeout_secs);
-    let tags = if s.max_tags_count == 0 {
-        "no limit".to_owned()
-    } else {
-        s.max_tags_count.to_string()
-    };
-    println!("  max tags                   {tags}");
-    println!("  start attempts when busy   {}", s.start_max_retries);
-    println!(
-        "  wait between steps         {} s",
-        s.enqueue_waiting_time_secs
-    );
-    println!(
-        "  registered before          {}",
-        or(&s.created_before, "any time")
-    );
-    let plans = s
-        .target_plans
-        .as_ref()
-        .map_or_else(|| "all".to_owned(), |l| l.values.join(", "));
-    println!("  target plans               {plans}");
-    println!(
-        "  denied root namespaces     {}",
-        or(&s.deny_root_namespaces.join(", "), "none")
-    );
-    println!(
-        "  repair scan                {} ({} workers, stale after {} s)",
-        if s.repair_enabled { "on" } else { "off" },
-        s.repair_max_concurrency,
-        s.repair_stale_after_secs
-    );
+    emit(&SettingsView::from(settings), args.json)
 }
