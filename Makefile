@@ -17,9 +17,11 @@ build: ## Build every binary
 demo: setup build ## Migrate a sample registry end to end and print a summary (REGISTRY_DIR=/abs/dir for your own)
 	@bash scripts/demo.sh
 
-lint: ## rustfmt check and clippy with warnings denied
+lint: ## rustfmt check, clippy with warnings denied, unused dependencies (cargo-machete), cargo deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@bash scripts/setup.sh --lint-tools >/dev/null
+	@bash scripts/check-deps.sh
 
 test: setup lint ## Set up, lint, check the Helm chart, and run every test against real PostgreSQL, Redis and registry data
 	@bash scripts/drop-test-databases.sh

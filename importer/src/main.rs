@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use ferry_importer::config::{ImportCommand, ImporterArgs, ImporterCommand};
+use ferry_shared::startup::{migrate_main, serve_main};
+
+const BINARY: &str = "ferry-importer";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -17,63 +20,36 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: &ImporterArgs) -> ExitCode {
-    let config = match args.validate() {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("ferry-importer: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    let _telemetry = ferry_shared::telemetry::init("ferry-importer");
-    let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!(
-                "ferry-importer: cannot listen on {}: {err}",
-                config.listen_addr
-            );
-            return ExitCode::from(1);
-        }
-    };
-    match ferry_importer::run(config, listener, ferry_shared::grpc::shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(%err, "importer stopped");
-            eprintln!("ferry-importer: {err}");
-            ExitCode::from(1)
-        }
-    }
+    serve_main(
+        BINARY,
+        args.validate(),
+        |config| config.listen_addr,
+        |config, listener| {
+            ferry_importer::run(config, listener, ferry_shared::grpc::shutdown_signal())
+        },
+    )
+    .await
 }
 
 async fn migrate(args: &ImporterArgs) -> ExitCode {
-    let url = match args.validate_migrate() {
-        Ok(url) => url,
-        Err(message) => {
-            eprintln!("ferry-importer: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    match ferry_importer::migrate_database(&url).await {
-        Ok(version) => {
-            println!("ferry-importer: metadata database schema at version {version}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("ferry-importer: {err}");
-            ExitCode::from(1)
-        }
-    }
+    migrate_main(
+        BINARY,
+        "metadata database",
+        args.validate_migrate(),
+        |url| async move { ferry_importer::migrate_database(&url).await },
+    )
+    .await
 }
 
 async fn import(args: &ImporterArgs, command: &ImportCommand) -> ExitCode {
     let config = match args.validate_import(command) {
         Ok(config) => config,
         Err(message) => {
-            eprintln!("ferry-importer: {message}");
+            eprintln!("{BINARY}: {message}");
             return ExitCode::from(2);
         }
     };
-    let _telemetry = ferry_shared::telemetry::init("ferry-importer");
+    let _telemetry = ferry_shared::telemetry::init(BINARY);
     let dry_run = config.dry_run;
     match ferry_importer::run_import(config).await {
         Ok(summary) => {
@@ -85,7 +61,7 @@ async fn import(args: &ImporterArgs, command: &ImportCommand) -> ExitCode {
             }
         }
         Err(err) => {
-            eprintln!("ferry-importer: {err}");
+            eprintln!("{BINARY}: {err}");
             ExitCode::from(1)
         }
     }

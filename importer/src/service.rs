@@ -1,12 +1,10 @@
 //! The import service: the domain side of `ferry.importer.v1.Importer`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
 
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::{
@@ -15,6 +13,7 @@ use ferry_proto::importer::v1::{
     SubRepositoriesBatchPage,
 };
 use ferry_shared::ids::RepositoryPath;
+use ferry_shared::lifecycle::Tasks;
 use ferry_shared::storage::BlobStore;
 use tracing::Instrument as _;
 
@@ -111,9 +110,10 @@ struct Inner {
     limits: StepLimits,
     permits: Arc<Semaphore>,
     running: Arc<RunningSteps>,
-    /// Background steps, so shutdown can wait for them to record their end and notify.
-    tasks: TaskTracker,
-    shutting_down: AtomicBool,
+    /// Background steps, so shutdown can wait for them to record their end and notify (the
+    /// service's tasks when it runs as one, see [`Importer::with_tasks`]); once they are told
+    /// to stop, starts are refused.
+    tasks: Tasks,
     metrics: ImporterMetrics,
 }
 
@@ -193,8 +193,7 @@ impl Importer {
                 limits,
                 permits,
                 running: Arc::default(),
-                tasks: TaskTracker::new(),
-                shutting_down: AtomicBool::new(false),
+                tasks: Tasks::new(),
                 metrics: ImporterMetrics::default(),
             }),
         }
@@ -205,6 +204,15 @@ impl Importer {
         metrics.slots(0, self.inner.limits.max_concurrent_imports);
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.metrics = metrics;
+        }
+        self
+    }
+
+    /// The importer, running its steps on the service's `tasks` and stopping with them (call
+    /// right after [`Self::new`]).
+    pub fn with_tasks(mut self, tasks: &Tasks) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tasks = tasks.clone();
         }
         self
     }
@@ -254,7 +262,7 @@ impl Importer {
     /// stopped, to be recorded as failed with reason `shutdown` and handed back to the scheduler
     /// (which retries it without counting a retry).
     pub fn begin_shutdown(&self) {
-        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.tasks.stop();
         let stopped = self.inner.running.stop_all();
         tracing::info!(stopped, "importer shutting down; running steps stopped");
     }
@@ -262,10 +270,7 @@ impl Importer {
     /// Waits up to `grace` for stopped steps to record their end and notify the scheduler.
     /// Returns false if some were still running when the grace period ended.
     pub async fn drain(&self, grace: Duration) -> bool {
-        self.inner.tasks.close();
-        tokio::time::timeout(grace, self.inner.tasks.wait())
-            .await
-            .is_ok()
+        self.inner.tasks.stop_and_wait(grace).await.is_ok()
     }
 
     /// This importer's load: steps running, the limit, whether it is shutting down.
@@ -274,7 +279,7 @@ impl Importer {
         Capacity {
             in_flight: as_u32(self.in_flight()),
             max_concurrent_imports: as_u32(self.inner.limits.max_concurrent_imports),
-            shutting_down: self.inner.shutting_down.load(Ordering::SeqCst),
+            shutting_down: self.inner.tasks.is_stopping(),
         }
     }
 
@@ -434,7 +439,7 @@ impl ImportService for Importer {
     ) -> Result<StartImportResponse, ApiError> {
         let path =
             RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        if self.inner.shutting_down.load(Ordering::SeqCst) {
+        if self.inner.tasks.is_stopping() {
             return Err(ApiError::ShuttingDown);
         }
         if import_type == ImportType::Unspecified {
@@ -475,11 +480,13 @@ impl ImportService for Importer {
         // always reaches the step.
         let running = self.inner.running.register(&path, claimed.step);
         let span = step_span(&path, import_type, claimed.step);
-        self.inner.tasks.spawn(
-            self.clone()
-                .run_step(path, claimed, import_type, permit, running)
-                .instrument(span),
-        );
+        let step = self
+            .clone()
+            .run_step(path, claimed, import_type, permit, running)
+            .instrument(span);
+        self.inner.tasks.spawn("import step", |_stop| async move {
+            step.await;
+        });
         Ok(StartImportResponse {
             outcome: StartOutcome::Accepted.into(),
             status: statuses(import_type).in_progress.into(),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use ferry_proto::common::v1::{ImportStats, MigrationStatus};
+use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 
 use crate::lease::HeldLease;
 use crate::store::EndedStep;
@@ -75,6 +75,59 @@ pub enum Message {
     },
 }
 
+/// What the [`Enqueuer`] reacts to: its timer, or a message from its mailbox.
+#[derive(Debug)]
+pub enum Event {
+    /// The timer: take the lease if it is free, then a whole pass.
+    Tick,
+    /// A message (with every message already waiting behind it).
+    Message(Message),
+}
+
+/// What handling one [`Event`] decided ([`Enqueuer::handle`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The lease was taken, with this fencing token.
+    pub took_lease: Option<u64>,
+    /// Whether this replica holds the lease afterwards.
+    pub leading: bool,
+    /// Step ends applied (a duplicate or stale report is not counted).
+    pub ended: usize,
+    /// Steps claimed and handed to the dispatcher, in order.
+    pub started: Vec<Start>,
+    /// Aborted repositories settled without a new step (finished, or waiting for their step).
+    pub settled: usize,
+    /// An end was applied without the lease, and the holder woken through Redis.
+    pub woke_holder: bool,
+}
+
+/// A step claimed for a start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// The repository.
+    pub path: String,
+    /// The step's number.
+    pub step: i64,
+    /// Pre-import or final import.
+    pub import_type: ImportType,
+}
+
+/// Where the answer to a [`Message::StepEnded`] comes back.
+pub type StepEndAnswer = oneshot::Receiver<Result<Option<EndedStep>, sqlx::Error>>;
+
+impl Message {
+    /// A step's end, reported in the current span, and where its answer comes back.
+    pub fn step_ended(report: StepReport) -> (Self, StepEndAnswer) {
+        let (reply, answer) = oneshot::channel();
+        let message = Message::StepEnded {
+            report,
+            span: tracing::Span::current(),
+            reply,
+        };
+        (message, answer)
+    }
+}
+
 /// How the rest of the scheduler talks to the [`Enqueuer`].
 #[derive(Debug, Clone)]
 pub struct EnqueueHandle {
@@ -97,14 +150,9 @@ impl EnqueueHandle {
     /// Has the enqueuer apply a step's end; returns it as applied (`None`: a duplicate or stale
     /// report that changed nothing).
     pub async fn step_ended(&self, report: StepReport) -> Result<Option<EndedStep>, EnqueueError> {
-        let (reply, answer) = oneshot::channel();
-        let span = tracing::Span::current();
+        let (message, answer) = Message::step_ended(report);
         self.mailbox
-            .send(Message::StepEnded {
-                report,
-                span,
-                reply,
-            })
+            .send(message)
             .await
             .map_err(|_| EnqueueError::Stopped)?;
         Ok(answer.await.map_err(|_| EnqueueError::Stopped)??)

@@ -15,7 +15,7 @@
 
 use ferry_proto::common::v1::MigrationStatus;
 
-use crate::importers::{CancelResult, ImporterPool, StepStatus, is_unreachable};
+use crate::importers::{CancelResult, ImporterError, ImporterPool, StepStatus};
 use crate::lease::HeldLease;
 use crate::state::{MigrationState, SkipReason};
 use crate::store::{Abort, RepoKey, SchedulerStore, Settings, StaleStep};
@@ -75,7 +75,7 @@ impl Verdict {
 /// be asked, or could not tell).
 pub fn verdict(
     step: &StaleStep,
-    answer: Result<StepStatus, tonic::Status>,
+    answer: Result<StepStatus, ImporterError>,
     settings: &Settings,
 ) -> Verdict {
     use MigrationStatus::*;
@@ -89,19 +89,19 @@ pub fn verdict(
     let answer = match answer {
         Ok(answer) => answer,
         // The importer that accepted the step is gone.
-        Err(status) if is_unreachable(&status) && step.migration_importer.is_some() => {
-            return Verdict::Orphaned(format!("importer unreachable: {}", status.message()));
+        Err(ImporterError::Unreachable(why)) if step.migration_importer.is_some() => {
+            return Verdict::Orphaned(format!("importer unreachable: {why}"));
         }
         // Nobody recorded the step's importer and one importer could not be asked: it may run
         // the step. Left alone until the step's own time limit.
-        Err(status) if is_unreachable(&status) => {
+        Err(ImporterError::Unreachable(why)) => {
             return if past_limit {
-                Verdict::Orphaned(format!("past its time limit and {}", status.message()))
+                Verdict::Orphaned(format!("past its time limit and {why}"))
             } else {
                 Verdict::LeaveAlone
             };
         }
-        Err(status) => return Verdict::Abort(format!("status check failed: {}", status.message())),
+        Err(refused) => return Verdict::Abort(format!("status check failed: {refused}")),
     };
     let number = u64::try_from(step.migration_step).unwrap_or(0);
     match (state, answer.status) {
@@ -311,8 +311,8 @@ impl Guard {
                 Ok(true)
             }
             CancelResult::Canceled(_) => Ok(false),
-            CancelResult::NotCanceled(status) | CancelResult::Unreachable(status) => {
-                tracing::warn!(repository = %step.path, %status, "the guard's cancel was not carried out");
+            CancelResult::NotCanceled(error) | CancelResult::Unreachable(error) => {
+                tracing::warn!(repository = %step.path, %error, "the guard's cancel was not carried out");
                 Ok(false)
             }
         }
@@ -350,7 +350,7 @@ mod tests {
         status: MigrationStatus,
         step: u64,
         running: bool,
-    ) -> Result<StepStatus, tonic::Status> {
+    ) -> Result<StepStatus, ImporterError> {
         Ok(StepStatus {
             status,
             step,
@@ -359,7 +359,7 @@ mod tests {
         })
     }
 
-    fn ok(status: MigrationStatus, running: bool) -> Result<StepStatus, tonic::Status> {
+    fn ok(status: MigrationStatus, running: bool) -> Result<StepStatus, ImporterError> {
         at_step(status, 3, running)
     }
 
@@ -410,7 +410,11 @@ mod tests {
         let s = settings();
         let mut unrecorded = step("importing", 400.0);
         unrecorded.migration_importer = None;
-        let unknown = || Err(tonic::Status::unavailable("importer-2 did not answer"));
+        let unknown = || {
+            Err(ImporterError::Unreachable(
+                "importer-2 did not answer".into(),
+            ))
+        };
         assert_eq!(verdict(&unrecorded, unknown(), &s), Verdict::LeaveAlone);
         unrecorded.age_seconds = 601.0;
         assert!(matches!(
@@ -476,7 +480,7 @@ mod tests {
         assert!(matches!(
             verdict(
                 &step("importing", 400.0),
-                Err(tonic::Status::unavailable("down")),
+                Err(ImporterError::Unreachable("down".into())),
                 &s
             ),
             Verdict::Orphaned(_)
@@ -500,7 +504,10 @@ mod tests {
         assert!(matches!(
             verdict(
                 &step("importing", 400.0),
-                Err(tonic::Status::not_found("no row")),
+                Err(ImporterError::Refused {
+                    code: tonic::Code::NotFound,
+                    message: "no row".into(),
+                }),
                 &s
             ),
             Verdict::Abort(_)

@@ -29,6 +29,51 @@ fn quick<T>(message: T) -> tonic::Request<T> {
     request
 }
 
+/// Why a call to the importers brought no answer. The gRPC status stops here: the rest of the
+/// scheduler decides on these two cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImporterError {
+    /// No importer could be asked: down, frozen past the call's deadline, partitioned, or none
+    /// known. Nothing can be concluded about the repository from it.
+    #[error("no importer reachable: {0}")]
+    Unreachable(String),
+    /// An importer answered with a refusal (`code` is the gRPC code it answered with).
+    #[error("importer refused ({code:?}): {message}")]
+    Refused {
+        /// The importer's gRPC code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl From<tonic::Status> for ImporterError {
+    /// A call past its deadline on this side ends `CANCELLED` ("Timeout expired"): a frozen
+    /// importer, not an answer.
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                Self::Unreachable(status.message().to_owned())
+            }
+            code => Self::Refused {
+                code,
+                message: status.message().to_owned(),
+            },
+        }
+    }
+}
+
+impl ImporterError {
+    /// Whether no importer could be asked (as opposed to an answer).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable(_))
+    }
+
+    fn none_configured() -> Self {
+        Self::Unreachable("no importers configured".to_owned())
+    }
+}
+
 /// What [`ImporterPool::cancel_step`] found.
 #[derive(Debug, Clone)]
 pub enum CancelResult {
@@ -37,9 +82,9 @@ pub enum CancelResult {
     /// The repository's final import completed: the completion won.
     Completed,
     /// Nothing was canceled (no step in progress, without force), and nothing completed.
-    NotCanceled(tonic::Status),
+    NotCanceled(ImporterError),
     /// No importer could be reached.
-    Unreachable(tonic::Status),
+    Unreachable(ImporterError),
 }
 
 /// A step's status as the importers report it, for the guard.
@@ -95,16 +140,6 @@ fn free_slots(capacity: &Capacity) -> i64 {
         return 0;
     }
     i64::from(capacity.max_concurrent_imports) - i64::from(capacity.in_flight)
-}
-
-/// Whether a status means the importer could not be reached (as opposed to an answer). A call
-/// past its deadline on this side ends `CANCELLED` ("Timeout expired"): a frozen importer, not
-/// an answer.
-pub fn is_unreachable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-    )
 }
 
 /// Where importers come from.
@@ -397,24 +432,23 @@ impl ImporterPool {
         &self,
         url: Option<&str>,
         path: &str,
-    ) -> Result<GetImportStatusResponse, tonic::Status> {
+    ) -> Result<GetImportStatusResponse, ImporterError> {
         let request = || {
             quick(GetImportStatusRequest {
                 path: path.to_owned(),
             })
         };
         if let Some(mut client) = url.and_then(|url| self.client(url)) {
-            return client
-                .get_import_status(request())
-                .await
-                .map(tonic::Response::into_inner);
+            return Ok(client.get_import_status(request()).await?.into_inner());
         }
-        let mut last = tonic::Status::unavailable("no importers configured");
+        let mut last = ImporterError::none_configured();
         for m in self.members() {
             match m.client.clone().get_import_status(request()).await {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if is_unreachable(&status) => last = status,
-                Err(status) => return Err(status),
+                Err(status) => match ImporterError::from(status) {
+                    unreachable @ ImporterError::Unreachable(_) => last = unreachable,
+                    refused => return Err(refused),
+                },
             }
         }
         Err(last)
@@ -430,7 +464,7 @@ impl ImporterPool {
         recorded: Option<&str>,
         path: &str,
         step: u64,
-    ) -> Result<StepStatus, tonic::Status> {
+    ) -> Result<StepStatus, ImporterError> {
         let from = |answer: GetImportStatusResponse, running: bool| StepStatus {
             status: MigrationStatus::try_from(answer.status).unwrap_or_default(),
             step: answer.step,
@@ -457,17 +491,18 @@ impl ImporterPool {
             match answer.map(tonic::Response::into_inner) {
                 Ok(answer) if answer.running_step == step => return Ok(from(answer, true)),
                 Ok(answer) => seen = Some(answer),
-                Err(status) if is_unreachable(&status) => unreachable = Some(status),
-                Err(status) => return Err(status),
+                Err(status) => match ImporterError::from(status) {
+                    ImporterError::Unreachable(message) => unreachable = Some(message),
+                    refused => return Err(refused),
+                },
             }
         }
         match (unreachable, seen) {
-            (Some(status), _) => Err(tonic::Status::unavailable(format!(
-                "no importer recorded for step {step}, and one could not be asked: {}",
-                status.message()
+            (Some(message), _) => Err(ImporterError::Unreachable(format!(
+                "no importer recorded for step {step}, and one could not be asked: {message}"
             ))),
             (None, Some(answer)) => Ok(from(answer, false)),
-            (None, None) => Err(tonic::Status::unavailable("no importers configured")),
+            (None, None) => Err(ImporterError::none_configured()),
         }
     }
 
@@ -478,8 +513,8 @@ impl ImporterPool {
         since: &str,
         n: u32,
         last: &str,
-    ) -> Result<RepositoryPage, tonic::Status> {
-        let mut failure = tonic::Status::unavailable("no importers configured");
+    ) -> Result<RepositoryPage, ImporterError> {
+        let mut failure = ImporterError::none_configured();
         for m in self.members() {
             let request = ListRepositoriesCreatedSinceRequest {
                 since: since.to_owned(),
@@ -493,8 +528,10 @@ impl ImporterPool {
                 .await
             {
                 Ok(page) => return Ok(page.into_inner()),
-                Err(status) if is_unreachable(&status) => failure = status,
-                Err(status) => return Err(status),
+                Err(status) => match ImporterError::from(status) {
+                    unreachable @ ImporterError::Unreachable(_) => failure = unreachable,
+                    refused => return Err(refused),
+                },
             }
         }
         Err(failure)
@@ -505,15 +542,17 @@ impl ImporterPool {
     pub async fn list_sub_repositories_batch(
         &self,
         request: ListSubRepositoriesBatchRequest,
-    ) -> Result<SubRepositoriesBatchPage, tonic::Status> {
-        let mut failure = tonic::Status::unavailable("no importers configured");
+    ) -> Result<SubRepositoriesBatchPage, ImporterError> {
+        let mut failure = ImporterError::none_configured();
         for m in self.members() {
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(LISTING_DEADLINE);
             match m.client.clone().list_sub_repositories_batch(call).await {
                 Ok(page) => return Ok(page.into_inner()),
-                Err(status) if is_unreachable(&status) => failure = status,
-                Err(status) => return Err(status),
+                Err(status) => match ImporterError::from(status) {
+                    unreachable @ ImporterError::Unreachable(_) => failure = unreachable,
+                    refused => return Err(refused),
+                },
             }
         }
         Err(failure)
@@ -526,7 +565,9 @@ impl ImporterPool {
     pub async fn cancel_step(&self, path: &str, step: u64, force: bool) -> CancelResult {
         match self.cancel(path, step, force).await {
             Ok(status) => CancelResult::Canceled(status),
-            Err(status) if is_unreachable(&status) => CancelResult::Unreachable(status),
+            Err(unreachable @ ImporterError::Unreachable(_)) => {
+                CancelResult::Unreachable(unreachable)
+            }
             // Refused: whether the completion won decides both sides' end, so a status that
             // cannot be read is no answer either (never taken for "not completed").
             Err(refused) => match self.status(None, path).await {
@@ -534,7 +575,7 @@ impl ImporterPool {
                     CancelResult::Completed
                 }
                 Ok(_) => CancelResult::NotCanceled(refused),
-                Err(status) => CancelResult::Unreachable(status),
+                Err(error) => CancelResult::Unreachable(error),
             },
         }
     }
@@ -547,8 +588,8 @@ impl ImporterPool {
         path: &str,
         step: u64,
         force: bool,
-    ) -> Result<MigrationStatus, tonic::Status> {
-        let mut last = tonic::Status::unavailable("no importers configured");
+    ) -> Result<MigrationStatus, ImporterError> {
+        let mut last = ImporterError::none_configured();
         for m in self.members() {
             let request = CancelImportRequest {
                 path: path.to_owned(),
@@ -561,8 +602,10 @@ impl ImporterPool {
                         MigrationStatus::try_from(response.into_inner().status).unwrap_or_default()
                     );
                 }
-                Err(status) if is_unreachable(&status) => last = status,
-                Err(status) => return Err(status),
+                Err(status) => match ImporterError::from(status) {
+                    unreachable @ ImporterError::Unreachable(_) => last = unreachable,
+                    refused => return Err(refused),
+                },
             }
         }
         Err(last)

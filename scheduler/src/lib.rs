@@ -32,11 +32,10 @@ use tonic::service::Routes;
 
 use ferry_proto::scheduler::v1::scheduler_server::SchedulerServer;
 
-use tokio_util::sync::CancellationToken;
-
+use ferry_shared::lifecycle::Tasks;
 use ferry_shared::metrics::Registry;
 use ferry_shared::security::Security;
-use ferry_shared::startup::with_retries;
+use ferry_shared::startup::{bind_metrics, open_database, with_retries};
 
 use crate::bbm::WorkRegistry;
 use crate::config::SchedulerConfig;
@@ -51,8 +50,12 @@ use crate::store::SchedulerStore;
 /// How often importer DNS names are re-resolved and every importer asked for its load.
 const IMPORTER_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long the repair scan and the background migration worker get to stop at shutdown.
-const SIDE_WORK_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the enqueuer waits at shutdown for the starts in flight (an importer round trip
+/// each); a start cut short is found by the guard of the next lease holder.
+const START_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long every task together gets to stop after the server has drained.
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The background migration work functions this scheduler runs.
 pub fn background_work(importers: Arc<ImporterPool>) -> WorkRegistry {
@@ -127,6 +130,17 @@ fn replica_identity(listen_addr: &str) -> String {
 }
 
 /// Connects, migrates, starts the enqueue loop and serves on `listener` until `shutdown`.
+///
+/// Everything runs on one [`Tasks`]: one stop token, one tracker. The stop goes in this order:
+/// 1. `shutdown` completes (SIGTERM) and the token is cancelled: the gRPC server stops
+///    accepting; the enqueuer stops claiming, releases the lease (another replica takes over at
+///    once) and waits up to [`START_GRACE`] for the starts in flight; the repair scan flushes
+///    what it stashed; a background migration job is cut short (it is retried); the periodic
+///    loops and the metrics endpoint end.
+/// 2. The server finishes the calls in flight (a step's end that finds the enqueuer gone is
+///    answered `UNAVAILABLE`, and the importer reports it to another replica).
+/// 3. Every task is waited for, up to [`SHUTDOWN_DEADLINE`]; any still running is named in the
+///    log and dropped with the runtime.
 pub async fn run(
     config: SchedulerConfig,
     listener: TcpListener,
@@ -142,27 +156,21 @@ pub async fn run(
     let migration_metrics = metrics::MigrationMetrics::register(&mut registry);
     let bbm_metrics = metrics::BbmMetrics::register(&mut registry);
     let repair_metrics = metrics::RepairMetrics::register(&mut registry);
-    let metrics_listener = match config.metrics_addr {
-        None => None,
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(StartupError::Metrics)?;
-            let bound = listener.local_addr().map_err(StartupError::Metrics)?;
-            tracing::info!(addr = %bound, "metrics serving on /metrics");
-            Some(listener)
-        }
-    };
-    let store = with_retries("connecting to the scheduler database", || {
-        SchedulerStore::connect(&config.database_url, 10)
-    })
+    let metrics_listener = bind_metrics(config.metrics_addr)
+        .await
+        .map_err(StartupError::Metrics)?;
+    let store = open_database(
+        "scheduler database",
+        || SchedulerStore::connect(&config.database_url, 10),
+        |store| async move { store.migrate().await },
+    )
     .await?;
-    with_retries("migrating the scheduler database", || store.migrate()).await?;
     let redis_client = redis::Client::open(config.redis_url.as_str())?;
     let redis = with_retries("connecting to Redis", || {
         redis::aio::ConnectionManager::new(redis_client.clone())
     })
     .await?;
+    let identity = replica_identity(&config.listen_addr.to_string());
     let wake_channel = format!("{}:enqueuer:wake", config.redis_prefix);
     let lease = Lease::new(
         redis.clone(),
@@ -170,7 +178,7 @@ pub async fn run(
             key: format!("{}:enqueuer:lease", config.redis_prefix),
             fence_key: format!("{}:enqueuer:fence", config.redis_prefix),
             ttl: config.lease_ttl,
-            holder: replica_identity(&config.listen_addr.to_string()),
+            holder: identity.clone(),
         },
     );
     // A pending trigger lives at most two loop periods: longer would only delay wake-ups.
@@ -178,7 +186,7 @@ pub async fn run(
         redis,
         &config.redis_prefix,
         wake_channel.clone(),
-        replica_identity(&config.listen_addr.to_string()),
+        identity.clone(),
         (config.enqueue_interval * 2).max(std::time::Duration::from_secs(1)),
     )
     .with_counter(migration_metrics.deduplicated_triggers.clone());
@@ -186,10 +194,11 @@ pub async fn run(
         &config.importers,
         security.connector(),
     )?);
-    let importers_for_api = Arc::clone(&importers);
     let members = importers.refresh().await;
     tracing::info!(?members, "importers");
-    let refresher = tokio::spawn({
+
+    let tasks = Tasks::new();
+    tasks.spawn_until_stopped("importer refresh", {
         let importers = Arc::clone(&importers);
         async move {
             loop {
@@ -212,88 +221,78 @@ pub async fn run(
             guard_interval: config.guard_interval,
         },
         guard,
-        importers,
+        Arc::clone(&importers),
         Arc::clone(&storage),
         migration_metrics.clone(),
     );
-    let wakeups = tokio::spawn(enqueue::forward_wakeups(
-        redis_client,
-        wake_channel.clone(),
-        enqueue_handle.clone(),
-    ));
-    let stop_enqueuer = CancellationToken::new();
-    let enqueue_loop = tokio::spawn(enqueuer.run(stop_enqueuer.clone(), SIDE_WORK_GRACE));
-    let gauges = tokio::spawn(report_gauges(store.clone(), migration_metrics.clone()));
-    let stop_side_work = CancellationToken::new();
-    let metrics_endpoint = metrics_listener.map(|listener| {
-        tokio::spawn(ferry_shared::metrics::serve(
-            listener,
-            Arc::new(registry),
-            stop_side_work.clone().cancelled_owned(),
-        ))
+    tasks.spawn_until_stopped(
+        "wake-up listener",
+        enqueue::forward_wakeups(redis_client, wake_channel, enqueue_handle.clone()),
+    );
+    tasks.spawn("enqueuer", |stop| enqueuer.run(stop, START_GRACE));
+    tasks.spawn_until_stopped(
+        "gauges",
+        report_gauges(store.clone(), migration_metrics.clone()),
+    );
+    if let Some(listener) = metrics_listener {
+        let registry = Arc::new(registry);
+        tasks.spawn("metrics endpoint", |stop| {
+            ferry_shared::metrics::serve(listener, registry, stop.cancelled_owned())
+        });
+    }
+    let bbm_worker = bbm::Worker::new(
+        store.clone(),
+        background_work(Arc::clone(&importers)),
+        config.bbm.clone(),
+    )
+    .with_metrics(bbm_metrics);
+    tasks.spawn("background migrations", |stop| {
+        bbm_worker.run(stop.cancelled_owned())
     });
-    let bbm_worker = tokio::spawn(
-        bbm::Worker::new(
-            store.clone(),
-            background_work(Arc::clone(&importers_for_api)),
-            config.bbm.clone(),
-        )
-        .with_metrics(bbm_metrics)
-        .run(stop_side_work.clone().cancelled_owned()),
+    let repair_scan = RepairScan::new(
+        store.clone(),
+        Arc::clone(&importers),
+        enqueue_handle.lease(),
+        identity,
+        config.repair.clone(),
+        repair_metrics,
     );
-    let repair_scan = tokio::spawn(
-        RepairScan::new(
-            store.clone(),
-            Arc::clone(&importers_for_api),
-            enqueue_handle.lease(),
-            replica_identity(&config.listen_addr.to_string()),
-            config.repair.clone(),
-            repair_metrics,
-        )
-        .run(stop_side_work.clone()),
-    );
+    tasks.spawn("repair scan", |stop| repair_scan.run(stop));
     let scheduler = Scheduler::new(
         store,
         storage,
         triggers,
-        lease.clone(),
-        Arc::clone(&importers_for_api),
+        lease,
+        importers,
         config.project_segments,
     )
     .with_metrics(migration_metrics)
-    .with_enqueuer(enqueue_handle);
+    .with_enqueuer(enqueue_handle)
+    .with_tasks(tasks.clone());
     tracing::info!(addr = %config.listen_addr, importers = ?config.importers, "scheduler serving");
     let routes = Routes::new(
         SchedulerServer::new(grpc::SchedulerGrpc(scheduler))
             .max_decoding_message_size(security.limits.max_request_bytes),
     );
+    let stopping = tasks.clone();
     let served = ferry_shared::grpc::serve(
         listener,
         routes,
         &["ferry.scheduler.v1.Scheduler"],
         security.serve_options(grpc::READ_METHODS),
-        shutdown,
+        async move {
+            tokio::select! {
+                () = shutdown => stopping.stop(),
+                () = stopping.stopped() => {}
+            }
+        },
     )
     .await;
-    // The scan flushes what it stashed; a background migration run is capped but may be long,
-    // and a job cut short is retried, so neither gets more than a few seconds.
-    stop_side_work.cancel();
-    for task in [repair_scan, bbm_worker] {
-        let abort = task.abort_handle();
-        if tokio::time::timeout(SIDE_WORK_GRACE, task).await.is_err() {
-            abort.abort();
-        }
+    if let Err(late) = tasks.stop_and_wait(SHUTDOWN_DEADLINE).await {
+        tracing::warn!(%late, "scheduler stopped with tasks still running");
+    } else {
+        tracing::info!("scheduler stopped");
     }
-    if let Some(endpoint) = metrics_endpoint {
-        endpoint.abort();
-    }
-    // The enqueuer releases the lease (another replica takes over at once) and waits for the
-    // starts in flight.
-    stop_enqueuer.cancel();
-    let _ = enqueue_loop.await;
-    wakeups.abort();
-    refresher.abort();
-    gauges.abort();
     served?;
     Ok(())
 }

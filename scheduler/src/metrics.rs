@@ -221,6 +221,7 @@ pub struct MigrationMetrics {
     /// Enqueue triggers collapsed into a pending one (the deduplication hits).
     pub deduplicated_triggers: Counter,
     guard_actions: Family<[Label; 1], Counter>,
+    enqueue_passes: Counter,
 }
 
 impl MigrationMetrics {
@@ -282,6 +283,11 @@ impl MigrationMetrics {
             "What the guard did with stale steps, by action",
             m.guard_actions.clone(),
         );
+        registry.register(
+            "enqueue_passes",
+            "Whole enqueue passes this replica finished while holding the lease",
+            m.enqueue_passes.clone(),
+        );
         m
     }
 
@@ -338,5 +344,11 @@ impl MigrationMetrics {
         self.guard_actions
             .get_or_create(&[("action", action.to_owned())])
             .inc();
+    }
+
+    /// A whole enqueue pass finished without error (it read the settings and, while the
+    /// migration is enabled, started what it could).
+    pub fn enqueue_pass(&self) {
+        self.enqueue_passes.inc();
     }
 }

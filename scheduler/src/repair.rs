@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_proto::importer::v1::{ListSubRepositoriesBatchRequest, SubRepositoryPosition};
 
-use crate::importers::ImporterPool;
+use crate::importers::{ImporterError, ImporterPool};
 use crate::lease::HeldLease;
 use crate::metrics::RepairMetrics;
 use crate::store::repair::{RepairProject, RepairResult};
@@ -88,7 +88,7 @@ pub async fn sub_repositories(
     importers: &ImporterPool,
     projects: &[RepairProject],
     page_size: u32,
-) -> Result<SubRepositories, tonic::Status> {
+) -> Result<SubRepositories, ImporterError> {
     let mut listing = SubRepositories {
         found: vec![Vec::new(); projects.len()],
         invalid: HashSet::new(),
@@ -419,7 +419,7 @@ impl RepairScan {
     async fn analyze(&self, projects: &[RepairProject]) -> Result<Vec<RepairResult>, ScanError> {
         let listing = sub_repositories(&self.importers, projects, self.config.page)
             .await
-            .map_err(|status| ScanError::Listing(status.message().to_owned()))?;
+            .map_err(|error| ScanError::Listing(error.to_string()))?;
         let all: Vec<String> = listing.found.iter().flatten().cloned().collect();
         let existing = if all.is_empty() {
             HashSet::new()

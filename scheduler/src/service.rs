@@ -11,6 +11,7 @@ use ferry_proto::scheduler::v1::{
     InventoryProgress, LeaseStatus, MigrationSummary, NotifyImportResultRequest,
     NotifyImportResultResponse, Repository, SetMigrationEnabledResponse, StateCount,
 };
+use ferry_shared::lifecycle::Tasks;
 use ferry_shared::storage::BlobStore;
 
 mod admin;
@@ -154,6 +155,8 @@ pub struct Scheduler {
     project_segments: usize,
     metrics: crate::metrics::MigrationMetrics,
     enqueuer: Option<EnqueueHandle>,
+    /// Where background work started by a call (an inventory) runs, to stop with the service.
+    tasks: Tasks,
 }
 
 impl Scheduler {
@@ -175,7 +178,13 @@ impl Scheduler {
             project_segments,
             metrics: crate::metrics::MigrationMetrics::default(),
             enqueuer: None,
+            tasks: Tasks::new(),
         }
+    }
+
+    /// The scheduler, running background work started by a call on the service's `tasks`.
+    pub fn with_tasks(self, tasks: Tasks) -> Self {
+        Self { tasks, ..self }
     }
 
     /// The scheduler, counting step results in `metrics`.
@@ -330,7 +339,9 @@ impl SchedulerService for Scheduler {
     ) -> Result<mpsc::Receiver<Result<InventoryProgress, SchedulerError>>, SchedulerError> {
         let (tx, rx) = mpsc::channel(64);
         let scheduler = self.clone();
-        tokio::spawn(async move {
+        // An inventory registers in batches and is safe to stop anywhere: it ends with the
+        // service, and the next one registers what is still missing.
+        self.tasks.spawn_until_stopped("inventory", async move {
             let progress_tx = tx.clone();
             let result = inventory::run(
                 Arc::clone(&scheduler.storage),

@@ -17,7 +17,7 @@ pub mod repair;
 mod settings;
 mod step_end;
 
-pub use admin::MigrationProgress;
+pub use admin::{MigrationProgress, QueueHead};
 pub use guard::StaleStep;
 pub use settings::{Settings, SettingsPatch};
 

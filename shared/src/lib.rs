@@ -17,6 +17,7 @@ pub mod error;
 pub mod grpc;
 pub mod ids;
 pub mod layout;
+pub mod lifecycle;
 pub mod metrics;
 pub mod security;
 pub mod startup;

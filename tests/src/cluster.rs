@@ -2,7 +2,7 @@
 //! PostgreSQL and Redis.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -10,6 +10,7 @@ use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{GetMigrationSummaryRequest, MigrationSummary};
 use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 
+use crate::wait::{poll_until, wait_until};
 use crate::{fresh_database, processes, redis_url, scrape, unique_suffix};
 
 /// How to shape a test [`Cluster`].
@@ -236,19 +237,19 @@ impl Cluster {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut client) = self.try_client().await
-                && client
+        wait_until(
+            "the scheduler to answer",
+            Duration::from_secs(30),
+            async || {
+                let mut client = self.try_client().await.map_err(|e| e.to_string())?;
+                client
                     .get_migration_summary(GetMigrationSummaryRequest {})
                     .await
-                    .is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "scheduler did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                    .map(drop)
+                    .map_err(|status| status.to_string())
+            },
+        )
+        .await;
     }
 
     /// Runs an inventory to its end and returns its last progress report.
@@ -285,8 +286,7 @@ impl Cluster {
         let db = sqlx::PgPool::connect(&self.database_url)
             .await
             .expect("scheduler database");
-        let deadline = Instant::now() + timeout;
-        loop {
+        let settled = poll_until(timeout, Duration::from_millis(100), async || {
             let (pending, total): (i64, i64) = sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE migration_state = ANY($1)), count(*) \
                  FROM container_repositories",
@@ -296,14 +296,15 @@ impl Cluster {
             .await
             .expect("count");
             if pending == 0 && total > 0 {
-                break;
+                Ok(())
+            } else {
+                Err((pending, total))
             }
-            assert!(
-                Instant::now() < deadline,
-                "migration did not settle: {pending} of {total} repositories pending"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
+        settled.unwrap_or_else(|(pending, total)| {
+            panic!("migration did not settle: {pending} of {total} repositories pending")
+        });
         db.close().await;
         self.client()
             .await

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::{PgPool, Row};
 
@@ -13,7 +13,7 @@ use ferry_importer::store::MetadataStore;
 use ferry_proto::common::v1::ImportType;
 use ferry_proto::importer::v1::StartOutcome;
 
-use crate::{LayoutWriter, fresh_database};
+use crate::{LayoutWriter, fresh_database, wait_until};
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -80,22 +80,26 @@ impl ImporterHarness {
             .await
             .expect("start");
         assert_eq!(response.outcome(), StartOutcome::Accepted);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let row = sqlx::query(
-                "SELECT migration_status, migration_error FROM repositories WHERE path = $1",
-            )
-            .bind(path)
-            .fetch_one(&self.pool)
-            .await
-            .expect("row");
-            let status: String = row.get("migration_status");
-            if !status.ends_with("_in_progress") {
-                return (status, row.get("migration_error"));
-            }
-            assert!(Instant::now() < deadline, "{path} still {status}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(
+            &format!("the step on {path} to end"),
+            Duration::from_secs(30),
+            async || {
+                let row = sqlx::query(
+                    "SELECT migration_status, migration_error FROM repositories WHERE path = $1",
+                )
+                .bind(path)
+                .fetch_one(&self.pool)
+                .await
+                .expect("row");
+                let status: String = row.get("migration_status");
+                if status.ends_with("_in_progress") {
+                    Err(status)
+                } else {
+                    Ok((status, row.get("migration_error")))
+                }
+            },
+        )
+        .await
     }
 
     /// Rows of `table` (which has a `repository_id`) belonging to the repository at `path`.

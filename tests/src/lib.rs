@@ -17,15 +17,17 @@ pub mod processes;
 pub mod repair_seed;
 mod scheduler_harness;
 pub mod throttle;
+pub mod wait;
 
 pub use cluster::{Cluster, ClusterOptions, run_inventory, state_count};
 pub use importer_harness::{ImporterHarness, serve_importer};
 pub use layout_writer::LayoutWriter;
-pub use scheduler_harness::{scheduler_with, scheduler_with_url};
+pub use scheduler_harness::{replica_keys, scheduler_with, scheduler_with_url};
+pub use wait::{poll_until, wait_until};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -168,18 +170,15 @@ impl RegistryServer {
             .spawn()
             .expect("start docker-registry");
         let server = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_request(port, "GET", "/v2/", "")
-            .await
-            .map(|r| r.status)
-            != Some(200)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not come up on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until(
+            &format!("docker-registry to answer on {port}"),
+            Duration::from_secs(20),
+            async || match http_request(port, "GET", "/v2/", "").await {
+                Some(response) if response.status == 200 => Ok(()),
+                other => Err(other.map(|r| r.status)),
+            },
+        )
+        .await;
         server
     }
 

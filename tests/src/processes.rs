@@ -3,33 +3,35 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_proto::scheduler::v1::GetMigrationSummaryRequest;
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 
+use crate::wait::wait_until;
+
 /// A client of the scheduler at `url`, once it answers (panics after 30 s).
 pub async fn connect_scheduler(url: &str) -> SchedulerClient<Connection> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut client) = Connector::default()
-            .connect(url, ChannelOptions::default())
-            .await
-            .map(SchedulerClient::new)
-            && client
+    wait_until(
+        &format!("the scheduler at {url} to answer"),
+        Duration::from_secs(30),
+        async || {
+            let mut client = Connector::default()
+                .connect(url, ChannelOptions::default())
+                .await
+                .map(SchedulerClient::new)
+                .map_err(|e| e.to_string())?;
+            match client
                 .get_migration_summary(GetMigrationSummaryRequest {})
                 .await
-                .is_ok()
-        {
-            return client;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scheduler at {url} did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            {
+                Ok(_) => Ok(client),
+                Err(status) => Err(status.to_string()),
+            }
+        },
+    )
+    .await
 }
 
 /// Where the workspace's binaries are: `FERRY_BIN_DIR`, else `<target>/debug` (honouring
@@ -151,11 +153,15 @@ impl Process {
 
     /// Waits for it to exit (panics after `timeout`).
     pub async fn wait_exit(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.is_running() {
-            assert!(Instant::now() < deadline, "{} did not exit", self.name);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{} to exit", self.name);
+        wait_until(&what, timeout, async || {
+            if self.is_running() {
+                Err("running")
+            } else {
+                Ok(())
+            }
+        })
+        .await;
     }
 
     /// Its log so far.

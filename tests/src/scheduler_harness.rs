@@ -37,26 +37,13 @@ pub async fn scheduler_with_url(
         .map(|p| new_repository(&RepositoryPath::parse(p).expect("path"), 2))
         .collect();
     store.register(&batch).await.expect("register");
-    let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url()).expect("url"))
-        .await
-        .expect("redis (run `make test`)");
     let prefix = format!("ferry-test-{}", unique_suffix());
-    let triggers = Triggers::new(
-        redis.clone(),
+    let (triggers, lease) = replica_keys(
         &prefix,
-        format!("{prefix}:wake"),
-        "test".into(),
-        Duration::from_secs(1),
-    );
-    let lease = Lease::new(
-        redis,
-        LeaseConfig {
-            key: format!("{prefix}:lease"),
-            fence_key: format!("{prefix}:fence"),
-            ttl: Duration::from_secs(5),
-            holder: format!("test-holder-{prefix}"),
-        },
-    );
+        &format!("test-holder-{prefix}"),
+        Duration::from_secs(5),
+    )
+    .await;
     // The service reads the bucket only for an inventory, which these tests do not run.
     let storage =
         ferry_shared::storage::open(&format!("file://{}", std::env::temp_dir().display()))
@@ -70,4 +57,29 @@ pub async fn scheduler_with_url(
         2,
     );
     (scheduler, store, url)
+}
+
+/// A replica's wake-up triggers and enqueue lease under the Redis key `prefix` that replicas
+/// share; `holder` names the replica, `ttl` is the lease's.
+pub async fn replica_keys(prefix: &str, holder: &str, ttl: Duration) -> (Triggers, Lease) {
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url()).expect("url"))
+        .await
+        .expect("redis (run `make test`)");
+    let triggers = Triggers::new(
+        redis.clone(),
+        prefix,
+        format!("{prefix}:wake"),
+        holder.to_owned(),
+        Duration::from_secs(1),
+    );
+    let lease = Lease::new(
+        redis,
+        LeaseConfig {
+            key: format!("{prefix}:lease"),
+            fence_key: format!("{prefix}:fence"),
+            ttl,
+            holder: holder.to_owned(),
+        },
+    );
+    (triggers, lease)
 }

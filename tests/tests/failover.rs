@@ -12,7 +12,7 @@ use ferry_proto::scheduler::v1::{
     SetMigrationEnabledRequest, UpdateSettingsRequest,
 };
 use ferry_tests::processes::{Process, free_port};
-use ferry_tests::{LayoutWriter, fresh_database, redis_url, unique_suffix};
+use ferry_tests::{LayoutWriter, fresh_database, poll_until, redis_url, unique_suffix, wait_until};
 
 const REPOSITORIES: usize = 60;
 /// Long enough that a holder stalled by a loaded machine still renews in time (it renews every
@@ -21,15 +21,6 @@ const LEASE_TTL: Duration = Duration::from_secs(4);
 
 async fn connect(url: &str) -> SchedulerClient<ferry_shared::grpc::client::Connection> {
     ferry_tests::processes::connect_scheduler(url).await
-}
-
-async fn done(client: &mut SchedulerClient<ferry_shared::grpc::client::Connection>) -> u64 {
-    let summary = client
-        .get_migration_summary(GetMigrationSummaryRequest {})
-        .await
-        .expect("summary")
-        .into_inner();
-    ferry_tests::state_count(&summary, "import_done")
 }
 
 /// `(repository, import type)` → how many starts the importers accepted, from their JSON logs.
@@ -101,8 +92,8 @@ impl Deployment {
     /// Waits up to two seconds until PostgreSQL runs no statement from the sessions named
     /// `application`; false if one still runs (it may wait on a lock the frozen process holds).
     async fn sessions_settled(metadata: &sqlx::PgPool, application: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
+        let within = Duration::from_secs(2);
+        let settled = poll_until(within, Duration::from_millis(20), async || {
             let running: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity \
                  WHERE application_name = $1 AND state = 'active'",
@@ -111,14 +102,10 @@ impl Deployment {
             .fetch_one(metadata)
             .await
             .expect("sessions");
-            if running == 0 {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if running == 0 { Ok(()) } else { Err(running) }
+        })
+        .await;
+        settled.is_ok()
     }
 
     /// Which of `paths` the metadata database shows in a step: pre-import or final import in
@@ -245,20 +232,20 @@ impl Deployment {
     /// Waits until at least `count` repositories are done, asking scheduler `index`.
     async fn wait_done(&self, index: usize, count: u64, timeout: Duration) {
         let mut client = connect(&self.scheduler_urls[index]).await;
-        let deadline = Instant::now() + timeout;
-        while done(&mut client).await < count {
+        let what = format!("{count} repositories done");
+        wait_until(&what, timeout, async || {
             let summary = client
                 .get_migration_summary(GetMigrationSummaryRequest {})
                 .await
                 .expect("summary")
                 .into_inner();
-            assert!(
-                Instant::now() < deadline,
-                "only {:?} after {timeout:?}",
-                summary.states
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            if ferry_tests::state_count(&summary, "import_done") >= count {
+                Ok(())
+            } else {
+                Err(summary.states)
+            }
+        })
+        .await;
     }
 
     /// Which scheduler holds the lease now, and the lease.
@@ -336,22 +323,26 @@ async fn killing_the_lease_holder_loses_nothing_and_starts_nothing_twice() {
     // The survivor takes the lease, with a higher fencing token, within two TTLs.
     let mut client = connect(&deployment.scheduler_urls[survivor]).await;
     let survivor_port = deployment.scheduler_ports[survivor];
-    let took_over = loop {
-        let now = client
-            .get_lease(GetLeaseRequest {})
-            .await
-            .expect("lease")
-            .into_inner();
-        if now.held && now.fence > lease.fence && now.holder.ends_with(&format!(":{survivor_port}"))
-        {
-            break killed_at.elapsed();
-        }
-        assert!(
-            killed_at.elapsed() < LEASE_TTL * 2,
-            "no takeover within two TTLs: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let took_over = wait_until(
+        "a takeover within two TTLs",
+        (LEASE_TTL * 2).saturating_sub(killed_at.elapsed()),
+        async || {
+            let now = client
+                .get_lease(GetLeaseRequest {})
+                .await
+                .expect("lease")
+                .into_inner();
+            if now.held
+                && now.fence > lease.fence
+                && now.holder.ends_with(&format!(":{survivor_port}"))
+            {
+                Ok(killed_at.elapsed())
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
     deployment
         .wait_done(
             survivor,
@@ -376,44 +367,47 @@ async fn an_importer_killed_mid_import_is_unlocked_and_its_steps_retried_elsewhe
     let metadata = sqlx::PgPool::connect(&deployment.metadata)
         .await
         .expect("metadata database");
-    let deadline = Instant::now() + Duration::from_secs(120);
     let mut tries = 0;
-    let (victim, orphans) = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no step caught in progress in {tries} tries"
-        );
-        // Each try starts the search at the next importer, so one that keeps failing the checks
-        // is not picked every time.
-        tries += 1;
-        let count = deployment.importers.len();
-        let running = (0..count).map(|i| (tries + i) % count).find(|&i| {
-            deployment.importers[i]
-                .as_ref()
-                .is_some_and(|importer| !cut_off_steps(importer).is_empty())
-        });
-        let Some(candidate) = running else {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            continue;
-        };
-        let importer = deployment.importers[candidate].as_mut().expect("running");
-        importer.signal("STOP");
-        // Once PostgreSQL has read and run every statement it sent (a commit included), its
-        // writes are final; a moment lets its sessions read what is in their sockets.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let settled = Deployment::sessions_settled(&metadata, &importer.name).await;
-        let open = cut_off_steps(importer);
-        let orphans = Deployment::in_progress(&metadata, &open).await;
-        if !settled || orphans.is_empty() {
-            importer.signal("CONT");
-            continue;
-        }
-        // From here the guard may cancel the orphans on a live importer at any moment: that is
-        // the repair under test, so their rows are not checked again here.
-        importer.signal("KILL");
-        importer.wait_exit(Duration::from_secs(10)).await;
-        break (candidate, orphans);
-    };
+    let (victim, orphans) = wait_until(
+        "a step caught in progress",
+        Duration::from_secs(120),
+        async || {
+            // Each try starts the search at the next importer, so one that keeps failing the
+            // checks is not picked every time.
+            tries += 1;
+            let count = deployment.importers.len();
+            let running = (0..count).map(|i| (tries + i) % count).find(|&i| {
+                deployment.importers[i]
+                    .as_ref()
+                    .is_some_and(|importer| !cut_off_steps(importer).is_empty())
+            });
+            let Some(candidate) = running else {
+                return Err(format!("no step running, {tries} tries"));
+            };
+            let importer = deployment.importers[candidate].as_mut().expect("running");
+            importer.signal("STOP");
+            // Once PostgreSQL has read and run every statement it sent (a commit included), its
+            // writes are final; a moment lets its sessions read what is in their sockets.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let settled = Deployment::sessions_settled(&metadata, &importer.name).await;
+            let open = cut_off_steps(importer);
+            let orphans = Deployment::in_progress(&metadata, &open).await;
+            if !settled || orphans.is_empty() {
+                importer.signal("CONT");
+                return Err(format!(
+                    "{}: settled {settled}, {} step(s) in progress, {tries} tries",
+                    importer.name,
+                    orphans.len()
+                ));
+            }
+            // From here the guard may cancel the orphans on a live importer at any moment: that
+            // is the repair under test, so their rows are not checked again here.
+            importer.signal("KILL");
+            importer.wait_exit(Duration::from_secs(10)).await;
+            Ok((candidate, orphans))
+        },
+    )
+    .await;
     let killed = deployment.importers[victim].take().expect("the victim");
     deployment
         .wait_done(0, deployment.repositories as u64, Duration::from_secs(180))
@@ -445,25 +439,30 @@ async fn a_paused_holder_stops_dispatching_when_it_resumes() {
     let paused = deployment.schedulers[holder].as_ref().expect("running");
     paused.signal("STOP");
     // Past its TTL, the other replica takes over with a higher fencing token.
-    let deadline = Instant::now() + LEASE_TTL * 3;
+    let paused_at = Instant::now();
     let mut client = connect(&deployment.scheduler_urls[other]).await;
     let other_port = deployment.scheduler_ports[other];
-    let taken = loop {
-        // Between the expiry and the takeover nobody holds it: keep asking.
-        let now = client
-            .get_lease(GetLeaseRequest {})
-            .await
-            .expect("lease")
-            .into_inner();
-        if now.held && now.fence > lease.fence && now.holder.ends_with(&format!(":{other_port}")) {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no takeover while the holder was paused"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let taken = wait_until(
+        "a takeover while the holder was paused",
+        (LEASE_TTL * 3).saturating_sub(paused_at.elapsed()),
+        async || {
+            // Between the expiry and the takeover nobody holds it: keep asking.
+            let now = client
+                .get_lease(GetLeaseRequest {})
+                .await
+                .expect("lease")
+                .into_inner();
+            if now.held
+                && now.fence > lease.fence
+                && now.holder.ends_with(&format!(":{other_port}"))
+            {
+                Ok(now)
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
     paused.signal("CONT");
     // The resumed holder finds its lease expired and stops dispatching; the other finishes.
     deployment

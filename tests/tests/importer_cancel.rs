@@ -17,7 +17,7 @@ use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::StartOutcome;
 use ferry_shared::error::ErrorCode;
 use ferry_shared::storage::BlobStore;
-use ferry_tests::{GatedStore, LayoutWriter, fresh_database};
+use ferry_tests::{GatedStore, LayoutWriter, fresh_database, wait_until};
 
 const PATH: &str = "group/project/app";
 
@@ -76,24 +76,24 @@ async fn status(pool: &PgPool) -> String {
 }
 
 async fn wait_for_status(pool: &PgPool, wanted: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status(pool).await != wanted {
-        assert!(Instant::now() < deadline, "status never became {wanted}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("status {wanted}");
+    wait_until(&what, Duration::from_secs(30), async || {
+        let now = status(pool).await;
+        if now == wanted { Ok(()) } else { Err(now) }
+    })
+    .await;
 }
 
 /// Waits until `importer` runs no step; returns how long that took.
 async fn wait_idle(importer: &Importer, within: Duration) -> Duration {
     let started = Instant::now();
-    while importer.in_flight() > 0 {
-        assert!(
-            started.elapsed() < within,
-            "the step did not stop within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    started.elapsed()
+    wait_until("the step to stop", within, async || {
+        match importer.in_flight() {
+            0 => Ok(started.elapsed()),
+            running => Err(format!("{running} step(s) running")),
+        }
+    })
+    .await
 }
 
 async fn count_tags(pool: &PgPool) -> i64 {
@@ -151,6 +151,8 @@ async fn seed_004_a_late_pre_import_never_overwrites_import_complete() {
         .await
         .expect("restart");
     wait_for_status(&s.pool, "pre_import_complete").await;
+    // Its slot (this importer has one) is given back just after the commit.
+    wait_idle(&other, Duration::from_secs(30)).await;
     other
         .start_import(PATH, ImportType::Final, 0, 3)
         .await
@@ -264,7 +266,11 @@ async fn a_cancel_stops_a_step_in_this_process_at_once_and_commits_nothing() {
     let took = wait_idle(&importer, Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(5));
     open_gate.send(true).expect("open the gate");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the step's task has ended entirely (its end recorded), nothing of it can still write.
+    assert!(
+        importer.drain(Duration::from_secs(10)).await,
+        "the canceled step's task ended"
+    );
     assert_eq!(status(&s.pool).await, "pre_import_canceled");
     let manifests: i64 = sqlx::query_scalar("SELECT count(*) FROM manifests")
         .fetch_one(&s.pool)

@@ -15,7 +15,7 @@ use ferry_importer::service::{ImportService, Importer, StepLimits};
 use ferry_importer::store::MetadataStore;
 use ferry_proto::common::v1::ImportType;
 use ferry_shared::storage::BlobStore;
-use ferry_tests::{GatedStore, ImporterHarness, LayoutWriter, fresh_database};
+use ferry_tests::{GatedStore, ImporterHarness, LayoutWriter, fresh_database, wait_until};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -194,32 +194,40 @@ async fn a_cancel_from_elsewhere_is_not_held_up_by_a_step_writing_its_chunks() {
         .await
         .expect("start");
     // Wait until the first chunk is written and the step waits with its transaction open.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND state = 'idle in transaction'",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("activity");
-        if open > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no chunk was written");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "a chunk written, its transaction open",
+        Duration::from_secs(30),
+        async || {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state = 'idle in transaction'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("activity");
+            if open > 0 {
+                Ok(())
+            } else {
+                Err("no transaction open")
+            }
+        },
+    )
+    .await;
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(5), other.cancel_import(path, 0, false))
         .await
         .expect("the cancel is not blocked by the step's transaction")
         .expect("cancel");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while running.in_flight() > 0 {
-        assert!(Instant::now() < deadline, "the step did not stop");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the step to stop",
+        Duration::from_secs(10),
+        async || match running.in_flight() {
+            0 => Ok(()),
+            steps => Err(format!("{steps} step(s) running")),
+        },
+    )
+    .await;
     let status: String =
         sqlx::query_scalar("SELECT migration_status FROM repositories WHERE path = $1")
             .bind(path)

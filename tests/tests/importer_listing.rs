@@ -1,7 +1,7 @@
 //! `ListSubRepositories` and `ListRepositoriesCreatedSince` through a real importer gRPC server
 //! on real PostgreSQL.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tonic::Code;
@@ -12,7 +12,7 @@ use ferry_proto::importer::v1::{
     ListRepositoriesCreatedSinceRequest, ListSubRepositoriesBatchRequest,
     ListSubRepositoriesRequest, RepositoryPage, SubRepositoryPosition,
 };
-use ferry_tests::fresh_database;
+use ferry_tests::{fresh_database, wait_until};
 
 struct Server {
     client: ImporterClient<Channel>,
@@ -58,14 +58,16 @@ async fn server() -> Server {
             .await
             .expect("importer runs");
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let client = loop {
-        if let Ok(client) = ImporterClient::connect(format!("http://{addr}")).await {
-            break client;
-        }
-        assert!(Instant::now() < deadline, "importer did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let client = wait_until(
+        "the importer to come up",
+        Duration::from_secs(20),
+        async || {
+            ImporterClient::connect(format!("http://{addr}"))
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
     let pool = PgPool::connect(&url).await.expect("pool");
     Server {
         client,

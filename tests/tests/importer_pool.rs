@@ -2,7 +2,10 @@
 //! names resolve to every address, starts go to the importer with the most free slots, and a
 //! start that found every importer busy is woken by a step's end.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use ferry_importer::notifier::Notifier;
@@ -112,43 +115,76 @@ async fn starts_go_to_the_importer_with_the_most_free_slots() {
     assert!(matches!(full, StartResult::AllBusy(_)), "{full:?}");
 }
 
+/// Counts the wake-ups of the task it is the waker of.
+#[derive(Default)]
+struct Wakes(AtomicUsize);
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A waiting start, polled by hand so that each check sees exactly what a step's end did.
+struct Waiter<'a> {
+    waiting: Pin<Box<dyn Future<Output = bool> + 'a>>,
+    wakes: Arc<Wakes>,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(waiting: impl Future<Output = bool> + 'a) -> Self {
+        let wakes = Arc::default();
+        Self {
+            waiting: Box::pin(waiting),
+            wakes,
+        }
+    }
+
+    fn poll(&mut self) -> Poll<bool> {
+        let waker = Waker::from(Arc::clone(&self.wakes));
+        self.waiting.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+
+    fn woken(&self) -> bool {
+        self.wakes.0.load(Ordering::SeqCst) > 0
+    }
+}
+
 #[tokio::test]
 async fn each_step_end_wakes_one_start_that_found_every_importer_busy() {
-    let pool = Arc::new(ImporterPool::new(&[]).expect("pool"));
+    let pool = ImporterPool::new(&[]).expect("pool");
     let far = tokio::time::Instant::now() + Duration::from_secs(3600);
-    let wait = |pool: &Arc<ImporterPool>| {
-        let pool = Arc::clone(pool);
-        tokio::spawn(async move { pool.slot_freed_before(far).await })
-    };
-    let (first, second) = (wait(&pool), wait(&pool));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!first.is_finished() && !second.is_finished());
+    // Two starts back off. Once polled, each waits in line (it takes its place at its first
+    // poll), so what a step's end wakes is woken when the end returns: no check below has to
+    // give anything time.
+    let mut first = Waiter::new(pool.slot_freed_before(far));
+    let mut second = Waiter::new(pool.slot_freed_before(far));
+    assert!(first.poll().is_pending() && second.poll().is_pending());
     // A step ends (on an importer the pool does not know): one waiting start is woken.
     pool.step_ended(None);
-    let woken = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if first.is_finished() || second.is_finished() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(woken.is_ok(), "a step's end woke no waiting start");
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        !(first.is_finished() && second.is_finished()),
+        first.woken() || second.woken(),
+        "a step's end woke no waiting start"
+    );
+    assert!(
+        !(first.woken() && second.woken()),
         "one end woke two starts"
     );
+    let (mut woken, mut other) = if first.woken() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(woken.poll(), Poll::Ready(true), "woken by the end");
+    assert!(other.poll().is_pending(), "one end woke two starts");
     // The next end wakes the other; both saw a slot freed, not their backoff's end.
     pool.step_ended(None);
-    for waiter in [first, second] {
-        let freed = tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .expect("woken")
-            .expect("joined");
-        assert!(freed);
-    }
+    assert!(other.woken(), "the second end woke the other start");
+    assert_eq!(other.poll(), Poll::Ready(true));
     // With no step ending, the backoff runs out.
     let soon = tokio::time::Instant::now() + Duration::from_millis(20);
     assert!(!pool.slot_freed_before(soon).await);
@@ -173,7 +209,7 @@ async fn a_frozen_importer_holds_a_refresh_up_for_its_deadline_only() {
     );
     let status = pool.status(None, "pool/p0/app").await;
     assert!(
-        matches!(&status, Err(s) if ferry_scheduler::importers::is_unreachable(s)),
+        matches!(&status, Err(error) if error.is_unreachable()),
         "{status:?}"
     );
     drop(frozen);

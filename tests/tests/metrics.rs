@@ -2,10 +2,10 @@
 //! migration's figures, steps by type, slots, storage, database queries, gRPC requests, the
 //! lease. Scraped over HTTP like Prometheus does.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_proto::scheduler::v1::SetMigrationEnabledRequest;
-use ferry_tests::{Cluster, SampleRegistry, metric};
+use ferry_tests::{Cluster, SampleRegistry, metric, poll_until};
 
 /// Sums `series` over both importers.
 async fn importers_sum(cluster: &Cluster, series: &str) -> f64 {
@@ -33,19 +33,21 @@ async fn both_services_report_the_migration_on_metrics() {
     let done = ferry_tests::state_count(&summary, "import_done") as f64;
     assert!(done > 0.0, "{summary:?}");
 
-    // Scheduler: the gauges refresh every 15 s.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = cluster.metrics().await;
-        if metric(&text, "ferry_repositories{state=\"import_done\"}") == Some(done) {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "state gauge never caught up:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    // Scheduler: the gauges refresh every 15 s, so a gentle poll is enough.
+    let caught_up = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        async || {
+            let text = cluster.metrics().await;
+            if metric(&text, "ferry_repositories{state=\"import_done\"}") == Some(done) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
+    let text = caught_up.unwrap_or_else(|text| panic!("state gauge never caught up:\n{text}"));
     assert_eq!(
         metric(&text, "ferry_migration_pending_repositories"),
         Some(0.0)

@@ -15,21 +15,37 @@ use ferry_proto::scheduler::v1::{
 };
 use ferry_tests::Cluster;
 use ferry_tests::repair_seed::{expectation, seed_registry, seed_scheduler, wrong_analyses};
+use ferry_tests::wait::POLL_INTERVAL;
+use ferry_tests::{poll_until, wait_until};
 
 const PROJECTS: i64 = 100_000;
 
 /// Waits (up to 5 s: gauges are refreshed right after the work they describe) until every line
 /// is in the scheduler's `/metrics`.
 async fn wait_for_metrics(cluster: &Cluster, lines: &[String]) {
-    let mut metrics = cluster.metrics().await;
-    for _ in 0..50 {
+    let all_in = poll_until(Duration::from_secs(5), POLL_INTERVAL, async || {
+        let metrics = cluster.metrics().await;
         if lines.iter().all(|line| metrics.lines().any(|l| l == line)) {
-            return;
+            Ok(())
+        } else {
+            Err(metrics)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        metrics = cluster.metrics().await;
-    }
-    panic!("{lines:?} not all in\n{metrics}");
+    })
+    .await;
+    all_in.unwrap_or_else(|metrics| panic!("{lines:?} not all in\n{metrics}"));
+}
+
+/// Background migration worker runs that looked at the migrations (every outcome but
+/// `lock_in_use`), from the scheduler's `/metrics` text.
+fn worker_runs(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("ferry_bbm_worker_runs_total{")
+                && !line.contains("outcome=\"lock_in_use\"")
+        })
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Runs `ferryctl ARGS --json` against the cluster and parses its output.
@@ -91,17 +107,17 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
         })
         .await
         .expect("enable");
-    let done = loop {
-        let s = status(&mut client).await;
-        if !s.passes.is_empty() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no full pass: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // Asked gently: each status counts the scan's rows, and the scan's rate is measured.
+    let done = poll_until(
+        Duration::from_secs(300).saturating_sub(started.elapsed()),
+        Duration::from_millis(200),
+        async || {
+            let s = status(&mut client).await;
+            if s.passes.is_empty() { Err(s) } else { Ok(s) }
+        },
+    )
+    .await
+    .expect("no full pass");
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "repair scan: {PROJECTS} projects in {seconds:.1} s ({:.0} projects/s, debug build)",
@@ -195,7 +211,22 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
         .into_inner();
     assert_eq!(paused.names, std::slice::from_ref(&migration.name));
     let jobs_at_pause = ferryctl(&cluster, &["bbm", "list"])[0]["jobs"].clone();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two worker runs end after this point: the second began after the pause, so it saw the
+    // migration paused.
+    let runs_at_pause = worker_runs(&cluster.metrics().await);
+    wait_until(
+        "two background migration runs while paused",
+        Duration::from_secs(30),
+        async || {
+            let runs = worker_runs(&cluster.metrics().await);
+            if runs >= runs_at_pause + 2.0 {
+                Ok(())
+            } else {
+                Err(runs)
+            }
+        },
+    )
+    .await;
     let while_paused = &ferryctl(&cluster, &["bbm", "list"])[0];
     assert_eq!(while_paused["status"], "paused");
     assert_eq!(
@@ -208,25 +239,28 @@ async fn the_scan_finds_exactly_the_missing_repositories_and_part_two_restores_t
         .expect("resume")
         .into_inner();
     assert_eq!(resumed.names, std::slice::from_ref(&migration.name));
-    let ended = loop {
-        let m = client
-            .list_background_migrations(BackgroundMigrationSelector {
-                name: migration.name.clone(),
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .migrations
-            .remove(0);
-        if m.status == "finished" || m.status == "failed" {
-            break m;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "restore stuck: {m:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let ended = poll_until(
+        Duration::from_secs(600).saturating_sub(started.elapsed()),
+        Duration::from_millis(250),
+        async || {
+            let m = client
+                .list_background_migrations(BackgroundMigrationSelector {
+                    name: migration.name.clone(),
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .migrations
+                .remove(0);
+            if m.status == "finished" || m.status == "failed" {
+                Ok(m)
+            } else {
+                Err(m)
+            }
+        },
+    )
+    .await
+    .expect("restore stuck");
     assert_eq!(ended.status, "finished", "{ended:?}");
     let listed = ferryctl(&cluster, &["bbm", "list"]);
     assert_eq!(listed[0]["name"], "restore_missing_repositories");

@@ -5,7 +5,7 @@
 //! missing count.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -15,7 +15,7 @@ use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::v1::{GetRepairStatusRequest, RepairStatus, UpdateSettingsRequest};
 use ferry_tests::processes::{Process, connect_scheduler, free_port};
 use ferry_tests::repair_seed::{expectation, seed_registry, seed_scheduler, wrong_analyses};
-use ferry_tests::{fresh_database, redis_url, unique_suffix};
+use ferry_tests::{fresh_database, poll_until, redis_url, unique_suffix, wait_until};
 
 const PROJECTS: i64 = 100_000;
 
@@ -35,15 +35,17 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&RepairStatus) -> bool,
 ) -> RepairStatus {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status(client).await;
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Every 50 ms: each status counts the scan's rows while the scan runs.
+    let polled = poll_until(
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        async || {
+            let s = status(client).await;
+            if done(&s) { Ok(s) } else { Err(s) }
+        },
+    )
+    .await;
+    polled.expect(what)
 }
 
 async fn ongoing(db: &PgPool) -> HashSet<i64> {
@@ -95,16 +97,20 @@ async fn a_killed_scan_resumes_without_losing_or_double_counting_a_project() {
     let db = PgPool::connect(&database).await.expect("db");
     let metadata_db = PgPool::connect(&metadata).await.expect("metadata db");
     // The importer serves once it has migrated its database.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut client) = ImporterClient::connect(importer.url.clone()).await
-            && client.get_capacity(GetCapacityRequest {}).await.is_ok()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the importer did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "the importer to come up",
+        Duration::from_secs(30),
+        async || {
+            let mut client = ImporterClient::connect(importer.url.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            match client.get_capacity(GetCapacityRequest {}).await {
+                Ok(_) => Ok(()),
+                Err(status) => Err(status.to_string()),
+            }
+        },
+    )
+    .await;
     seed_scheduler(&db, PROJECTS).await;
     seed_registry(&metadata_db, PROJECTS).await;
     let expected = expectation(PROJECTS);

@@ -4,7 +4,7 @@
 //! sides whatever arrives later.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -19,7 +19,7 @@ use ferry_scheduler::service::{Scheduler, SchedulerService};
 use ferry_scheduler::state::{MigrationState, SkipReason};
 use ferry_scheduler::store::SchedulerStore;
 use ferry_shared::storage::BlobStore;
-use ferry_tests::{GatedStore, LayoutWriter, fresh_database, serve_importer};
+use ferry_tests::{GatedStore, LayoutWriter, fresh_database, serve_importer, wait_until};
 
 const PATH: &str = "group/project/app";
 
@@ -114,11 +114,12 @@ async fn metadata_status(setup: &Setup) -> String {
 }
 
 async fn wait_for_metadata_status(setup: &Setup, wanted: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metadata_status(setup).await != wanted {
-        assert!(Instant::now() < deadline, "status never became {wanted}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("status {wanted}");
+    wait_until(&what, Duration::from_secs(30), async || {
+        let now = metadata_status(setup).await;
+        if now == wanted { Ok(()) } else { Err(now) }
+    })
+    .await;
 }
 
 async fn tags(setup: &Setup) -> i64 {
@@ -239,11 +240,15 @@ async fn a_forced_cancel_before_the_commit_leaves_both_sides_canceled() {
     assert_eq!(metadata_status(&s).await, "import_canceled");
     // The final import resumes and tries to commit: refused by its step; nothing registered.
     s.gate.send(true).expect("open");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s.importer.in_flight() > 0 {
-        assert!(Instant::now() < deadline, "the step never ended");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the step to end",
+        Duration::from_secs(30),
+        async || match s.importer.in_flight() {
+            0 => Ok(()),
+            steps => Err(format!("{steps} step(s) running")),
+        },
+    )
+    .await;
     assert_eq!(metadata_status(&s).await, "import_canceled");
     assert_eq!(tags(&s).await, 0);
     // Its canceled end, delivered late, changes nothing either.
@@ -365,18 +370,15 @@ async fn a_rollout_hands_its_steps_back_without_spending_a_retry() {
         "the step stopped"
     );
     // Its end reached the scheduler over gRPC as handed back: aborted, no retry counted.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let record = loop {
+    let record = wait_until("the handed-back end", Duration::from_secs(20), async || {
         let record = s.store.repository(PATH).await.expect("read").expect("row");
-        if record.migration_state != MigrationState::PreImporting {
-            break record;
+        if record.migration_state == MigrationState::PreImporting {
+            Err(record.migration_state)
+        } else {
+            Ok(record)
         }
-        assert!(
-            Instant::now() < deadline,
-            "the handed-back end never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(record.migration_state.as_str(), "import_aborted");
     assert_eq!(
         record.migration_retries_count, 0,

@@ -3,12 +3,12 @@
 //! a raise waits for it to commit; a write that meets a raise in progress waits for it and is then
 //! refused. Each test holds one side open in a transaction of its own and checks the other waits.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::store::SchedulerStore;
 use ferry_shared::ids::RepositoryPath;
-use ferry_tests::fresh_database;
+use ferry_tests::{fresh_database, wait_until};
 use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 
@@ -39,24 +39,28 @@ async fn claimed_by_first_holder() -> (SchedulerStore, String, i64) {
 /// database waiting for a lock (false), whichever comes first; panics after 30 s of neither.
 async fn finished_or_waiting<T>(url: &str, task: &JoinHandle<T>, waiting: i64) -> bool {
     let mut watcher = PgConnection::connect(url).await.expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if task.is_finished() {
-            return true;
-        }
-        let waits: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut watcher)
-        .await
-        .expect("sessions");
-        if waits >= waiting {
-            return false;
-        }
-        assert!(Instant::now() < deadline, "neither finished nor waiting");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the task to finish or sessions to wait for a lock",
+        Duration::from_secs(30),
+        async || {
+            if task.is_finished() {
+                return Ok(true);
+            }
+            let waits: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .expect("sessions");
+            if waits >= waiting {
+                Ok(false)
+            } else {
+                Err(format!("running, {waits} session(s) waiting for a lock"))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use ferry_proto::scheduler::v1::{GetRepositoryRequest, SetMigrationEnabledRequest};
 use ferry_scheduler::store::{SchedulerStore, SettingsPatch};
-use ferry_tests::{Cluster, ClusterOptions, SampleRegistry};
+use ferry_tests::{Cluster, ClusterOptions, SampleRegistry, wait_until};
 
 async fn inventory(cluster: &Cluster) -> u64 {
     cluster.inventory().await.repositories_found
@@ -236,21 +236,25 @@ async fn an_aborted_repository_whose_import_completed_is_finished_not_redone() {
         .set_migration_enabled(enable)
         .await
         .expect("wake the loop");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let repo = loop {
-        let repo = client
-            .get_repository(GetRepositoryRequest {
-                path: running.into(),
-            })
-            .await
-            .expect("repo")
-            .into_inner();
-        if repo.migration_state != "import_aborted" {
-            break repo;
-        }
-        assert!(std::time::Instant::now() < deadline, "never resumed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let repo = wait_until(
+        &format!("{running} to resume"),
+        Duration::from_secs(30),
+        async || {
+            let repo = client
+                .get_repository(GetRepositoryRequest {
+                    path: running.into(),
+                })
+                .await
+                .expect("repo")
+                .into_inner();
+            if repo.migration_state == "import_aborted" {
+                Err(repo)
+            } else {
+                Ok(repo)
+            }
+        },
+    )
+    .await;
     assert_eq!(
         (repo.migration_state.as_str(), repo.retries_count),
         ("pre_importing", 1)

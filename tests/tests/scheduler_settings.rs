@@ -2,13 +2,13 @@
 //! `created_before` and `max_tags_count` (too_many_tags). Real services, real registry data.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_proto::scheduler::v1::{
     GetMigrationSummaryRequest, GetRepositoryRequest, GetSettingsRequest, StringList,
     UpdateSettingsRequest,
 };
-use ferry_tests::{Cluster, SampleRegistry};
+use ferry_tests::{Cluster, SampleRegistry, metric, wait_until};
 
 async fn states(cluster: &Cluster) -> BTreeMap<String, u64> {
     let mut client = cluster.client().await;
@@ -29,18 +29,17 @@ async fn wait_for(cluster: &Cluster, expected: &[(&str, u64)]) {
         .iter()
         .map(|(s, n)| ((*s).to_owned(), *n))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let what = format!("states {expected:?}");
+    wait_until(&what, Duration::from_secs(90), async || {
         let now = states(cluster).await;
-        if now == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "states {now:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if now == expected { Ok(()) } else { Err(now) }
+    })
+    .await;
+}
+
+/// Whole enqueue passes the scheduler has finished.
+async fn enqueue_passes(cluster: &Cluster) -> f64 {
+    metric(&cluster.metrics().await, "ferry_enqueue_passes_total").unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +117,21 @@ async fn settings_decide_what_is_migrated() {
         ..Default::default()
     };
     client.update_settings(update).await.expect("update");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Two passes end after the update: the second began after it, with these settings.
+    let passes = enqueue_passes(&cluster).await;
+    wait_until(
+        "two enqueue passes with the new settings",
+        Duration::from_secs(30),
+        async || {
+            let now = enqueue_passes(&cluster).await;
+            if now >= passes + 2.0 {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
     assert_eq!(states(&cluster).await.get("default"), Some(&1));
     // Remove the date limit: the last repository is migrated.
     let update = UpdateSettingsRequest {

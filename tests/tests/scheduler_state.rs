@@ -10,7 +10,7 @@ use ferry_scheduler::lease::{Lease, LeaseConfig};
 use ferry_scheduler::service::{Scheduler, SchedulerService};
 use ferry_scheduler::state::MigrationState;
 use ferry_scheduler::store::{Abort, Claimed, RepoKey, SchedulerStore};
-use ferry_tests::{redis_url, unique_suffix};
+use ferry_tests::{redis_url, unique_suffix, wait_until};
 
 async fn redis() -> redis::aio::ConnectionManager {
     let client = redis::Client::open(redis_url()).expect("redis url");
@@ -565,16 +565,18 @@ async fn triggers_collapse_and_an_orphaned_pending_key_blocks_for_at_most_one_tt
         !triggers.trigger().await.expect("trigger"),
         "the orphan collapses this one..."
     );
-    loop {
-        if triggers.trigger().await.expect("trigger") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "still blocked after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "a trigger to wake again",
+        Duration::from_secs(10).saturating_sub(started.elapsed()),
+        async || {
+            if triggers.trigger().await.expect("trigger") {
+                Ok(())
+            } else {
+                Err("still blocked")
+            }
+        },
+    )
+    .await;
     let blocked = started.elapsed();
     assert!(
         blocked <= ttl * 3 / 2,

@@ -15,7 +15,7 @@ use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 use ferry_shared::security::SecurityArgs;
 use ferry_shared::security::tls::{ReloadingTls, TlsFiles};
 use ferry_tests::certs::{TestCa, replace_file};
-use ferry_tests::{Cluster, ClusterOptions, SampleRegistry};
+use ferry_tests::{Cluster, ClusterOptions, SampleRegistry, wait_until};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -224,20 +224,19 @@ async fn renewed_certificates_serve_new_connections_without_a_restart() {
     let (cert, key) = new_ca.issue_pem(&["127.0.0.1"]);
     replace_file(&served.key, &key);
     replace_file(&served.cert, &cert);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let renewed = client(&cluster.scheduler_url, Some(trust(&new_ca)), Some(READ)).await;
-        if let Ok(mut renewed) = renewed
-            && summary(&mut renewed).await.is_ok()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the renewed certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        "the renewed certificate to be served",
+        Duration::from_secs(15),
+        async || {
+            let mut renewed = client(&cluster.scheduler_url, Some(trust(&new_ca)), Some(READ))
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            summary(&mut renewed)
+                .await
+                .map_err(|code| format!("{code:?}"))
+        },
+    )
+    .await;
     // New connections that trust only the old CA now fail; the process never restarted.
     let stale = client(&cluster.scheduler_url, Some(trust(&old_ca)), Some(READ)).await;
     let refused = match stale {
@@ -253,14 +252,12 @@ async fn renewed_certificates_serve_new_connections_without_a_restart() {
         .expect("connect");
     assert_eq!(summary(&mut later).await.err(), Some(Code::Unauthenticated));
     replace_file(&tokens, &format!("read {READ}\nread {LATER}\n"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while summary(&mut later).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the new token was never accepted"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        "the new token to be accepted",
+        Duration::from_secs(15),
+        async || summary(&mut later).await,
+    )
+    .await;
 }
 
 /// Runs `ferryctl ARGS` against `url` with `token`; returns (success, stderr).

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use ferry_proto::scheduler::v1::{GetMigrationSummaryRequest, SetMigrationEnabledRequest};
 use ferry_tests::processes::{Process, connect_scheduler, free_port};
-use ferry_tests::{LayoutWriter, fresh_database, redis_url, unique_suffix};
+use ferry_tests::{LayoutWriter, fresh_database, redis_url, unique_suffix, wait_until};
 
 /// A received span: (service, trace id, span name, attributes as strings).
 type Received = (String, String, String, HashMap<String, String>);
@@ -151,23 +151,27 @@ async fn one_trace_follows_a_step_through_both_services() {
         })
         .await
         .expect("enable");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let summary = client
-            .get_migration_summary(GetMigrationSummaryRequest {})
-            .await
-            .expect("summary")
-            .into_inner();
-        if summary
-            .states
-            .iter()
-            .any(|s| s.state == "import_done" && s.count == 1)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not migrated: {summary:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "the repository migrated",
+        Duration::from_secs(60),
+        async || {
+            let summary = client
+                .get_migration_summary(GetMigrationSummaryRequest {})
+                .await
+                .expect("summary")
+                .into_inner();
+            if summary
+                .states
+                .iter()
+                .any(|s| s.state == "import_done" && s.count == 1)
+            {
+                Ok(())
+            } else {
+                Err(summary)
+            }
+        },
+    )
+    .await;
     // A graceful stop flushes what the exporters hold.
     scheduler.signal("TERM");
     importer.signal("TERM");

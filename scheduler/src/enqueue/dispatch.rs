@@ -19,6 +19,26 @@ use crate::reconcile::{self, Resume};
 use crate::state::{MigrationState, SkipReason};
 use crate::store::{Abort, Claimed, RepoKey, SchedulerStore, Settings};
 
+/// What became of an aborted repository taken up again.
+#[derive(Debug)]
+pub(super) enum Retry {
+    /// Claimed again as a new step, to be started.
+    Start(Claimed, ImportType),
+    /// Settled without a new step: finished (its import had completed, or it is native), or
+    /// put back to wait for the step still running.
+    Settled,
+    /// The fenced write was refused: the lease is gone, or another holder acted.
+    Refused,
+}
+
+/// What the tag limit said about a pre-import about to start.
+enum TagCheck {
+    /// Over `max_tags_count`: skipped, not started.
+    Skipped,
+    /// Within it; the count to record with the step's start (none when counting failed).
+    Within { counted: Option<i32> },
+}
+
 /// Whether a dispatch left a step running.
 enum Started {
     Yes,
@@ -39,46 +59,53 @@ pub(super) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Retries an aborted repository after reconciling with the importer's status (see
-    /// [`reconcile`]); a new step is started in a task of its own. Returns false if its fenced
-    /// write was refused.
+    /// Reconciles an aborted repository with the importer's status (see [`reconcile`]) and
+    /// claims it again; the caller starts the new step, if one was claimed.
     pub(super) async fn retry_aborted(
         &self,
         held: &HeldLease,
         repo: &Claimed,
         pre_import_done: bool,
-        settings: &Settings,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Retry, sqlx::Error> {
         let (status, same_step) = match self.importers.status(None, &repo.path).await {
             Ok(answer) => (
                 Some(MigrationStatus::try_from(answer.status).unwrap_or_default()),
                 i64::try_from(answer.step).is_ok_and(|step| step == repo.step),
             ),
-            Err(status) => {
-                tracing::debug!(repository = %repo.path, %status, "no importer status; retrying by the recorded state");
+            Err(error) => {
+                tracing::debug!(repository = %repo.path, %error, "no importer status; retrying by the recorded state");
                 (None, false)
             }
         };
         let resume = reconcile::resume(status, same_step, pre_import_done);
         tracing::info!(repository = %repo.path, step = repo.step, ?status, same_step, ?resume, "retrying aborted repository");
         let fence = Some(held.fence);
+        let settled = |written: bool| {
+            if written {
+                Retry::Settled
+            } else {
+                Retry::Refused
+            }
+        };
         Ok(match resume {
-            Resume::FinishNative => {
+            Resume::FinishNative => settled(
                 self.store
                     .finish_import_as(repo.id, repo.step, Some(SkipReason::NativeImport), fence)
-                    .await?
-            }
-            Resume::FinishImport => {
+                    .await?,
+            ),
+            Resume::FinishImport => settled(
                 self.store
                     .finish_import_as(repo.id, repo.step, None, fence)
-                    .await?
-            }
+                    .await?,
+            ),
             Resume::WatchPreImport | Resume::WatchImport => {
                 let to_final = resume == Resume::WatchImport;
-                self.store
-                    .resume_aborted(repo, to_final, false, fence)
-                    .await?
-                    .is_some()
+                settled(
+                    self.store
+                        .resume_aborted(repo, to_final, false, fence)
+                        .await?
+                        .is_some(),
+                )
             }
             Resume::RetryPreImport | Resume::RetryImport => {
                 let to_final = resume == Resume::RetryImport;
@@ -86,40 +113,41 @@ impl Dispatcher {
                     .store
                     .resume_aborted(repo, to_final, true, fence)
                     .await?;
-                if let Some(step) = resumed {
-                    let import_type = if to_final {
-                        ImportType::Final
-                    } else {
-                        ImportType::Pre
-                    };
-                    let repo = Claimed {
-                        step,
-                        ..repo.clone()
-                    };
-                    self.spawn(held, repo, import_type, settings);
+                match resumed {
+                    Some(step) => Retry::Start(
+                        Claimed {
+                            step,
+                            ..repo.clone()
+                        },
+                        if to_final {
+                            ImportType::Final
+                        } else {
+                            ImportType::Pre
+                        },
+                    ),
+                    None => Retry::Refused,
                 }
-                resumed.is_some()
             }
         })
     }
 
     /// Counts the repository's tags and skips it with `too_many_tags` when over
-    /// `max_tags_count`. Returns `None` when skipped, else the count to record with the step's
-    /// start (none when counting failed).
+    /// `max_tags_count`.
     async fn within_tag_limit(
         &self,
         held: &HeldLease,
         repo: &Claimed,
         settings: &Settings,
-    ) -> Result<Option<Option<i32>>, sqlx::Error> {
+    ) -> Result<TagCheck, sqlx::Error> {
+        let uncounted = TagCheck::Within { counted: None };
         let Ok(path) = ferry_shared::ids::RepositoryPath::parse(&repo.path) else {
-            return Ok(Some(None)); // the importer refuses it with a reason
+            return Ok(uncounted); // the importer refuses it with a reason
         };
         let tags = match ferry_shared::walk::count_tags(self.storage.as_ref(), &path).await {
             Ok(tags) => i32::try_from(tags).unwrap_or(i32::MAX),
             Err(error) => {
                 tracing::warn!(repository = %repo.path, %error, "counting tags failed; starting without a count");
-                return Ok(Some(None));
+                return Ok(uncounted);
             }
         };
         if settings.max_tags_count > 0 && tags > settings.max_tags_count {
@@ -133,9 +161,11 @@ impl Dispatcher {
                     Some(held.fence),
                 )
                 .await?;
-            return Ok(None);
+            return Ok(TagCheck::Skipped);
         }
-        Ok(Some(Some(tags)))
+        Ok(TagCheck::Within {
+            counted: Some(tags),
+        })
     }
 
     /// Starts a claimed repository's step in a task of its own: the enqueuer goes straight back
@@ -162,8 +192,8 @@ impl Dispatcher {
                 let mut tags_count = None;
                 if import_type == ImportType::Pre {
                     match this.within_tag_limit(&held, &repo, &settings).await? {
-                        Some(counted) => tags_count = counted,
-                        None => return Ok(Started::No),
+                        TagCheck::Within { counted } => tags_count = counted,
+                        TagCheck::Skipped => return Ok(Started::No),
                     }
                 }
                 this.dispatch(&held, &repo, import_type, tags_count, &settings).await

@@ -13,7 +13,8 @@ use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_shared::storage::BlobStore;
 
 use super::dispatch::Dispatcher;
-use super::{EnqueueConfig, EnqueueHandle, Message, StepReport, Triggers};
+use super::dispatch::Retry;
+use super::{EnqueueConfig, EnqueueHandle, Event, Message, Outcome, Start, StepReport, Triggers};
 use crate::guard::Guard;
 use crate::importers::ImporterPool;
 use crate::lease::{HeldLease, Lease};
@@ -62,6 +63,8 @@ pub struct Enqueuer {
     /// The settings the last pass read: a step started with another's end takes its limits from
     /// here (at most a pass old; whether the migration is enabled is checked by the end itself).
     settings: Option<Settings>,
+    /// What the event being handled decided so far.
+    outcome: Outcome,
 }
 
 impl Enqueuer {
@@ -101,6 +104,7 @@ impl Enqueuer {
             guard_pass: None,
             guard_due: tokio::time::Instant::now(),
             settings: None,
+            outcome: Outcome::default(),
         };
         let handle = EnqueueHandle {
             mailbox: sender,
@@ -123,9 +127,13 @@ impl Enqueuer {
                 biased;
                 () = stop.cancelled() => break,
                 () = lost(&mut self.renewer) => self.lease_lost().await,
-                _ = timer.tick() => self.tick().await,
+                _ = timer.tick() => {
+                    self.handle(Event::Tick).await;
+                }
                 message = self.mailbox.recv() => match message {
-                    Some(message) => self.handle(message).await,
+                    Some(message) => {
+                        self.handle(Event::Message(message)).await;
+                    }
                     None => break,
                 },
             }
@@ -143,9 +151,30 @@ impl Enqueuer {
         }
     }
 
+    /// Handles one event and says what it decided: [`Self::run`] calls it for every timer tick
+    /// and message; tests call it directly, one event at a time.
+    pub async fn handle(&mut self, event: Event) -> Outcome {
+        self.outcome = Outcome::default();
+        match event {
+            Event::Tick => self.tick().await,
+            Event::Message(message) => self.handle_messages(message).await,
+        }
+        let mut outcome = std::mem::take(&mut self.outcome);
+        outcome.leading = self.held.borrow().is_some();
+        outcome
+    }
+
+    /// Waits until every start handed to the dispatcher so far has reached its importer (or
+    /// ended without a running step): for tests that drive [`Self::handle`].
+    pub async fn starts_settled(&self) {
+        self.dispatcher.tasks.close();
+        self.dispatcher.tasks.wait().await;
+        self.dispatcher.tasks.reopen();
+    }
+
     /// Handles one message, then every message already waiting, with one pass for all the
     /// wake-ups among them.
-    async fn handle(&mut self, first: Message) {
+    async fn handle_messages(&mut self, first: Message) {
         let mut wake = false;
         let mut next = Some(first);
         while let Some(message) = next.take() {
@@ -181,8 +210,9 @@ impl Enqueuer {
         if let Err(error) = self.triggers.consume().await {
             tracing::warn!(%error, "consuming the pending trigger failed; it expires by itself");
         }
-        if let Err(error) = self.take_turn(&held, Turn::WHOLE).await {
-            tracing::warn!(%error, "enqueue pass failed");
+        match self.take_turn(&held, Turn::WHOLE).await {
+            Ok(()) => self.metrics.enqueue_pass(),
+            Err(error) => tracing::warn!(%error, "enqueue pass failed"),
         }
     }
 
@@ -227,6 +257,7 @@ impl Enqueuer {
             }
         }
         tracing::info!(fence = held.fence, "enqueue lease acquired");
+        self.outcome.took_lease = Some(held.fence);
         self.metrics.lease_acquired();
         let lease = self.lease.clone();
         let renewed = held.clone();
@@ -323,6 +354,7 @@ impl Enqueuer {
         if !applied {
             return;
         }
+        self.outcome.ended += 1;
         self.importers.step_ended(importer.as_deref());
         let pre_import_done = report.status == MigrationStatus::PreImportComplete;
         match (held, next) {
@@ -332,7 +364,7 @@ impl Enqueuer {
                 } else {
                     ImportType::Pre
                 };
-                self.dispatcher.spawn(&held, next, import_type, &settings);
+                self.start(&held, next, import_type, &settings);
             }
             (Some(held), None) => {
                 let turn = Turn {
@@ -344,6 +376,7 @@ impl Enqueuer {
                 }
             }
             (None, _) => {
+                self.outcome.woke_holder = true;
                 if let Err(error) = self.triggers.trigger().await {
                     tracing::warn!(%error, "publishing a wake-up failed; the timer will pick the work up");
                 }
@@ -369,7 +402,11 @@ impl Enqueuer {
 
     /// Starts the final imports of finished pre-imports: their slots are taken already. Claimed
     /// in one statement, started together.
-    async fn start_finals(&self, held: &HeldLease, settings: &Settings) -> Result<(), sqlx::Error> {
+    async fn start_finals(
+        &mut self,
+        held: &HeldLease,
+        settings: &Settings,
+    ) -> Result<(), sqlx::Error> {
         if !held.is_valid().await {
             return Ok(());
         }
@@ -379,8 +416,7 @@ impl Enqueuer {
             .claim_pre_import_done(Some(held.fence), limit)
             .await?;
         for repo in finals {
-            self.dispatcher
-                .spawn(held, repo, ImportType::Final, settings);
+            self.start(held, repo, ImportType::Final, settings);
         }
         Ok(())
     }
@@ -388,7 +424,7 @@ impl Enqueuer {
     /// While slots are free: retries aborted repositories first, then claims ready `default`
     /// ones for every free slot in one statement and starts them together.
     async fn fill_free_slots(
-        &self,
+        &mut self,
         held: &HeldLease,
         settings: &Settings,
     ) -> Result<(), sqlx::Error> {
@@ -405,15 +441,18 @@ impl Enqueuer {
             let Some((repo, pre_import_done)) = self.store.next_aborted().await? else {
                 break;
             };
-            if self.store.in_process_count().await? >= i64::from(settings.capacity)
-                || !self
-                    .dispatcher
-                    .retry_aborted(held, &repo, pre_import_done, settings)
-                    .await?
-            {
-                // No slot free, or the write was refused: the lease is gone or another holder
-                // acts.
+            if self.store.in_process_count().await? >= i64::from(settings.capacity) {
                 return Ok(());
+            }
+            match self
+                .dispatcher
+                .retry_aborted(held, &repo, pre_import_done)
+                .await?
+            {
+                Retry::Start(repo, import_type) => self.start(held, repo, import_type, settings),
+                Retry::Settled => self.outcome.settled += 1,
+                // The lease is gone or another holder acts.
+                Retry::Refused => return Ok(()),
             }
         }
         if !held.is_valid().await {
@@ -426,9 +465,25 @@ impl Enqueuer {
             .claim_ready(Some(held.fence), settings.capacity)
             .await?;
         for repo in batch {
-            self.dispatcher.spawn(held, repo, ImportType::Pre, settings);
+            self.start(held, repo, ImportType::Pre, settings);
         }
         Ok(())
+    }
+
+    /// Hands a claimed step to the dispatcher, which starts it in a task of its own.
+    fn start(
+        &mut self,
+        held: &HeldLease,
+        repo: crate::store::Claimed,
+        import_type: ImportType,
+        settings: &Settings,
+    ) {
+        self.outcome.started.push(Start {
+            path: repo.path.clone(),
+            step: repo.step,
+            import_type,
+        });
+        self.dispatcher.spawn(held, repo, import_type, settings);
     }
 }
 

@@ -50,9 +50,7 @@ impl Work for RestoreMissingRepositories {
         for chunk in projects.chunks(PROJECTS_PER_LISTING) {
             let listing = super::sub_repositories(&self.importers, chunk, 10_000)
                 .await
-                .map_err(|status| {
-                    WorkError::Failed(format!("listing sub-repositories: {}", status.message()))
-                })?;
+                .map_err(|error| WorkError::Failed(format!("listing sub-repositories: {error}")))?;
             let all: Vec<String> = listing.found.iter().flatten().cloned().collect();
             let existing: HashSet<String> =
                 existing_paths_on(tx, &all).await?.into_iter().collect();

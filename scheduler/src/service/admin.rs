@@ -172,16 +172,15 @@ impl Scheduler {
                         "{path} is import_done: its final import completed before the cancel"
                     )));
                 }
-                CancelResult::Unreachable(status) => {
+                CancelResult::Unreachable(error) => {
                     self.store.withdraw_cancel(path, step).await?;
                     return Err(SchedulerError::Unavailable(format!(
-                        "no importer reachable to cancel {path}: {}",
-                        status.message()
+                        "cannot cancel {path}: {error}"
                     )));
                 }
                 // Nothing in progress there (never started, or ended without completing): fine.
-                CancelResult::NotCanceled(status) => {
-                    tracing::info!(repository = path, step, %status, "nothing to cancel on the importer");
+                CancelResult::NotCanceled(answer) => {
+                    tracing::info!(repository = path, step, %answer, "nothing to cancel on the importer");
                 }
             }
         }
@@ -231,11 +230,11 @@ impl Scheduler {
     }
 
     pub(super) async fn do_preview(&self) -> Result<QueuePreview, SchedulerError> {
-        let (next_ready, next_aborted, ready) = self.store.preview_queue().await?;
+        let head = self.store.preview_queue().await?;
         Ok(QueuePreview {
-            next_ready: next_ready.map(Repository::from),
-            next_aborted: next_aborted.map(Repository::from),
-            ready: u64::try_from(ready).unwrap_or(0),
+            next_ready: head.next_ready.map(Repository::from),
+            next_aborted: head.next_aborted.map(Repository::from),
+            ready: u64::try_from(head.ready).unwrap_or(0),
         })
     }
 
@@ -274,11 +273,8 @@ impl Scheduler {
                 .importers
                 .list_created_since(&since, DOUBLE_CHECK_PAGE, &last)
                 .await
-                .map_err(|status| {
-                    SchedulerError::Unavailable(format!(
-                        "listing repositories: {}",
-                        status.message()
-                    ))
+                .map_err(|error| {
+                    SchedulerError::Unavailable(format!("listing repositories: {error}"))
                 })?;
             let paths: Vec<String> = page.repositories.iter().map(|r| r.path.clone()).collect();
             report.checked += paths.len() as u64;

@@ -16,6 +16,17 @@ pub(super) fn ready() -> String {
     )
 }
 
+/// The head of the queue, as [`SchedulerStore::preview_queue`] reads it.
+#[derive(Debug, Clone)]
+pub struct QueueHead {
+    /// The ready repository the enqueue loop would claim next.
+    pub next_ready: Option<RepositoryRecord>,
+    /// The aborted repository it would retry next.
+    pub next_aborted: Option<RepositoryRecord>,
+    /// How many repositories are ready.
+    pub ready: i64,
+}
+
 impl SchedulerStore {
     /// Registers one repository (a create event): `default`, or `import_done` with
     /// `native_import` when it was created on the new platform. An existing one is left alone.
@@ -209,9 +220,7 @@ impl SchedulerStore {
     /// The next ready repository (as the loop would take it), the next aborted one, and how many
     /// are ready.
     #[tracing::instrument(name = "db.preview_queue", skip_all, err(level = "warn"))]
-    pub async fn preview_queue(
-        &self,
-    ) -> Result<(Option<RepositoryRecord>, Option<RepositoryRecord>, i64), sqlx::Error> {
+    pub async fn preview_queue(&self) -> Result<QueueHead, sqlx::Error> {
         let filter = ready();
         let next_ready = sqlx::query_as(&format!(
             "SELECT {REPOSITORY_COLUMNS} FROM container_repositories r JOIN projects p ON p.id = r.project_id, \
@@ -230,7 +239,11 @@ impl SchedulerStore {
         ))
         .fetch_one(&self.pool)
         .await?;
-        Ok((next_ready, next_aborted, ready))
+        Ok(QueueHead {
+            next_ready,
+            next_aborted,
+            ready,
+        })
     }
 
     /// Repositories that reached `import_done` in the last `minutes` minutes.
