@@ -1,9 +1,9 @@
 //! The runbook's procedures as `ferryctl` commands, run as the binary against a real cluster:
 //! the queues, the global switch, a stuck enqueue lease and a stuck deduplication key.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ferry_tests::{Cluster, SampleRegistry, redis_url};
+use ferry_tests::{Cluster, SampleRegistry, redis_url, wait_until};
 
 /// Runs `ferryctl ARGS`; returns (success, stdout, stderr).
 fn ferryctl(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
@@ -99,18 +99,19 @@ async fn every_runbook_step_is_a_ferryctl_command() {
     );
     let (ok, _, stderr) = ferryctl(&cluster, &["lease", "clear", "--holder", &holder]);
     assert!(ok, "{stderr}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = json(&cluster, &["lease", "--json"]);
-        if now["held"] == true && now["fence"].as_u64() > Some(fence) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nobody took the lease again: {now}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "a replica to take the lease again",
+        Duration::from_secs(20),
+        async || {
+            let now = json(&cluster, &["lease", "--json"]);
+            if now["held"] == true && now["fence"].as_u64() > Some(fence) {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
 
     // A stuck deduplication key (no expiry, set by a replica that died): shown, then cleared.
     // The lease holder consumes the key at the start of every pass, so the lease is taken away
@@ -129,11 +130,15 @@ async fn every_runbook_step_is_a_ferryctl_command() {
         .query_async(&mut redis)
         .await
         .expect("take the lease");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ferry_tests::metric(&cluster.metrics().await, "ferry_lease_held") != Some(0.0) {
-        assert!(Instant::now() < deadline, "the scheduler kept leading");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "the scheduler to stop leading",
+        Duration::from_secs(20),
+        async || match ferry_tests::metric(&cluster.metrics().await, "ferry_lease_held") {
+            Some(0.0) => Ok(()),
+            held => Err(held),
+        },
+    )
+    .await;
     let key = format!("{}:enqueuer:pending", cluster.redis_prefix);
     let _: () = redis::cmd("SET")
         .arg(&key)
@@ -190,22 +195,22 @@ async fn target_plans_select_repositories_by_the_plans_ferryctl_loads() {
 
     // Only group-a's repositories (on premium) are migrated; the others wait in `default`.
     let in_plan = |path: &str| path.starts_with("group-a/");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = json(&cluster, &["list", "--state", "import_done", "--json"]);
-        let paths: Vec<String> = done["repositories"]
-            .as_array()
-            .expect("repositories")
-            .iter()
-            .map(|r| r["path"].as_str().expect("path").to_owned())
-            .collect();
-        assert!(paths.iter().all(|p| in_plan(p)), "{paths:?}");
-        if paths.len() == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "group-a not migrated: {paths:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "group-a's 3 repositories import_done",
+        Duration::from_secs(60),
+        async || {
+            let done = json(&cluster, &["list", "--state", "import_done", "--json"]);
+            let paths: Vec<String> = done["repositories"]
+                .as_array()
+                .expect("repositories")
+                .iter()
+                .map(|r| r["path"].as_str().expect("path").to_owned())
+                .collect();
+            assert!(paths.iter().all(|p| in_plan(p)), "{paths:?}");
+            if paths.len() == 3 { Ok(()) } else { Err(paths) }
+        },
+    )
+    .await;
     let waiting = json(&cluster, &["list", "--state", "default", "--json"]);
     assert_eq!(
         waiting["repositories"].as_array().map(Vec::len),
