@@ -261,13 +261,24 @@ impl RepairScan {
     }
 
     /// Reports the rate every `report_every` until `halt`, and estimates what is left from the
-    /// `pending` count the sweep started with.
+    /// `pending` count the sweep started with. At `halt` it reports once more, with the sweep's
+    /// whole rate, so a sweep shorter than `report_every` still names its scanner.
     async fn report(self, halt: CancellationToken, pending: i64) {
         let start = self.analyzed();
-        let mut last = (Instant::now(), start);
+        let began = Instant::now();
+        let mut last = (began, start);
         loop {
             tokio::select! {
-                () = halt.cancelled() => return,
+                () = halt.cancelled() => {
+                    let seconds = began.elapsed().as_secs_f64();
+                    if seconds > 0.0 {
+                        let rate = (self.analyzed() - start) as f64 / seconds;
+                        if let Err(error) = self.store.report_repair_scan(&self.identity, rate).await {
+                            tracing::warn!(%error, "repair scan: report failed");
+                        }
+                    }
+                    return;
+                }
                 () = tokio::time::sleep(self.config.report_every) => {}
             }
             let now = (Instant::now(), self.analyzed());
