@@ -6,7 +6,7 @@ use std::time::Duration;
 use ferry_proto::scheduler::v1 as pb;
 
 use crate::error::SchedulerError;
-use crate::store::{Settings, SettingsPatch};
+use crate::store::{Change, Settings, SettingsPatch};
 
 fn uint(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(0)
@@ -65,15 +65,15 @@ pub fn patch_from_proto(
     let repair_max_concurrency = int("repair_max_concurrency", request.repair_max_concurrency);
     let duration = |v: Option<u32>| v.map(|s| Duration::from_secs(u64::from(s)));
     let created_before = match request.created_before.as_deref() {
-        None => None,
-        Some("") => Some(None),
+        None => Change::Keep,
+        Some("") => Change::Clear,
         Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
-            Ok(at) => Some(Some(at.with_timezone(&chrono::Utc))),
+            Ok(at) => Change::Set(at.with_timezone(&chrono::Utc)),
             Err(error) => {
                 problems.push(format!(
                     "created_before {text:?} is not an RFC 3339 time ({error})"
                 ));
-                None
+                Change::Keep
             }
         },
     };
@@ -89,9 +89,11 @@ pub fn patch_from_proto(
         pre_import_tags_rate: request.pre_import_tags_rate,
         enqueue_waiting_time: duration(request.enqueue_waiting_time_secs),
         created_before,
-        target_plans: request
-            .target_plans
-            .map(|l| Some(l.values).filter(|v| !v.is_empty())),
+        target_plans: match request.target_plans {
+            None => Change::Keep,
+            Some(list) if list.values.is_empty() => Change::Clear,
+            Some(list) => Change::Set(list.values),
+        },
         deny_root_namespaces: request.deny_root_namespaces.map(|l| l.values),
         repair_enabled: request.repair_enabled,
         repair_max_concurrency,
@@ -134,8 +136,8 @@ mod tests {
             ..Default::default()
         };
         let patch = patch_from_proto(request).unwrap();
-        assert_eq!(patch.created_before, Some(None));
-        assert_eq!(patch.target_plans, Some(None), "empty = all plans");
+        assert_eq!(patch.created_before, Change::Clear);
+        assert_eq!(patch.target_plans, Change::Clear, "empty = all plans");
         assert_eq!(
             patch.deny_root_namespaces,
             Some(vec!["gitlab-org".to_owned()])

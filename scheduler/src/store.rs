@@ -19,7 +19,7 @@ mod step_end;
 
 pub use admin::{MigrationProgress, QueueHead};
 pub use guard::StaleStep;
-pub use settings::{Settings, SettingsPatch};
+pub use settings::{Change, Settings, SettingsPatch};
 
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");

@@ -79,7 +79,34 @@ impl Settings {
     }
 }
 
-/// A partial update of the settings: `None` leaves a value as it is.
+/// A change to a setting that can also be cleared (set to "no limit").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Change<T> {
+    /// Left as it is.
+    #[default]
+    Keep,
+    /// Cleared.
+    Clear,
+    /// Set to this value.
+    Set(T),
+}
+
+impl<T> Change<T> {
+    /// Whether the setting changes (is cleared or set).
+    pub fn changes(&self) -> bool {
+        !matches!(self, Change::Keep)
+    }
+
+    /// The new value, when one is set.
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Change::Set(value) => Some(value),
+            Change::Keep | Change::Clear => None,
+        }
+    }
+}
+
+/// A partial update of the settings: `None` (or [`Change::Keep`]) leaves a value as it is.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SettingsPatch {
     /// See [`Settings::enabled`].
@@ -102,10 +129,10 @@ pub struct SettingsPatch {
     pub pre_import_tags_rate: Option<f64>,
     /// See [`Settings::enqueue_waiting_time`].
     pub enqueue_waiting_time: Option<Duration>,
-    /// `Some(None)` clears the limit.
-    pub created_before: Option<Option<DateTime<Utc>>>,
-    /// `Some(None)` means all plans.
-    pub target_plans: Option<Option<Vec<String>>>,
+    /// See [`Settings::created_before`]; [`Change::Clear`] removes the limit.
+    pub created_before: Change<DateTime<Utc>>,
+    /// See [`Settings::target_plans`]; [`Change::Clear`] means all plans.
+    pub target_plans: Change<Vec<String>>,
     /// See [`Settings::deny_root_namespaces`].
     pub deny_root_namespaces: Option<Vec<String>>,
     /// See [`Settings::repair_enabled`].
@@ -154,17 +181,14 @@ impl SettingsPatch {
         }
         for (name, list) in [
             ("deny_root_namespaces", self.deny_root_namespaces.as_ref()),
-            (
-                "target_plans",
-                self.target_plans.as_ref().and_then(Option::as_ref),
-            ),
+            ("target_plans", self.target_plans.value()),
         ] {
             if let Some(Err(problem)) = list.map(|l| limits::NAME_LIST.check(l.len())) {
                 problems.push(format!("{name}: {problem}"));
             }
         }
         let names = self.deny_root_namespaces.iter().flatten();
-        let plans = self.target_plans.iter().flatten().flatten();
+        let plans = self.target_plans.value().into_iter().flatten();
         for name in names.chain(plans) {
             if name.is_empty() || name.len() > 255 || name.contains('/') {
                 problems.push(format!("{name:?} is not a root namespace or plan name"));
@@ -245,10 +269,10 @@ impl SchedulerStore {
         .bind(patch.start_max_retries)
         .bind(patch.pre_import_tags_rate)
         .bind(patch.enqueue_waiting_time.map(secs))
-        .bind(patch.created_before.is_some())
-        .bind(patch.created_before.flatten())
-        .bind(patch.target_plans.is_some())
-        .bind(patch.target_plans.clone().flatten())
+        .bind(patch.created_before.changes())
+        .bind(patch.created_before.value())
+        .bind(patch.target_plans.changes())
+        .bind(patch.target_plans.value())
         .bind(patch.deny_root_namespaces.clone())
         .bind(patch.repair_enabled)
         .bind(patch.repair_max_concurrency)
