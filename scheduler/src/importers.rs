@@ -441,17 +441,11 @@ impl ImporterPool {
         if let Some(mut client) = url.and_then(|url| self.client(url)) {
             return Ok(client.get_import_status(request()).await?.into_inner());
         }
-        let mut last = ImporterError::none_configured();
-        for m in self.members() {
-            match m.client.clone().get_import_status(request()).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) => match ImporterError::from(status) {
-                    unreachable @ ImporterError::Unreachable(_) => last = unreachable,
-                    refused => return Err(refused),
-                },
-            }
-        }
-        Err(last)
+        self.ask_any(|mut client| {
+            let request = request();
+            async move { client.get_import_status(request).await }
+        })
+        .await
     }
 
     /// Step `step` of the repository as the importers see it, for the guard. With the importer
@@ -514,27 +508,15 @@ impl ImporterPool {
         n: u32,
         last: &str,
     ) -> Result<RepositoryPage, ImporterError> {
-        let mut failure = ImporterError::none_configured();
-        for m in self.members() {
+        self.ask_any(|mut client| {
             let request = ListRepositoriesCreatedSinceRequest {
                 since: since.to_owned(),
                 n,
                 last: last.to_owned(),
             };
-            match m
-                .client
-                .clone()
-                .list_repositories_created_since(request)
-                .await
-            {
-                Ok(page) => return Ok(page.into_inner()),
-                Err(status) => match ImporterError::from(status) {
-                    unreachable @ ImporterError::Unreachable(_) => failure = unreachable,
-                    refused => return Err(refused),
-                },
-            }
-        }
-        Err(failure)
+            async move { client.list_repositories_created_since(request).await }
+        })
+        .await
     }
 
     /// One page of [`ListSubRepositoriesBatch`](ListSubRepositoriesBatchRequest) from any
@@ -543,19 +525,12 @@ impl ImporterPool {
         &self,
         request: ListSubRepositoriesBatchRequest,
     ) -> Result<SubRepositoriesBatchPage, ImporterError> {
-        let mut failure = ImporterError::none_configured();
-        for m in self.members() {
+        self.ask_any(|mut client| {
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(LISTING_DEADLINE);
-            match m.client.clone().list_sub_repositories_batch(call).await {
-                Ok(page) => return Ok(page.into_inner()),
-                Err(status) => match ImporterError::from(status) {
-                    unreachable @ ImporterError::Unreachable(_) => failure = unreachable,
-                    refused => return Err(refused),
-                },
-            }
-        }
-        Err(failure)
+            async move { client.list_sub_repositories_batch(call).await }
+        })
+        .await
     }
 
     /// Cancels step `step` of the repository (see [`Self::cancel`]) and says which side won:
@@ -589,19 +564,31 @@ impl ImporterPool {
         step: u64,
         force: bool,
     ) -> Result<MigrationStatus, ImporterError> {
+        let answer = self
+            .ask_any(|mut client| {
+                let request = quick(CancelImportRequest {
+                    path: path.to_owned(),
+                    force,
+                    step,
+                });
+                async move { client.cancel_import(request).await }
+            })
+            .await?;
+        Ok(MigrationStatus::try_from(answer.status).unwrap_or_default())
+    }
+
+    /// Makes `call` on each importer in turn until one answers (the importers share the
+    /// metadata database, so any answer is the answer): its answer, or its refusal, or
+    /// `Unreachable` with the last reason when none could be asked.
+    async fn ask_any<T, F, Fut>(&self, mut call: F) -> Result<T, ImporterError>
+    where
+        F: FnMut(ImporterClient<Connection>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let mut last = ImporterError::none_configured();
         for m in self.members() {
-            let request = CancelImportRequest {
-                path: path.to_owned(),
-                force,
-                step,
-            };
-            match m.client.clone().cancel_import(quick(request)).await {
-                Ok(response) => {
-                    return Ok(
-                        MigrationStatus::try_from(response.into_inner().status).unwrap_or_default()
-                    );
-                }
+            match call(m.client.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
                 Err(status) => match ImporterError::from(status) {
                     unreachable @ ImporterError::Unreachable(_) => last = unreachable,
                     refused => return Err(refused),

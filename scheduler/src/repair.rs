@@ -272,10 +272,7 @@ impl RepairScan {
                 () = halt.cancelled() => {
                     let seconds = began.elapsed().as_secs_f64();
                     if seconds > 0.0 {
-                        let rate = (self.analyzed() - start) as f64 / seconds;
-                        if let Err(error) = self.store.report_repair_scan(&self.identity, rate).await {
-                            tracing::warn!(%error, "repair scan: report failed");
-                        }
+                        self.record_rate((self.analyzed() - start) as f64 / seconds).await;
                     }
                     return;
                 }
@@ -296,9 +293,14 @@ impl RepairScan {
                 eta_seconds = eta.round(),
                 "repair scan progress"
             );
-            if let Err(error) = self.store.report_repair_scan(&self.identity, rate).await {
-                tracing::warn!(%error, "repair scan: report failed");
-            }
+            self.record_rate(rate).await;
+        }
+    }
+
+    /// Records this replica as the scanner, at `rate` projects a second.
+    async fn record_rate(&self, rate: f64) {
+        if let Err(error) = self.store.report_repair_scan(&self.identity, rate).await {
+            tracing::warn!(%error, "repair scan: report failed");
         }
     }
 

@@ -33,17 +33,6 @@ impl Tasks {
         Self::default()
     }
 
-    /// The token cancelled when the service stops. Tasks watch it (or a clone of it).
-    pub fn token(&self) -> CancellationToken {
-        self.stop.clone()
-    }
-
-    /// The tracker every task of the service runs on, for a component that spawns tasks of its
-    /// own (an importer's steps) and waits for them.
-    pub fn tracker(&self) -> TaskTracker {
-        self.tracker.clone()
-    }
-
     /// Completes when the service is told to stop.
     pub fn stopped(&self) -> WaitForCancellationFutureOwned {
         self.stop.clone().cancelled_owned()
