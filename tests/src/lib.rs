@@ -22,7 +22,7 @@ pub mod wait;
 pub use cluster::{Cluster, ClusterOptions, run_inventory, state_count};
 pub use importer_harness::{ImporterHarness, serve_importer};
 pub use layout_writer::LayoutWriter;
-pub use scheduler_harness::{replica_keys, scheduler_with, scheduler_with_url};
+pub use scheduler_harness::{registered_store, replica_keys, scheduler_with, scheduler_with_url};
 pub use wait::{poll_until, wait_until};
 
 use std::path::{Path, PathBuf};

@@ -29,14 +29,7 @@ pub async fn scheduler_with_url(
     paths: &[&str],
     importers: ImporterPool,
 ) -> (Scheduler, SchedulerStore, String) {
-    let url = fresh_database("scheduler").await;
-    let store = SchedulerStore::connect(&url, 4).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    let batch: Vec<_> = paths
-        .iter()
-        .map(|p| new_repository(&RepositoryPath::parse(p).expect("path"), 2))
-        .collect();
-    store.register(&batch).await.expect("register");
+    let (store, url) = registered_store("scheduler", paths).await;
     let prefix = format!("ferry-test-{}", unique_suffix());
     let (triggers, lease) = replica_keys(
         &prefix,
@@ -82,4 +75,18 @@ pub async fn replica_keys(prefix: &str, holder: &str, ttl: Duration) -> (Trigger
         },
     );
     (triggers, lease)
+}
+
+/// A fresh scheduler database (named after `label`) where `paths` are registered (`default`,
+/// two project segments); the store and the database's URL.
+pub async fn registered_store(label: &str, paths: &[&str]) -> (SchedulerStore, String) {
+    let url = fresh_database(label).await;
+    let store = SchedulerStore::connect(&url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let batch: Vec<_> = paths
+        .iter()
+        .map(|p| new_repository(&RepositoryPath::parse(p).expect("path"), 2))
+        .collect();
+    store.register(&batch).await.expect("register");
+    (store, url)
 }

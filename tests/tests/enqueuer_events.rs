@@ -11,14 +11,12 @@ use ferry_scheduler::enqueue::{
 };
 use ferry_scheduler::guard::Guard;
 use ferry_scheduler::importers::ImporterPool;
-use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::metrics::MigrationMetrics;
 use ferry_scheduler::state::MigrationState;
 use ferry_scheduler::store::{SchedulerStore, SettingsPatch};
-use ferry_shared::ids::RepositoryPath;
 use ferry_tests::wait::wait_until;
 use ferry_tests::{ImporterHarness, serve_importer};
-use ferry_tests::{fresh_database, replica_keys, unique_suffix};
+use ferry_tests::{registered_store, replica_keys, unique_suffix};
 
 const PATHS: [&str; 3] = ["events/p1/app", "events/p2/app", "events/p3/app"];
 
@@ -42,15 +40,7 @@ impl Setup {
             "http://127.0.0.1:{}",
             serve_importer(importer.importer.clone()).await
         );
-        let store = SchedulerStore::connect(&fresh_database("scheduler").await, 4)
-            .await
-            .expect("connect");
-        store.migrate().await.expect("migrate");
-        let batch: Vec<_> = PATHS
-            .iter()
-            .map(|p| new_repository(&RepositoryPath::parse(p).expect("path"), 2))
-            .collect();
-        store.register(&batch).await.expect("register");
+        let (store, _) = registered_store("scheduler", &PATHS).await;
         store
             .update_settings(&SettingsPatch {
                 enabled: Some(true),

@@ -19,6 +19,30 @@ const REPOSITORIES: usize = 60;
 /// third of it).
 const LEASE_TTL: Duration = Duration::from_secs(4);
 
+/// Waits up to `within` until the replica serving on `port` holds the lease with a fencing
+/// token above `fence`; returns the lease as it reported it.
+async fn wait_for_takeover(
+    what: &str,
+    client: &mut SchedulerClient<ferry_shared::grpc::client::Connection>,
+    port: u16,
+    fence: u64,
+    within: Duration,
+) -> ferry_proto::scheduler::v1::LeaseStatus {
+    wait_until(what, within, async || {
+        let now = client
+            .get_lease(GetLeaseRequest {})
+            .await
+            .expect("lease")
+            .into_inner();
+        if now.held && now.fence > fence && now.holder.ends_with(&format!(":{port}")) {
+            Ok(now)
+        } else {
+            Err(now)
+        }
+    })
+    .await
+}
+
 async fn connect(url: &str) -> SchedulerClient<ferry_shared::grpc::client::Connection> {
     ferry_tests::processes::connect_scheduler(url).await
 }
@@ -323,26 +347,15 @@ async fn killing_the_lease_holder_loses_nothing_and_starts_nothing_twice() {
     // The survivor takes the lease, with a higher fencing token, within two TTLs.
     let mut client = connect(&deployment.scheduler_urls[survivor]).await;
     let survivor_port = deployment.scheduler_ports[survivor];
-    let took_over = wait_until(
+    wait_for_takeover(
         "a takeover within two TTLs",
+        &mut client,
+        survivor_port,
+        lease.fence,
         (LEASE_TTL * 2).saturating_sub(killed_at.elapsed()),
-        async || {
-            let now = client
-                .get_lease(GetLeaseRequest {})
-                .await
-                .expect("lease")
-                .into_inner();
-            if now.held
-                && now.fence > lease.fence
-                && now.holder.ends_with(&format!(":{survivor_port}"))
-            {
-                Ok(killed_at.elapsed())
-            } else {
-                Err(now)
-            }
-        },
     )
     .await;
+    let took_over = killed_at.elapsed();
     deployment
         .wait_done(
             survivor,
@@ -442,25 +455,13 @@ async fn a_paused_holder_stops_dispatching_when_it_resumes() {
     let paused_at = Instant::now();
     let mut client = connect(&deployment.scheduler_urls[other]).await;
     let other_port = deployment.scheduler_ports[other];
-    let taken = wait_until(
+    // Between the expiry and the takeover nobody holds it: keep asking.
+    let taken = wait_for_takeover(
         "a takeover while the holder was paused",
+        &mut client,
+        other_port,
+        lease.fence,
         (LEASE_TTL * 3).saturating_sub(paused_at.elapsed()),
-        async || {
-            // Between the expiry and the takeover nobody holds it: keep asking.
-            let now = client
-                .get_lease(GetLeaseRequest {})
-                .await
-                .expect("lease")
-                .into_inner();
-            if now.held
-                && now.fence > lease.fence
-                && now.holder.ends_with(&format!(":{other_port}"))
-            {
-                Ok(now)
-            } else {
-                Err(now)
-            }
-        },
     )
     .await;
     paused.signal("CONT");

@@ -3,11 +3,9 @@
 //! and every case where it must leave the claim to the enqueue loop.
 
 use ferry_proto::common::v1::ImportStats;
-use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::state::MigrationState;
 use ferry_scheduler::store::{Abort, RepoKey, SchedulerStore, SettingsPatch};
-use ferry_shared::ids::RepositoryPath;
-use ferry_tests::fresh_database;
+use ferry_tests::registered_store;
 
 /// The lease holder's token in these tests; the fence starts at it.
 const HOLDER: u64 = 5;
@@ -15,15 +13,7 @@ const HOLDER: u64 = 5;
 /// A store with `paths` registered, the migration enabled at `capacity` and the fence at
 /// [`HOLDER`].
 async fn store_with(paths: &[&str], capacity: i32) -> SchedulerStore {
-    let store = SchedulerStore::connect(&fresh_database("hand_over").await, 4)
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    let batch: Vec<_> = paths
-        .iter()
-        .map(|path| new_repository(&RepositoryPath::parse(path).expect("path"), 2))
-        .collect();
-    store.register(&batch).await.expect("register");
+    let (store, _) = registered_store("hand_over", paths).await;
     store
         .update_settings(&SettingsPatch {
             enabled: Some(true),
