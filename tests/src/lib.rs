@@ -401,6 +401,18 @@ impl ferry_shared::storage::BlobStore for GatedStore {
         self.inner.read(key, max_bytes).await
     }
 
+    async fn open_read(
+        &self,
+        key: &str,
+    ) -> Result<Option<ferry_shared::storage::ObjectReader>, ferry_shared::storage::StorageError>
+    {
+        if self.key.as_deref().is_none_or(|gated| gated == key) {
+            let mut gate = self.gate.clone();
+            let _ = gate.wait_for(|open| *open).await;
+        }
+        self.inner.open_read(key).await
+    }
+
     async fn copy(
         &self,
         src: &str,

@@ -42,6 +42,12 @@ impl BlobStore for MovingTag {
         }
         self.inner.read(key, max_bytes).await
     }
+    async fn open_read(
+        &self,
+        key: &str,
+    ) -> Result<Option<ferry_shared::storage::ObjectReader>, StorageError> {
+        self.inner.open_read(key).await
+    }
     async fn copy(
         &self,
         src: &str,

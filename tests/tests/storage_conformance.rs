@@ -3,9 +3,13 @@
 //! `FERRY_GCS_EMULATOR`, default `127.0.0.1:4443`). Each case seeds objects by their raw bucket
 //! key, bypassing the driver, then checks what the driver makes of them.
 
+use bytes::Bytes;
 use ferry_shared::ids::Digest;
-use ferry_shared::storage::{BlobStore, CopyOutcome, ListOptions, ListPage, StorageError};
+use ferry_shared::storage::{
+    BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError,
+};
 use ferry_tests::buckets::{Bucket, GcsBucket, LocalBucket};
+use futures::TryStreamExt as _;
 
 /// A page's objects and prefixes as one list of keys, in order.
 fn entries(page: &ListPage) -> Vec<String> {
@@ -155,6 +159,52 @@ async fn reads_are_bounded(bucket: &dyn Bucket) {
     assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
 }
 
+/// The metadata and every chunk of `key` opened for reading; `None` when it does not exist.
+async fn open_all(store: &dyn BlobStore, key: &str) -> Option<(ObjectMeta, Vec<Bytes>)> {
+    let reader = store.open_read(key).await.expect("open")?;
+    let chunks: Vec<Bytes> = reader.body.try_collect().await.expect("stream");
+    Some((reader.meta, chunks))
+}
+
+async fn open_read_streams_small_and_empty_objects(bucket: &dyn Bucket) {
+    bucket.put("a/b", b"12345").await;
+    bucket.put("a/empty", b"").await;
+    let store = bucket.store("");
+    let (meta, chunks) = open_all(&*store, "a/b").await.expect("exists");
+    assert_eq!((meta.key.as_str(), meta.size), ("a/b", 5));
+    assert_eq!(chunks.concat(), b"12345");
+    let (meta, chunks) = open_all(&*store, "a/empty").await.expect("exists");
+    assert_eq!((meta.key.as_str(), meta.size), ("a/empty", 0));
+    assert!(chunks.iter().all(Bytes::is_empty), "{chunks:?}");
+}
+
+async fn open_read_streams_a_large_object_unchanged(bucket: &dyn Bucket) {
+    // Several chunks of any driver (the local one reads 64 KiB at a time).
+    let data: Vec<u8> = (0..(5 << 16) + 4321).map(|i| (i * 7 % 251) as u8).collect();
+    bucket.put("blobs/sha256/ab/abcd/data", &data).await;
+    let store = bucket.store("");
+    let (meta, chunks) = open_all(&*store, "blobs/sha256/ab/abcd/data")
+        .await
+        .expect("exists");
+    assert_eq!(meta.size, data.len() as u64);
+    let stat = store.stat("blobs/sha256/ab/abcd/data").await.expect("stat");
+    assert_eq!(stat, Some(meta), "the open and stat agree");
+    assert!(
+        chunks.len() > 1,
+        "streamed in one chunk of {} bytes",
+        data.len()
+    );
+    assert_eq!(chunks.concat(), data, "the same bytes, in order");
+}
+
+async fn open_read_of_a_missing_object_is_none(bucket: &dyn Bucket) {
+    bucket.put("a/b", b"12345").await;
+    let store = bucket.store("");
+    for key in ["a/c", "zz", "a", "a/b/c"] {
+        assert!(open_all(&*store, key).await.is_none(), "{key}");
+    }
+}
+
 async fn copy_copies_once_and_leaves_existing_destinations_alone(bucket: &dyn Bucket) {
     let data = b"layer bytes";
     bucket.put("src/data", data).await;
@@ -205,6 +255,10 @@ async fn a_prefix_is_applied_and_stripped(bucket: &dyn Bucket) {
         store.read("a/1", 100).await.expect("read"),
         &b"some/prefix/a/1"[..]
     );
+    let (meta, chunks) = open_all(&*store, "a/1").await.expect("exists");
+    assert_eq!((meta.key.as_str(), meta.size), ("a/1", 15));
+    assert_eq!(chunks.concat(), b"some/prefix/a/1");
+    assert!(open_all(&*store, "some/prefix/b").await.is_none());
     assert_eq!(store.stat("some/prefix/b").await.expect("stat"), None);
     let outcome = store.copy("b", "c/d", None).await.expect("copy");
     assert_eq!(outcome, CopyOutcome::Copied(13));
@@ -219,6 +273,8 @@ async fn hostile_keys_are_refused(bucket: &dyn Bucket) {
     let store = bucket.store("");
     for key in ["../etc/passwd", "/etc/passwd", "a/../../x", "a//b", ""] {
         let err = store.read(key, 10).await.expect_err("must fail");
+        assert!(matches!(err, StorageError::InvalidKey(_)), "{key}: {err}");
+        let err = store.open_read(key).await.expect_err("must fail");
         assert!(matches!(err, StorageError::InvalidKey(_)), "{key}: {err}");
         let err = store.copy("a/b", key, None).await.expect_err("must fail");
         assert!(matches!(err, StorageError::InvalidKey(_)), "{key}: {err}");
@@ -252,6 +308,9 @@ conformance!(
     delimited_listing_returns_directories_as_prefixes_and_paginates,
     stat_reports_objects_only,
     reads_are_bounded,
+    open_read_streams_small_and_empty_objects,
+    open_read_streams_a_large_object_unchanged,
+    open_read_of_a_missing_object_is_none,
     copy_copies_once_and_leaves_existing_destinations_alone,
     a_prefix_is_applied_and_stripped,
     hostile_keys_are_refused,

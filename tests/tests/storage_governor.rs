@@ -310,7 +310,7 @@ async fn a_copy_whose_destination_is_present_books_no_write() {
     };
     let governor = governor_with(&format!("ferry-test-{}", unique_suffix()), slow_writes).await;
     let local = LocalStore::new(dir.path().to_path_buf()).expect("local store");
-    let store = Governed::new(Arc::new(local), governor);
+    let store = Governed::new(Arc::new(local), governor.clone());
     let present = async {
         for _ in 0..20 {
             let outcome = store.copy("src/data", "present/data", None).await;
@@ -320,12 +320,27 @@ async fn a_copy_whose_destination_is_present_books_no_write() {
     tokio::time::timeout(Duration::from_secs(60), present)
         .await
         .expect("no present copy booked a write");
+    let before = governor
+        .peek(Budget::Write)
+        .await
+        .expect("peek")
+        .expect("governed");
+    assert_eq!(
+        before.wait,
+        Duration::ZERO,
+        "a present copy booked a write: {before:?}"
+    );
     let copied = store.copy("src/data", "new-1/data", None).await;
     assert_eq!(copied.expect("copy"), CopyOutcome::Copied(5));
-    let next = tokio::time::timeout(
-        Duration::from_secs(2),
-        store.copy("src/data", "new-2/data", None),
-    )
-    .await;
-    assert!(next.is_err(), "a copy that wrote took its slot: {next:?}");
+    // The copy that wrote took the slot: the next write waits its interval (1,000 s, read as
+    // the longest wait the governor reports).
+    let after = governor
+        .peek(Budget::Write)
+        .await
+        .expect("peek")
+        .expect("governed");
+    assert!(
+        after.wait >= Duration::from_secs(59),
+        "a copy that wrote took no slot: {after:?}"
+    );
 }

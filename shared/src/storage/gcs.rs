@@ -20,6 +20,9 @@
 //!   which applies `maxResults` to objects only and repeats the remaining prefixes on every page.
 //! * `read` is one request: it streams the object and stops as soon as it outgrows the limit
 //!   (an object over the limit costs at most the limit and one more chunk of download).
+//! * `open_read` is one request too (`alt=media`, by hand: see `gcs/read.rs`): the answer's
+//!   status says whether the object exists, its `Content-Length` gives the size, and the body is
+//!   passed on chunk by chunk as the caller pulls it.
 //! * `copy` is a server-side `rewrite` (no data through the process) pinned to the source
 //!   generation, with `ifGenerationMatch=0` on the destination; it is skipped when the destination
 //!   exists (checked first, like the registry's blob transfer; the precondition covers the race).
@@ -55,9 +58,13 @@ use gcloud_storage::http::objects::get::GetObjectRequest;
 use token_source::TokenSource;
 
 mod list;
+mod read;
+mod request;
 mod rewrite;
 
-use super::{BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError};
+use super::{
+    BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, ObjectReader, StorageError,
+};
 use crate::ids::Digest;
 
 const DEFAULT_PAGE: usize = 1000;
@@ -463,6 +470,11 @@ impl BlobStore for GcsStore {
         Ok(data.freeze())
     }
 
+    /// One request: `GET ?alt=media`, whose headers give the size and whose body is the stream.
+    async fn open_read(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
+        self.open_stream(key).await
+    }
+
     async fn copy(
         &self,
         src: &str,
@@ -512,8 +524,11 @@ impl BlobStore for GcsStore {
             super::Operation::Copy => (2, 1),
             // The same without the destination's GET.
             super::Operation::CopyToAbsent => (1, 1),
-            // One GET: the listing, the metadata or the bytes.
-            super::Operation::List | super::Operation::Stat | super::Operation::Read => (1, 0),
+            // One GET: the listing, the metadata or the bytes (an open's size comes with them).
+            super::Operation::List
+            | super::Operation::Stat
+            | super::Operation::Read
+            | super::Operation::OpenRead => (1, 0),
         }
     }
 

@@ -2,8 +2,8 @@
 //! deployment through Redis, so that horizontally scaled importers together stay within what the
 //! provider allows instead of each backing off on its own.
 //!
-//! Two budgets, reads (list, stat, read) and writes (copy), each a GCRA limiter in one Lua
-//! script: a request reserves the next slot of a schedule spaced `1/rate` apart (with a small
+//! Two budgets, reads (list, stat, read, open_read) and writes (copy), each a GCRA limiter in one
+//! Lua script: a request reserves the next slot of a schedule spaced `1/rate` apart (with a small
 //! burst) and waits for it. The rate follows three rules, all evaluated in the script from the
 //! budget's shared state:
 //!
@@ -26,14 +26,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, Operation, StorageError};
+use super::{
+    BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, ObjectReader, Operation,
+    StorageError,
+};
 use crate::config::ConfigCheck;
 use crate::ids::Digest;
 
 /// The two budgets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
-    /// list, stat, read.
+    /// list, stat, read, open_read.
     Read,
     /// copy (a server-side rewrite on GCS, a write on disk).
     Write,
@@ -171,7 +174,7 @@ impl GovernorArgs {
 }
 
 /// Reserves the next `ARGV[8]` slots of a budget (`take`), cuts its rate after a 429 (`cut`),
-/// or reads it (`peek`). Times are Redis's own (`TIME`), so every process agrees on them. Returns
+/// or reads it (`peek`: the wait one more request would face). Times are Redis's own (`TIME`), so every process agrees on them. Returns
 /// `{done, wait_ms, rate, ceiling}` (done: a slot reserved, or the rate cut), numbers as
 /// strings since Redis would truncate Lua floats to integers.
 const SCRIPT: &str = r"
@@ -207,11 +210,13 @@ if ARGV[6] == 'cut' then
   end
   return {0, '0', tostring(rate), tostring(ceiling)}
 end
-if ARGV[6] == 'peek' then
-  return {0, '0', tostring(rate), tostring(ceiling)}
-end
 local interval = 1000 / rate
 if tat < now then tat = now end
+if ARGV[6] == 'peek' then
+  local next_wait = tat - interval * (burst - 1) - now
+  if next_wait < 0 then next_wait = 0 end
+  return {0, tostring(next_wait), tostring(rate), tostring(ceiling)}
+end
 local slots = tonumber(ARGV[8])
 local wait = tat + interval * (slots - 1) - interval * (burst - 1) - now
 if wait > max_wait then
@@ -371,7 +376,8 @@ impl Governor {
         }
     }
 
-    /// The budget's rate and ceiling now, without taking a slot.
+    /// The budget's rate and ceiling now, and in `wait` how long one more request would wait,
+    /// without taking a slot.
     pub async fn peek(&self, budget: Budget) -> redis::RedisResult<Option<Slot>> {
         self.call(budget, "peek", 0).await
     }
@@ -430,6 +436,13 @@ impl BlobStore for Governed {
     async fn read(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
         let cost = self.inner.requests(Operation::Read);
         self.run(cost, self.inner.read(key, max_bytes)).await
+    }
+
+    /// Books the open from the read budget, like [`BlobStore::read`]: the bytes come in the same
+    /// request, however long the caller takes to pull them.
+    async fn open_read(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
+        let cost = self.inner.requests(Operation::OpenRead);
+        self.run(cost, self.inner.open_read(key)).await
     }
 
     async fn copy(

@@ -8,13 +8,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::Digest as _;
 
-use super::{BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError};
+use super::{
+    BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, ObjectReader, StorageError,
+};
 use crate::ids::Digest;
 
 const DEFAULT_PAGE: usize = 1000;
 const COPY_BUFFER: usize = 1 << 20;
 /// Files up to this size are read on the calling task.
 const INLINE_READ: u64 = 256 << 10;
+/// The most bytes a chunk of [`BlobStore::open_read`] holds.
+const STREAM_CHUNK: usize = 64 << 10;
 
 /// Reads the rest of `file` (expected `size` bytes), refusing more than `max_bytes`.
 fn read_to_end(
@@ -418,6 +422,63 @@ impl BlobStore for LocalStore {
         }
         let owned_key = key.to_owned();
         Self::blocking(key, move || read_to_end(file, size, &owned_key, max_bytes)).await
+    }
+
+    /// Streams the file in chunks of at most 64 KiB, read on the blocking pool. The size is the
+    /// open file's, and the stream stops there: bytes appended meanwhile are not read, and a file
+    /// truncated meanwhile ends the stream with an error. Anything but a regular file (a
+    /// directory, a FIFO, a socket) is not an object: `None`, and a FIFO is never waited on.
+    /// Symbolic links are followed, as by [`BlobStore::read`].
+    async fn open_read(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
+        use futures::StreamExt as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        use tokio::io::AsyncReadExt as _;
+
+        let path = self.path_of(key)?;
+        let absent = |err: &io::Error| {
+            matches!(
+                err.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            )
+        };
+        // Look before opening: opening a FIFO or a socket could wait, or fail obscurely.
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Ok(None),
+            Err(err) if absent(&err) => return Ok(None),
+            Err(err) => return Err(io_error(key, err)),
+        }
+        // Non-blocking, in case the file was replaced by a FIFO since the look: the open does
+        // not wait for a writer (reads of a regular file ignore the flag).
+        let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nonblock)
+            .open(&path);
+        let file = match opened {
+            Ok(file) => file,
+            Err(err) if absent(&err) => return Ok(None),
+            Err(err) => return Err(io_error(key, err)),
+        };
+        let meta = file.metadata().map_err(|err| io_error(key, err))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let size = meta.len();
+        let reader = tokio::fs::File::from_std(file).take(size);
+        let owned_key = key.to_owned();
+        let body =
+            tokio_util::io::ReaderStream::with_capacity(reader, STREAM_CHUNK).map(move |chunk| {
+                chunk.map_err(|source| StorageError::Io {
+                    key: owned_key.clone(),
+                    source,
+                })
+            });
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            size,
+        };
+        Ok(Some(ObjectReader::sized(meta, body)))
     }
 
     async fn copy(

@@ -1,13 +1,15 @@
 //! The storage seam: a bucket of objects addressed by `/`-separated keys.
 //!
 //! [`BlobStore`] is what the importer and the scheduler's inventory need from a bucket: paginated
-//! listing by prefix (flat or directory-style), stat, bounded reads and a copy that is server-side
-//! where the backend allows it. [`open`] picks the driver from `FERRY_STORAGE_URL`: [`LocalStore`]
+//! listing by prefix (flat or directory-style), stat, bounded reads, streamed reads
+//! ([`BlobStore::open_read`]: any size, in bounded memory) and a copy that is server-side where
+//! the backend allows it. [`open`] picks the driver from `FERRY_STORAGE_URL`: [`LocalStore`]
 //! for `file://`, [`GcsStore`] for `gs://`.
 
 mod gcs;
 pub mod governor;
 mod local;
+mod reader;
 mod retry;
 
 use std::fmt;
@@ -22,6 +24,7 @@ use crate::ids::Digest;
 pub use gcs::GcsStore;
 pub use governor::{Governed, Governor};
 pub use local::LocalStore;
+pub use reader::{ByteStream, ObjectReader};
 pub use retry::{RetryPolicy, Retrying};
 
 /// Metadata of one object.
@@ -165,6 +168,8 @@ pub enum Operation {
     Stat,
     /// [`BlobStore::read`].
     Read,
+    /// [`BlobStore::open_read`] (the open; the bytes that follow come in the same request).
+    OpenRead,
     /// [`BlobStore::copy`].
     Copy,
     /// [`BlobStore::copy_to_absent`].
@@ -182,6 +187,13 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
     /// Reads a whole object of at most `max_bytes` bytes.
     async fn read(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError>;
+
+    /// Opens `key` for reading as a stream: its metadata now, its bytes as the caller pulls them
+    /// ([`ObjectReader`]); `None` when it does not exist (a "directory" is not an object either).
+    /// Memory stays bounded by a chunk (tens of KiB) whatever the object's size, and the body
+    /// yields exactly `meta.size` bytes or ends with an `Err` item. Keys are validated as for
+    /// [`Self::read`]. Wrappers retry (and pace) the open only, never the middle of a stream.
+    async fn open_read(&self, key: &str) -> Result<Option<ObjectReader>, StorageError>;
 
     /// Copies `src` to `dst` inside the bucket, atomically: `dst` appears whole or not at all. An
     /// existing `dst` is left alone. When `expected` is given, drivers that see the bytes verify
@@ -218,7 +230,7 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn requests(&self, operation: Operation) -> (u32, u32) {
         match operation {
             Operation::Copy | Operation::CopyToAbsent => (0, 1),
-            Operation::List | Operation::Stat | Operation::Read => (1, 0),
+            Operation::List | Operation::Stat | Operation::Read | Operation::OpenRead => (1, 0),
         }
     }
 

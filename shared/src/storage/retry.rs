@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument as _;
 
-use super::{BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError};
+use super::{
+    BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, ObjectReader, StorageError,
+};
 use crate::ids::Digest;
 
 /// How hard to retry.
@@ -150,6 +152,13 @@ impl BlobStore for Retrying {
             .await
     }
 
+    /// Retries the open (its transient failures); an error in the middle of the stream is the
+    /// caller's, who has handed part of the bytes on already.
+    async fn open_read(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
+        self.with_retry("open_read", key, || self.inner.open_read(key))
+            .await
+    }
+
     async fn copy(
         &self,
         src: &str,
@@ -193,7 +202,8 @@ mod tests {
 
     use super::*;
 
-    /// Fails with `error()` the first `failures` calls of `read`, then answers.
+    /// Fails the first `failures` calls of `read` or `open_read`, then answers (an opened
+    /// stream fails after its first byte).
     #[derive(Debug)]
     struct Flaky {
         failures: Mutex<u32>,
@@ -210,23 +220,20 @@ mod tests {
             Ok(None)
         }
         async fn read(&self, key: &str, _: u64) -> Result<Bytes, StorageError> {
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            let mut failures = self.failures.lock().unwrap();
-            if *failures == 0 {
-                return Ok(Bytes::from_static(b"ok"));
-            }
-            *failures -= 1;
-            if self.transient {
-                let source = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-                Err(StorageError::Io {
-                    key: key.to_owned(),
-                    source,
-                })
-            } else {
-                Err(StorageError::NotFound {
-                    key: key.to_owned(),
-                })
-            }
+            self.fail(key)?;
+            Ok(Bytes::from_static(b"ok"))
+        }
+        async fn open_read(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
+            self.fail(key)?;
+            let body = futures::stream::iter([Ok(Bytes::from_static(b"o")), Err(reset(key))]);
+            let meta = ObjectMeta {
+                key: key.to_owned(),
+                size: 2,
+            };
+            Ok(Some(ObjectReader {
+                meta,
+                body: Box::pin(body),
+            }))
         }
         async fn copy(
             &self,
@@ -238,6 +245,32 @@ mod tests {
         }
         fn url(&self) -> String {
             "flaky://".into()
+        }
+    }
+
+    fn reset(key: &str) -> StorageError {
+        let source = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        StorageError::Io {
+            key: key.to_owned(),
+            source,
+        }
+    }
+
+    impl Flaky {
+        fn fail(&self, key: &str) -> Result<(), StorageError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut failures = self.failures.lock().unwrap();
+            if *failures == 0 {
+                return Ok(());
+            }
+            *failures -= 1;
+            if self.transient {
+                Err(reset(key))
+            } else {
+                Err(StorageError::NotFound {
+                    key: key.to_owned(),
+                })
+            }
         }
     }
 
@@ -293,6 +326,24 @@ mod tests {
         let (flaky, retrying) = store(1, false);
         assert!(matches!(
             retrying.read("k", 10).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert_eq!(flaky.calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn opens_are_retried_but_streams_are_not() {
+        use futures::StreamExt as _;
+        let (flaky, retrying) = store(2, true);
+        let reader = retrying.open_read("k").await.unwrap().unwrap();
+        assert_eq!(flaky.calls.load(Ordering::Relaxed), 3);
+        let items: Vec<_> = reader.body.collect().await;
+        assert!(matches!(&items[..], [Ok(_), Err(error)] if error.is_transient()));
+        assert_eq!(flaky.calls.load(Ordering::Relaxed), 3, "no new attempt");
+        assert_eq!(retrying.retries(), 2);
+        let (flaky, retrying) = store(1, false);
+        assert!(matches!(
+            retrying.open_read("k").await,
             Err(StorageError::NotFound { .. })
         ));
         assert_eq!(flaky.calls.load(Ordering::Relaxed), 1);

@@ -5,6 +5,7 @@
 use gcloud_storage::http::objects::Object;
 use serde::Deserialize;
 
+use super::request::error_message;
 use super::{Connection, GcsStore, error_chain};
 use crate::storage::StorageError;
 
@@ -35,17 +36,6 @@ struct Resource {
     crc32c: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    #[serde(default)]
-    message: String,
-}
-
 impl GcsStore {
     /// Rewrites `source` (that generation) to `dst_name` unless `dst_name` exists: `Ok(None)`
     /// when it does (HTTP 412 on `ifGenerationMatch=0`).
@@ -56,20 +46,17 @@ impl GcsStore {
         source: &Object,
         dst_name: &str,
     ) -> Result<Option<Copied>, StorageError> {
-        let mut url =
-            url::Url::parse(&format!("{}/storage/v1", connection.base)).map_err(|err| {
-                StorageError::InvalidUrl {
-                    url: connection.base.clone(),
-                    reason: err.to_string(),
-                }
-            })?;
-        url.path_segments_mut()
-            .map_err(|()| StorageError::InvalidUrl {
-                url: connection.base.clone(),
-                reason: "not a base URL".to_owned(),
-            })?
-            .extend(["b", &self.bucket, "o", &source.name, "rewriteTo"])
-            .extend(["b", &self.bucket, "o", dst_name]);
+        let url = connection.api_url([
+            "b",
+            &self.bucket,
+            "o",
+            &source.name,
+            "rewriteTo",
+            "b",
+            &self.bucket,
+            "o",
+            dst_name,
+        ])?;
         let mut rewrite_token: Option<String> = None;
         loop {
             let mut call = url.clone();
@@ -79,20 +66,10 @@ impl GcsStore {
             if let Some(token) = &rewrite_token {
                 call.query_pairs_mut().append_pair("rewriteToken", token);
             }
-            let mut request = (connection.http.post(call))
+            let request = (connection.http.post(call))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body("{}");
-            if let Some(token_source) = &connection.token {
-                let token = token_source
-                    .token()
-                    .await
-                    .map_err(|error| StorageError::Backend {
-                        key: src.to_owned(),
-                        status: None,
-                        message: format!("getting a Google access token: {error}"),
-                    })?;
-                request = request.header(reqwest::header::AUTHORIZATION, token);
-            }
+            let request = connection.authorize(src, request).await?;
             let response = (request.send().await).map_err(|error| self.http_error(src, error))?;
             let status = response.status();
             let body = (response.bytes().await).map_err(|error| self.http_error(src, error))?;
@@ -100,10 +77,7 @@ impl GcsStore {
                 return Ok(None);
             }
             if !status.is_success() {
-                let message = serde_json::from_slice::<ErrorBody>(&body)
-                    .map(|body| body.error.message)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-                return Err(self.status_error(src, status.as_u16(), message));
+                return Err(self.status_error(src, status.as_u16(), error_message(&body)));
             }
             let answer: RewriteResponse =
                 serde_json::from_slice(&body).map_err(|error| StorageError::Io {

@@ -355,3 +355,124 @@ async fn a_read_is_one_request_and_stops_at_its_limit() {
     );
     assert_eq!(store.requests(crate::storage::Operation::Read), (1, 0));
 }
+
+/// Every item of an opened object's stream.
+async fn stream_items(reader: crate::storage::ObjectReader) -> Vec<Result<Bytes, StorageError>> {
+    reader.body.collect().await
+}
+
+#[tokio::test]
+async fn an_open_is_one_request_whose_headers_give_the_size() {
+    let server = Scripted::start(|method, target| match method {
+        "GET" if target.contains("alt=media") => (200, "0123456789".to_owned()),
+        _ => error(400),
+    })
+    .await;
+    let store = server.store();
+    let reader = store.open_read("a/link").await.unwrap().unwrap();
+    assert_eq!((reader.meta.key.as_str(), reader.meta.size), ("a/link", 10));
+    let items = stream_items(reader).await;
+    let bytes: Vec<u8> = items.into_iter().flat_map(Result::unwrap).collect();
+    assert_eq!(bytes, b"0123456789");
+    assert_eq!(
+        server.requests(),
+        ["GET /storage/v1/b/bkt/o/pre%2Fa%2Flink?alt=media"]
+    );
+    assert_eq!(store.requests(crate::storage::Operation::OpenRead), (1, 0));
+}
+
+#[tokio::test]
+async fn an_open_maps_statuses_like_the_other_calls() {
+    let server = Scripted::start(|_, target| {
+        let code = target.split("/o/pre%2F").nth(1).unwrap_or("0")[..3]
+            .parse()
+            .unwrap_or(500);
+        error(code)
+    })
+    .await;
+    let store = server.store();
+    assert!(store.open_read("404").await.unwrap().is_none());
+    for (key, transient) in [("429", true), ("503", true), ("403", false)] {
+        let err = store.open_read(key).await.unwrap_err();
+        let status = key.parse().ok();
+        assert!(
+            matches!(&err, StorageError::Backend { status: s, message, .. }
+                if *s == status && message == &format!("scripted {key}")),
+            "{key}: {err}"
+        );
+        assert_eq!(err.is_transient(), transient, "{key}: {err}");
+    }
+    assert_eq!(store.throttled(), 1);
+    let err = store.open_read("a/../b").await.unwrap_err();
+    assert!(matches!(err, StorageError::InvalidKey(_)), "{err}");
+    assert_eq!(server.requests().len(), 4, "{:?}", server.requests());
+}
+
+/// A server that answers every request with `answer`, verbatim, then closes the connection.
+async fn raw_server(answer: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut head = [0u8; 4096];
+            let _ = socket.read(&mut head).await;
+            let _ = socket.write_all(answer.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    endpoint
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_stream_ends_the_stream_with_a_transient_error() {
+    let endpoint = raw_server("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
+    let store = GcsStore::with_endpoint("bkt", "", &endpoint).unwrap();
+    let reader = store.open_read("k").await.unwrap().unwrap();
+    assert_eq!(reader.meta.size, 100);
+    let items = stream_items(reader).await;
+    let (last, bytes) = items.split_last().unwrap();
+    let received: usize = bytes.iter().map(|b| b.as_ref().unwrap().len()).sum();
+    assert!(received <= 10, "{received}");
+    assert!(
+        matches!(last, Err(StorageError::Backend { status: None, .. })),
+        "{last:?}"
+    );
+    assert!(last.as_ref().unwrap_err().is_transient());
+}
+
+#[tokio::test]
+async fn an_answer_without_a_length_is_refused() {
+    let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let store = GcsStore::with_endpoint("bkt", "", &raw_server(answer).await).unwrap();
+    let err = store.open_read("k").await.unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::InvalidData),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn retrying_wrapper_retries_an_open_until_it_succeeds() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&calls);
+    let server = Scripted::start(move |_, _| {
+        if counter.fetch_add(1, Ordering::Relaxed) < 2 {
+            error(503)
+        } else {
+            (200, "abc".to_owned())
+        }
+    })
+    .await;
+    let policy = RetryPolicy {
+        max_attempts: 4,
+        max_throttled_attempts: 4,
+        initial_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(2),
+    };
+    let retrying = Retrying::new(Arc::new(server.store()), policy);
+    let reader = retrying.open_read("k").await.unwrap().unwrap();
+    assert_eq!(reader.meta.size, 3);
+    assert_eq!(stream_items(reader).await.len(), 1);
+    assert_eq!((calls.load(Ordering::Relaxed), retrying.retries()), (3, 2));
+}

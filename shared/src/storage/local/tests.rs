@@ -180,3 +180,93 @@ async fn reads_are_bounded_and_stat_reports_size() {
     assert_eq!(store.stat("a").await.expect("stat"), None);
     assert_eq!(store.stat("zz").await.expect("stat"), None);
 }
+
+/// Every chunk of `key`'s stream, and its metadata; `None` when the store says it is absent.
+async fn stream_chunks(store: &LocalStore, key: &str) -> Option<(ObjectMeta, Vec<Bytes>)> {
+    use futures::TryStreamExt as _;
+    let reader = store.open_read(key).await.expect("open")?;
+    let chunks = reader.body.try_collect().await.expect("stream");
+    Some((reader.meta, chunks))
+}
+
+#[tokio::test]
+async fn open_read_streams_small_and_empty_files() {
+    let (_dir, store) = store_with(&[("a/b", b"12345"), ("a/empty", b"")]);
+    let (meta, chunks) = stream_chunks(&store, "a/b").await.expect("exists");
+    assert_eq!((meta.key.as_str(), meta.size), ("a/b", 5));
+    assert_eq!(chunks, [&b"12345"[..]]);
+    let (meta, chunks) = stream_chunks(&store, "a/empty").await.expect("exists");
+    assert_eq!(meta.size, 0);
+    assert!(chunks.is_empty(), "{chunks:?}");
+}
+
+#[tokio::test]
+async fn open_read_streams_a_large_file_in_bounded_chunks() {
+    let data: Vec<u8> = (0..5 * STREAM_CHUNK + 123)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let (_dir, store) = store_with(&[("blobs/big", &data)]);
+    let (meta, chunks) = stream_chunks(&store, "blobs/big").await.expect("exists");
+    assert_eq!(meta.size, data.len() as u64);
+    assert!(chunks.len() >= 6, "{} chunks", chunks.len());
+    assert!(chunks.iter().all(|c| c.len() <= STREAM_CHUNK));
+    assert!(chunks.iter().all(|c| !c.is_empty()));
+    assert_eq!(chunks.concat(), data, "the same bytes, in order");
+}
+
+#[tokio::test]
+async fn open_read_of_what_is_not_an_object_is_none() {
+    let (dir, store) = store_with(&[("a/b", b"1")]);
+    for key in ["a/c", "zz", "a", "a/b/c"] {
+        assert!(store.open_read(key).await.expect(key).is_none(), "{key}");
+    }
+    // A FIFO is not an object, and the open does not wait for a writer.
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        dir.path().join("a/fifo"),
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .expect("mkfifo");
+    let opened = tokio::time::timeout(std::time::Duration::from_secs(5), store.open_read("a/fifo"));
+    assert!(opened.await.expect("no wait").expect("open").is_none());
+}
+
+#[tokio::test]
+async fn open_read_refuses_hostile_keys() {
+    let (_dir, store) = store_with(&[("a/b", b"1")]);
+    for key in [
+        "../etc/passwd",
+        "/etc/passwd",
+        "a/../../x",
+        "a/../b",
+        "a//b",
+        "",
+    ] {
+        let err = store.open_read(key).await.unwrap_err();
+        assert!(matches!(err, StorageError::InvalidKey(_)), "{key}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_file_cut_short_while_streamed_ends_the_stream_with_an_error() {
+    use futures::StreamExt as _;
+    let data = vec![7u8; 3 * STREAM_CHUNK];
+    let (dir, store) = store_with(&[("a/b", &data)]);
+    let mut reader = store.open_read("a/b").await.expect("open").expect("exists");
+    let first = reader.body.next().await.expect("a chunk").expect("bytes");
+    assert_eq!(first.len(), STREAM_CHUNK);
+    fs::File::options()
+        .write(true)
+        .open(dir.path().join("a/b"))
+        .expect("open")
+        .set_len(STREAM_CHUNK as u64 + 10)
+        .expect("truncate");
+    let rest: Vec<_> = reader.body.collect().await;
+    let (last, bytes) = rest.split_last().expect("an item");
+    assert!(bytes.iter().all(Result::is_ok));
+    assert!(
+        matches!(last, Err(StorageError::Io { source, .. })
+            if source.kind() == io::ErrorKind::UnexpectedEof),
+        "{last:?}"
+    );
+}
