@@ -6,6 +6,7 @@ use thiserror::Error;
 
 use ferry_shared::error::ErrorCode;
 use ferry_shared::ids::{Digest, IdError};
+use ferry_shared::step::{MaybeStep, Step, StepNumberError};
 use ferry_shared::storage::StorageError;
 
 use crate::manifest::ManifestError;
@@ -44,9 +45,9 @@ pub enum ApiError {
         /// The repository.
         path: String,
         /// The step the start named.
-        step: u64,
+        step: Step,
         /// The repository's last step.
-        current: u64,
+        current: Step,
     },
     /// A start from a scheduler whose lease was taken over: the repository was already started
     /// with a higher fencing token.
@@ -61,14 +62,14 @@ pub enum ApiError {
     },
     /// 400: nothing to cancel (no step in progress, a native repository, a completed final
     /// import, or a newer step than the one named).
-    #[error("import of {path} cannot be canceled: its status is {status} (step {step})")]
+    #[error("import of {path} cannot be canceled: its status is {status} (step {})", .step.wire())]
     CannotCancel {
         /// The repository.
         path: String,
         /// Its current status.
         status: &'static str,
-        /// The step that status belongs to.
-        step: u64,
+        /// The step that status belongs to (`None`: no numbered step; 0 in the message).
+        step: Option<Step>,
     },
     /// The metadata database failed.
     #[error("metadata database: {0}")]
@@ -79,6 +80,13 @@ pub enum ApiError {
     /// The importer is shutting down and starts nothing new.
     #[error("importer is shutting down")]
     ShuttingDown,
+}
+
+impl From<StepNumberError> for ApiError {
+    /// A request's step out of range.
+    fn from(error: StepNumberError) -> Self {
+        ApiError::InvalidArgument(format!("step: {error}"))
+    }
 }
 
 impl ApiError {

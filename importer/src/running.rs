@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use ferry_proto::common::v1::MigrationStatus;
 use ferry_shared::ids::RepositoryPath;
+use ferry_shared::step::Step;
 
 use crate::store::MetadataStore;
 
@@ -34,7 +35,7 @@ pub struct RunningSteps {
 #[derive(Debug, Default)]
 struct Registry {
     /// Per path: the registration's id, the step's number, and its stop signal.
-    by_path: HashMap<String, (u64, u64, StopSignal)>,
+    by_path: HashMap<String, (u64, Step, StopSignal)>,
     /// Set by [`RunningSteps::stop_all`]; a step registered afterwards starts stopped.
     shutting_down: bool,
 }
@@ -51,7 +52,7 @@ pub struct RunningStep {
 
 impl RunningSteps {
     /// Registers step number `step` of `path`.
-    pub fn register(self: &Arc<Self>, path: &RepositoryPath, step: u64) -> RunningStep {
+    pub fn register(self: &Arc<Self>, path: &RepositoryPath, step: Step) -> RunningStep {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut registry = self.lock();
         let initial = registry.shutting_down.then_some(StopReason::Shutdown);
@@ -68,7 +69,7 @@ impl RunningSteps {
     }
 
     /// The number of the step of `path` running in this process, if one runs.
-    pub fn running_step(&self, path: &RepositoryPath) -> Option<u64> {
+    pub fn running_step(&self, path: &RepositoryPath) -> Option<Step> {
         self.lock()
             .by_path
             .get(path.as_str())
@@ -76,12 +77,13 @@ impl RunningSteps {
     }
 
     /// Signals the step running here for `path` if its number is at most `up_to` (a cancel of
-    /// step `up_to` supersedes every older one; 0 means any). Returns whether one was signalled.
-    pub fn cancel(&self, path: &RepositoryPath, up_to: u64) -> bool {
+    /// step `up_to` supersedes every older one; `None` means any). Returns whether one was
+    /// signalled.
+    pub fn cancel(&self, path: &RepositoryPath, up_to: Option<Step>) -> bool {
         self.lock()
             .by_path
             .get(path.as_str())
-            .filter(|(_, step, _)| up_to == 0 || *step <= up_to)
+            .filter(|(_, step, _)| up_to.is_none_or(|up_to| *step <= up_to))
             .is_some_and(|(_, _, sender)| sender.send(Some(StopReason::Canceled)).is_ok())
     }
 
@@ -123,7 +125,7 @@ pub async fn wait_for_stop(
     mut stop: watch::Receiver<Option<StopReason>>,
     db: &MetadataStore,
     path: &RepositoryPath,
-    (in_progress, step): (MigrationStatus, u64),
+    (in_progress, step): (MigrationStatus, Step),
     poll: Duration,
 ) -> StopReason {
     if let Some(reason) = *stop.borrow_and_update() {
@@ -141,7 +143,7 @@ pub async fn wait_for_stop(
             }
             () = tokio::time::sleep(poll) => {
                 match db.repository(path).await {
-                    Ok(Some(row)) if row.status != in_progress || row.step != step => {
+                    Ok(Some(row)) if row.status != in_progress || row.step != Some(step) => {
                         return StopReason::Canceled;
                     }
                     Ok(_) => {}

@@ -14,6 +14,7 @@ use ferry_proto::importer::v1::{
 };
 use ferry_shared::ids::RepositoryPath;
 use ferry_shared::lifecycle::Tasks;
+use ferry_shared::step::{MaybeStep, Step};
 use ferry_shared::storage::BlobStore;
 use tracing::Instrument as _;
 
@@ -27,7 +28,8 @@ use crate::store::{CancelOutcome, ClaimedStep, MetadataStore, RepositoryRow, Ste
 
 mod step;
 
-/// What the importer offers, independent of gRPC.
+/// What the importer offers, independent of gRPC. Steps come as the wire has them (0: none);
+/// one above `i64::MAX` is refused as an invalid argument.
 #[async_trait]
 pub trait ImportService: Send + Sync + 'static {
     /// Starts a step in the background, answering at once.
@@ -154,12 +156,12 @@ fn statuses(import_type: ImportType) -> StepStatuses {
 /// The span of one step: every log line of the step carries its repository, its type, its number
 /// and a correlation id (the trace id when traces are exported), and its trace continues the
 /// caller's.
-fn step_span(path: &RepositoryPath, import_type: ImportType, step: u64) -> tracing::Span {
+fn step_span(path: &RepositoryPath, import_type: ImportType, step: Step) -> tracing::Span {
     tracing::info_span!(
         "import.step",
         repository = %path,
         import_type = crate::metrics::type_label(import_type),
-        step,
+        step = step.get(),
         correlation_id = %ferry_shared::telemetry::traces::correlation_id(),
     )
 }
@@ -230,7 +232,7 @@ impl Importer {
             .acquire_owned()
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
-        let claimed = match self.claim(&path, import_type, 0, 0).await? {
+        let claimed = match self.claim(&path, import_type, 0, None).await? {
             Claim::Step(claimed) => claimed,
             Claim::AlreadyImported(status) => {
                 let detail = "already on the new platform".to_owned();
@@ -297,14 +299,14 @@ impl Importer {
         path: &RepositoryPath,
         import_type: ImportType,
         fence: u64,
-        step: u64,
+        step: Option<Step>,
     ) -> Result<Claim, ApiError> {
         let in_old_storage = plan::exists_in_old_storage(self.inner.storage.as_ref(), path).await;
         if matches!(in_old_storage, Ok(true)) {
             let is_final = import_type == ImportType::Final;
             let claim = StepClaim {
                 in_progress: statuses(import_type).in_progress,
-                from: claimable_from(import_type, step != 0),
+                from: claimable_from(import_type, step.is_some()),
                 create: !is_final,
                 fence,
                 step,
@@ -328,7 +330,7 @@ impl Importer {
     }
 }
 
-/// Why `row` refuses a step of `import_type` numbered `step` (0: unnumbered): the claim to
+/// Why `row` refuses a step of `import_type` numbered `step` (`None`: unnumbered): the claim to
 /// answer with when the repository is already on the new platform or the step already runs, an
 /// error naming the reason, or `Ok(None)` when nothing refuses it.
 fn refusal(
@@ -336,7 +338,7 @@ fn refusal(
     row: Option<&RepositoryRow>,
     import_type: ImportType,
     fence: u64,
-    step: u64,
+    step: Option<Step>,
 ) -> Result<Option<Claim>, ApiError> {
     use MigrationStatus::*;
     let is_final = import_type == ImportType::Final;
@@ -359,15 +361,17 @@ fn refusal(
     if matches!(row.status, Native | ImportComplete) {
         return Ok(Some(Claim::AlreadyImported(row.status)));
     }
-    if step != 0 && row.step == step && row.status == statuses(import_type).in_progress {
-        return Ok(Some(Claim::AlreadyRunning(step)));
-    }
-    if step != 0 && row.step >= step {
-        return Err(ApiError::StaleStep {
-            path: path.to_string(),
-            step,
-            current: row.step,
-        });
+    if let Some(step) = step {
+        if row.step == Some(step) && row.status == statuses(import_type).in_progress {
+            return Ok(Some(Claim::AlreadyRunning(step)));
+        }
+        if let Some(current) = row.step.filter(|current| *current >= step) {
+            return Err(ApiError::StaleStep {
+                path: path.to_string(),
+                step,
+                current,
+            });
+        }
     }
     match row.status {
         PreImportInProgress => Err(ApiError::PreImportInProgress(path.to_string())),
@@ -425,7 +429,7 @@ enum Claim {
     AlreadyImported(MigrationStatus),
     /// The start's step already holds the repository (an earlier start of it was accepted, here
     /// or by another importer).
-    AlreadyRunning(u64),
+    AlreadyRunning(Step),
 }
 
 #[async_trait]
@@ -447,6 +451,7 @@ impl ImportService for Importer {
                 "import_type must be PRE or FINAL".into(),
             ));
         }
+        let step = Step::from_wire(step)?;
         let permit = Arc::clone(&self.inner.permits)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyImports(self.inner.limits.max_concurrent_imports))?;
@@ -459,23 +464,23 @@ impl ImportService for Importer {
                     status: status.into(),
                     capacity: Some(self.capacity()),
                     accepted_at_unix_micros: 0,
-                    step,
+                    step: step.wire(),
                 });
             }
             Claim::AlreadyRunning(step) => {
                 drop(permit);
-                tracing::info!(repository = %path, ?import_type, step, "import step already running");
+                tracing::info!(repository = %path, ?import_type, step = step.get(), "import step already running");
                 return Ok(StartImportResponse {
                     outcome: StartOutcome::AlreadyRunning.into(),
                     status: statuses(import_type).in_progress.into(),
                     capacity: Some(self.capacity()),
                     accepted_at_unix_micros: 0,
-                    step,
+                    step: step.wire(),
                 });
             }
         };
         let accepted_at = chrono::Utc::now();
-        tracing::info!(repository = %path, ?import_type, fencing_token, step = claimed.step, "import step accepted");
+        tracing::info!(repository = %path, ?import_type, fencing_token, step = claimed.step.get(), "import step accepted");
         // Registered before the task starts, so a cancel or shutdown right after this answer
         // always reaches the step.
         let running = self.inner.running.register(&path, claimed.step);
@@ -492,7 +497,7 @@ impl ImportService for Importer {
             status: statuses(import_type).in_progress.into(),
             capacity: Some(self.capacity()),
             accepted_at_unix_micros: accepted_at.timestamp_micros(),
-            step: claimed.step,
+            step: claimed.step.wire(),
         })
     }
 
@@ -504,6 +509,7 @@ impl ImportService for Importer {
     ) -> Result<CancelImportResponse, ApiError> {
         let path =
             RepositoryPath::parse(path).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let step = Step::from_wire(step)?;
         match self.inner.db.cancel(&path, step, force).await? {
             CancelOutcome::NoRow => Err(ApiError::NotFound(path.to_string())),
             CancelOutcome::Refused { status, step } => Err(ApiError::CannotCancel {
@@ -513,10 +519,10 @@ impl ImportService for Importer {
             }),
             CancelOutcome::Canceled { status, step } => {
                 let here = self.inner.running.cancel(&path, step);
-                tracing::info!(repository = %path, force, step, status = status.as_db_str(), stopped_here = here, "import canceled");
+                tracing::info!(repository = %path, force, step = step.wire(), status = status.as_db_str(), stopped_here = here, "import canceled");
                 Ok(CancelImportResponse {
                     status: status.into(),
-                    step,
+                    step: step.wire(),
                 })
             }
         }
@@ -590,8 +596,8 @@ impl ImportService for Importer {
                 .error
                 .unwrap_or_else(|| status_detail(row.status).to_owned()),
             running_here: running_step.is_some(),
-            step: row.step,
-            running_step: running_step.unwrap_or(0),
+            step: row.step.wire(),
+            running_step: running_step.wire(),
         })
     }
 }

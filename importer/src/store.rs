@@ -5,6 +5,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use ferry_proto::common::v1::MigrationStatus;
 use ferry_shared::ids::RepositoryPath;
+use ferry_shared::step::{MaybeStep, Step};
 
 mod commit;
 
@@ -24,8 +25,9 @@ pub struct RepositoryRow {
     pub age_seconds: f64,
     /// The highest scheduler fencing token a step of it was started with.
     pub fence: u64,
-    /// The step its status belongs to (the last step that claimed it).
-    pub step: u64,
+    /// The step its status belongs to (the last step that claimed it; `None`: no numbered step
+    /// has, as for a row from before steps were numbered).
+    pub step: Option<Step>,
 }
 
 /// What a step may claim, for [`MetadataStore::begin_step`].
@@ -39,8 +41,9 @@ pub struct StepClaim {
     pub create: bool,
     /// The scheduler's fencing token for the start (0: unfenced).
     pub fence: u64,
-    /// The step's number (0: the next after the row's, as the one-shot mode numbers its steps).
-    pub step: u64,
+    /// The step's number (`None`: the next after the row's, as the one-shot mode numbers its
+    /// steps).
+    pub step: Option<Step>,
 }
 
 /// A step claimed by [`MetadataStore::begin_step`].
@@ -49,7 +52,7 @@ pub struct ClaimedStep {
     /// The repository's row.
     pub repository_id: i64,
     /// The step's number, which every later write of the step names.
-    pub step: u64,
+    pub step: Step,
 }
 
 /// What [`MetadataStore::cancel`] did.
@@ -59,8 +62,9 @@ pub enum CancelOutcome {
     Canceled {
         /// The status afterwards.
         status: MigrationStatus,
-        /// The step it belongs to.
-        step: u64,
+        /// The step it belongs to (`None`: a row from before steps were numbered, canceled
+        /// without naming a step).
+        step: Option<Step>,
     },
     /// Nothing was canceled: no step in progress (without force), the repository is native or
     /// its final import completed, or a newer step holds it.
@@ -68,7 +72,7 @@ pub enum CancelOutcome {
         /// The status as it is.
         status: MigrationStatus,
         /// The step it belongs to.
-        step: u64,
+        step: Option<Step>,
     },
     /// The repository has no row and no step was named.
     NoRow,
@@ -143,7 +147,7 @@ impl MetadataStore {
             error: row.get("migration_error"),
             age_seconds: row.get("age"),
             fence: u64::try_from(row.get::<i64, _>("migration_fence")).unwrap_or(0),
-            step: u64::try_from(row.get::<i64, _>("migration_step")).unwrap_or(0),
+            step: step_of(&row),
         }))
     }
 
@@ -151,8 +155,8 @@ impl MetadataStore {
     /// status is one of `claim.from` and the step is newer than the row's last one, creates its
     /// row in that status when it has none and `claim.create` allows it, and records the step and
     /// the start's fencing token (unless a start with a higher token was seen; 0: unfenced, the
-    /// one-shot mode). A step of number 0 takes the row's next number. Returns the claimed step,
-    /// or `None` when the row refuses it (read the row to learn why).
+    /// one-shot mode). An unnumbered step (`claim.step` of `None`) takes the row's next number.
+    /// Returns the claimed step, or `None` when the row refuses it (read the row to learn why).
     #[tracing::instrument(name = "db.begin_step", skip_all, err(level = "warn"))]
     pub async fn begin_step(
         &self,
@@ -160,7 +164,7 @@ impl MetadataStore {
         claim: &StepClaim,
     ) -> Result<Option<ClaimedStep>, sqlx::Error> {
         let fence = to_i64(claim.fence);
-        let step = to_i64(claim.step);
+        let step = claim.step.db();
         let from: Vec<&str> = claim.from.iter().map(|s| s.as_db_str()).collect();
         // `r` is the existing row; $1 path, $2 status, $3 fence, $4 claimable statuses, $5 step.
         const CLAIMABLE: &str = "r.migration_status = ANY($4) AND ($3 = 0 OR r.migration_fence <= $3) \
@@ -194,10 +198,19 @@ impl MetadataStore {
         } else {
             query
         };
-        let row = query.fetch_optional(&self.pool).await?;
-        Ok(row.map(|row| ClaimedStep {
+        let Some(row) = query.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        // A claim always numbers the step (its own number, or the row's next, at least 1).
+        let step = row.try_get("migration_step").and_then(|step: i64| {
+            Step::try_from(step).map_err(|e| sqlx::Error::ColumnDecode {
+                index: "migration_step".into(),
+                source: Box::new(e),
+            })
+        })?;
+        Ok(Some(ClaimedStep {
             repository_id: row.get("id"),
-            step: u64::try_from(row.get::<i64, _>("migration_step")).unwrap_or(0),
+            step,
         }))
     }
 
@@ -292,20 +305,20 @@ impl MetadataStore {
         .await
     }
 
-    /// Cancels the repository's step `step` (0: whichever it is in): `pre_import_canceled` from a
-    /// pre-import's status, `import_canceled` from a final import's. A step in progress is always
-    /// canceled; `force` also cancels a pre-import that completed and a failed or canceled step.
-    /// Never canceled: a native repository, a completed final import (the completion won), a
-    /// newer step than `step`. A step not started yet (the row's step is older, or there is no
+    /// Cancels the repository's step `step` (`None`: whichever it is in): `pre_import_canceled`
+    /// from a pre-import's status, `import_canceled` from a final import's. A step in progress is
+    /// always canceled; `force` also cancels a pre-import that completed and a failed or canceled
+    /// step. Never canceled: a native repository, a completed final import (the completion won),
+    /// a newer step than `step`. A step not started yet (the row's step is older, or there is no
     /// row) is canceled ahead: the row takes its number, so its start will be refused.
     #[tracing::instrument(name = "db.cancel", skip_all, err(level = "warn"))]
     pub async fn cancel(
         &self,
         path: &RepositoryPath,
-        step: u64,
+        step: Option<Step>,
         force: bool,
     ) -> Result<CancelOutcome, sqlx::Error> {
-        let step = to_i64(step);
+        let number = step.db();
         // Two tries: a row created between the update and the insert is canceled by the second.
         // The row is locked `FOR NO KEY UPDATE`, as the update itself locks it: a step writing
         // its chunks holds only key-share locks on it, so a cancel never waits for the step.
@@ -329,7 +342,7 @@ impl MetadataStore {
             )
             .bind(path.as_str())
             .bind(force)
-            .bind(step)
+            .bind(number)
             .fetch_optional(&self.pool)
             .await?;
             if let Some(row) = canceled {
@@ -344,7 +357,7 @@ impl MetadataStore {
                     step: row.step,
                 });
             }
-            if step == 0 {
+            if step.is_none() {
                 return Ok(CancelOutcome::NoRow);
             }
             let ahead = sqlx::query(
@@ -354,7 +367,7 @@ impl MetadataStore {
             )
             .bind(path.as_str())
             .bind(path.name())
-            .bind(step)
+            .bind(number)
             .fetch_optional(&self.pool)
             .await?;
             if let Some(row) = ahead {
@@ -428,7 +441,7 @@ impl MetadataStore {
         .bind(in_progress.as_db_str())
         .bind(failed.as_db_str())
         .bind(reason)
-        .bind(to_i64(claimed.step))
+        .bind(claimed.step.db())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
@@ -439,8 +452,8 @@ fn status_of(row: &sqlx::postgres::PgRow) -> MigrationStatus {
     MigrationStatus::from_db_str(row.get("migration_status")).unwrap_or_default()
 }
 
-fn step_of(row: &sqlx::postgres::PgRow) -> u64 {
-    u64::try_from(row.get::<i64, _>("migration_step")).unwrap_or(0)
+fn step_of(row: &sqlx::postgres::PgRow) -> Option<Step> {
+    Step::from_db(row.get("migration_step"))
 }
 
 fn to_i64(value: u64) -> i64 {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
+use ferry_shared::step::Step;
 
 use crate::lease::HeldLease;
 use crate::store::EndedStep;
@@ -46,7 +47,7 @@ pub struct StepReport {
     /// The repository.
     pub path: String,
     /// The step that ended.
-    pub step: i64,
+    pub step: Step,
     /// The importer's status after it: complete, failed or canceled.
     pub status: MigrationStatus,
     /// The reason of a failure, else a description.
@@ -107,7 +108,7 @@ pub struct Start {
     /// The repository.
     pub path: String,
     /// The step's number.
-    pub step: i64,
+    pub step: Step,
     /// Pre-import or final import.
     pub import_type: ImportType,
 }

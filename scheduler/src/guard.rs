@@ -14,6 +14,7 @@
 //!   → done, failed or canceled → abort, `native` → done as `native_import`).
 
 use ferry_proto::common::v1::MigrationStatus;
+use ferry_shared::step::MaybeStep;
 
 use crate::importers::{CancelResult, ImporterError, ImporterPool, StepStatus};
 use crate::lease::HeldLease;
@@ -103,22 +104,25 @@ pub fn verdict(
         }
         Err(refused) => return Verdict::Abort(format!("status check failed: {refused}")),
     };
-    let number = u64::try_from(step.migration_step).unwrap_or(0);
+    let number = step.migration_step;
     match (state, answer.status) {
         (_, Native) => return Verdict::Native,
         (_, ImportComplete) => return Verdict::FinishImport,
         _ => {}
     }
+    // `None`, no numbered step, is older than every step.
     if answer.step < number {
         return Verdict::Orphaned(format!(
-            "step {number} never reached an importer (the repository is at step {})",
-            answer.step
+            "step {} never reached an importer (the repository is at step {})",
+            number.wire(),
+            answer.step.wire()
         ));
     }
     if answer.step > number {
         return Verdict::Abort(format!(
-            "the importer is at step {}, newer than the scheduler's {number}",
-            answer.step
+            "the importer is at step {}, newer than the scheduler's {}",
+            answer.step.wire(),
+            number.wire()
         ));
     }
     match (state, answer.status) {
@@ -177,7 +181,7 @@ impl Guard {
                 .step_status(
                     step.migration_importer.as_deref(),
                     &step.path,
-                    u64::try_from(step.migration_step).unwrap_or(0),
+                    step.migration_step,
                 )
                 .await;
             let verdict = verdict(&step, answer, &settings);
@@ -198,7 +202,7 @@ impl Guard {
         report: &mut GuardReport,
     ) -> Result<(), sqlx::Error> {
         let state = step.migration_state;
-        let number = u64::try_from(step.migration_step).unwrap_or(0);
+        let number = step.migration_step;
         let abort = |reason: String| async move {
             self.store
                 .abort(Abort {
@@ -300,7 +304,7 @@ impl Guard {
     ) -> Result<bool, sqlx::Error> {
         match canceled {
             CancelResult::Completed => {
-                tracing::info!(repository = %step.path, step = step.migration_step, "the final import completed before the guard's cancel");
+                tracing::info!(repository = %step.path, step = step.migration_step.wire(), "the final import completed before the guard's cancel");
                 if self
                     .store
                     .finish_import_as(step.id, step.migration_step, None, Some(fence))
@@ -322,6 +326,8 @@ impl Guard {
 #[cfg(test)]
 mod tests {
 
+    use ferry_shared::step::Step;
+
     use super::*;
 
     fn step(state: &str, age_seconds: f64) -> StaleStep {
@@ -331,7 +337,7 @@ mod tests {
             path: "g/p/app".into(),
             migration_state: state,
             migration_importer: Some("http://importer".into()),
-            migration_step: 3,
+            migration_step: Step::from_db(3),
             migration_retries_count: 0,
             age_seconds,
             migration_tags_count: None,
@@ -348,12 +354,12 @@ mod tests {
 
     fn at_step(
         status: MigrationStatus,
-        step: u64,
+        step: i64,
         running: bool,
     ) -> Result<StepStatus, ImporterError> {
         Ok(StepStatus {
             status,
-            step,
+            step: Step::from_db(step),
             running,
             detail: String::new(),
         })
@@ -403,6 +409,25 @@ mod tests {
             ),
             Verdict::Abort(_)
         ));
+    }
+
+    #[test]
+    fn a_step_from_before_numbering_is_older_than_every_numbered_one() {
+        use MigrationStatus::*;
+        let s = settings();
+        let mut unnumbered = step("importing", 400.0);
+        unnumbered.migration_step = None;
+        assert_eq!(
+            verdict(&unnumbered, at_step(ImportInProgress, 0, true), &s),
+            Verdict::LeaveAlone
+        );
+        match verdict(&unnumbered, at_step(ImportInProgress, 1, true), &s) {
+            Verdict::Abort(reason) => assert_eq!(
+                reason,
+                "the importer is at step 1, newer than the scheduler's 0"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

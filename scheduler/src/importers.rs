@@ -13,6 +13,7 @@ use ferry_proto::importer::v1::{
     RepositoryPage, StartImportRequest, StartOutcome, SubRepositoriesBatchPage,
 };
 use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
+use ferry_shared::step::{MaybeStep, Step};
 
 /// Deadline of one listing call (a page is milliseconds of work; a stuck call must not stall
 /// the repair scan).
@@ -22,6 +23,10 @@ pub const LISTING_DEADLINE: Duration = Duration::from_secs(60);
 /// importer. A frozen or partitioned importer must not hold up the caller (a start-up refresh, a
 /// guard pass, an operator's cancel) for the transport's 30 s.
 pub const QUICK_DEADLINE: Duration = Duration::from_secs(5);
+
+mod step_status;
+
+pub use step_status::StepStatus;
 
 fn quick<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -85,19 +90,6 @@ pub enum CancelResult {
     NotCanceled(ImporterError),
     /// No importer could be reached.
     Unreachable(ImporterError),
-}
-
-/// A step's status as the importers report it, for the guard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepStatus {
-    /// The repository's status in the metadata database.
-    pub status: MigrationStatus,
-    /// The step that status belongs to.
-    pub step: u64,
-    /// Whether a live importer runs the step asked about.
-    pub running: bool,
-    /// The status's detail (the failure reason, if any).
-    pub detail: String,
 }
 
 /// The `import_type` of spans and log lines: `pre` or `final`.
@@ -320,14 +312,16 @@ impl ImporterPool {
     /// Starts a step on the importer with the most free slots (ties round-robin). One of its
     /// slots is counted as taken before the request goes out, so starts made at the same time
     /// spread over the importers instead of all asking the same one. Importers that answer
-    /// `RESOURCE_EXHAUSTED` or cannot be reached are passed over.
+    /// `RESOURCE_EXHAUSTED` or cannot be reached are passed over. A `step` of `None` is an
+    /// unnumbered start (the importer numbers it); the scheduler's own are always numbered.
     pub async fn start(
         &self,
         path: &str,
         import_type: ImportType,
         fence: u64,
-        step: u64,
+        step: impl Into<Option<Step>>,
     ) -> StartResult {
+        let step = step.into();
         let mut untried = self.members();
         if untried.is_empty() {
             return StartResult::AllBusy("no importers known".into());
@@ -347,7 +341,7 @@ impl ImporterPool {
                 path: path.to_owned(),
                 import_type: import_type.into(),
                 fencing_token: fence,
-                step,
+                step: step.wire(),
             };
             match m.client.clone().start_import(request).await {
                 Ok(response) => {
@@ -448,58 +442,6 @@ impl ImporterPool {
         .await
     }
 
-    /// Step `step` of the repository as the importers see it, for the guard. With the importer
-    /// that accepted the step known (`recorded`), its answer decides whether the step runs; an
-    /// error when it cannot be reached. Otherwise every importer is asked at once, and the step
-    /// runs if any of them runs it; when none does but one could not be asked, the answer is
-    /// `UNAVAILABLE`: nobody can tell whether the unreachable one runs it.
-    pub async fn step_status(
-        &self,
-        recorded: Option<&str>,
-        path: &str,
-        step: u64,
-    ) -> Result<StepStatus, ImporterError> {
-        let from = |answer: GetImportStatusResponse, running: bool| StepStatus {
-            status: MigrationStatus::try_from(answer.status).unwrap_or_default(),
-            step: answer.step,
-            running,
-            detail: answer.detail,
-        };
-        if recorded.is_some_and(|url| self.client(url).is_some()) {
-            let answer = self.status(recorded, path).await?;
-            let running = answer.running_step == step;
-            return Ok(from(answer, running));
-        }
-        let members = self.members();
-        let answers = futures::future::join_all(members.iter().map(|m| {
-            let mut client = m.client.clone();
-            let request = quick(GetImportStatusRequest {
-                path: path.to_owned(),
-            });
-            async move { client.get_import_status(request).await }
-        }))
-        .await;
-        let mut seen = None;
-        let mut unreachable = None;
-        for answer in answers {
-            match answer.map(tonic::Response::into_inner) {
-                Ok(answer) if answer.running_step == step => return Ok(from(answer, true)),
-                Ok(answer) => seen = Some(answer),
-                Err(status) => match ImporterError::from(status) {
-                    ImporterError::Unreachable(message) => unreachable = Some(message),
-                    refused => return Err(refused),
-                },
-            }
-        }
-        match (unreachable, seen) {
-            (Some(message), _) => Err(ImporterError::Unreachable(format!(
-                "no importer recorded for step {step}, and one could not be asked: {message}"
-            ))),
-            (None, Some(answer)) => Ok(from(answer, false)),
-            (None, None) => Err(ImporterError::none_configured()),
-        }
-    }
-
     /// One page of the repositories (with tags) created since `since` (RFC 3339), from any
     /// reachable importer (they share the metadata database).
     pub async fn list_created_since(
@@ -537,7 +479,7 @@ impl ImporterPool {
     /// the cancel, or a final import that committed first (the importer then refuses the
     /// cancel and reports `import_complete`, which only a newer step could change, and no newer
     /// one is claimed while the caller holds the step).
-    pub async fn cancel_step(&self, path: &str, step: u64, force: bool) -> CancelResult {
+    pub async fn cancel_step(&self, path: &str, step: Option<Step>, force: bool) -> CancelResult {
         match self.cancel(path, step, force).await {
             Ok(status) => CancelResult::Canceled(status),
             Err(unreachable @ ImporterError::Unreachable(_)) => {
@@ -555,13 +497,13 @@ impl ImporterPool {
         }
     }
 
-    /// Cancels the repository's step `step` through any reachable importer (they share the
-    /// metadata database; the one running the step notices within its poll interval). Returns
-    /// the status afterwards.
+    /// Cancels the repository's step `step` (`None`: whichever it is in) through any reachable
+    /// importer (they share the metadata database; the one running the step notices within its
+    /// poll interval). Returns the status afterwards.
     pub async fn cancel(
         &self,
         path: &str,
-        step: u64,
+        step: Option<Step>,
         force: bool,
     ) -> Result<MigrationStatus, ImporterError> {
         let answer = self
@@ -569,7 +511,7 @@ impl ImporterPool {
                 let request = quick(CancelImportRequest {
                     path: path.to_owned(),
                     force,
-                    step,
+                    step: step.wire(),
                 });
                 async move { client.cancel_import(request).await }
             })

@@ -4,6 +4,8 @@
 //! (a setting read by a restarted scheduler must not crash it again) and within the arithmetic
 //! of the code that uses it (a window must not run past the calendar).
 
+use ferry_shared::step::Step;
+
 use crate::error::SchedulerError;
 
 /// The inclusive range of one numeric field.
@@ -26,11 +28,16 @@ impl Range {
     pub fn check(&self, value: impl TryInto<i64>) -> Result<i64, String> {
         match value.try_into() {
             Ok(value) if (self.min..=self.max).contains(&value) => Ok(value),
-            _ => Err(format!(
-                "{} must be between {} and {}",
-                self.name, self.min, self.max
-            )),
+            _ => Err(self.refusal()),
         }
+    }
+
+    /// The sentence refusing a value out of the range.
+    pub fn refusal(&self) -> String {
+        format!(
+            "{} must be between {} and {}",
+            self.name, self.min, self.max
+        )
     }
 
     /// [`Self::check`] as the API's error.
@@ -71,12 +78,15 @@ pub const NAME_LIST: Range = Range::new("entries", 0, 1_000);
 pub const NAMESPACE_PLANS: Range = Range::new("plans", 0, 10_000);
 /// Seconds a pre-import may take per tag (a big repository's time limit grows with it).
 pub const PRE_IMPORT_TAGS_RATE_MAX: f64 = 3_600.0;
-/// A step's number in an importer's report.
-pub const STEP: Range = Range::new("step", 1, i64::MAX);
+/// A step's number in an importer's report: a [`Step`]'s range.
+pub const STEP: Range = Range::new("step", Step::FIRST.db(), Step::MAX.db());
 
-/// The step a notification names.
-pub fn step(value: u64) -> Result<i64, SchedulerError> {
-    STEP.require(value)
+/// The step a notification names (0, none, is refused like any number out of range).
+pub fn step(value: u64) -> Result<Step, SchedulerError> {
+    match Step::from_wire(value) {
+        Ok(Some(step)) => Ok(step),
+        Ok(None) | Err(_) => Err(SchedulerError::InvalidArgument(STEP.refusal())),
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +111,24 @@ mod tests {
             "since_hours must be between 1 and 87600"
         );
         assert!(STEP.check(u64::MAX).is_err());
+        assert_eq!(
+            STEP.refusal(),
+            "step must be between 1 and 9223372036854775807"
+        );
         assert_eq!(CAPACITY.check(10_000_u32), Ok(10_000));
+    }
+
+    #[test]
+    fn a_notified_step_is_one_to_i64_max() {
+        assert_eq!(step(1).ok(), Some(Step::FIRST));
+        assert_eq!(step(i64::MAX as u64).ok(), Some(Step::MAX));
+        for out_of_range in [0, i64::MAX as u64 + 1, u64::MAX] {
+            match step(out_of_range) {
+                Err(SchedulerError::InvalidArgument(message)) => {
+                    assert_eq!(message, "step must be between 1 and 9223372036854775807")
+                }
+                other => panic!("{out_of_range}: {other:?}"),
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ use ferry_proto::scheduler::v1::{
     NotifyImportResultResponse, Repository, SetMigrationEnabledResponse, StateCount,
 };
 use ferry_shared::lifecycle::Tasks;
+use ferry_shared::step::MaybeStep;
 use ferry_shared::storage::BlobStore;
 
 mod admin;
@@ -244,7 +245,7 @@ impl From<RepositoryRecord> for Repository {
             skipped_at: timestamp(r.migration_skipped_at),
             importer: r.migration_importer.unwrap_or_default(),
             step_accepted_at: timestamp(r.migration_step_accepted_at),
-            step: to_u64(r.migration_step),
+            step: r.migration_step.wire(),
             cancel_requested: name(r.migration_cancel_requested),
             stats: Some(ferry_proto::common::v1::ImportStats {
                 manifests: to_u64(r.import_manifests),
@@ -322,7 +323,7 @@ impl SchedulerService for Scheduler {
         };
         tracing::info!(
             repository = path,
-            step,
+            step = step.get(),
             status = status.as_db_str(),
             state = %migration_state,
             duplicate = !changed,

@@ -6,6 +6,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{FromRow, Row};
 
 use ferry_proto::common::v1::ImportStats;
+use ferry_shared::step::{MaybeStep, Step};
 
 use crate::state::{MigrationState, SkipReason};
 
@@ -15,11 +16,13 @@ mod double_check;
 mod guard;
 pub mod repair;
 mod settings;
+mod step;
 mod step_end;
 
 pub use admin::{MigrationProgress, QueueHead};
 pub use guard::StaleStep;
 pub use settings::{Change, Settings, SettingsPatch};
+pub use step::{AbortedRepo, Claimed, StepColumn};
 
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
@@ -42,24 +45,14 @@ pub struct EndedStep {
     pub next: Option<Claimed>,
 }
 
-/// A repository picked for a step.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
-pub struct Claimed {
-    /// Its id.
-    pub id: i64,
-    /// Its path.
-    pub path: String,
-    /// The step's number: the start, the importer's record of it, its end and its cancel name it.
-    pub step: i64,
-}
-
 /// An abort of a repository's step, for [`SchedulerStore::abort`].
 #[derive(Debug, Clone, Copy)]
 pub struct Abort<'a> {
     /// The repository.
     pub key: RepoKey<'a>,
-    /// The step being aborted: nothing changes if the repository is at another step.
-    pub step: i64,
+    /// The step being aborted: nothing changes if the repository is at another step (`None`:
+    /// a repository whose step is from before steps were numbered).
+    pub step: Option<Step>,
     /// The states it may be aborted from.
     pub from: &'a [MigrationState],
     /// Why (recorded as `migration_last_error`).
@@ -94,7 +87,9 @@ pub struct RepositoryRecord {
     pub migration_skipped_at: Option<chrono::DateTime<chrono::Utc>>,
     pub migration_importer: Option<String>,
     pub migration_step_accepted_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub migration_step: i64,
+    /// `None`: no numbered step has claimed it yet (the column's 0).
+    #[sqlx(try_from = "StepColumn")]
+    pub migration_step: Option<Step>,
     pub migration_cancel_requested: Option<SkipReason>,
     pub import_manifests: i64,
     pub import_tags: i64,
@@ -341,7 +336,7 @@ impl SchedulerStore {
 
     /// The next `import_aborted` repository to retry, with whether its pre-import had finished.
     #[tracing::instrument(name = "db.next_aborted", skip_all, err(level = "warn"))]
-    pub async fn next_aborted(&self) -> Result<Option<(Claimed, bool)>, sqlx::Error> {
+    pub async fn next_aborted(&self) -> Result<Option<(AbortedRepo, bool)>, sqlx::Error> {
         let row = sqlx::query(&format!(
             "SELECT id, path, migration_step, migration_pre_import_done_at IS NOT NULL AS pre_import_done \
              FROM container_repositories r WHERE migration_state = 'import_aborted' \
@@ -351,12 +346,12 @@ impl SchedulerStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|row| {
-            let claimed = Claimed {
+            let aborted = AbortedRepo {
                 id: row.get("id"),
                 path: row.get("path"),
-                step: row.get("migration_step"),
+                step: Step::from_db(row.get("migration_step")),
             };
-            (claimed, row.get("pre_import_done"))
+            (aborted, row.get("pre_import_done"))
         }))
     }
 
@@ -364,17 +359,18 @@ impl SchedulerStore {
     /// into a step (fenced): `importing` (`to_final`, its pre-import counted done) or
     /// `pre_importing`. With `new_step` the step is a new one, numbered next, to be started;
     /// without, the repository goes back to watching the step it had, which still runs. Returns
-    /// the step it is at now, or `None` if it was no longer aborted at that step.
+    /// the step it is at now (`Some(None)`: watching a step from before steps were numbered; a
+    /// new step is always numbered), or `None` if it was no longer aborted at that step.
     #[tracing::instrument(name = "db.resume_aborted", skip_all, err(level = "warn"))]
     pub async fn resume_aborted(
         &self,
-        repo: &Claimed,
+        repo: &AbortedRepo,
         to_final: bool,
         new_step: bool,
         fence: Option<u64>,
-    ) -> Result<Option<i64>, sqlx::Error> {
+    ) -> Result<Option<Option<Step>>, sqlx::Error> {
         let (with, check) = fenced(3);
-        sqlx::query_scalar(&format!(
+        let step: Option<i64> = sqlx::query_scalar(&format!(
             "{with}UPDATE container_repositories r SET \
                  migration_state = CASE WHEN $2 THEN 'importing' ELSE 'pre_importing' END, \
                  migration_pre_import_started_at = CASE WHEN $2 THEN migration_pre_import_started_at ELSE now() END, \
@@ -393,25 +389,28 @@ impl SchedulerStore {
         .bind(repo.id)
         .bind(to_final)
         .bind(fence_param(fence))
-        .bind(repo.step)
+        .bind(repo.step.db())
         .bind(new_step)
         .fetch_optional(&self.pool)
-        .await
+        .await?;
+        Ok(step.map(Step::from_db))
     }
 
     /// `pre_importing` → `pre_import_done` at step `step`, adding the step's figures (fenced
     /// when `fence` is set). `None` if the repository was not pre-importing in that step (a
-    /// duplicate or stale notification).
+    /// duplicate or stale notification). A `step` of `None` is the unnumbered step of a
+    /// repository from before steps were numbered (as for every statement that names the step
+    /// a repository must be at).
     #[tracing::instrument(name = "db.finish_pre_import", skip_all, err(level = "warn"))]
     pub async fn finish_pre_import(
         &self,
         path: &str,
-        step: i64,
+        step: impl Into<Option<Step>>,
         stats: &ImportStats,
         fence: Option<u64>,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
-        use step_end::{Apply, Step};
-        self.end_step(path, step, Step::Pre, stats, Apply::EndOnly(fence))
+        use step_end::{Apply, Pass};
+        self.end_step(path, step.into(), Pass::Pre, stats, Apply::EndOnly(fence))
             .await
     }
 
@@ -421,12 +420,12 @@ impl SchedulerStore {
     pub async fn finish_import(
         &self,
         path: &str,
-        step: i64,
+        step: impl Into<Option<Step>>,
         stats: &ImportStats,
         fence: Option<u64>,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
-        use step_end::{Apply, Step};
-        self.end_step(path, step, Step::Final, stats, Apply::EndOnly(fence))
+        use step_end::{Apply, Pass};
+        self.end_step(path, step.into(), Pass::Final, stats, Apply::EndOnly(fence))
             .await
     }
 
@@ -442,12 +441,12 @@ impl SchedulerStore {
     pub async fn finish_pre_import_and_start_import(
         &self,
         path: &str,
-        step: i64,
+        step: Step,
         stats: &ImportStats,
         holder: u64,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
-        use step_end::{Apply, Step};
-        self.end_step(path, step, Step::Pre, stats, Apply::HandOver(holder))
+        use step_end::{Apply, Pass};
+        self.end_step(path, Some(step), Pass::Pre, stats, Apply::HandOver(holder))
             .await
     }
 
@@ -462,13 +461,19 @@ impl SchedulerStore {
     pub async fn finish_import_and_claim_next(
         &self,
         path: &str,
-        step: i64,
+        step: Step,
         stats: &ImportStats,
         holder: u64,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
-        use step_end::{Apply, Step};
-        self.end_step(path, step, Step::Final, stats, Apply::HandOver(holder))
-            .await
+        use step_end::{Apply, Pass};
+        self.end_step(
+            path,
+            Some(step),
+            Pass::Final,
+            stats,
+            Apply::HandOver(holder),
+        )
+        .await
     }
 
     /// Finishes a repository at step `step` as `import_done` from any active or default state:
@@ -479,7 +484,7 @@ impl SchedulerStore {
     pub async fn finish_import_as(
         &self,
         id: i64,
-        step: i64,
+        step: impl Into<Option<Step>>,
         reason: Option<SkipReason>,
         fence: Option<u64>,
     ) -> Result<bool, sqlx::Error> {
@@ -493,7 +498,7 @@ impl SchedulerStore {
         .bind(reason)
         .bind(&MigrationState::PENDING[..])
         .bind(fence_param(fence))
-        .bind(step)
+        .bind(step.into().db())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
@@ -537,7 +542,7 @@ impl SchedulerStore {
         .bind(abort.error)
         .bind(fence_param(abort.fence))
         .bind(abort.counted)
-        .bind(abort.step)
+        .bind(abort.step.db())
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(step_end::ended_step))

@@ -5,6 +5,7 @@
 //! - [`storage`]: the bucket abstraction ([`storage::BlobStore`]) and its drivers.
 //! - [`layout`]: object keys of the old and new storage layouts.
 //! - [`ids`]: validated repository paths and digests.
+//! - [`step`]: the numbers of a repository's migration steps, on the wire and in the databases.
 //! - [`error`]: error codes and their mapping to gRPC.
 //! - [`grpc`]: serving with health checks, reflection and admission control; calling the other
 //!   service.
@@ -21,6 +22,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod security;
 pub mod startup;
+pub mod step;
 pub mod storage;
 pub mod telemetry;
 pub mod walk;

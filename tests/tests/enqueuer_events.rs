@@ -14,6 +14,7 @@ use ferry_scheduler::importers::ImporterPool;
 use ferry_scheduler::metrics::MigrationMetrics;
 use ferry_scheduler::state::MigrationState;
 use ferry_scheduler::store::{SchedulerStore, SettingsPatch};
+use ferry_shared::step::{MaybeStep, Step};
 use ferry_tests::wait::wait_until;
 use ferry_tests::{ImporterHarness, serve_importer};
 use ferry_tests::{registered_store, replica_keys, unique_suffix};
@@ -94,7 +95,7 @@ impl Setup {
             .await
             .expect("read")
             .expect("registered");
-        (record.migration_state, record.migration_step)
+        (record.migration_state, record.migration_step.db())
     }
 
     /// Waits until the importer has committed `path`'s step as `status`.
@@ -124,7 +125,7 @@ impl Setup {
 fn step_ended(path: &str, step: i64, status: MigrationStatus) -> (Event, StepEndAnswer) {
     let (message, answer) = Message::step_ended(StepReport {
         path: path.to_owned(),
-        step,
+        step: Step::try_from(step).expect("a step"),
         status,
         detail: String::new(),
         stats: ImportStats::default(),
@@ -136,7 +137,7 @@ fn step_ended(path: &str, step: i64, status: MigrationStatus) -> (Event, StepEnd
 fn start(path: &str, step: i64, import_type: ImportType) -> Start {
     Start {
         path: path.to_owned(),
-        step,
+        step: Step::try_from(step).expect("a step"),
         import_type,
     }
 }

@@ -63,7 +63,7 @@ async fn a_dns_name_stands_for_every_address_it_resolves_to() {
         "{members:?}"
     );
     let asked = chrono::Utc::now();
-    let started = pool.start("pool/p0/app", ImportType::Pre, 0, 0).await;
+    let started = pool.start("pool/p0/app", ImportType::Pre, 0, None).await;
     let answered = chrono::Utc::now();
     let StartResult::Accepted {
         importer,
@@ -83,7 +83,7 @@ async fn a_dns_name_stands_for_every_address_it_resolves_to() {
     let missing = ImporterPool::new(&["dns://no-such-host.invalid:1".to_owned()]).expect("pool");
     assert!(missing.refresh().await.is_empty());
     assert!(matches!(
-        missing.start("pool/p1/app", ImportType::Pre, 0, 0).await,
+        missing.start("pool/p1/app", ImportType::Pre, 0, None).await,
         StartResult::AllBusy(_)
     ));
 }
@@ -102,7 +102,7 @@ async fn starts_go_to_the_importer_with_the_most_free_slots() {
     pool.refresh().await;
     for i in 0..4 {
         let started = pool
-            .start(&format!("pool/p{i}/app"), ImportType::Pre, 0, 0)
+            .start(&format!("pool/p{i}/app"), ImportType::Pre, 0, None)
             .await;
         assert!(
             matches!(started, StartResult::Accepted { .. }),
@@ -111,7 +111,7 @@ async fn starts_go_to_the_importer_with_the_most_free_slots() {
     }
     // Four slots in all, four starts, none refused for lack of room: 1 + 3.
     assert_eq!((small.in_flight(), large.in_flight()), (1, 3));
-    let full = pool.start("pool/p4/app", ImportType::Pre, 0, 0).await;
+    let full = pool.start("pool/p4/app", ImportType::Pre, 0, None).await;
     assert!(matches!(full, StartResult::AllBusy(_)), "{full:?}");
 }
 

@@ -18,6 +18,7 @@ use ferry_scheduler::importers::ImporterPool;
 use ferry_scheduler::service::{Scheduler, SchedulerService};
 use ferry_scheduler::state::{MigrationState, SkipReason};
 use ferry_scheduler::store::SchedulerStore;
+use ferry_shared::step::Step;
 use ferry_shared::storage::BlobStore;
 use ferry_tests::{GatedStore, LayoutWriter, fresh_database, serve_importer, wait_until};
 
@@ -132,14 +133,14 @@ async fn tags(setup: &Setup) -> i64 {
 /// Runs the repository's pre-import (step 1) to completion on both sides, then claims and
 /// starts its final import (step 2) on the importer, held at its first storage read when
 /// `held`. Returns the final import's step.
-async fn final_import_started(setup: &Setup, held: bool) -> i64 {
+async fn final_import_started(setup: &Setup, held: bool) -> Step {
     let pre = setup
         .store
         .claim_next_default(None)
         .await
         .expect("claim")
         .expect("ready");
-    let step = u64::try_from(pre.step).expect("step");
+    let step = pre.step.wire();
     setup
         .importer
         .start_import(PATH, ImportType::Pre, 0, step)
@@ -162,18 +163,13 @@ async fn final_import_started(setup: &Setup, held: bool) -> i64 {
     setup.gate.send(!held).expect("gate");
     setup
         .importer
-        .start_import(
-            PATH,
-            ImportType::Final,
-            0,
-            u64::try_from(last.step).expect("step"),
-        )
+        .start_import(PATH, ImportType::Final, 0, last.step.wire())
         .await
         .expect("final import");
     last.step
 }
 
-fn late_notification(step: i64, status: MigrationStatus) -> NotifyImportResultRequest {
+fn late_notification(step: Step, status: MigrationStatus) -> NotifyImportResultRequest {
     NotifyImportResultRequest {
         path: PATH.into(),
         name: "app".into(),
@@ -181,7 +177,7 @@ fn late_notification(step: i64, status: MigrationStatus) -> NotifyImportResultRe
         detail: "late".into(),
         import_type: ImportType::Final.into(),
         stats: Some(ImportStats::default()),
-        step: u64::try_from(step).expect("step"),
+        step: step.wire(),
         handed_back: false,
     }
 }
@@ -274,7 +270,7 @@ async fn a_cancel_in_flight_holds_back_the_retry_of_a_failed_step_until_it_is_do
     // A cancel recorded at the step (its importer call still on the way)...
     assert!(
         s.store
-            .request_cancel(PATH, step, SkipReason::MigrationCanceled)
+            .request_cancel(PATH, Some(step), SkipReason::MigrationCanceled)
             .await
             .expect("request")
     );
@@ -293,7 +289,7 @@ async fn a_cancel_in_flight_holds_back_the_retry_of_a_failed_step_until_it_is_do
     // The cancel carries on and skips it at the step it named.
     assert!(
         s.store
-            .cancel_migration(PATH, step, SkipReason::MigrationCanceled)
+            .cancel_migration(PATH, Some(step), SkipReason::MigrationCanceled)
             .await
             .expect("cancel")
     );
@@ -311,7 +307,7 @@ async fn a_cancel_left_by_a_stopped_replica_holds_nothing_back_after_a_minute() 
     let s = setup().await;
     assert!(
         s.store
-            .request_cancel(PATH, 0, SkipReason::MigrationForcedCanceled)
+            .request_cancel(PATH, None, SkipReason::MigrationForcedCanceled)
             .await
             .expect("request")
     );
@@ -356,12 +352,7 @@ async fn a_rollout_hands_its_steps_back_without_spending_a_retry() {
     // The pre-import is held at its first storage read when the importer is told to stop.
     s.gate.send(false).expect("close the gate");
     s.importer
-        .start_import(
-            PATH,
-            ImportType::Pre,
-            0,
-            u64::try_from(claimed.step).expect("step"),
-        )
+        .start_import(PATH, ImportType::Pre, 0, claimed.step.wire())
         .await
         .expect("start");
     s.importer.begin_shutdown();
@@ -405,12 +396,7 @@ async fn a_cancel_while_the_final_import_waits_skips_without_starting_it() {
         .expect("claim")
         .expect("ready");
     s.importer
-        .start_import(
-            PATH,
-            ImportType::Pre,
-            0,
-            u64::try_from(pre.step).expect("step"),
-        )
+        .start_import(PATH, ImportType::Pre, 0, pre.step.wire())
         .await
         .expect("pre-import");
     wait_for_metadata_status(&s, "pre_import_complete").await;

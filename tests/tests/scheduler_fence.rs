@@ -8,13 +8,14 @@ use std::time::Duration;
 use ferry_scheduler::inventory::new_repository;
 use ferry_scheduler::store::SchedulerStore;
 use ferry_shared::ids::RepositoryPath;
+use ferry_shared::step::Step;
 use ferry_tests::{fresh_database, wait_until};
 use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 
 const PATH: &str = "group/project/app";
 /// The step the repository's first claim numbers.
-const STEP: i64 = 1;
+const STEP: Step = Step::FIRST;
 
 /// A store with one repository claimed by the holder of token 1; its database's URL.
 async fn claimed_by_first_holder() -> (SchedulerStore, String, i64) {

@@ -5,6 +5,7 @@
 use ferry_proto::common::v1::ImportStats;
 use ferry_scheduler::state::MigrationState;
 use ferry_scheduler::store::{Abort, RepoKey, SchedulerStore, SettingsPatch};
+use ferry_shared::step::Step;
 use ferry_tests::registered_store;
 
 /// The lease holder's token in these tests; the fence starts at it.
@@ -37,13 +38,14 @@ async fn state(store: &SchedulerStore, path: &str) -> String {
 }
 
 /// The repository's current step.
-async fn step_of(store: &SchedulerStore, path: &str) -> i64 {
+async fn step_of(store: &SchedulerStore, path: &str) -> Step {
     store
         .repository(path)
         .await
         .expect("read")
         .expect("row")
         .migration_step
+        .expect("a numbered step")
 }
 
 /// Claims `path`'s pre-import (the only ready one at that moment, by priority) and finishes it.
@@ -313,7 +315,7 @@ async fn a_hand_over_leaves_the_slot_to_the_loop_when_something_else_goes_first(
     store
         .abort(Abort {
             key: RepoKey::Path("g/p/x"),
-            step: step_of(&store, "g/p/x").await,
+            step: Some(step_of(&store, "g/p/x").await),
             from: &[MigrationState::Importing],
             error: "lost",
             max_retries: 3,

@@ -413,11 +413,24 @@ async fn admission_limits_refuse_with_the_right_codes() {
     assert!(started.elapsed() < Duration::from_secs(15));
 
     // Two calls hang and fill the limit; the third is shed at once, while health still answers.
-    // The two have a second to be admitted and three more before they time out: the third
-    // comes in between.
+    // The two are admitted once both wait for the lock, and the third comes before they time out.
     let first = tokio::spawn(get("group/project/one".into()));
     let second = tokio::spawn(get("group/project/two".into()));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until(
+        "two calls waiting for the lock",
+        Duration::from_secs(3),
+        async || {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks \
+             WHERE relation = 'container_repositories'::regclass AND NOT granted",
+            )
+            .fetch_one(&db)
+            .await
+            .expect("pg_locks");
+            if waiting >= 2 { Ok(()) } else { Err(waiting) }
+        },
+    )
+    .await;
     let started = Instant::now();
     let shed = get("group/project/three".into()).await.expect_err("shed");
     assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");

@@ -100,7 +100,7 @@ impl Importer {
         let metrics = &self.inner.metrics;
         metrics.step_ended(import_type, status, started.elapsed().as_secs_f64(), &stats);
         metrics.slots(self.in_flight(), self.inner.limits.max_concurrent_imports);
-        tracing::info!(repository = %path, ?import_type, step = claimed.step, status = status.as_db_str(), duration_ms = stats.duration_ms, handed_back, "import step ended");
+        tracing::info!(repository = %path, ?import_type, step = claimed.step.get(), status = status.as_db_str(), duration_ms = stats.duration_ms, handed_back, "import step ended");
         if let Some(notifier) = &self.inner.notifier {
             notifier
                 .notify(NotifyImportResultRequest {
@@ -110,7 +110,7 @@ impl Importer {
                     detail: detail.clone(),
                     import_type: import_type.into(),
                     stats: Some(stats),
-                    step: claimed.step,
+                    step: claimed.step.wire(),
                     handed_back,
                 })
                 .await;

@@ -7,6 +7,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use ferry_proto::common::v1::MigrationStatus;
 use ferry_shared::ids::Digest;
+use ferry_shared::step::Step;
 
 use super::{ClaimedStep, MetadataStore, to_i64};
 use crate::plan::{Chunk, PlannedManifest};
@@ -44,7 +45,7 @@ pub enum CommitOutcome {
 pub struct StepCommit {
     tx: Transaction<'static, Postgres>,
     repository_id: i64,
-    step: i64,
+    step: Step,
     written: WrittenCounts,
 }
 
@@ -56,7 +57,7 @@ impl MetadataStore {
         Ok(StepCommit {
             tx,
             repository_id: claimed.repository_id,
-            step: to_i64(claimed.step),
+            step: claimed.step,
             written: WrittenCounts::default(),
         })
     }
@@ -259,7 +260,7 @@ impl StepCommit {
         .bind(self.repository_id)
         .bind(in_progress.as_db_str())
         .bind(complete.as_db_str())
-        .bind(self.step)
+        .bind(self.step.db())
         .execute(&mut *self.tx)
         .await?;
         if completed.rows_affected() == 0 {

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
+use ferry_shared::step::{MaybeStep, Step};
 use ferry_shared::storage::BlobStore;
 
 use super::Message;
@@ -17,7 +18,7 @@ use crate::importers::{ImporterPool, StartResult};
 use crate::lease::HeldLease;
 use crate::reconcile::{self, Resume};
 use crate::state::{MigrationState, SkipReason};
-use crate::store::{Abort, Claimed, RepoKey, SchedulerStore, Settings};
+use crate::store::{Abort, AbortedRepo, Claimed, RepoKey, SchedulerStore, Settings};
 
 /// What became of an aborted repository taken up again.
 #[derive(Debug)]
@@ -64,13 +65,13 @@ impl Dispatcher {
     pub(super) async fn retry_aborted(
         &self,
         held: &HeldLease,
-        repo: &Claimed,
+        repo: &AbortedRepo,
         pre_import_done: bool,
     ) -> Result<Retry, sqlx::Error> {
         let (status, same_step) = match self.importers.status(None, &repo.path).await {
             Ok(answer) => (
                 Some(MigrationStatus::try_from(answer.status).unwrap_or_default()),
-                i64::try_from(answer.step).is_ok_and(|step| step == repo.step),
+                Step::from_wire(answer.step).is_ok_and(|step| step == repo.step),
             ),
             Err(error) => {
                 tracing::debug!(repository = %repo.path, %error, "no importer status; retrying by the recorded state");
@@ -78,7 +79,7 @@ impl Dispatcher {
             }
         };
         let resume = reconcile::resume(status, same_step, pre_import_done);
-        tracing::info!(repository = %repo.path, step = repo.step, ?status, same_step, ?resume, "retrying aborted repository");
+        tracing::info!(repository = %repo.path, step = repo.step.wire(), ?status, same_step, ?resume, "retrying aborted repository");
         let fence = Some(held.fence);
         let settled = |written: bool| {
             if written {
@@ -114,10 +115,11 @@ impl Dispatcher {
                     .resume_aborted(repo, to_final, true, fence)
                     .await?;
                 match resumed {
-                    Some(step) => Retry::Start(
+                    Some(Some(step)) => Retry::Start(
                         Claimed {
+                            id: repo.id,
+                            path: repo.path.clone(),
                             step,
-                            ..repo.clone()
                         },
                         if to_final {
                             ImportType::Final
@@ -125,7 +127,8 @@ impl Dispatcher {
                             ImportType::Pre
                         },
                     ),
-                    None => Retry::Refused,
+                    // A new step is always numbered: `Some(None)` does not happen.
+                    Some(None) | None => Retry::Refused,
                 }
             }
         })
@@ -185,7 +188,7 @@ impl Dispatcher {
             "dispatch",
             repository = %repo.path,
             import_type = crate::importers::type_label(import_type),
-            step = repo.step,
+            step = repo.step.get(),
         );
         self.tasks.spawn(async move {
             let result = async {
@@ -229,7 +232,7 @@ impl Dispatcher {
         } else {
             MigrationState::PreImporting
         };
-        let step = u64::try_from(repo.step).unwrap_or(0);
+        let step = repo.step;
         // Backoffs waited out while every importer was busy (100 ms × the backoff's number);
         // a step's end cuts the current one short without counting it.
         let mut backoffs = 0;
@@ -244,7 +247,7 @@ impl Dispatcher {
                     importer,
                     accepted_at,
                 } => {
-                    tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, step, importer, "step started");
+                    tracing::info!(repository = %repo.path, ?import_type, fence = held.fence, step = step.get(), importer, "step started");
                     if !self
                         .store
                         .record_importer(
@@ -257,7 +260,7 @@ impl Dispatcher {
                         )
                         .await?
                     {
-                        tracing::warn!(repository = %repo.path, fence = held.fence, step,
+                        tracing::warn!(repository = %repo.path, fence = held.fence, step = step.get(),
                             "importer not recorded: a newer step exists, or a newer lease holder");
                     }
                     return Ok(Started::Yes);
@@ -265,7 +268,7 @@ impl Dispatcher {
                 StartResult::AlreadyRunning => {
                     // An earlier start of this step was accepted and its answer lost; whichever
                     // importer runs it is found by the guard if it is ever needed.
-                    tracing::info!(repository = %repo.path, step, "step already running");
+                    tracing::info!(repository = %repo.path, step = step.get(), "step already running");
                     return Ok(Started::Yes);
                 }
                 StartResult::AlreadyImported { imported: true } => {
@@ -319,7 +322,7 @@ impl Dispatcher {
                     self.store
                         .abort(Abort {
                             key: RepoKey::Id(repo.id),
-                            step: repo.step,
+                            step: Some(repo.step),
                             from: &[state],
                             error: &error,
                             max_retries,

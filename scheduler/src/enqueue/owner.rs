@@ -542,7 +542,7 @@ pub async fn apply_step_end(
             store
                 .abort(Abort {
                     key: RepoKey::Path(path),
-                    step,
+                    step: Some(step),
                     from: &[from],
                     error: &error,
                     max_retries,

@@ -4,6 +4,7 @@ use ferry_proto::scheduler::v1::{
     DoubleCheckReport, QueuePreview, Repository, RepositoryList, WritableAnswer,
 };
 use ferry_shared::ids::RepositoryPath;
+use ferry_shared::step::MaybeStep;
 
 use super::{Scheduler, SchedulerService};
 use crate::error::SchedulerError;
@@ -148,12 +149,11 @@ impl Scheduler {
         let step = record.migration_step;
         if record.migration_state != MigrationState::Default {
             // Unlock the importer side first: a step there stops, and its status becomes canceled.
-            let number = u64::try_from(step).unwrap_or(0);
-            match self.importers.cancel_step(path, number, force).await {
+            match self.importers.cancel_step(path, step, force).await {
                 CancelResult::Canceled(status) => {
                     tracing::info!(
                         repository = path,
-                        step,
+                        step = step.wire(),
                         status = status.as_db_str(),
                         "importer step canceled"
                     );
@@ -164,7 +164,7 @@ impl Scheduler {
                         .await?;
                     tracing::info!(
                         repository = path,
-                        step,
+                        step = step.wire(),
                         "the final import completed before the cancel"
                     );
                     self.wake_enqueuer().await;
@@ -180,7 +180,7 @@ impl Scheduler {
                 }
                 // Nothing in progress there (never started, or ended without completing): fine.
                 CancelResult::NotCanceled(answer) => {
-                    tracing::info!(repository = path, step, %answer, "nothing to cancel on the importer");
+                    tracing::info!(repository = path, step = step.wire(), %answer, "nothing to cancel on the importer");
                 }
             }
         }

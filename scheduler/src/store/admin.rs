@@ -1,6 +1,8 @@
 //! Statements behind the internal API: registering, prioritizing, canceling and listing
 //! repositories, previewing the queue, and recent throughput.
 
+use ferry_shared::step::{MaybeStep, Step};
+
 use super::{NewRepository, REPOSITORY_COLUMNS, RepositoryRecord, SchedulerStore};
 use crate::state::{MigrationState, SkipReason};
 
@@ -84,12 +86,13 @@ impl SchedulerStore {
     /// Records an operator's cancel of the repository at step `step` (its skip reason,
     /// `migration_canceled` or `migration_forced_canceled`) before the importer is asked: from
     /// then on no new step is claimed for it, and its step's failed or canceled end skips it.
-    /// False when it is done, skipped, or at another step.
+    /// False when it is done, skipped, or at another step. A `step` of `None` is a repository no
+    /// numbered step has claimed yet (a `default` one), here and in the cancel's other statements.
     #[tracing::instrument(name = "db.request_cancel", skip_all, err(level = "warn"))]
     pub async fn request_cancel(
         &self,
         path: &str,
-        step: i64,
+        step: Option<Step>,
         reason: SkipReason,
     ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
@@ -98,7 +101,7 @@ impl SchedulerStore {
              WHERE path = $1 AND migration_step = $2 AND migration_state = ANY($4)",
         )
         .bind(path)
-        .bind(step)
+        .bind(step.db())
         .bind(reason)
         .bind(&MigrationState::PENDING[..])
         .execute(&self.pool)
@@ -108,13 +111,13 @@ impl SchedulerStore {
 
     /// Withdraws a cancel requested at step `step` that could not be carried out.
     #[tracing::instrument(name = "db.withdraw_cancel", skip_all, err(level = "warn"))]
-    pub async fn withdraw_cancel(&self, path: &str, step: i64) -> Result<(), sqlx::Error> {
+    pub async fn withdraw_cancel(&self, path: &str, step: Option<Step>) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE container_repositories SET migration_cancel_requested = NULL \
              WHERE path = $1 AND migration_step = $2",
         )
         .bind(path)
-        .bind(step)
+        .bind(step.db())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -127,7 +130,7 @@ impl SchedulerStore {
     pub async fn cancel_migration(
         &self,
         path: &str,
-        step: i64,
+        step: Option<Step>,
         reason: SkipReason,
     ) -> Result<bool, sqlx::Error> {
         let result = sqlx::query(
@@ -142,7 +145,7 @@ impl SchedulerStore {
         .bind(path)
         .bind(reason)
         .bind(&MigrationState::PENDING[..])
-        .bind(step)
+        .bind(step.db())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use ferry_shared::step::{MaybeStep, Step};
 use sqlx::FromRow;
 
-use super::SchedulerStore;
+use super::{SchedulerStore, StepColumn};
 use crate::state::MigrationState;
 
 /// A step older than the staleness threshold.
@@ -19,8 +20,9 @@ pub struct StaleStep {
     pub migration_state: MigrationState,
     /// The importer the step was started on, if recorded.
     pub migration_importer: Option<String>,
-    /// The step's number.
-    pub migration_step: i64,
+    /// The step's number (`None`: a step from before steps were numbered).
+    #[sqlx(try_from = "StepColumn")]
+    pub migration_step: Option<Step>,
     /// Aborts so far.
     pub migration_retries_count: i32,
     /// Seconds since the step started (or, for `pre_import_done`, since the pre-import ended).
@@ -68,7 +70,7 @@ impl SchedulerStore {
     pub async fn record_importer(
         &self,
         id: i64,
-        step: i64,
+        step: Step,
         importer: &str,
         accepted_at: Option<chrono::DateTime<chrono::Utc>>,
         tags_count: Option<i32>,
@@ -84,7 +86,7 @@ impl SchedulerStore {
         .bind(id)
         .bind(importer)
         .bind(super::fence_param(fence))
-        .bind(step)
+        .bind(step.db())
         .bind(tags_count)
         .bind(accepted_at)
         .execute(&self.pool)
@@ -119,7 +121,7 @@ impl SchedulerStore {
     pub async fn skip_too_many_tags(
         &self,
         id: i64,
-        step: i64,
+        step: Step,
         tags: i32,
         limit: i32,
         fence: Option<u64>,
@@ -136,7 +138,7 @@ impl SchedulerStore {
         .bind(tags)
         .bind(limit)
         .bind(super::fence_param(fence))
-        .bind(step)
+        .bind(step.db())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
@@ -148,7 +150,7 @@ impl SchedulerStore {
     pub async fn skip_canceled(
         &self,
         id: i64,
-        step: i64,
+        step: Option<Step>,
         from: MigrationState,
         error: &str,
         fence: Option<u64>,
@@ -165,7 +167,7 @@ impl SchedulerStore {
         .bind(from)
         .bind(error)
         .bind(super::fence_param(fence))
-        .bind(step)
+        .bind(step.db())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)

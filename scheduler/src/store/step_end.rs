@@ -20,6 +20,7 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 
 use ferry_proto::common::v1::ImportStats;
+use ferry_shared::step::{MaybeStep, Step};
 
 use super::{Claimed, EndedStep, FENCE_HOLDS, NO_CANCEL_IN_FLIGHT, SchedulerStore, admin, fenced};
 use crate::state::MigrationState;
@@ -33,23 +34,23 @@ const ADD_STATS: &str = "migration_last_error = NULL, \
      import_manifests_skipped = GREATEST(r.import_manifests_skipped, $12), \
      import_layers_skipped = GREATEST(r.import_layers_skipped, $13)";
 
-/// Which step ended.
+/// Which pass of the migration the ended step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Step {
+pub(super) enum Pass {
     Pre,
     Final,
 }
 
-impl Step {
+impl Pass {
     /// The state the step ends from, the state it ends in, and the column its end is stamped in.
     fn columns(self) -> (MigrationState, MigrationState, &'static str) {
         match self {
-            Step::Pre => (
+            Pass::Pre => (
                 MigrationState::PreImporting,
                 MigrationState::PreImportDone,
                 "migration_pre_import_done_at",
             ),
-            Step::Final => (
+            Pass::Final => (
                 MigrationState::Importing,
                 MigrationState::ImportDone,
                 "migration_import_done_at",
@@ -88,12 +89,12 @@ fn bind_stats<'q>(
 /// Only the end (`$14`: its fencing token; `$15`: the step). A final import's end settles a
 /// cancel requested meanwhile (the completion won); a pre-import's leaves it for the cancel to
 /// finish.
-fn end_only(step: Step) -> String {
-    let (_, _, done_column) = step.columns();
+fn end_only(pass: Pass) -> String {
+    let (_, _, done_column) = pass.columns();
     let (with, check) = fenced(14);
-    let settle_cancel = match step {
-        Step::Pre => "",
-        Step::Final => "migration_cancel_requested = NULL, ",
+    let settle_cancel = match pass {
+        Pass::Pre => "",
+        Pass::Final => "migration_cancel_requested = NULL, ",
     };
     format!(
         "{with}UPDATE container_repositories r SET migration_state = $3, {done_column} = now(), \
@@ -169,25 +170,25 @@ fn final_import_handed_over() -> String {
 }
 
 impl SchedulerStore {
-    /// Applies the end of step number `number` (`step` in its ending state only) as `apply`
-    /// says; `None` if the repository was not in that step (a duplicate or stale notification).
+    /// Applies the end of step `step` (a `pass` in its ending state only) as `apply` says;
+    /// `None` if the repository was not in that step (a duplicate or stale notification).
     pub(super) async fn end_step(
         &self,
         path: &str,
-        number: i64,
-        step: Step,
+        step: Option<Step>,
+        pass: Pass,
         stats: &ImportStats,
         apply: Apply,
     ) -> Result<Option<EndedStep>, sqlx::Error> {
-        let (from, to, _) = step.columns();
-        let (sql, fence) = match (apply, step) {
-            (Apply::EndOnly(fence), _) => (end_only(step), fence),
-            (Apply::HandOver(fence), Step::Pre) => (pre_import_handed_over(), Some(fence)),
-            (Apply::HandOver(fence), Step::Final) => (final_import_handed_over(), Some(fence)),
+        let (from, to, _) = pass.columns();
+        let (sql, fence) = match (apply, pass) {
+            (Apply::EndOnly(fence), _) => (end_only(pass), fence),
+            (Apply::HandOver(fence), Pass::Pre) => (pre_import_handed_over(), Some(fence)),
+            (Apply::HandOver(fence), Pass::Final) => (final_import_handed_over(), Some(fence)),
         };
         let query = bind_stats(sqlx::query(&sql).bind(path).bind(from).bind(to), stats)
             .bind(super::fence_param(fence))
-            .bind(number);
+            .bind(step.db());
         let row = query.fetch_optional(&self.pool).await?;
         Ok(row.map(|row| ended_step(&row)))
     }
@@ -199,7 +200,8 @@ pub(super) fn ended_step(row: &PgRow) -> EndedStep {
     let next = match (
         row.get("next_id"),
         row.get("next_path"),
-        row.get("next_step"),
+        row.get::<Option<i64>, _>("next_step")
+            .and_then(Step::from_db),
     ) {
         (Some(id), Some(path), Some(step)) => Some(Claimed { id, path, step }),
         _ => None,

@@ -25,7 +25,7 @@ const FINAL_WITHOUT_PRE_IMPORT: StepClaim = StepClaim {
     from: &[],
     create: true,
     fence: 0,
-    step: 0,
+    step: None,
 };
 
 /// The metadata tables, parents first.

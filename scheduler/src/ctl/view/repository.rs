@@ -3,12 +3,13 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use ferry_proto::common::v1::ImportStats;
 use ferry_proto::scheduler::v1::{
     DoubleCheckReport, QueuePreview, Repository, RepositoryList, WritableAnswer,
 };
+use ferry_shared::step::{MaybeStep, Step};
 
 use super::{human_bytes, non_empty};
 
@@ -126,8 +127,9 @@ pub struct RepositoryView {
     pub importer: String,
     /// RFC 3339: when the importer accepted it; empty until one has.
     pub step_accepted_at: String,
-    /// The number of the current (or last) step.
-    pub step: u64,
+    /// The current (or last) step; `None` (printed as 0, like the API's) until one is claimed.
+    #[serde(serialize_with = "step_number")]
+    pub step: Option<Step>,
     /// An operator's cancel in flight (its skip reason); empty otherwise.
     pub cancel_requested: String,
     /// The figures of its completed steps.
@@ -153,7 +155,8 @@ impl From<Repository> for RepositoryView {
             skipped_at: repo.skipped_at,
             importer: repo.importer,
             step_accepted_at: repo.step_accepted_at,
-            step: repo.step,
+            // A scheduler's answer is never out of range (its column holds no such number).
+            step: Step::from_wire(repo.step).ok().flatten(),
             cancel_requested: repo.cancel_requested,
             stats: repo.stats.into(),
         }
@@ -166,7 +169,7 @@ impl fmt::Display for RepositoryView {
         writeln!(f, "  project         {}", self.project_path)?;
         writeln!(f, "  state           {}", self.migration_state)?;
         writeln!(f, "  retries         {}", self.retries_count)?;
-        writeln!(f, "  step            {}", self.step)?;
+        writeln!(f, "  step            {}", self.step.wire())?;
         for (label, value) in [
             ("cancel pending", &self.cancel_requested),
             ("skipped reason", &self.skipped_reason),
@@ -187,6 +190,11 @@ impl fmt::Display for RepositoryView {
         }
         write!(f, "{}", self.stats)
     }
+}
+
+/// A step as the API gives it: its number, 0 for none.
+fn step_number<S: Serializer>(step: &Option<Step>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(step.wire())
 }
 
 /// A page of repositories by path: `list`.
@@ -426,6 +434,13 @@ mod tests {
         assert_eq!(json["retries_count"], 3);
         assert_eq!(json["aborted_at"], "");
         assert_eq!(json["stats"]["bytes_copied"], 8500);
+        assert_eq!(json["step"], 6);
+        let unnumbered = RepositoryView::from(Repository {
+            step: 0,
+            ..sample()
+        });
+        assert_eq!(unnumbered.step, None);
+        assert_eq!(serde_json::to_value(&unnumbered).expect("JSON")["step"], 0);
         assert_eq!(json["stats"]["duration_ms"], 0);
         assert_eq!(json.as_object().map(|o| o.len()), Some(19));
         assert_eq!(json["stats"].as_object().map(|o| o.len()), Some(10));
