@@ -108,11 +108,13 @@ SCHEDULER_PORT=$(free_port)
 METRICS_PORT=$(free_port)
 IMPORTER_PORTS=("$(free_port)" "$(free_port)")
 IMPORTER_METRICS_PORTS=("$(free_port)" "$(free_port)")
+REGISTRY_PORTS=("$(free_port)" "$(free_port)")
 export FERRY_SCHEDULER_URL=http://127.0.0.1:$SCHEDULER_PORT
 
 for i in 0 1; do
   FERRY_LISTEN_ADDR=127.0.0.1:${IMPORTER_PORTS[$i]} \
   FERRY_METRICS_ADDR=127.0.0.1:${IMPORTER_METRICS_PORTS[$i]} \
+  FERRY_REGISTRY_ADDR=127.0.0.1:${REGISTRY_PORTS[$i]} \
     "$BIN/ferry-importer" >"$WORK/importer-$((i + 1)).log" 2>&1 &
   PIDS+=($!)
 done
@@ -160,3 +162,28 @@ while kill -0 "$MIGRATE" 2>/dev/null; do
 done
 wait "$MIGRATE"
 services_alive
+
+# Every repository, pulled through an importer's registry endpoint: which code path serves it.
+REGISTRY=127.0.0.1:${REGISTRY_PORTS[0]}
+python3 - "$REGISTRY" <<'PY'
+import json, sys, urllib.error, urllib.request
+base = "http://" + sys.argv[1]
+names, url = [], base + "/v2/_catalog?n=100"
+while url:
+    with urllib.request.urlopen(url) as answer:
+        names += json.load(answer)["repositories"]
+        link = answer.headers.get("Link")
+        url = base + link[1:link.index(">")] if link else None
+paths, tags = {}, 0
+for name in names:
+    try:
+        with urllib.request.urlopen(f"{base}/v2/{name}/tags/list") as answer:
+            path = answer.headers["ferry-code-path"]
+            tags += len(json.load(answer)["tags"] or [])
+    except urllib.error.HTTPError as refused:  # a repository without tags: NAME_UNKNOWN
+        path = refused.headers["ferry-code-path"]
+    paths[path] = paths.get(path, 0) + 1
+served = ", ".join(f"{count} by the {path} code path" for path, count in sorted(paths.items()))
+print(f"registry endpoint {base}: {len(names)} repositories ({served}), {tags} tags")
+print(f"  pull one: skopeo inspect --tls-verify=false docker://{sys.argv[1]}/{names[0]}:<tag>" if names else "")
+PY

@@ -51,6 +51,10 @@ pub struct ImporterArgs {
     /// Address of the Prometheus `/metrics` endpoint; `off` serves none.
     #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "127.0.0.1:9465")]
     pub metrics_addr: String,
+    /// Address of the read-only OCI registry endpoint (pulls of every repository, old or
+    /// migrated); `off` serves none.
+    #[arg(long, env = "FERRY_REGISTRY_ADDR", default_value = "off")]
+    pub registry_addr: String,
     /// TLS, tokens and admission limits.
     #[command(flatten)]
     pub security: SecurityArgs,
@@ -85,6 +89,8 @@ pub struct ImporterConfig {
     pub shutdown_grace: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the registry endpoint is served, if anywhere.
+    pub registry_addr: Option<SocketAddr>,
     /// TLS, tokens and admission limits.
     pub security: SecurityConfig,
     /// The shared storage request budgets.
@@ -223,11 +229,13 @@ impl ImporterArgs {
         };
         let common = self.check_common(&mut check);
         let metrics_addr = check.socket_addr_or_off("FERRY_METRICS_ADDR", &self.metrics_addr);
+        let registry_addr = check.socket_addr_or_off("FERRY_REGISTRY_ADDR", &self.registry_addr);
         let security = self.security.validate(&mut check);
         check.finish()?;
         let missing = || "validated above".to_owned();
         Ok(ImporterConfig {
             metrics_addr,
+            registry_addr,
             security,
             listen_addr: listen_addr.ok_or_else(missing)?,
             metadata_database_url: common.metadata_database_url.ok_or_else(missing)?,

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod oneshot;
 pub mod plan;
+pub mod registry;
 pub mod running;
 pub mod service;
 pub mod store;
@@ -32,7 +33,7 @@ use ferry_shared::security::Security;
 use ferry_shared::startup::{bind_metrics, open_database};
 
 use crate::config::ImporterConfig;
-use crate::metrics::ImporterMetrics;
+use crate::metrics::{ImporterMetrics, RegistryMetrics};
 use crate::notifier::Notifier;
 use crate::service::Importer;
 use crate::store::MetadataStore;
@@ -57,6 +58,9 @@ pub enum StartupError {
     /// The metrics endpoint cannot listen.
     #[error("metrics endpoint: {0}")]
     Metrics(std::io::Error),
+    /// The registry endpoint cannot listen.
+    #[error("registry endpoint (FERRY_REGISTRY_ADDR): {0}")]
+    Registry(std::io::Error),
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -100,9 +104,18 @@ pub async fn run(
     let mut registry = Registry::with_prefix("ferry");
     ferry_shared::metrics::register_common(&mut registry);
     let metrics = ImporterMetrics::register(&mut registry);
+    let registry_metrics = RegistryMetrics::register(&mut registry);
     let metrics_listener = bind_metrics(config.metrics_addr)
         .await
         .map_err(StartupError::Metrics)?;
+    let registry_listener = match config.registry_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(StartupError::Registry)?,
+        ),
+        None => None,
+    };
     let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
     let db = open_database(
         "metadata database",
@@ -126,6 +139,18 @@ pub async fn run(
             }
         }
     });
+    if let Some(listener) = registry_listener {
+        let endpoint = registry::Registry::new(
+            Arc::clone(&storage),
+            db.clone(),
+            security.tokens.clone(),
+            registry_metrics,
+        );
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry endpoint serving");
+        tasks.spawn("registry endpoint", |stop| {
+            registry::serve(listener, endpoint, stop)
+        });
+    }
     let notifier = Notifier::with_connector(
         &config.scheduler_url,
         NOTIFY_GIVE_UP_AFTER,

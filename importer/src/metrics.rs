@@ -138,3 +138,79 @@ impl ImporterMetrics {
             .inc_by(stats.bytes_copied);
     }
 }
+
+/// Code paths of the registry endpoint (`code_path` label).
+pub const CODE_PATHS: [&str; 2] = ["old", "new"];
+/// Endpoints of the registry endpoint that name a repository (`endpoint` label).
+pub const REPOSITORY_ENDPOINTS: [&str; 3] = ["manifest", "blob", "tags"];
+
+/// Metrics of the read-only registry endpoint: requests by the code path that answered them,
+/// the dashboard's "traffic share of the new code path".
+#[derive(Debug, Clone)]
+pub struct RegistryMetrics {
+    requests: Family<[Label; 3], Counter>,
+    duration: Histograms<[Label; 1]>,
+    blob_bytes: Family<[Label; 1], Counter>,
+}
+
+impl RegistryMetrics {
+    /// The metrics, registered in `registry`, with every code path and endpoint at 0.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(ferry_shared::metrics::latency_histogram),
+            blob_bytes: Family::default(),
+        };
+        registry.register(
+            "registry_requests",
+            "Registry endpoint requests, by code path (old, new, none), endpoint and HTTP status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "registry_request_duration_seconds",
+            "Time to the registry endpoint's response headers, by endpoint",
+            m.duration.clone(),
+        );
+        registry.register(
+            "registry_blob_bytes",
+            "Blob bytes the registry endpoint answered with, by code path",
+            m.blob_bytes.clone(),
+        );
+        for path in CODE_PATHS {
+            m.blob_bytes
+                .get_or_create(&[("code_path", path.to_owned())])
+                .inc_by(0);
+            for endpoint in REPOSITORY_ENDPOINTS {
+                m.requests
+                    .get_or_create(&[
+                        ("code_path", path.to_owned()),
+                        ("endpoint", endpoint.to_owned()),
+                        ("code", "200".to_owned()),
+                    ])
+                    .inc_by(0);
+            }
+        }
+        m
+    }
+
+    /// A request to `endpoint` answered by `code_path` with `status` after `seconds`.
+    pub fn request(&self, code_path: &str, endpoint: &'static str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&[
+                ("code_path", code_path.to_owned()),
+                ("endpoint", endpoint.to_owned()),
+                ("code", status.to_string()),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&[("endpoint", endpoint.to_owned())])
+            .observe(seconds);
+    }
+
+    /// A blob of `bytes` answered by `code_path`.
+    pub fn blob_bytes(&self, code_path: &str, bytes: u64) {
+        self.blob_bytes
+            .get_or_create(&[("code_path", code_path.to_owned())])
+            .inc_by(bytes);
+    }
+}

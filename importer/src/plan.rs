@@ -24,7 +24,7 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// Configs up to this size keep their payload in the database (the registry's limit).
 pub const CONFIG_PAYLOAD_LIMIT: u64 = 256_000;
 /// Link files are tiny; anything bigger is not a link.
-const MAX_LINK_BYTES: u64 = 1024;
+pub const MAX_LINK_BYTES: u64 = 1024;
 
 /// A config or layer blob the import registers.
 #[derive(Debug, Clone)]

@@ -8,8 +8,10 @@ use ferry_shared::ids::RepositoryPath;
 use ferry_shared::step::{MaybeStep, Step};
 
 mod commit;
+mod reads;
 
 pub use commit::{CommitOutcome, StepCommit, WrittenCounts};
+pub use reads::{ServedRepository, StoredManifest};
 
 /// Embedded migrations of the metadata database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/registry");

@@ -24,7 +24,8 @@ pub type Label = (&'static str, String);
 /// A family of histograms built by a plain function.
 pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
-fn latency_histogram() -> Histogram {
+/// Buckets for request latencies: 1 ms to about 33 s.
+pub fn latency_histogram() -> Histogram {
     // 1 ms to about 33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }

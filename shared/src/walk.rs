@@ -23,6 +23,9 @@ struct Frame {
     page_token: Option<String>,
     pending: std::vec::IntoIter<String>,
     exhausted: bool,
+    /// For a walk resumed after a repository: the child (`name/`) of this directory on the way
+    /// to it. Children before it were walked already; the way itself is walked from there on.
+    resume_at: Option<String>,
 }
 
 impl Frame {
@@ -32,15 +35,30 @@ impl Frame {
             page_token: None,
             pending: Vec::new().into_iter(),
             exhausted: false,
+            resume_at: None,
         }
     }
 }
+
+/// The children (`name/`) on the way from the repositories' root to `path`'s `_manifests/`:
+/// the walk finds `path` when it reaches the last of them.
+fn way_to(path: &RepositoryPath) -> Vec<String> {
+    path.as_str()
+        .split('/')
+        .map(|component| format!("{component}/"))
+        .chain(std::iter::once(MANIFESTS_DIR.to_owned()))
+        .collect()
+}
+
+const MANIFESTS_DIR: &str = "_manifests/";
 
 /// A depth-first walk of the repositories in a bucket, pulled one at a time.
 pub struct RepositoryWalk<'a> {
     store: &'a dyn BlobStore,
     stack: Vec<Frame>,
     list_calls: u64,
+    /// For a resumed walk, the rest of the way below the deepest frame still on it.
+    way: Vec<String>,
 }
 
 impl<'a> RepositoryWalk<'a> {
@@ -56,6 +74,22 @@ impl<'a> RepositoryWalk<'a> {
             store,
             stack: vec![Frame::new(prefix.to_owned())],
             list_calls: 0,
+            way: Vec::new(),
+        }
+    }
+
+    /// A walk of every repository in `store` that comes after `last` in walk order: the
+    /// directories on the way to `last` are listed again, but nothing already walked is
+    /// descended into, so resuming costs one listing per level of `last`'s path.
+    pub fn after(store: &'a dyn BlobStore, last: &RepositoryPath) -> Self {
+        let mut way = way_to(last).into_iter();
+        let mut root = Frame::new(REPOSITORIES_PREFIX.to_owned());
+        root.resume_at = way.next();
+        Self {
+            store,
+            stack: vec![root],
+            list_calls: 0,
+            way: way.collect(),
         }
     }
 
@@ -68,7 +102,27 @@ impl<'a> RepositoryWalk<'a> {
     pub async fn next(&mut self) -> Result<Option<Found>, StorageError> {
         while let Some(frame) = self.stack.last_mut() {
             if let Some(child) = frame.pending.next() {
-                let name = child[frame.prefix.len()..].trim_end_matches('/');
+                let entry = &child[frame.prefix.len()..];
+                let mut on_the_way = false;
+                if let Some(resume_at) = &frame.resume_at {
+                    match entry.cmp(resume_at.as_str()) {
+                        std::cmp::Ordering::Less => continue,
+                        std::cmp::Ordering::Equal => {
+                            frame.resume_at = None;
+                            if entry == MANIFESTS_DIR {
+                                // `last` itself: walked already.
+                                continue;
+                            }
+                            on_the_way = true;
+                        }
+                        std::cmp::Ordering::Greater => {
+                            // The way is gone (deleted meanwhile): go on from here.
+                            frame.resume_at = None;
+                            self.way.clear();
+                        }
+                    }
+                }
+                let name = entry.trim_end_matches('/');
                 if name == "_manifests" {
                     let path = frame.prefix[REPOSITORIES_PREFIX.len()..].trim_end_matches('/');
                     return Ok(Some(match RepositoryPath::parse(path) {
@@ -77,11 +131,18 @@ impl<'a> RepositoryWalk<'a> {
                     }));
                 }
                 if !name.starts_with('_') {
-                    self.stack.push(Frame::new(child));
+                    let mut below = Frame::new(child);
+                    if on_the_way && !self.way.is_empty() {
+                        below.resume_at = Some(self.way.remove(0));
+                    }
+                    self.stack.push(below);
                 }
                 continue;
             }
             if frame.exhausted {
+                if frame.resume_at.is_some() {
+                    self.way.clear();
+                }
                 self.stack.pop();
                 continue;
             }
@@ -153,5 +214,43 @@ mod tests {
         assert_eq!(found, ["a", "a/b/c", "g/p/app"]);
         assert_eq!(invalid, 1);
         assert!(walk.list_calls() >= 6);
+    }
+
+    #[tokio::test]
+    async fn a_walk_resumed_after_any_repository_finds_the_rest_in_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Names that sort around `/` and `_manifests/`: `a-c` before `a/`, `a/0` before `a`'s
+        // own `_manifests/`, `a/b` after it.
+        for repository in ["a", "a-c", "a/0", "a/b", "a/b/c", "b", "b.d/e", "z/y/x"] {
+            let path = dir
+                .path()
+                .join(REPOSITORIES_PREFIX)
+                .join(repository)
+                .join("_manifests/tags/v1/current/link");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+        let store = LocalStore::new(dir.path().to_path_buf()).unwrap();
+        async fn rest(mut walk: RepositoryWalk<'_>) -> Vec<String> {
+            let mut found = Vec::new();
+            while let Some(Found::Repository(path)) = walk.next().await.unwrap() {
+                found.push(path.to_string());
+            }
+            found
+        }
+        let all = rest(RepositoryWalk::new(&store)).await;
+        assert_eq!(
+            all,
+            ["a-c", "a/0", "a", "a/b", "a/b/c", "b.d/e", "b", "z/y/x"]
+        );
+        for (index, last) in all.iter().enumerate() {
+            let last = RepositoryPath::parse(last).unwrap();
+            let resumed = rest(RepositoryWalk::after(&store, &last)).await;
+            assert_eq!(resumed, all[index + 1..], "after {last}");
+        }
+        // After a repository that does not exist: what comes after its place.
+        let gone = RepositoryPath::parse("a/ba").unwrap();
+        let resumed = rest(RepositoryWalk::after(&store, &gone)).await;
+        assert_eq!(resumed, ["b.d/e", "b", "z/y/x"]);
     }
 }

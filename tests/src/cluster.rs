@@ -67,6 +67,8 @@ pub struct Cluster {
     pub metrics_port: u16,
     /// The ports of the importers' `/metrics`.
     pub importer_metrics_ports: Vec<u16>,
+    /// The ports of the importers' registry endpoints.
+    pub importer_registry_ports: Vec<u16>,
     /// The prefix of the scheduler's Redis keys.
     pub redis_prefix: String,
     /// Dropped with the cluster, which stops every service as a SIGTERM would: their background
@@ -137,6 +139,7 @@ impl Cluster {
         };
         let mut importer_urls = Vec::new();
         let mut importer_metrics_ports = Vec::new();
+        let mut importer_registry_ports = Vec::new();
         let redis_prefix = format!("ferry-test-{}", unique_suffix());
         // Query metrics come from the stores' spans: record them in this process too.
         ferry_shared::telemetry::init_metrics_only();
@@ -145,6 +148,8 @@ impl Cluster {
             importer_urls.push(url);
             let importer_metrics_port = processes::free_port();
             importer_metrics_ports.push(importer_metrics_port);
+            let importer_registry_port = processes::free_port();
+            importer_registry_ports.push(importer_registry_port);
             let args = ferry_importer::config::ImporterArgs {
                 listen_addr: listener.local_addr().expect("addr").to_string(),
                 metadata_database_url: Some(metadata_database_url.clone()),
@@ -163,6 +168,7 @@ impl Cluster {
                 cancel_poll_ms: "200".into(),
                 shutdown_grace_secs: "5".into(),
                 metrics_addr: format!("127.0.0.1:{importer_metrics_port}"),
+                registry_addr: format!("127.0.0.1:{importer_registry_port}"),
                 security: options.importer_security.clone(),
                 redis_url: Some(redis_url()),
                 redis_prefix: redis_prefix.clone(),
@@ -228,6 +234,7 @@ impl Cluster {
             importer_urls,
             metrics_port,
             importer_metrics_ports,
+            importer_registry_ports,
             redis_prefix,
             _stop: stop,
             connector: options.client.clone(),

@@ -46,6 +46,7 @@ async fn server() -> Server {
         cancel_poll_ms: "1000".into(),
         shutdown_grace_secs: "5".into(),
         metrics_addr: "off".into(),
+        registry_addr: "off".into(),
         security: Default::default(),
         redis_url: None,
         redis_prefix: "ferry".into(),
