@@ -147,8 +147,13 @@ pub async fn run(
             registry_metrics,
         );
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry endpoint serving");
+        // TLS when this process serves TLS (a CA alone only secures its calls out).
+        let tls = security
+            .tls
+            .clone()
+            .filter(|tls| tls.https_server().is_some());
         tasks.spawn("registry endpoint", |stop| {
-            registry::serve(listener, endpoint, stop)
+            registry::serve(listener, endpoint, tls, stop)
         });
     }
     let notifier = Notifier::with_connector(

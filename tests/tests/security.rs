@@ -117,6 +117,42 @@ async fn mtls_carries_a_whole_migration_and_refuses_callers_without_a_certificat
     let mut admin = cluster.client().await;
     migrate_everything(&cluster, &mut admin).await;
 
+    // The importers' registry endpoint serves the same certificate: skopeo pulls over TLS,
+    // trusting the CA, and plain HTTP gets no answer.
+    let registry = format!("localhost:{}", cluster.importer_registry_ports[0]);
+    let trust = dir.path().join("registry-ca");
+    std::fs::create_dir_all(&trust).expect("cert dir");
+    std::fs::copy(&ca.ca_file, trust.join("ca.crt")).expect("CA");
+    let repository = &sample.repositories()[0];
+    let path = repository["path"].as_str().expect("path");
+    let (tag, digest) = repository["tags"]
+        .as_object()
+        .and_then(|tags| tags.iter().next())
+        .expect("a tag");
+    let inspected = std::process::Command::new("skopeo")
+        .args(["inspect", "--format", "{{.Digest}}", "--cert-dir"])
+        .arg(&trust)
+        .arg(format!("docker://{registry}/{path}:{tag}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        inspected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&inspected.stdout).trim(),
+        digest.as_str().expect("digest")
+    );
+    let plain_http =
+        ferry_tests::http_request(cluster.importer_registry_ports[0], "GET", "/v2/", "*/*").await;
+    assert!(
+        plain_http
+            .as_ref()
+            .is_none_or(|answer| answer.status != 200),
+        "{plain_http:?}"
+    );
+
     // Plain text to a TLS port: no answer.
     let mut plain = client(&cluster.scheduler_url, None, None)
         .await

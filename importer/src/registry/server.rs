@@ -1,15 +1,19 @@
-//! Serving the registry endpoint over HTTP/1.1 with hyper: a bounded number of connections, a
-//! deadline for each request's headers, and a graceful stop.
+//! Serving the registry endpoint over HTTP/1.1 with hyper, in TLS when the process serves TLS
+//! (the gRPC port's certificate, reloaded the same way): a bounded number of connections, a
+//! deadline for each handshake and each request's headers, and a graceful stop.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use ferry_shared::security::tls::ReloadingTls;
 
 use super::Registry;
 
@@ -19,10 +23,18 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections may finish their requests once the stop is asked for.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `registry` on `listener` until `stop` is cancelled, then lets requests in flight finish
-/// for a few seconds.
-pub async fn serve(listener: TcpListener, registry: Registry, stop: CancellationToken) {
+/// for a few seconds. With `tls` (when it holds a server certificate), every connection is TLS,
+/// handshaken with the certificate in use at that moment.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    tls: Option<ReloadingTls>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let connections = TaskTracker::new();
     loop {
@@ -48,26 +60,22 @@ pub async fn serve(listener: TcpListener, registry: Registry, stop: Cancellation
         let _ = stream.set_nodelay(true);
         let registry = registry.clone();
         let stop = stop.clone();
+        let tls = tls.as_ref().map(ReloadingTls::https_server);
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |request| {
-                let registry = registry.clone();
-                async move { Ok::<_, Infallible>(registry.answer(&request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match tls {
+                None => serve_connection(stream, registry, stop).await,
+                Some(None) => tracing::error!("registry endpoint: TLS is on but no certificate"),
+                Some(Some(config)) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, registry, stop).await,
+                        Ok(Err(error)) => {
+                            tracing::info!(%error, "registry endpoint: TLS handshake failed");
+                        }
+                        Err(_) => tracing::info!("registry endpoint: TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%error, "registry endpoint: connection ended");
             }
         });
     }
@@ -77,5 +85,30 @@ pub async fn serve(listener: TcpListener, registry: Registry, stop: Cancellation
         .is_err()
     {
         tracing::info!("registry endpoint: connections still open at the stop; dropped");
+    }
+}
+
+async fn serve_connection<Io>(io: Io, registry: Registry, stop: CancellationToken)
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let registry = registry.clone();
+        async move { Ok::<_, Infallible>(registry.answer(&request).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%error, "registry endpoint: connection ended");
     }
 }

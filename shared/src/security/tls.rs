@@ -53,6 +53,9 @@ pub struct TlsMaterial {
     fingerprint: Vec<u8>,
     /// Server side: present when a certificate and key are configured.
     pub server: Option<Arc<ServerConfig>>,
+    /// The same server identity for HTTP/1.1 endpoints (the registry endpoint): ALPN offers
+    /// `http/1.1` instead of `h2`.
+    pub https_server: Option<Arc<ServerConfig>>,
     /// Client side: present when a CA is configured (TLS to the other service).
     pub client: Option<Arc<ClientConfig>>,
 }
@@ -167,9 +170,15 @@ impl TlsFiles {
                 Some(Arc::new(config))
             }
         };
+        let https_server = server.as_ref().map(|grpc| {
+            let mut https = ServerConfig::clone(grpc);
+            https.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(https)
+        });
         Ok(TlsMaterial {
             fingerprint,
             server,
+            https_server,
             client,
         })
     }
@@ -200,6 +209,11 @@ impl ReloadingTls {
     /// The server configuration in use now, if this process serves TLS.
     pub fn server(&self) -> Option<Arc<ServerConfig>> {
         self.current().server.clone()
+    }
+
+    /// The HTTP/1.1 server configuration in use now, if this process serves TLS.
+    pub fn https_server(&self) -> Option<Arc<ServerConfig>> {
+        self.current().https_server.clone()
     }
 
     /// The client configuration in use now, if calls to the other service use TLS.
