@@ -24,9 +24,12 @@ use crate::metrics::ImporterMetrics;
 use crate::notifier::Notifier;
 use crate::plan;
 use crate::running::RunningSteps;
-use crate::store::{CancelOutcome, ClaimedStep, MetadataStore, RepositoryRow, StepClaim};
+use crate::store::{CancelOutcome, ClaimedStep, MetadataStore, StepClaim};
 
+mod admission;
 mod step;
+
+use admission::{claimable_from, refusal};
 
 /// What the importer offers, independent of gRPC. Steps come as the wire has them (0: none);
 /// one above `i64::MAX` is refused as an invalid argument.
@@ -327,97 +330,6 @@ impl Importer {
             ImportType::Final => ApiError::ImportInProgress(path.to_string()),
             _ => ApiError::PreImportInProgress(path.to_string()),
         })
-    }
-}
-
-/// Why `row` refuses a step of `import_type` numbered `step` (`None`: unnumbered): the claim to
-/// answer with when the repository is already on the new platform or the step already runs, an
-/// error naming the reason, or `Ok(None)` when nothing refuses it.
-fn refusal(
-    path: &RepositoryPath,
-    row: Option<&RepositoryRow>,
-    import_type: ImportType,
-    fence: u64,
-    step: Option<Step>,
-) -> Result<Option<Claim>, ApiError> {
-    use MigrationStatus::*;
-    let is_final = import_type == ImportType::Final;
-    let Some(row) = row else {
-        if is_final {
-            return Err(ApiError::PreImportRequired {
-                path: path.to_string(),
-                reason: "no pre-import ran",
-            });
-        }
-        return Ok(None);
-    };
-    if fence != 0 && row.fence > fence {
-        return Err(ApiError::StaleFence {
-            path: path.to_string(),
-            token: fence,
-            seen: row.fence,
-        });
-    }
-    if matches!(row.status, Native | ImportComplete) {
-        return Ok(Some(Claim::AlreadyImported(row.status)));
-    }
-    if let Some(step) = step {
-        if row.step == Some(step) && row.status == statuses(import_type).in_progress {
-            return Ok(Some(Claim::AlreadyRunning(step)));
-        }
-        if let Some(current) = row.step.filter(|current| *current >= step) {
-            return Err(ApiError::StaleStep {
-                path: path.to_string(),
-                step,
-                current,
-            });
-        }
-    }
-    match row.status {
-        PreImportInProgress => Err(ApiError::PreImportInProgress(path.to_string())),
-        ImportInProgress => Err(ApiError::ImportInProgress(path.to_string())),
-        PreImportFailed if is_final => Err(ApiError::PreImportRequired {
-            path: path.to_string(),
-            reason: "pre-import failed",
-        }),
-        PreImportCanceled if is_final => Err(ApiError::PreImportRequired {
-            path: path.to_string(),
-            reason: "pre-import was canceled",
-        }),
-        _ => Ok(None),
-    }
-}
-
-/// The statuses a step of `import_type` may start from (a pre-import also from no row at all).
-/// A numbered step (`numbered`) also takes over an older step still recorded in progress: the
-/// scheduler numbers a step only once it gave up every older one, and the older step, wherever
-/// it still runs, can no longer commit.
-fn claimable_from(import_type: ImportType, numbered: bool) -> &'static [MigrationStatus] {
-    use MigrationStatus::*;
-    match (import_type, numbered) {
-        (ImportType::Final, false) => &[PreImportComplete, ImportFailed, ImportCanceled],
-        (ImportType::Final, true) => &[
-            PreImportComplete,
-            ImportFailed,
-            ImportCanceled,
-            ImportInProgress,
-        ],
-        (_, false) => &[
-            PreImportComplete,
-            PreImportFailed,
-            PreImportCanceled,
-            ImportFailed,
-            ImportCanceled,
-        ],
-        (_, true) => &[
-            PreImportComplete,
-            PreImportFailed,
-            PreImportCanceled,
-            ImportFailed,
-            ImportCanceled,
-            PreImportInProgress,
-            ImportInProgress,
-        ],
     }
 }
 
