@@ -11,6 +11,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
 use ferry_shared::storage::{BlobStore, ListOptions, StorageError};
+use ferry_shared::walk::TagDirectories;
 
 use crate::error::StepError;
 use crate::manifest::{self, Descriptor, ManifestBody, ManifestError};
@@ -71,26 +72,15 @@ pub async fn list_tags(
     store: &dyn BlobStore,
     path: &RepositoryPath,
 ) -> Result<Vec<String>, StepError> {
-    let prefix = layout::tags_prefix(path);
-    let mut options = ListOptions {
-        delimited: true,
-        ..ListOptions::default()
-    };
+    let mut directories = TagDirectories::new(store, path);
     let mut tags = Vec::new();
-    loop {
-        let page = store.list(&prefix, &options).await?;
-        for dir in page.prefixes {
-            let tag = dir[prefix.len()..].trim_end_matches('/').to_owned();
-            if !layout::is_valid_tag(&tag) {
-                return Err(StepError::InvalidTag(tag));
-            }
-            tags.push(tag);
+    while let Some(names) = directories.next_page().await? {
+        if let Some(invalid) = names.iter().find(|tag| !layout::is_valid_tag(tag)) {
+            return Err(StepError::InvalidTag(invalid.clone()));
         }
-        match page.next_page_token {
-            Some(token) => options.page_token = Some(token),
-            None => return Ok(tags),
-        }
+        tags.extend(names);
     }
+    Ok(tags)
 }
 
 /// Every tag of the repository with the digest its current link holds (`None`: no current link).

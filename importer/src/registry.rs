@@ -141,11 +141,7 @@ impl Registry {
                 HeaderValue::from_static(code_path.as_str()),
             );
         }
-        let metrics = &self.inner.metrics;
-        if endpoint == "blob" && !head && response.status() == StatusCode::OK {
-            metrics.blob_bytes(path_name, content_length(&response));
-        }
-        metrics.request(
+        self.inner.metrics.request(
             path_name,
             endpoint,
             response.status().as_u16(),
@@ -174,7 +170,7 @@ impl Registry {
         match self.inner.db.served_repository(name).await {
             Ok(Some(repository)) => Ok(CodePath::New(repository)),
             Ok(None) => Ok(CodePath::Old),
-            Err(error) => Err(old::unavailable(&error)),
+            Err(error) => Err(answer::unavailable(&error)),
         }
     }
 
@@ -183,72 +179,93 @@ impl Registry {
         route: Route,
         head: bool,
     ) -> (Option<CodePath>, Result<Response<Body>, RegistryError>) {
+        let (name, request) = match route {
+            Route::Base => return (None, Ok(json(StatusCode::OK, "{}".into(), head))),
+            Route::Catalog(page) => return (None, self.catalog(&page, head).await),
+            Route::Tags(name, page) => (name, RepositoryRequest::Tags(page)),
+            Route::Manifest(name, reference) => (name, RepositoryRequest::Manifest(reference)),
+            Route::Blob(name, digest) => (name, RepositoryRequest::Blob(digest)),
+        };
+        match self.code_path(&name).await {
+            Ok(path) => (
+                Some(path),
+                self.repository(&name, path, request, head).await,
+            ),
+            Err(error) => (None, Err(error)),
+        }
+    }
+
+    async fn catalog(&self, page: &Page, head: bool) -> Result<Response<Body>, RegistryError> {
+        let names = catalog::page(self.inner.storage.as_ref(), &self.inner.db, page).await?;
+        let link = next_link("/v2/_catalog", page, &names);
+        let body = serde_json::json!({ "repositories": names });
+        Ok(with_link(
+            json(StatusCode::OK, body.to_string(), head),
+            link,
+        ))
+    }
+
+    /// Answers a request about repository `name` from the code path that serves it.
+    async fn repository(
+        &self,
+        name: &RepositoryPath,
+        path: CodePath,
+        request: RepositoryRequest,
+        head: bool,
+    ) -> Result<Response<Body>, RegistryError> {
         let storage = self.inner.storage.as_ref();
         let db = &self.inner.db;
-        let name = match &route {
-            Route::Base => {
-                return (None, Ok(json(StatusCode::OK, "{}".into(), head)));
-            }
-            Route::Catalog(page) => {
-                let answer = catalog::page(storage, db, page).await.map(|names| {
-                    let link = next_link("/v2/_catalog", page, &names);
-                    let body = serde_json::json!({ "repositories": names });
-                    with_link(json(StatusCode::OK, body.to_string(), head), link)
-                });
-                return (None, answer);
-            }
-            Route::Tags(name, _) | Route::Manifest(name, _) | Route::Blob(name, _) => name.clone(),
-        };
-        let code_path = match self.code_path(&name).await {
-            Ok(code_path) => code_path,
-            Err(error) => return (None, Err(error)),
-        };
-        let answer = match (route, code_path) {
-            (Route::Tags(_, page), path) => {
+        match request {
+            RepositoryRequest::Tags(page) => {
                 let tags = match path {
                     CodePath::New(repository) => new::tags(db, repository, &page).await,
-                    CodePath::Old => old::tags(storage, &name, &page).await,
-                };
-                tags.map(|tags| {
-                    let link = next_link(&format!("/v2/{name}/tags/list"), &page, &tags);
-                    let body = serde_json::json!({ "name": name.as_str(), "tags": tags });
-                    with_link(json(StatusCode::OK, body.to_string(), head), link)
-                })
+                    CodePath::Old => old::tags(storage, name, &page).await,
+                }?;
+                let link = next_link(&format!("/v2/{name}/tags/list"), &page, &tags);
+                let body = serde_json::json!({ "name": name.as_str(), "tags": tags });
+                Ok(with_link(
+                    json(StatusCode::OK, body.to_string(), head),
+                    link,
+                ))
             }
-            (Route::Manifest(_, reference), path) => {
+            RepositoryRequest::Manifest(reference) => {
                 let manifest = match path {
                     CodePath::New(repository) => new::manifest(db, repository, &reference).await,
-                    CodePath::Old => old::manifest(storage, &name, &reference).await,
-                };
-                manifest.map(|manifest| {
-                    let mut response = answer::bytes_response(
-                        StatusCode::OK,
-                        &manifest.media_type,
-                        manifest.payload,
-                        head,
-                    );
-                    digest_headers(&mut response, &manifest.digest);
-                    response
-                })
+                    CodePath::Old => old::manifest(storage, name, &reference).await,
+                }?;
+                let mut response = answer::bytes_response(
+                    StatusCode::OK,
+                    &manifest.media_type,
+                    manifest.payload,
+                    head,
+                );
+                digest_headers(&mut response, &manifest.digest);
+                Ok(response)
             }
-            (Route::Blob(_, digest), path) => {
+            RepositoryRequest::Blob(digest) => {
                 let blob = match path {
                     CodePath::New(repository) => {
                         new::blob(db, storage, repository, &digest, head).await
                     }
-                    CodePath::Old => old::blob(storage, &name, &digest, head).await,
-                };
-                blob.map(|blob| {
-                    let mut response =
-                        answer::stream_response("application/octet-stream", blob.size, blob.body);
-                    digest_headers(&mut response, digest.as_str());
-                    response
-                })
+                    CodePath::Old => old::blob(storage, name, &digest, head).await,
+                }?;
+                if !head {
+                    self.inner.metrics.blob_bytes(path.as_str(), blob.size);
+                }
+                let mut response =
+                    answer::stream_response("application/octet-stream", blob.size, blob.body);
+                digest_headers(&mut response, digest.as_str());
+                Ok(response)
             }
-            (Route::Base | Route::Catalog(_), _) => Err(RegistryError::NotFound),
-        };
-        (Some(code_path), answer)
+        }
     }
+}
+
+/// What a request about one repository asks for.
+enum RepositoryRequest {
+    Tags(Page),
+    Manifest(Reference),
+    Blob(ferry_shared::ids::Digest),
 }
 
 fn json(status: StatusCode, body: String, head: bool) -> Response<Body> {
@@ -278,13 +295,4 @@ fn with_link(mut response: Response<Body>, link: Option<String>) -> Response<Bod
         response.headers_mut().insert(header::LINK, value);
     }
     response
-}
-
-fn content_length(response: &Response<Body>) -> u64 {
-    response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0)
 }

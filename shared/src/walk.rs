@@ -161,23 +161,63 @@ impl<'a> RepositoryWalk<'a> {
     }
 }
 
-/// How many tags a repository has (its tag directories, whether or not their links are intact).
-pub async fn count_tags(store: &dyn BlobStore, path: &RepositoryPath) -> Result<u64, StorageError> {
-    let prefix = crate::layout::tags_prefix(path);
-    let mut options = ListOptions {
-        delimited: true,
-        page_token: None,
-        max_results: 1000,
-    };
-    let mut count = 0;
-    loop {
-        let page = store.list(&prefix, &options).await?;
-        count += page.prefixes.len() as u64;
-        match page.next_page_token {
-            Some(token) => options.page_token = Some(token),
-            None => return Ok(count),
+/// A repository's tag directories, one listing page at a time, in byte order: their names as
+/// stored, whether or not they are valid tags.
+pub struct TagDirectories<'a> {
+    store: &'a dyn BlobStore,
+    prefix: String,
+    options: ListOptions,
+    over: bool,
+    found_any: bool,
+}
+
+impl<'a> TagDirectories<'a> {
+    /// The tag directories of `path`.
+    pub fn new(store: &'a dyn BlobStore, path: &RepositoryPath) -> Self {
+        Self {
+            store,
+            prefix: crate::layout::tags_prefix(path),
+            options: ListOptions {
+                delimited: true,
+                page_token: None,
+                max_results: 1000,
+            },
+            over: false,
+            found_any: false,
         }
     }
+
+    /// The names in the next page, or `None` once the listing is over.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<String>>, StorageError> {
+        if self.over {
+            return Ok(None);
+        }
+        let page = self.store.list(&self.prefix, &self.options).await?;
+        self.found_any |= !page.prefixes.is_empty() || !page.objects.is_empty();
+        self.over = page.next_page_token.is_none();
+        self.options.page_token = page.next_page_token;
+        let names = page
+            .prefixes
+            .iter()
+            .map(|dir| dir[self.prefix.len()..].trim_end_matches('/').to_owned())
+            .collect();
+        Ok(Some(names))
+    }
+
+    /// Whether the tags directory held anything (a directory or an object) in the pages so far.
+    pub fn found_any(&self) -> bool {
+        self.found_any
+    }
+}
+
+/// How many tags a repository has (its tag directories, whether or not their links are intact).
+pub async fn count_tags(store: &dyn BlobStore, path: &RepositoryPath) -> Result<u64, StorageError> {
+    let mut directories = TagDirectories::new(store, path);
+    let mut count = 0;
+    while let Some(names) = directories.next_page().await? {
+        count += names.len() as u64;
+    }
+    Ok(count)
 }
 
 #[cfg(test)]

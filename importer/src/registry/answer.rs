@@ -98,6 +98,13 @@ impl RegistryError {
     }
 }
 
+/// Logs a failure to read storage or the database and answers `UNAVAILABLE` without its
+/// details.
+pub fn unavailable(error: &dyn std::fmt::Display) -> RegistryError {
+    tracing::warn!(%error, "registry: reading failed");
+    RegistryError::Unavailable
+}
+
 /// A response with a whole body of `content_type` (its headers only, for a HEAD request).
 pub fn bytes_response(
     status: StatusCode,

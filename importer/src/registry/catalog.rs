@@ -8,8 +8,7 @@ use ferry_shared::ids::RepositoryPath;
 use ferry_shared::storage::BlobStore;
 use ferry_shared::walk::{Found, RepositoryWalk};
 
-use super::answer::RegistryError;
-use super::old::unavailable;
+use super::answer::{RegistryError, unavailable};
 use super::route::Page;
 use crate::plan::exists_in_old_storage;
 use crate::store::MetadataStore;

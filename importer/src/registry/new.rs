@@ -7,8 +7,7 @@ use ferry_shared::ids::Digest;
 use ferry_shared::layout;
 use ferry_shared::storage::BlobStore;
 
-use super::answer::RegistryError;
-use super::old::unavailable;
+use super::answer::{RegistryError, unavailable};
 use super::route::{Page, Reference};
 use super::{Blob, Manifest};
 use crate::store::{MetadataStore, ServedRepository, StoredManifest};

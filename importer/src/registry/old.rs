@@ -9,9 +9,10 @@ use serde::de::IgnoredAny;
 
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
-use ferry_shared::storage::{BlobStore, ListOptions, StorageError};
+use ferry_shared::storage::{BlobStore, StorageError};
+use ferry_shared::walk::TagDirectories;
 
-use super::answer::RegistryError;
+use super::answer::{RegistryError, unavailable};
 use super::route::{Page, Reference};
 use super::{Blob, Manifest};
 use crate::plan::{MAX_LINK_BYTES, MAX_MANIFEST_BYTES};
@@ -92,33 +93,23 @@ pub async fn tags(
     name: &RepositoryPath,
     page: &Page,
 ) -> Result<Vec<String>, RegistryError> {
-    let prefix = layout::tags_prefix(name);
-    let mut options = ListOptions {
-        delimited: true,
-        ..ListOptions::default()
-    };
-    let mut found_any = false;
+    let mut directories = TagDirectories::new(store, name);
     let mut tags = Vec::new();
-    loop {
-        let listing = store
-            .list(&prefix, &options)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        found_any |= !listing.prefixes.is_empty() || !listing.objects.is_empty();
-        for dir in listing.prefixes {
-            let tag = dir[prefix.len()..].trim_end_matches('/');
-            if layout::is_valid_tag(tag) && page.last.as_deref().is_none_or(|last| tag > last) {
-                tags.push(tag.to_owned());
+    while let Some(names) = directories.next_page().await.map_err(|e| unavailable(&e))? {
+        let after_last = |tag: &String| page.last.as_deref().is_none_or(|last| tag.as_str() > last);
+        for tag in names.into_iter().filter(|tag| layout::is_valid_tag(tag)) {
+            if after_last(&tag) {
+                tags.push(tag);
                 if tags.len() == page.n {
                     return Ok(tags);
                 }
             }
         }
-        match listing.next_page_token {
-            Some(token) => options.page_token = Some(token),
-            None if found_any => return Ok(tags),
-            None => return Err(RegistryError::NameUnknown(name.to_string())),
-        }
+    }
+    if directories.found_any() {
+        Ok(tags)
+    } else {
+        Err(RegistryError::NameUnknown(name.to_string()))
     }
 }
 
@@ -139,12 +130,6 @@ fn reference_text(reference: &Reference) -> String {
         Reference::Tag(tag) => tag.clone(),
         Reference::Digest(digest) => digest.to_string(),
     }
-}
-
-/// Logs a storage failure and answers `UNAVAILABLE` without its details.
-pub(super) fn unavailable(error: &dyn std::fmt::Display) -> RegistryError {
-    tracing::warn!(%error, "registry: reading failed");
-    RegistryError::Unavailable
 }
 
 #[derive(Deserialize)]

@@ -58,14 +58,6 @@ impl Route {
         }
     }
 
-    /// The repository the request is about, if any.
-    pub fn repository(&self) -> Option<&RepositoryPath> {
-        match self {
-            Self::Base | Self::Catalog(_) => None,
-            Self::Tags(name, _) | Self::Manifest(name, _) | Self::Blob(name, _) => Some(name),
-        }
-    }
-
     /// Parses a request. Every write method (and every upload path) is refused as
     /// `UNSUPPORTED`: this registry only serves pulls.
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Self, RegistryError> {

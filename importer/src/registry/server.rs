@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use ferry_shared::security::tls::ReloadingTls;
+use ferry_shared::security::tls::{ReloadingTls, handshake};
 
 use super::Registry;
 
@@ -23,8 +23,6 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections may finish their requests once the stop is asked for.
 const DRAIN: Duration = Duration::from_secs(5);
-/// Longest a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `registry` on `listener` until `stop` is cancelled, then lets requests in flight finish
 /// for a few seconds. With `tls` (when it holds a server certificate), every connection is TLS,
@@ -49,31 +47,28 @@ pub async fn serve(
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "registry endpoint: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let registry = registry.clone();
         let stop = stop.clone();
         let tls = tls.as_ref().map(ReloadingTls::https_server);
         connections.spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_connection(stream, registry, stop).await,
+                None => {
+                    let _ = stream.set_nodelay(true);
+                    serve_connection(stream, registry, stop).await;
+                }
                 Some(None) => tracing::error!("registry endpoint: TLS is on but no certificate"),
                 Some(Some(config)) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, registry, stop).await,
-                        Ok(Err(error)) => {
-                            tracing::info!(%error, "registry endpoint: TLS handshake failed");
-                        }
-                        Err(_) => tracing::info!("registry endpoint: TLS handshake timed out"),
+                    if let Some(stream) = handshake(config, stream, peer).await {
+                        serve_connection(stream, registry, stop).await;
                     }
                 }
             }

@@ -8,10 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::security::tls::ReloadingTls;
-
-/// Longest a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::security::tls::{ReloadingTls, handshake};
 
 /// The TLS connections `listener` accepts, handshaken with `tls`'s current server configuration.
 /// Failed handshakes are logged and dropped; the stream ends when the server stops reading it.
@@ -40,16 +37,8 @@ pub fn tls_incoming(
             };
             let sender = sender.clone();
             tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = sender.send(Ok(stream)).await;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::info!(%peer, %error, "TLS handshake failed");
-                    }
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                if let Some(stream) = handshake(config, tcp, peer).await {
+                    let _ = sender.send(Ok(stream)).await;
                 }
             });
         }
