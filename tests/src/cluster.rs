@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
-use ferry_proto::scheduler::v1::{GetMigrationSummaryRequest, MigrationSummary};
+use ferry_proto::scheduler::v1::{
+    GetMigrationSummaryRequest, MigrationSummary, SetMigrationEnabledRequest,
+};
 use ferry_shared::grpc::client::{ChannelOptions, Connection, Connector};
 
 use crate::wait::{poll_until, wait_until};
@@ -257,6 +259,19 @@ impl Cluster {
             },
         )
         .await;
+    }
+
+    /// Enables the migration at capacity 4 and waits up to `within` until it settles.
+    pub async fn migrate(&self, within: Duration) -> MigrationSummary {
+        self.client()
+            .await
+            .set_migration_enabled(SetMigrationEnabledRequest {
+                enabled: true,
+                capacity: Some(4),
+            })
+            .await
+            .expect("enable");
+        self.wait_until_settled(within).await
     }
 
     /// Runs an inventory to its end and returns its last progress report.

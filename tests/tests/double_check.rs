@@ -6,9 +6,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tonic::Code;
 
-use ferry_proto::scheduler::v1::{
-    DoubleCheckRequest, GetRepositoryRequest, SetMigrationEnabledRequest,
-};
+use ferry_proto::scheduler::v1::{DoubleCheckRequest, GetRepositoryRequest};
 use ferry_tests::{Cluster, SampleRegistry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,14 +15,7 @@ async fn the_double_check_restores_exactly_the_repositories_created_in_the_windo
     let cluster = Cluster::start(&sample.root(), 2).await;
     cluster.inventory().await;
     let mut client = cluster.client().await;
-    client
-        .set_migration_enabled(SetMigrationEnabledRequest {
-            enabled: true,
-            capacity: Some(4),
-        })
-        .await
-        .expect("enable");
-    cluster.wait_until_settled(Duration::from_secs(120)).await;
+    cluster.migrate(Duration::from_secs(120)).await;
 
     // Create events the scheduler never got: three repositories in the window, one older.
     let scheduler_db = PgPool::connect(&cluster.database_url)

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use ferry_proto::scheduler::v1::SetMigrationEnabledRequest;
 use ferry_tests::{Cluster, SampleRegistry, metric, poll_until};
 
 /// Sums `series` over both importers.
@@ -21,15 +20,7 @@ async fn both_services_report_the_migration_on_metrics() {
     let sample = SampleRegistry::build(false);
     let cluster = Cluster::start(&sample.root(), 2).await;
     cluster.inventory().await;
-    let mut client = cluster.client().await;
-    client
-        .set_migration_enabled(SetMigrationEnabledRequest {
-            enabled: true,
-            capacity: Some(4),
-        })
-        .await
-        .expect("enable");
-    let summary = cluster.wait_until_settled(Duration::from_secs(120)).await;
+    let summary = cluster.migrate(Duration::from_secs(120)).await;
     let done = ferry_tests::state_count(&summary, "import_done") as f64;
     assert!(done > 0.0, "{summary:?}");
 

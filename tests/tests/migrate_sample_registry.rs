@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Row};
 
-use ferry_proto::scheduler::v1::{
-    GetLeaseRequest, GetRepositoryRequest, SetMigrationEnabledRequest,
-};
+use ferry_proto::scheduler::v1::{GetLeaseRequest, GetRepositoryRequest};
 use ferry_tests::buckets::{Bucket, DirBucket, GcsBucket};
 use ferry_tests::{Cluster, RegistryServer, SampleRegistry};
 
@@ -67,14 +65,7 @@ async fn migrate_and_check(sample: &SampleRegistry, cluster: &Cluster, bucket: &
     assert_eq!(last.repositories_found, expected_repositories);
     assert_eq!(last.repositories_registered, expected_repositories);
 
-    client
-        .set_migration_enabled(SetMigrationEnabledRequest {
-            enabled: true,
-            capacity: Some(4),
-        })
-        .await
-        .expect("enable");
-    let summary = cluster.wait_until_settled(Duration::from_secs(180)).await;
+    let summary = cluster.migrate(Duration::from_secs(180)).await;
     let lease = client
         .get_lease(GetLeaseRequest {})
         .await

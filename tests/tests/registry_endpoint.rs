@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ferry_proto::scheduler::v1::SetMigrationEnabledRequest;
 use ferry_tests::buckets::GcsBucket;
 use ferry_tests::{Cluster, RegistryServer, SampleRegistry, http_request, metric, scrape};
 
@@ -190,14 +189,7 @@ async fn migrate(cluster: &Cluster, expected: usize) {
     let mut client = cluster.client().await;
     let inventory = ferry_tests::run_inventory(&mut client).await;
     assert_eq!(inventory.repositories_registered, expected as u64);
-    client
-        .set_migration_enabled(SetMigrationEnabledRequest {
-            enabled: true,
-            capacity: Some(4),
-        })
-        .await
-        .expect("enable");
-    let summary = cluster.wait_until_settled(Duration::from_secs(180)).await;
+    let summary = cluster.migrate(Duration::from_secs(180)).await;
     assert_eq!(
         ferry_tests::state_count(&summary, "import_done"),
         expected as u64,

@@ -36,15 +36,7 @@ async fn the_guard_finishes_every_repository_when_all_notifications_are_lost() {
     let cluster = Cluster::start_with(format!("file://{}", sample.root().display()), options).await;
     quick_guard(&cluster).await;
     let repositories = inventory(&cluster).await;
-    let mut client = cluster.client().await;
-    client
-        .set_migration_enabled(SetMigrationEnabledRequest {
-            enabled: true,
-            capacity: Some(4),
-        })
-        .await
-        .expect("enable");
-    let summary = cluster.wait_until_settled(Duration::from_secs(120)).await;
+    let summary = cluster.migrate(Duration::from_secs(120)).await;
     assert_eq!(
         ferry_tests::state_count(&summary, "import_done"),
         repositories,
@@ -97,14 +89,7 @@ async fn a_step_whose_importer_died_is_unlocked_retried_elsewhere_and_completes(
         .expect("claimed by the dead importer");
 
     let mut client = cluster.client().await;
-    client
-        .set_migration_enabled(SetMigrationEnabledRequest {
-            enabled: true,
-            capacity: Some(4),
-        })
-        .await
-        .expect("enable");
-    let summary = cluster.wait_until_settled(Duration::from_secs(120)).await;
+    let summary = cluster.migrate(Duration::from_secs(120)).await;
     assert_eq!(
         ferry_tests::state_count(&summary, "import_done"),
         repositories,

@@ -112,6 +112,14 @@ fn rewritten(done: bool, token: &str, generation: u64, crc32c: &str) -> (u16, St
     (200, body.to_string())
 }
 
+/// Answers with the status the key names (`pre/404` → 404), 500 when it names none.
+fn status_the_key_names(target: &str) -> (u16, String) {
+    let code = target.split("/o/pre%2F").nth(1).unwrap_or("0")[..3]
+        .parse()
+        .unwrap_or(500);
+    error(code)
+}
+
 /// Answers for a copy of `pre/src` to `pre/dst`: the destination is missing, the source exists.
 fn copy_script(method: &str, target: &str) -> Option<(u16, String)> {
     match method {
@@ -125,13 +133,7 @@ fn copy_script(method: &str, target: &str) -> Option<(u16, String)> {
 
 #[tokio::test]
 async fn http_statuses_map_to_not_found_transient_and_permanent_errors() {
-    let server = Scripted::start(|_, target| {
-        let code = target.split("/o/pre%2F").nth(1).unwrap_or("0")[..3]
-            .parse()
-            .unwrap_or(500);
-        error(code)
-    })
-    .await;
+    let server = Scripted::start(|_, target| status_the_key_names(target)).await;
     let store = server.store();
     assert_eq!(store.stat("404").await.unwrap(), None);
     assert!(matches!(
@@ -383,13 +385,7 @@ async fn an_open_is_one_request_whose_headers_give_the_size() {
 
 #[tokio::test]
 async fn an_open_maps_statuses_like_the_other_calls() {
-    let server = Scripted::start(|_, target| {
-        let code = target.split("/o/pre%2F").nth(1).unwrap_or("0")[..3]
-            .parse()
-            .unwrap_or(500);
-        error(code)
-    })
-    .await;
+    let server = Scripted::start(|_, target| status_the_key_names(target)).await;
     let store = server.store();
     assert!(store.open_read("404").await.unwrap().is_none());
     for (key, transient) in [("429", true), ("503", true), ("403", false)] {
