@@ -187,3 +187,8 @@ served = ", ".join(f"{count} by the {path} code path" for path, count in sorted(
 print(f"registry endpoint {base}: {len(names)} repositories ({served}), {tags} tags")
 print(f"  pull one: skopeo inspect --tls-verify=false docker://{sys.argv[1]}/{names[0]}:<tag>" if names else "")
 PY
+
+# Last, everything migrated is compared with its source on the importers (tags, manifests byte
+# for byte, every config and layer under gitlab/ by size and content): exit 1 on any difference.
+"$BIN/ferryctl" verify --all
+services_alive

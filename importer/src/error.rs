@@ -38,6 +38,9 @@ pub enum ApiError {
     /// 429: this importer runs its maximum number of imports.
     #[error("importer is running its maximum of {0} concurrent imports")]
     TooManyImports(usize),
+    /// This importer runs its maximum of verifications (as many as its import slots).
+    #[error("importer is running its maximum of {0} concurrent verifications")]
+    TooManyVerifications(usize),
     /// A start naming a step no newer than the repository's last one: a late or repeated start
     /// of a step the scheduler has given up, or one canceled before it arrived.
     #[error("step {step} of {path} is stale: the repository is at step {current}")]
@@ -102,7 +105,9 @@ impl ApiError {
             | ApiError::CannotCancel { .. }
             | ApiError::StaleFence { .. }
             | ApiError::StaleStep { .. } => ErrorCode::FailedPrecondition,
-            ApiError::TooManyImports(_) => ErrorCode::ResourceExhausted,
+            ApiError::TooManyImports(_) | ApiError::TooManyVerifications(_) => {
+                ErrorCode::ResourceExhausted
+            }
             ApiError::Database(_) | ApiError::Storage(_) | ApiError::ShuttingDown => {
                 ErrorCode::Unavailable
             }
@@ -116,7 +121,9 @@ const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         let retry_after = match &error {
-            ApiError::TooManyImports(_) | ApiError::ShuttingDown => Some(BUSY_RETRY_AFTER),
+            ApiError::TooManyImports(_)
+            | ApiError::TooManyVerifications(_)
+            | ApiError::ShuttingDown => Some(BUSY_RETRY_AFTER),
             _ => None,
         };
         match retry_after {

@@ -1,5 +1,9 @@
 //! The tonic adapter: the only importer code that touches `tonic::Request` and `Status`.
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt as _};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use ferry_proto::common::v1::ImportType;
@@ -9,7 +13,7 @@ use ferry_proto::importer::v1::{
     CheckWritableResponse, GetCapacityRequest, GetImportStatusRequest, GetImportStatusResponse,
     ListRepositoriesCreatedSinceRequest, ListSubRepositoriesBatchRequest,
     ListSubRepositoriesRequest, RepositoryPage, StartImportRequest, StartImportResponse,
-    SubRepositoriesBatchPage,
+    SubRepositoriesBatchPage, VerifyRepositoryEvent, VerifyRepositoryRequest,
 };
 
 use crate::service::ImportService;
@@ -28,8 +32,24 @@ pub const READ_METHODS: &[&str] = &[
 #[derive(Debug)]
 pub struct ImporterGrpc<S>(pub S);
 
+type VerifyStream = Pin<Box<dyn Stream<Item = Result<VerifyRepositoryEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
+    type VerifyRepositoryStream = VerifyStream;
+
+    async fn verify_repository(
+        &self,
+        request: Request<VerifyRepositoryRequest>,
+    ) -> Result<Response<Self::VerifyRepositoryStream>, Status> {
+        let request = request.into_inner();
+        let events = self
+            .0
+            .verify_repository(&request.path, request.deep)
+            .await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(events).map(Ok))))
+    }
+
     async fn start_import(
         &self,
         request: Request<StartImportRequest>,

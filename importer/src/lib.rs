@@ -17,6 +17,7 @@ pub mod registry;
 pub mod running;
 pub mod service;
 pub mod store;
+pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;

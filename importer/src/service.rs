@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::{
     CancelImportResponse, Capacity, CheckWritableResponse, GetImportStatusResponse,
     ListSubRepositoriesBatchRequest, RepositoryPage, StartImportResponse, StartOutcome,
-    SubRepositoriesBatchPage,
+    SubRepositoriesBatchPage, VerifyRepositoryEvent,
 };
 use ferry_shared::ids::RepositoryPath;
 use ferry_shared::lifecycle::Tasks;
@@ -28,6 +28,7 @@ use crate::store::{CancelOutcome, ClaimedStep, MetadataStore, StepClaim};
 
 mod admission;
 mod step;
+mod verify;
 
 use admission::{claimable_from, refusal};
 
@@ -82,6 +83,15 @@ pub trait ImportService: Send + Sync + 'static {
         n: u32,
         last: &str,
     ) -> Result<RepositoryPage, ApiError>;
+
+    /// Starts comparing a migrated repository with its source; its differences, then a summary,
+    /// arrive on the returned channel. Refused when this importer runs its maximum of
+    /// verifications.
+    async fn verify_repository(
+        &self,
+        path: &str,
+        deep: bool,
+    ) -> Result<mpsc::Receiver<VerifyRepositoryEvent>, ApiError>;
 }
 
 /// Limits of import steps.
@@ -114,6 +124,8 @@ struct Inner {
     notifier: Option<Notifier>,
     limits: StepLimits,
     permits: Arc<Semaphore>,
+    /// Verifications run at once (as many as steps, apart from them).
+    verifications: Arc<Semaphore>,
     running: Arc<RunningSteps>,
     /// Background steps, so shutdown can wait for them to record their end and notify (the
     /// service's tasks when it runs as one, see [`Importer::with_tasks`]); once they are told
@@ -190,6 +202,7 @@ impl Importer {
         limits: StepLimits,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_imports));
+        let verifications = Arc::new(Semaphore::new(limits.max_concurrent_imports));
         Self {
             inner: Arc::new(Inner {
                 storage,
@@ -197,6 +210,7 @@ impl Importer {
                 notifier,
                 limits,
                 permits,
+                verifications,
                 running: Arc::default(),
                 tasks: Tasks::new(),
                 metrics: ImporterMetrics::default(),
@@ -463,6 +477,14 @@ impl ImportService for Importer {
         last: &str,
     ) -> Result<RepositoryPage, ApiError> {
         listing::created_since(&self.inner.db, since, n, last).await
+    }
+
+    async fn verify_repository(
+        &self,
+        path: &str,
+        deep: bool,
+    ) -> Result<mpsc::Receiver<VerifyRepositoryEvent>, ApiError> {
+        self.start_verification(path, deep)
     }
 
     fn capacity(&self) -> Capacity {

@@ -9,9 +9,11 @@ use ferry_shared::step::{MaybeStep, Step};
 
 mod commit;
 mod reads;
+mod verify;
 
 pub use commit::{CommitOutcome, StepCommit, WrittenCounts};
 pub use reads::{ServedRepository, StoredManifest};
+pub use verify::RegisteredManifest;
 
 /// Embedded migrations of the metadata database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/registry");

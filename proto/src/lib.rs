@@ -34,7 +34,27 @@ pub mod scheduler {
 /// Encoded file descriptor set of every Ferry proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");
 
-use common::v1::MigrationStatus;
+use common::v1::{DifferenceKind, MigrationStatus};
+
+impl DifferenceKind {
+    /// The kind's short name, as `ferryctl verify` prints it and the metrics label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            DifferenceKind::Unspecified => "unspecified",
+            DifferenceKind::NotMigrated => "not_migrated",
+            DifferenceKind::TagMissing => "tag_missing",
+            DifferenceKind::TagExtra => "tag_extra",
+            DifferenceKind::TagMoved => "tag_moved",
+            DifferenceKind::ManifestMissing => "manifest_missing",
+            DifferenceKind::ManifestDiffers => "manifest_differs",
+            DifferenceKind::ReferencesDiffer => "references_differ",
+            DifferenceKind::BlobNotRegistered => "blob_not_registered",
+            DifferenceKind::BlobMissing => "blob_missing",
+            DifferenceKind::BlobSizeDiffers => "blob_size_differs",
+            DifferenceKind::BlobContentDiffers => "blob_content_differs",
+        }
+    }
+}
 
 impl MigrationStatus {
     /// The status as stored in the metadata database (`repositories.migration_status`).

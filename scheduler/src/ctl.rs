@@ -22,7 +22,8 @@ mod plans;
 mod repair;
 mod runbook;
 mod settings;
-pub mod view; // SCRATCH
+mod verify;
+pub mod view;
 
 /// `ferryctl`: drive and inspect a Ferry migration.
 #[derive(Debug, Parser)]
@@ -126,6 +127,10 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Compare migrated repositories with their source (tags, manifests byte for byte, index
+    /// children, every config and layer under gitlab/ by size and checksum); exit 1 naming each
+    /// difference.
+    Verify(verify::VerifyArgs),
     /// Show the migration's progress, or one repository's state.
     Status {
         /// A repository path.
@@ -151,6 +156,9 @@ pub enum CtlError {
     /// Not every repository ended `import_done`.
     #[error("{0}")]
     Incomplete(String),
+    /// A verification found differences or could not verify every repository.
+    #[error("{0}")]
+    Differences(String),
     /// A file or argument the command reads is unusable.
     #[error("{0}")]
     Input(String),
@@ -187,6 +195,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     let mut client = SchedulerClient::new(connection);
     match args.command {
         Command::Inventory => migrate::inventory(&mut client).await,
+        Command::Verify(args) => verify::run(&mut client, args).await,
         Command::Migrate {
             wait,
             capacity,

@@ -44,6 +44,7 @@ pub const READ_METHODS: &[&str] = &[
 pub struct SchedulerGrpc<S>(pub S);
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<InventoryProgress, Status>> + Send>>;
+type VerifyStream = Pin<Box<dyn Stream<Item = Result<pb::VerifyProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
@@ -57,6 +58,17 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
     }
 
     type RunInventoryStream = ProgressStream;
+
+    type VerifyRepositoriesStream = VerifyStream;
+
+    async fn verify_repositories(
+        &self,
+        request: Request<pb::VerifyRepositoriesRequest>,
+    ) -> Result<Response<Self::VerifyRepositoriesStream>, Status> {
+        let receiver = self.0.verify_repositories(request.into_inner()).await?;
+        let stream = ReceiverStream::new(receiver).map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     async fn run_inventory(
         &self,

@@ -25,8 +25,10 @@ pub const LISTING_DEADLINE: Duration = Duration::from_secs(60);
 pub const QUICK_DEADLINE: Duration = Duration::from_secs(5);
 
 mod step_status;
+mod verify;
 
 pub use step_status::StepStatus;
+pub use verify::ImporterVerification;
 
 fn quick<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

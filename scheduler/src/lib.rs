@@ -23,6 +23,7 @@ pub mod service;
 pub mod settings_api;
 pub mod state;
 pub mod store;
+pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -78,6 +79,10 @@ async fn report_gauges(store: SchedulerStore, metrics: metrics::MigrationMetrics
         match store.migration_progress().await {
             Ok(progress) => metrics.progress(&progress),
             Err(error) => tracing::warn!(%error, "reading the migration's progress failed"),
+        }
+        match store.verification_counts().await {
+            Ok(counts) => metrics.verification_counts(&counts),
+            Err(error) => tracing::warn!(%error, "reading the verification counts failed"),
         }
         tokio::time::sleep(GAUGE_REFRESH).await;
     }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use ferry_shared::metrics::{Label, Registry};
 
-use crate::state::MigrationState;
+use crate::state::{MigrationState, VerifyResult};
 use crate::store::MigrationProgress;
 use crate::store::bbm::BackgroundMigrationProgress;
 
@@ -222,6 +222,8 @@ pub struct MigrationMetrics {
     pub deduplicated_triggers: Counter,
     guard_actions: Family<[Label; 1], Counter>,
     enqueue_passes: Counter,
+    verifications: Family<[Label; 1], Counter>,
+    verified: Family<[Label; 1], Gauge>,
 }
 
 impl MigrationMetrics {
@@ -288,7 +290,45 @@ impl MigrationMetrics {
             "Whole enqueue passes this replica finished while holding the lease",
             m.enqueue_passes.clone(),
         );
+        registry.register(
+            "verifications",
+            "Repositories this replica verified against their source, by outcome",
+            m.verifications.clone(),
+        );
+        registry.register(
+            "repositories_verified",
+            "import_done repositories by their last verification's outcome (never: not verified)",
+            m.verified.clone(),
+        );
+        for result in VerifyResult::ALL {
+            m.verifications
+                .get_or_create(&[("outcome", result.as_str().to_owned())])
+                .inc_by(0);
+        }
+        m.verification_counts(&[]);
         m
+    }
+
+    /// A repository was verified.
+    pub fn verified(&self, result: VerifyResult) {
+        self.verifications
+            .get_or_create(&[("outcome", result.as_str().to_owned())])
+            .inc();
+    }
+
+    /// Sets `ferry_repositories_verified` from the counts of `import_done` repositories by
+    /// their last outcome (`None`: never verified); an outcome not listed is 0.
+    pub fn verification_counts(&self, counts: &[(Option<VerifyResult>, i64)]) {
+        let labels = VerifyResult::ALL.map(Some).into_iter().chain([None]);
+        for result in labels {
+            let count = (counts.iter())
+                .find(|(r, _)| *r == result)
+                .map_or(0, |(_, n)| *n);
+            let label = result.map_or("never", VerifyResult::as_str);
+            self.verified
+                .get_or_create(&[("outcome", label.to_owned())])
+                .set(count);
+        }
     }
 
     /// Sets the progress gauges.

@@ -40,6 +40,13 @@ pub trait SchedulerService: Send + Sync + 'static {
         &self,
     ) -> Result<mpsc::Receiver<Result<InventoryProgress, SchedulerError>>, SchedulerError>;
 
+    /// Starts verifying migrated repositories; one message per repository arrives on the
+    /// returned channel, the last has `finished`.
+    async fn verify_repositories(
+        &self,
+        request: pb::VerifyRepositoriesRequest,
+    ) -> Result<mpsc::Receiver<Result<pb::VerifyProgress, SchedulerError>>, SchedulerError>;
+
     /// Sets the global switch (and optionally the capacity).
     async fn set_migration_enabled(
         &self,
@@ -259,6 +266,12 @@ impl From<RepositoryRecord> for Repository {
                 manifests_skipped: to_u64(r.import_manifests_skipped),
                 layers_skipped: to_u64(r.import_layers_skipped),
             }),
+            verified_at: timestamp(r.verified_at),
+            verify_outcome: r
+                .verify_outcome
+                .map_or(0, |result| i32::from(crate::verify::outcome_of(result))),
+            verify_differences: to_u64(r.verify_differences),
+            verify_detail: r.verify_detail.unwrap_or_default(),
         }
     }
 }
@@ -370,6 +383,24 @@ impl SchedulerService for Scheduler {
                 }
             }
         });
+        Ok(rx)
+    }
+
+    async fn verify_repositories(
+        &self,
+        request: pb::VerifyRepositoriesRequest,
+    ) -> Result<mpsc::Receiver<Result<pb::VerifyProgress, SchedulerError>>, SchedulerError> {
+        let request = crate::verify::VerifyRequest::try_from(request)?;
+        let (tx, rx) = mpsc::channel(64);
+        let verifier = crate::verify::Verifier {
+            store: self.store.clone(),
+            importers: Arc::clone(&self.importers),
+            metrics: self.metrics.clone(),
+        };
+        // Read-only on both sides but for the outcomes, each recorded on its own: safe to stop
+        // anywhere, so it ends with the service or its caller.
+        self.tasks
+            .spawn_until_stopped("verify", verifier.run(request, tx));
         Ok(rx)
     }
 

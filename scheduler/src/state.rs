@@ -121,6 +121,39 @@ impl fmt::Display for SkipReason {
     }
 }
 
+/// `container_repositories.verify_outcome`: how a migrated repository's last verification came
+/// out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum VerifyResult {
+    /// No difference from the source.
+    Match,
+    /// At least one difference.
+    Differs,
+    /// The comparison could not be made.
+    Failed,
+}
+
+impl VerifyResult {
+    /// Every result, in the order metrics list them.
+    pub const ALL: [Self; 3] = [Self::Match, Self::Differs, Self::Failed];
+
+    /// The database's (and the metrics') name of the result.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Match => "match",
+            Self::Differs => "differs",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for VerifyResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use sqlx::{FromRow, Row};
 use ferry_proto::common::v1::ImportStats;
 use ferry_shared::step::{MaybeStep, Step};
 
-use crate::state::{MigrationState, SkipReason};
+use crate::state::{MigrationState, SkipReason, VerifyResult};
 
 mod admin;
 pub mod bbm;
@@ -18,11 +18,13 @@ pub mod repair;
 mod settings;
 mod step;
 mod step_end;
+mod verify;
 
 pub use admin::{MigrationProgress, QueueHead};
 pub use guard::StaleStep;
 pub use settings::{Change, Settings, SettingsPatch};
 pub use step::{AbortedRepo, Claimed, StepColumn};
+pub use verify::{VerificationRecord, VerifyTarget};
 
 /// Embedded migrations of the scheduler database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/scheduler");
@@ -101,6 +103,10 @@ pub struct RepositoryRecord {
     pub import_duration_ms: i64,
     pub import_manifests_skipped: i64,
     pub import_layers_skipped: i64,
+    pub verified_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub verify_outcome: Option<VerifyResult>,
+    pub verify_differences: i64,
+    pub verify_detail: Option<String>,
 }
 
 pub(crate) const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS project_path, r.migration_state, \
@@ -110,7 +116,8 @@ pub(crate) const REPOSITORY_COLUMNS: &str = "r.id, r.path, p.full_path AS projec
     r.migration_skipped_at, r.migration_importer, r.migration_step_accepted_at, r.migration_step, \
     r.migration_cancel_requested, r.import_manifests, r.import_tags, r.import_blobs, r.import_blobs_copied, \
     r.import_bytes_copied, r.import_blobs_present, r.import_tags_skipped, r.import_duration_ms, \
-    r.import_manifests_skipped, r.import_layers_skipped";
+    r.import_manifests_skipped, r.import_layers_skipped, r.verified_at, r.verify_outcome, \
+    r.verify_differences, r.verify_detail";
 
 /// Counts of what an inventory batch registered.
 #[derive(Debug, Clone, Copy, Default)]

@@ -153,6 +153,22 @@ impl Digest {
     }
 }
 
+/// The digest of bytes that arrive in pieces (a streamed blob).
+#[derive(Debug, Clone, Default)]
+pub struct DigestHasher(sha2::Sha256);
+
+impl DigestHasher {
+    /// Adds the next piece.
+    pub fn update(&mut self, data: &[u8]) {
+        sha2::Digest::update(&mut self.0, data);
+    }
+
+    /// The digest of every piece added.
+    pub fn finish(self) -> Digest {
+        Digest::from_sha256(&sha2::Digest::finalize(self.0))
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -197,6 +213,14 @@ mod tests {
         assert_eq!(path.project_path(1), "group");
         assert_eq!(path.project_path(9), "group/project/app/sub");
         assert_eq!(path.name(), "sub");
+    }
+
+    #[test]
+    fn a_digest_hashed_in_pieces_equals_the_digest_of_the_whole() {
+        let mut hasher = DigestHasher::default();
+        hasher.update(b"hello, ");
+        hasher.update(b"world");
+        assert_eq!(hasher.finish(), Digest::of(b"hello, world"));
     }
 
     #[test]

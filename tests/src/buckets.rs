@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use ferry_shared::storage::{BlobStore, GcsStore, LocalStore};
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::buckets::insert::{InsertBucketParam, InsertBucketRequest};
+use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
@@ -20,6 +21,8 @@ pub trait Bucket: Send + Sync {
     async fn put(&self, key: &str, data: &[u8]);
     /// The object under the raw key `key`, if any.
     async fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Removes the object under the raw key `key` (it must exist).
+    async fn remove(&self, key: &str);
     /// The driver's store for `prefix` of the bucket (`""`: all of it).
     fn store(&self, prefix: &str) -> Box<dyn BlobStore>;
 }
@@ -52,6 +55,10 @@ impl Bucket for LocalBucket {
 
     async fn get(&self, key: &str) -> Option<Vec<u8>> {
         std::fs::read(self.path(key)).ok()
+    }
+
+    async fn remove(&self, key: &str) {
+        std::fs::remove_file(self.path(key)).expect("remove");
     }
 
     fn store(&self, prefix: &str) -> Box<dyn BlobStore> {
@@ -137,6 +144,15 @@ impl Bucket for GcsBucket {
             .ok()
     }
 
+    async fn remove(&self, key: &str) {
+        let request = DeleteObjectRequest {
+            bucket: self.name.clone(),
+            object: key.to_owned(),
+            ..Default::default()
+        };
+        self.client.delete_object(&request).await.expect("delete");
+    }
+
     fn store(&self, prefix: &str) -> Box<dyn BlobStore> {
         Box::new(GcsStore::with_endpoint(&self.name, prefix, &self.endpoint).expect("store"))
     }
@@ -206,6 +222,10 @@ impl Bucket for DirBucket {
 
     async fn get(&self, key: &str) -> Option<Vec<u8>> {
         std::fs::read(self.0.join(key)).ok()
+    }
+
+    async fn remove(&self, key: &str) {
+        std::fs::remove_file(self.0.join(key)).expect("remove");
     }
 
     fn store(&self, prefix: &str) -> Box<dyn BlobStore> {

@@ -18,6 +18,7 @@ mod repository;
 mod runbook;
 mod settings;
 mod summary;
+mod verify;
 
 pub use repair::{
     BackgroundMigrationListView, BackgroundMigrationView, RepairPassView, RepairProgressView,
@@ -30,6 +31,10 @@ pub use repository::{
 pub use runbook::{DedupView, LeaseView};
 pub use settings::{PlansView, SettingsView};
 pub use summary::{InventoryProgressView, MigrateProgressView, RunFigures, SummaryView};
+pub use verify::{
+    DifferenceView, RepositoryVerificationView, VerifyProgressView, VerifySummaryView,
+    outcome_label,
+};
 
 /// Prints `view` on stdout: as one line of JSON with `json`, else as its text.
 pub fn emit<V: Serialize + Display>(view: &V, json: bool) -> Result<(), CtlError> {

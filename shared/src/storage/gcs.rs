@@ -250,6 +250,7 @@ impl GcsStore {
         Some(ObjectMeta {
             key: self.key_of(&object.name)?.to_owned(),
             size: u64::try_from(object.size).unwrap_or(0),
+            crc32c: object.crc32c.clone(),
         })
     }
 

@@ -200,6 +200,7 @@ fn walk(
             out.push(ObjectMeta {
                 key: entry.sort_key,
                 size: entry.size,
+                crc32c: None,
             });
         }
     }
@@ -244,6 +245,7 @@ impl LocalStore {
                     page.objects.push(ObjectMeta {
                         key: entry.sort_key,
                         size: entry.size,
+                        crc32c: None,
                     });
                 }
             }
@@ -400,6 +402,7 @@ impl BlobStore for LocalStore {
             Ok(meta) if meta.is_file() => Ok(Some(ObjectMeta {
                 key: key.to_owned(),
                 size: meta.len(),
+                crc32c: None,
             })),
             Ok(_) => Ok(None),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -477,6 +480,7 @@ impl BlobStore for LocalStore {
         let meta = ObjectMeta {
             key: key.to_owned(),
             size,
+            crc32c: None,
         };
         Ok(Some(ObjectReader::sized(meta, body)))
     }

@@ -34,6 +34,10 @@ pub struct ObjectMeta {
     pub key: String,
     /// Its size in bytes.
     pub size: u64,
+    /// The CRC32C the store keeps of its content, as the store reports it (GCS: base64 of the
+    /// big-endian value); `None` where the store keeps none (a filesystem bucket) or the call
+    /// did not return it. Only comparable between objects of the same store.
+    pub crc32c: Option<String>,
 }
 
 /// How to list.

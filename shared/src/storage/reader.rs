@@ -108,6 +108,7 @@ mod tests {
         ObjectMeta {
             key: "k".into(),
             size,
+            crc32c: None,
         }
     }
 
@@ -164,7 +165,7 @@ mod tests {
         let reader = ObjectReader::sized(meta(2), chunks(&[]));
         assert_eq!(
             format!("{reader:?}"),
-            r#"ObjectReader { meta: ObjectMeta { key: "k", size: 2 }, .. }"#
+            r#"ObjectReader { meta: ObjectMeta { key: "k", size: 2, crc32c: None }, .. }"#
         );
     }
 }

@@ -229,6 +229,7 @@ mod tests {
             let meta = ObjectMeta {
                 key: key.to_owned(),
                 size: 2,
+                crc32c: None,
             };
             Ok(Some(ObjectReader {
                 meta,

@@ -134,10 +134,26 @@ pub struct RepositoryView {
     pub cancel_requested: String,
     /// The figures of its completed steps.
     pub stats: StatsView,
+    /// Its last verification, if any.
+    pub verification: Option<LastVerificationView>,
+}
+
+/// A repository's last verification, as `status PATH` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastVerificationView {
+    /// RFC 3339.
+    pub at: String,
+    /// `match`, `differs` or `failed`.
+    pub outcome: &'static str,
+    /// Differences found.
+    pub differences: u64,
+    /// The first difference or the failure, in words.
+    pub detail: Option<String>,
 }
 
 impl From<Repository> for RepositoryView {
     fn from(repo: Repository) -> Self {
+        let verify_outcome = repo.verify_outcome();
         Self {
             id: repo.id,
             path: repo.path,
@@ -159,6 +175,12 @@ impl From<Repository> for RepositoryView {
             step: Step::from_wire(repo.step).ok().flatten(),
             cancel_requested: repo.cancel_requested,
             stats: repo.stats.into(),
+            verification: (!repo.verified_at.is_empty()).then(|| LastVerificationView {
+                outcome: super::outcome_label(verify_outcome),
+                at: repo.verified_at,
+                differences: repo.verify_differences,
+                detail: super::non_empty(repo.verify_detail),
+            }),
         }
     }
 }
@@ -186,6 +208,16 @@ impl fmt::Display for RepositoryView {
         ] {
             if !value.is_empty() {
                 writeln!(f, "  {label:<15} {value}")?;
+            }
+        }
+        if let Some(verified) = &self.verification {
+            let outcome = match verified.differences {
+                0 => verified.outcome.to_owned(),
+                n => format!("{} ({n} differences)", verified.outcome),
+            };
+            writeln!(f, "  verified        {} at {}", outcome, verified.at)?;
+            if let Some(detail) = &verified.detail {
+                writeln!(f, "  verify detail   {detail}")?;
             }
         }
         write!(f, "{}", self.stats)
@@ -388,6 +420,8 @@ impl fmt::Display for WritableView {
 
 #[cfg(test)]
 mod tests {
+    use ferry_proto::scheduler::v1::VerifyOutcome;
+
     use super::*;
 
     fn sample() -> Repository {
@@ -442,8 +476,31 @@ mod tests {
         assert_eq!(unnumbered.step, None);
         assert_eq!(serde_json::to_value(&unnumbered).expect("JSON")["step"], 0);
         assert_eq!(json["stats"]["duration_ms"], 0);
-        assert_eq!(json.as_object().map(|o| o.len()), Some(19));
+        assert_eq!(json.as_object().map(|o| o.len()), Some(20));
         assert_eq!(json["stats"].as_object().map(|o| o.len()), Some(10));
+        assert_eq!(json["verification"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_verified_repository_shows_its_last_outcome() {
+        let verified = RepositoryView::from(Repository {
+            verified_at: "2026-12-06T12:00:00+00:00".into(),
+            verify_outcome: VerifyOutcome::Differs.into(),
+            verify_differences: 2,
+            verify_detail: "tag_moved stable: points elsewhere".into(),
+            ..sample()
+        });
+        let text = verified.to_string();
+        assert!(
+            text.contains(
+                "  verified        differs (2 differences) at 2026-12-06T12:00:00+00:00\n\
+                 \x20 verify detail   tag_moved stable: points elsewhere\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&verified).expect("JSON");
+        assert_eq!(json["verification"]["outcome"], "differs");
+        assert_eq!(json["verification"]["differences"], 2);
     }
 
     #[test]

@@ -5,6 +5,9 @@ use gcloud_storage::http::objects::list::ListObjectsRequest;
 use super::{Connection, GcsStore, MAX_PAGE};
 use crate::storage::{ListPage, ObjectMeta, StorageError};
 
+/// A listed object's size and CRC32C (a prefix has none).
+type Listed = (u64, Option<String>);
+
 impl GcsStore {
     pub(super) async fn list_flat(
         &self,
@@ -81,11 +84,11 @@ impl GcsStore {
                     .min()
                     .map(str::to_owned)
             });
-            let mut entries: Vec<(String, Option<u64>)> = (items.iter())
+            let mut entries: Vec<(String, Option<Listed>)> = (items.iter())
                 .filter(|object| !object.name.ends_with('/'))
                 .map(|object| {
                     let size = u64::try_from(object.size).unwrap_or(0);
-                    (object.name.clone(), Some(size))
+                    (object.name.clone(), Some((size, object.crc32c.clone())))
                 })
                 .chain(prefixes.into_iter().map(|prefix| (prefix, None)))
                 .filter(|(name, _)| {
@@ -114,9 +117,10 @@ impl GcsStore {
                     continue;
                 };
                 match size {
-                    Some(size) => page.objects.push(ObjectMeta {
+                    Some((size, crc32c)) => page.objects.push(ObjectMeta {
                         key: key.to_owned(),
                         size,
+                        crc32c,
                     }),
                     None => page.prefixes.push(key.to_owned()),
                 }

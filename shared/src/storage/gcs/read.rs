@@ -41,6 +41,7 @@ impl GcsStore {
                  decompressed?): its size is unknown",
             ),
         })?;
+        let crc32c = crc32c_of(response.headers());
         let owned_key = key.to_owned();
         // The answer has come: a failure now is the connection's (cut, timed out), worth a new
         // attempt by the caller (`status: None`).
@@ -54,7 +55,44 @@ impl GcsStore {
         let meta = ObjectMeta {
             key: key.to_owned(),
             size,
+            crc32c,
         };
         Ok(Some(ObjectReader::sized(meta, body)))
+    }
+}
+
+/// The CRC32C an answer's `x-goog-hash` headers carry (`crc32c=<base64>`, beside `md5=`), in the
+/// JSON API's encoding.
+fn crc32c_of(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all("x-goog-hash")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|part| part.trim().strip_prefix("crc32c=").map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use super::crc32c_of;
+
+    #[test]
+    fn the_crc32c_is_read_from_either_form_of_x_goog_hash() {
+        let mut one = HeaderMap::new();
+        one.insert(
+            "x-goog-hash",
+            HeaderValue::from_static("crc32c=n03x6A==,md5=Ojk9c3dhfxgoKVVHYwFbHQ=="),
+        );
+        assert_eq!(crc32c_of(&one).as_deref(), Some("n03x6A=="));
+        let mut two = HeaderMap::new();
+        two.append(
+            "x-goog-hash",
+            HeaderValue::from_static("md5=Ojk9c3dhfxgoKVVHYwFbHQ=="),
+        );
+        two.append("x-goog-hash", HeaderValue::from_static("crc32c=n03x6A=="));
+        assert_eq!(crc32c_of(&two).as_deref(), Some("n03x6A=="));
+        assert_eq!(crc32c_of(&HeaderMap::new()), None);
     }
 }
