@@ -92,6 +92,7 @@ enum Call {
     Restore(u32),
     ClearLease(String),
     Background(String),
+    Verify(Vec<String>, bool, u32),
 }
 
 fn settings() -> impl Strategy<Value = pb::UpdateSettingsRequest> {
@@ -150,6 +151,12 @@ fn call() -> impl Strategy<Value = Call> {
         number().prop_map(Call::Restore),
         text().prop_map(Call::ClearLease),
         text().prop_map(Call::Background),
+        (
+            proptest::collection::vec(text(), 0..3),
+            any::<bool>(),
+            number()
+        )
+            .prop_map(|(paths, all, concurrency)| Call::Verify(paths, all, concurrency)),
     ]
 }
 
@@ -233,6 +240,16 @@ async fn perform(api: &SchedulerGrpc<Scheduler>, call: Call) -> Result<(), tonic
             .map(drop),
         Call::Background(name) => api
             .pause_background_migrations(Request::new(pb::BackgroundMigrationSelector { name }))
+            .await
+            .map(drop),
+        // An accepted verification runs until its caller goes away: here, at once.
+        Call::Verify(paths, all, concurrency) => api
+            .verify_repositories(Request::new(pb::VerifyRepositoriesRequest {
+                paths,
+                all,
+                deep: false,
+                concurrency,
+            }))
             .await
             .map(drop),
     }
@@ -356,6 +373,10 @@ fn every_importer_rpc_refuses_bad_arguments_without_a_panic() {
                         .await
                         .map(drop),
                     importer.import_status(&path).await.map(drop),
+                    importer
+                        .verify_repository(&path, kind % 2 == 0)
+                        .await
+                        .map(drop),
                     importer.check_writable(&path).await.map(drop),
                     importer
                         .list_sub_repositories(&path, n, &last)
