@@ -45,6 +45,11 @@ pub struct ImporterArgs {
     /// How often a running step checks for a cancellation made through another importer, in ms.
     #[arg(long, env = "FERRY_CANCEL_POLL_MS", default_value = "1000")]
     pub cancel_poll_ms: String,
+    /// Connections to the metadata database, 3..=10000, shared by every step (a step waits for
+    /// one); `auto`: 2 x FERRY_MAX_CONCURRENT_IMPORTS + 2, at most 32. Refused at start-up when
+    /// PostgreSQL's max_connections could never grant them.
+    #[arg(long, env = "FERRY_DB_MAX_CONNECTIONS", default_value = "auto")]
+    pub db_max_connections: String,
     /// On SIGTERM, how long to wait for stopped steps to record their end and notify, in seconds.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE_SECS", default_value = "25")]
     pub shutdown_grace_secs: String,
@@ -72,6 +77,19 @@ pub struct ImporterArgs {
     pub command: Option<ImporterCommand>,
 }
 
+/// Fewest metadata database connections: a step's transaction, and two for short statements.
+pub const MIN_DB_CONNECTIONS: u32 = 3;
+/// Most metadata database connections.
+pub const MAX_DB_CONNECTIONS: u32 = 10_000;
+
+/// The pool `auto` gives `steps` steps: two connections a step and two more, at most 32.
+/// Steps hold a connection only while they write, so beyond that they take turns.
+pub fn auto_db_connections(steps: u64) -> u32 {
+    u32::try_from(steps.saturating_mul(2).saturating_add(2))
+        .unwrap_or(u32::MAX)
+        .min(32)
+}
+
 /// Validated importer configuration.
 #[derive(Debug, Clone)]
 pub struct ImporterConfig {
@@ -85,6 +103,8 @@ pub struct ImporterConfig {
     pub scheduler_url: String,
     /// Step limits.
     pub limits: StepLimits,
+    /// Connections to the metadata database (`FERRY_DB_MAX_CONNECTIONS`).
+    pub db_max_connections: u32,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Where `/metrics` is served, if anywhere.
@@ -132,6 +152,8 @@ pub struct OneShotConfig {
     pub storage_url: String,
     /// Step limits (`max_concurrent_imports` repositories run at once).
     pub limits: StepLimits,
+    /// Connections to the metadata database (`FERRY_DB_MAX_CONNECTIONS`).
+    pub db_max_connections: u32,
     /// The shared storage request budgets.
     pub budgets: BudgetSettings,
     /// What to import.
@@ -145,6 +167,7 @@ struct Common {
     metadata_database_url: Option<String>,
     storage_url: Option<String>,
     limits: Option<StepLimits>,
+    db_max_connections: Option<u32>,
     shutdown_grace: Option<Duration>,
     budgets: BudgetSettings,
 }
@@ -171,6 +194,22 @@ impl ImporterArgs {
         let tags = check.positive("FERRY_TAG_CONCURRENCY", &self.tag_concurrency);
         let poll = check.positive("FERRY_CANCEL_POLL_MS", &self.cancel_poll_ms);
         let grace = check.positive("FERRY_SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs);
+        let db_max_connections = match self.db_max_connections.trim() {
+            "auto" => max.map(auto_db_connections),
+            value => match value.parse::<u32>() {
+                Ok(n) if (MIN_DB_CONNECTIONS..=MAX_DB_CONNECTIONS).contains(&n) => Some(n),
+                _ => {
+                    check.problem(
+                        "FERRY_DB_MAX_CONNECTIONS",
+                        format!(
+                            "must be `auto` or a number in {MIN_DB_CONNECTIONS}..={MAX_DB_CONNECTIONS}, \
+                             got {value:?}"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         let redis_url = self
             .redis_url
             .as_deref()
@@ -196,6 +235,7 @@ impl ImporterArgs {
             metadata_database_url,
             storage_url,
             limits,
+            db_max_connections,
             shutdown_grace: grace.map(Duration::from_secs),
             budgets,
         }
@@ -242,6 +282,7 @@ impl ImporterArgs {
             storage_url: common.storage_url.ok_or_else(missing)?,
             scheduler_url: scheduler_url.ok_or_else(missing)?,
             limits: common.limits.ok_or_else(missing)?,
+            db_max_connections: common.db_max_connections.ok_or_else(missing)?,
             shutdown_grace: common.shutdown_grace.ok_or_else(missing)?,
             budgets: common.budgets,
         })
@@ -274,6 +315,7 @@ impl ImporterArgs {
             metadata_database_url: common.metadata_database_url.ok_or_else(missing)?,
             storage_url: common.storage_url.ok_or_else(missing)?,
             limits: common.limits.ok_or_else(missing)?,
+            db_max_connections: common.db_max_connections.ok_or_else(missing)?,
             budgets: common.budgets,
             selection: if command.all {
                 crate::oneshot::Selection::All
@@ -305,6 +347,7 @@ mod tests {
         let message = args.validate().unwrap_err();
         for key in [
             "FERRY_LISTEN_ADDR",
+            "FERRY_LISTEN_ADDR",
             "FERRY_METADATA_DATABASE_URL",
             "FERRY_STORAGE_URL",
             "FERRY_MAX_CONCURRENT_IMPORTS",
@@ -312,5 +355,33 @@ mod tests {
             assert!(message.contains(key), "{key} missing from {message}");
         }
         assert!(!message.contains("FERRY_SCHEDULER_URL"), "{message}");
+    }
+
+    #[test]
+    fn the_database_pool_is_bounded_and_its_setting_checked() {
+        assert_eq!(auto_db_connections(4), 10);
+        assert_eq!(auto_db_connections(100), 32);
+        let with = |value: &str| {
+            ImporterArgs::parse_from([
+                "ferry-importer",
+                "--metadata-database-url",
+                "postgres://localhost/db",
+                "--storage-url",
+                "file:///tmp",
+                "--scheduler-url",
+                "http://127.0.0.1:1",
+                "--max-concurrent-imports",
+                "100",
+                "--db-max-connections",
+                value,
+            ])
+            .validate()
+        };
+        assert_eq!(with("auto").expect("valid").db_max_connections, 32);
+        assert_eq!(with("200").expect("valid").db_max_connections, 200);
+        for bad in ["2", "0", "10001", "many"] {
+            let message = with(bad).unwrap_err();
+            assert!(message.contains("FERRY_DB_MAX_CONNECTIONS"), "{message}");
+        }
     }
 }

@@ -71,6 +71,9 @@ pub enum StartupError {
     /// TLS or token files could not be loaded.
     #[error("{0}")]
     Security(String),
+    /// The database pool is larger than PostgreSQL could ever grant.
+    #[error(transparent)]
+    ConnectionLimit(#[from] store::ConnectionLimitError),
 }
 
 /// Applies the metadata database's pending migrations (`ferry-importer migrate`) and returns the
@@ -117,13 +120,16 @@ pub async fn run(
         ),
         None => None,
     };
-    let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
+    let pool_size = config.db_max_connections;
     let db = open_database(
         "metadata database",
         || MetadataStore::connect(&config.metadata_database_url, pool_size),
         |db| async move { db.migrate().await },
     )
     .await?;
+    if let Some(problem) = db.connection_limit_problem().await? {
+        return Err(problem.into());
+    }
     let tasks = Tasks::new();
     if let Some(listener) = metrics_listener {
         let registry = Arc::new(registry);
@@ -206,9 +212,12 @@ pub async fn run_import(config: config::OneShotConfig) -> Result<oneshot::Summar
         &config.storage_url,
         config.budgets.governor().await?,
     )?;
-    let pool_size = u32::try_from(config.limits.max_concurrent_imports * 2 + 2).unwrap_or(32);
-    let db = MetadataStore::connect(&config.metadata_database_url, pool_size).await?;
+    let db =
+        MetadataStore::connect(&config.metadata_database_url, config.db_max_connections).await?;
     db.migrate().await?;
+    if let Some(problem) = db.connection_limit_problem().await? {
+        return Err(problem.into());
+    }
     let concurrency = config.limits.max_concurrent_imports;
     let tag_concurrency = config.limits.tag_concurrency;
     let importer = Importer::new(std::sync::Arc::clone(&storage), db, None, config.limits);

@@ -1,7 +1,10 @@
 //! The metadata database: every SQL statement the importer runs.
 
+use std::sync::Arc;
+
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::sync::Semaphore;
 
 use ferry_proto::common::v1::MigrationStatus;
 use ferry_shared::ids::RepositoryPath;
@@ -102,6 +105,37 @@ const TAGGED: &str = "EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = r.id)
 #[derive(Debug, Clone)]
 pub struct MetadataStore {
     pool: PgPool,
+    /// Step transactions open at once ([`commit_slots`]).
+    commits: Arc<Semaphore>,
+}
+
+/// Step transactions a pool of `max_connections` lets be open at once. A step holds its
+/// transaction's connection while it copies and writes its later chunks, and needs a second one
+/// meanwhile for short statements (which blobs are registered, cancel polls): a quarter of the
+/// pool, at least two connections, stays free of transactions, so those statements always find
+/// one and steps never wait on each other in a circle. Steps beyond it wait for a turn to write.
+pub fn commit_slots(max_connections: u32) -> usize {
+    let max = max_connections as usize;
+    if max < 3 { 1 } else { max - (max / 4).max(2) }
+}
+
+/// PostgreSQL could never grant the pool it is configured with.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "FERRY_DB_MAX_CONNECTIONS is {configured}, but PostgreSQL accepts at most {usable} \
+     connections from non-superusers (max_connections {max_connections}, \
+     superuser_reserved_connections {reserved}); lower FERRY_DB_MAX_CONNECTIONS: steps share the \
+     pool and wait for a connection"
+)]
+pub struct ConnectionLimitError {
+    /// The pool's size.
+    pub configured: u32,
+    /// What PostgreSQL grants non-superusers in all.
+    pub usable: i64,
+    /// PostgreSQL's `max_connections`.
+    pub max_connections: i64,
+    /// PostgreSQL's `superuser_reserved_connections`.
+    pub reserved: i64,
 }
 
 impl MetadataStore {
@@ -114,7 +148,32 @@ impl MetadataStore {
             .max_connections(max_connections)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let commits = Arc::new(Semaphore::new(commit_slots(max_connections)));
+        Ok(Self { pool, commits })
+    }
+
+    /// Whether PostgreSQL could never grant the pool (`Some`: why): a pool larger than
+    /// `max_connections`, less the superusers' reserve, fails steps when they meet the limit,
+    /// long after start-up.
+    pub async fn connection_limit_problem(
+        &self,
+    ) -> Result<Option<ConnectionLimitError>, sqlx::Error> {
+        let (max_connections, reserved): (i64, i64) = sqlx::query_as(
+            "SELECT current_setting('max_connections')::bigint, \
+                    current_setting('superuser_reserved_connections')::bigint",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let configured = self.pool.options().get_max_connections();
+        let usable = max_connections - reserved;
+        Ok(
+            (i64::from(configured) > usable).then_some(ConnectionLimitError {
+                configured,
+                usable,
+                max_connections,
+                reserved,
+            }),
+        )
     }
 
     /// Reports the pool's connections to the database metrics.
@@ -462,4 +521,18 @@ fn step_of(row: &sqlx::postgres::PgRow) -> Option<Step> {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commit_slots;
+
+    #[test]
+    fn transactions_leave_a_quarter_of_the_pool_for_short_statements() {
+        assert_eq!(commit_slots(1), 1);
+        assert_eq!(commit_slots(3), 1);
+        assert_eq!(commit_slots(10), 8);
+        assert_eq!(commit_slots(32), 24);
+        assert_eq!(commit_slots(202), 152);
+    }
 }

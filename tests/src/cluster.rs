@@ -168,6 +168,7 @@ impl Cluster {
                 copy_concurrency: "4".into(),
                 tag_concurrency: "4".into(),
                 cancel_poll_ms: "200".into(),
+                db_max_connections: "auto".into(),
                 shutdown_grace_secs: "5".into(),
                 metrics_addr: format!("127.0.0.1:{importer_metrics_port}"),
                 registry_addr: format!("127.0.0.1:{importer_registry_port}"),

@@ -44,6 +44,7 @@ async fn server() -> Server {
         copy_concurrency: "1".into(),
         tag_concurrency: "4".into(),
         cancel_poll_ms: "1000".into(),
+        db_max_connections: "auto".into(),
         shutdown_grace_secs: "5".into(),
         metrics_addr: "off".into(),
         registry_addr: "off".into(),

@@ -29,6 +29,7 @@ fn config(
             tag_concurrency: 4,
             cancel_poll: Duration::from_millis(500),
         },
+        db_max_connections: ferry_importer::config::auto_db_connections(3),
         budgets: Default::default(),
         selection,
         dry_run,

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use std::sync::Arc;
+
 use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::OwnedSemaphorePermit;
 
 use ferry_proto::common::v1::MigrationStatus;
 use ferry_shared::ids::Digest;
@@ -44,6 +47,8 @@ pub enum CommitOutcome {
 #[derive(Debug)]
 pub struct StepCommit {
     tx: Transaction<'static, Postgres>,
+    /// The step's turn among the transactions the pool allows open at once.
+    _turn: OwnedSemaphorePermit,
     repository_id: i64,
     step: Step,
     written: WrittenCounts,
@@ -53,9 +58,14 @@ impl MetadataStore {
     /// Opens the transaction of the step `claimed` (as `begin_step` returned it).
     #[tracing::instrument(name = "db.begin_commit", skip_all, err(level = "warn"))]
     pub async fn begin_commit(&self, claimed: ClaimedStep) -> Result<StepCommit, sqlx::Error> {
+        let turn = Arc::clone(&self.commits)
+            .acquire_owned()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
         let tx = self.pool.begin().await?;
         Ok(StepCommit {
             tx,
+            _turn: turn,
             repository_id: claimed.repository_id,
             step: claimed.step,
             written: WrittenCounts::default(),
