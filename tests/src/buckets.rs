@@ -1,6 +1,7 @@
 //! Buckets to run tests on, seeded and inspected behind the driver's back: a local directory,
 //! or a fresh bucket on fake-gcs-server (started by `make test` / `scripts/setup.sh`; address
-//! `FERRY_GCS_EMULATOR`, default `127.0.0.1:4443`).
+//! `FERRY_GCS_EMULATOR`, default `127.0.0.1:4443`) or on any GCS JSON API endpoint, such as the
+//! in-process [`crate::gcs_emulator::GcsEmulator`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,7 +69,7 @@ impl Bucket for LocalBucket {
     }
 }
 
-/// A fresh bucket on fake-gcs-server.
+/// A fresh bucket on fake-gcs-server, or on another GCS JSON API endpoint.
 pub struct GcsBucket {
     endpoint: String,
     name: String,
@@ -76,13 +77,35 @@ pub struct GcsBucket {
 }
 
 impl GcsBucket {
-    /// A new, empty bucket on the emulator.
+    /// A new, empty bucket on fake-gcs-server (`FERRY_GCS_EMULATOR`, default `127.0.0.1:4443`).
     pub async fn new() -> Self {
+        let host = std::env::var("FERRY_GCS_EMULATOR").unwrap_or_else(|_| "127.0.0.1:4443".into());
+        let endpoint = format!("http://{}", host.trim_start_matches("http://"));
+        Self::create(endpoint)
+            .await
+            .unwrap_or_else(|(endpoint, error)| {
+                panic!(
+                    "fake-gcs-server does not answer at {endpoint} ({error}): run `make test` \
+                 (or `bash scripts/setup.sh`) to start it, or set FERRY_GCS_EMULATOR"
+                )
+            })
+    }
+
+    /// A new, empty bucket on the GCS JSON API at `endpoint` (`http://host:port`), e.g. a
+    /// [`crate::gcs_emulator::GcsEmulator`]'s.
+    pub async fn at(endpoint: &str) -> Self {
+        let endpoint = format!("http://{}", endpoint.trim_start_matches("http://"));
+        Self::create(endpoint)
+            .await
+            .unwrap_or_else(|(endpoint, error)| {
+                panic!("no GCS JSON API answers at {endpoint}: {error}")
+            })
+    }
+
+    async fn create(endpoint: String) -> Result<Self, (String, String)> {
         static BUCKETS: AtomicUsize = AtomicUsize::new(0);
         // The GCS driver installs this on first use; this client is built before the driver's.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let host = std::env::var("FERRY_GCS_EMULATOR").unwrap_or_else(|_| "127.0.0.1:4443".into());
-        let endpoint = format!("http://{}", host.trim_start_matches("http://"));
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -105,16 +128,13 @@ impl GcsBucket {
             ..Default::default()
         };
         if let Err(error) = client.insert_bucket(&request).await {
-            panic!(
-                "fake-gcs-server does not answer at {endpoint} ({error}): run `make test` \
-                 (or `bash scripts/setup.sh`) to start it, or set FERRY_GCS_EMULATOR"
-            );
+            return Err((endpoint, error.to_string()));
         }
-        Self {
+        Ok(Self {
             endpoint,
             name,
             client,
-        }
+        })
     }
 }
 
@@ -164,7 +184,7 @@ impl GcsBucket {
         &self.name
     }
 
-    /// The emulator's address as `STORAGE_EMULATOR_HOST` takes it (`http://host:port`).
+    /// The endpoint's address as `STORAGE_EMULATOR_HOST` takes it (`http://host:port`).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod chaos;
 mod cluster;
 pub mod dataset;
+pub mod gcs_emulator;
 mod importer_harness;
 mod layout_writer;
 pub mod processes;

@@ -1,7 +1,12 @@
-//! One set of storage tests, run against every driver: the local directory driver and the GCS
+//! One set of storage tests, run against every driver: the local directory driver, the GCS
 //! driver against fake-gcs-server (started by `make test` / `scripts/setup.sh`; the address is
-//! `FERRY_GCS_EMULATOR`, default `127.0.0.1:4443`). Each case seeds objects by their raw bucket
-//! key, bypassing the driver, then checks what the driver makes of them.
+//! `FERRY_GCS_EMULATOR`, default `127.0.0.1:4443`), and the GCS driver against Ferry's own
+//! latency emulator (`ferry_tests::gcs_emulator`, in process). Each case seeds objects by their
+//! raw bucket key, bypassing the driver, then checks what the driver makes of them. The last
+//! tests hold the emulator to what it is for: overlapping delayed requests, counted by kind, and
+//! the preconditions fake-gcs-server ignores.
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_shared::ids::Digest;
@@ -9,6 +14,7 @@ use ferry_shared::storage::{
     BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, StorageError,
 };
 use ferry_tests::buckets::{Bucket, GcsBucket, LocalBucket};
+use ferry_tests::gcs_emulator::{GcsEmulator, RequestKind};
 use futures::TryStreamExt as _;
 
 /// A page's objects and prefixes as one list of keys, in order.
@@ -281,9 +287,15 @@ async fn hostile_keys_are_refused(bucket: &dyn Bucket) {
     }
 }
 
-/// Runs every case against both drivers: `local::<case>` and `gcs::<case>`.
+/// The emulator's delay in the conformance cases: small, but through the same timer path as a
+/// real round trip's.
+const EMULATOR_LATENCY: Duration = Duration::from_millis(1);
+
+/// Runs every case against both drivers, the GCS one on both servers: `local::<case>`,
+/// `gcs::<case>` (fake-gcs-server) and `emulator::<case>`. Attributes written before a case
+/// apply to its emulator run only.
 macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
+    ($($(#[$emulator:meta])* $case:ident),* $(,)?) => {
         mod local {
             $(
                 #[tokio::test]
@@ -300,11 +312,24 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod emulator {
+            $(
+                $(#[$emulator])*
+                #[tokio::test]
+                async fn $case() {
+                    let emulator = super::GcsEmulator::start(super::EMULATOR_LATENCY);
+                    super::$case(&super::GcsBucket::at(&emulator.endpoint()).await).await;
+                }
+            )*
+        }
     };
 }
 
 conformance!(
     flat_listing_pages_through_every_key_in_order,
+    // GCS pages objects and prefixes together (the emulator does too): in pages of one, the
+    // server's page after the token `t/d.txt` is [object t/d.txt, prefix t/d/], which the
+    // driver once cut at the smaller of the two, losing t/d/.
     delimited_listing_returns_directories_as_prefixes_and_paginates,
     stat_reports_objects_only,
     reads_are_bounded,
@@ -315,3 +340,139 @@ conformance!(
     a_prefix_is_applied_and_stripped,
     hostile_keys_are_refused,
 );
+
+/// 64 metadata GETs at once, each answered 50 ms late, are all in flight together (a serializing
+/// server would show one at a time), and every request is counted by its kind. Overlap is read
+/// from the emulator's peak in-flight counter, not from the clock (a loaded machine can stretch
+/// any wall time).
+#[tokio::test]
+async fn emulator_overlaps_delayed_requests_and_counts_them_by_kind() {
+    const REQUESTS: u64 = 64;
+    let emulator = GcsEmulator::start(Duration::from_millis(50));
+    let bucket = GcsBucket::at(&emulator.endpoint()).await;
+    bucket.put("src/data", b"layer bytes").await;
+    let created = emulator.stats();
+    assert_eq!(created.count(RequestKind::Bucket), 1, "{created:?}");
+    assert_eq!(created.count(RequestKind::Upload), 1, "{created:?}");
+    let store = bucket.store("");
+    emulator.reset_stats();
+    let started = Instant::now();
+    let stats = (0..REQUESTS).map(|_| store.stat("src/data"));
+    for meta in futures::future::join_all(stats).await {
+        assert_eq!(meta.expect("stat").expect("exists").size, 11);
+    }
+    let elapsed = started.elapsed();
+    let after = emulator.stats();
+    eprintln!("{REQUESTS} stats at 50 ms each took {elapsed:?}: {after:?}");
+    assert_eq!(after.count(RequestKind::Metadata), REQUESTS, "{after:?}");
+    assert_eq!((after.total, after.in_flight), (REQUESTS, 0), "{after:?}");
+    assert!(
+        after.peak_in_flight >= REQUESTS / 4,
+        "the delayed requests did not overlap: {after:?}"
+    );
+
+    emulator.reset_stats();
+    emulator.set_latency(Duration::from_millis(5));
+    let listed = store.list("src/", &ListOptions::default()).await;
+    assert_eq!(listed.expect("list").objects.len(), 1);
+    let (meta, _) = open_all(&*store, "src/data").await.expect("exists");
+    assert_eq!(meta.size, 11);
+    let port = emulator.address().port();
+    let rewrite = format!(
+        "/storage/v1/b/{}/o/src%2Fdata/rewriteTo/b/{}/o/dst%2Fdata?ifGenerationMatch=0",
+        bucket.name(),
+        bucket.name()
+    );
+    let answer = ferry_tests::http_request(port, "POST", &rewrite, "*/*").await;
+    assert_eq!(answer.expect("answers").status, 200);
+    assert_eq!(
+        bucket.get("dst/data").await.as_deref(),
+        Some(&b"layer bytes"[..])
+    );
+    bucket.remove("dst/data").await;
+    let kinds = emulator.stats();
+    let expected = [
+        (RequestKind::List, 1),
+        (RequestKind::Metadata, 0),
+        (RequestKind::Media, 2),
+        (RequestKind::Rewrite, 1),
+        (RequestKind::Upload, 0),
+        (RequestKind::Delete, 1),
+        (RequestKind::Bucket, 0),
+        (RequestKind::Other, 0),
+    ];
+    for (kind, count) in expected {
+        assert_eq!(kinds.count(kind), count, "{kind:?}: {kinds:?}");
+    }
+    assert_eq!(kinds.total, 5, "{kinds:?}");
+
+    // The same counters as JSON; reading them is not a request of its own.
+    let answer = ferry_tests::http_request(port, "GET", "/_emulator/stats", "*/*").await;
+    let body: serde_json::Value =
+        serde_json::from_str(&answer.expect("answers").body).expect("stats are JSON");
+    assert_eq!(body["requests"]["media"], 2, "{body}");
+    assert_eq!(body["requests"]["rewrite"], 1, "{body}");
+    assert_eq!(body["total"], 5, "{body}");
+    assert_eq!(body["latency_ms"], 5.0, "{body}");
+}
+
+/// What fake-gcs-server cannot show (it ignores `ifGenerationMatch`): a rewrite onto an
+/// existing object is refused with 412, so the driver's copy to an absent destination leaves an
+/// object published meanwhile alone. And errors come as GCS's JSON.
+#[tokio::test]
+async fn emulator_refuses_a_rewrite_onto_an_existing_object() {
+    let emulator = GcsEmulator::start(EMULATOR_LATENCY);
+    let bucket = GcsBucket::at(&emulator.endpoint()).await;
+    bucket.put("src/data", b"layer bytes").await;
+    bucket.put("dst/data", b"published meanwhile").await;
+    let store = bucket.store("");
+    let outcome = store.copy_to_absent("src/data", "dst/data", None).await;
+    assert_eq!(outcome.expect("copy"), CopyOutcome::PublishedMeanwhile);
+    let kept = bucket.get("dst/data").await;
+    assert_eq!(kept.as_deref(), Some(&b"published meanwhile"[..]));
+    let copied = store.copy_to_absent("src/data", "new/data", None).await;
+    assert_eq!(copied.expect("copy"), CopyOutcome::Copied(11));
+    let meta = store.stat("new/data").await.expect("stat").expect("exists");
+    let source = store.stat("src/data").await.expect("stat").expect("exists");
+    assert_eq!(meta.crc32c, source.crc32c, "the copy keeps the CRC32C");
+
+    let port = emulator.address().port();
+    let name = bucket.name();
+    let rewrite = format!(
+        "/storage/v1/b/{name}/o/src%2Fdata/rewriteTo/b/{name}/o/dst%2Fdata?ifGenerationMatch=0"
+    );
+    let refused = ferry_tests::http_request(port, "POST", &rewrite, "*/*").await;
+    let refused = refused.expect("answers");
+    assert_eq!(refused.status, 412, "{refused:?}");
+    let error: serde_json::Value = serde_json::from_str(&refused.body).expect("JSON");
+    assert_eq!(error["error"]["code"], 412, "{error}");
+    assert_eq!(
+        error["error"]["errors"][0]["reason"], "conditionNotMet",
+        "{error}"
+    );
+    let missing = format!("/storage/v1/b/{name}/o/no%2Fsuch");
+    let missing = ferry_tests::http_request(port, "GET", &missing, "*/*").await;
+    let missing = missing.expect("answers");
+    assert_eq!(missing.status, 404, "{missing:?}");
+    let error: serde_json::Value = serde_json::from_str(&missing.body).expect("JSON");
+    assert_eq!(error["error"]["errors"][0]["reason"], "notFound", "{error}");
+}
+
+/// The emulator's CRC32C is GCS's (Castagnoli, base64 of the big-endian value): the driver
+/// reports the value GCS documents for "hello world", from a listing, a stat and an open alike.
+#[tokio::test]
+async fn emulator_reports_gcs_crc32c() {
+    let emulator = GcsEmulator::start(Duration::ZERO);
+    let bucket = GcsBucket::at(&emulator.endpoint()).await;
+    bucket.put("a/hello", b"hello world").await;
+    let store = bucket.store("");
+    let stat = store.stat("a/hello").await.expect("stat").expect("exists");
+    assert_eq!(stat.crc32c.as_deref(), Some("yZRlqg=="));
+    let (open, _) = open_all(&*store, "a/hello").await.expect("exists");
+    assert_eq!(open.crc32c.as_deref(), Some("yZRlqg=="));
+    let page = store
+        .list("a/", &ListOptions::default())
+        .await
+        .expect("list");
+    assert_eq!(page.objects[0].crc32c.as_deref(), Some("yZRlqg=="));
+}

@@ -54,13 +54,14 @@ impl GcsStore {
             None => after.clone(),
         });
         let mut server_token = None;
+        let asked = limit.saturating_add(1).min(MAX_PAGE);
         loop {
             let request = ListObjectsRequest {
                 bucket: self.bucket.clone(),
                 prefix: Some(name_prefix.clone()).filter(|p| !p.is_empty()),
                 delimiter: Some("/".to_owned()),
                 // One more than asked: the token's own object may come back first.
-                max_results: Some(limit.saturating_add(1).min(MAX_PAGE) as i32),
+                max_results: Some(asked as i32),
                 page_token: server_token.take(),
                 start_offset: start_offset.clone(),
                 ..Default::default()
@@ -73,16 +74,24 @@ impl GcsStore {
             let items = response.items.unwrap_or_default();
             let prefixes = response.prefixes.unwrap_or_default();
             let more = response.next_page_token.filter(|t| !t.is_empty());
-            // With more to come, only names up to the smaller of the two kinds' last are surely
-            // complete (fake-gcs-server pages objects but returns every later prefix at once).
+            // With more to come, which names are surely complete depends on how the server
+            // pages. GCS counts objects and prefixes together against `maxResults`, in name
+            // order: everything up to the page's last entry is complete. fake-gcs-server pages
+            // objects only and returns every later prefix at once (more entries than asked):
+            // only names up to the smaller of the two kinds' last are. Taking the smaller on GCS
+            // would drop the prefixes after a page's last object, and a page holding only
+            // prefixes beyond the token's own object would lose them for good.
+            let paged_together = items.len() + prefixes.len() <= asked;
             let cutoff = more.as_ref().and_then(|_| {
                 let last_item = items.iter().map(|o| o.name.as_str()).max();
                 let last_prefix = prefixes.iter().map(String::as_str).max();
-                last_item
-                    .into_iter()
-                    .chain(last_prefix)
-                    .min()
-                    .map(str::to_owned)
+                let lasts = last_item.into_iter().chain(last_prefix);
+                let complete = if paged_together {
+                    lasts.max()
+                } else {
+                    lasts.min()
+                };
+                complete.map(str::to_owned)
             });
             let mut entries: Vec<(String, Option<Listed>)> = (items.iter())
                 .filter(|object| !object.name.ends_with('/'))
