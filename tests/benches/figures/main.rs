@@ -12,6 +12,7 @@ mod budget;
 mod copy;
 mod dispatch;
 mod memory;
+mod pull;
 mod register;
 mod repair;
 mod walk;
@@ -196,6 +197,9 @@ async fn main() {
     }
     if wants("g") {
         figures.push(budget::share_of_budget_used().await);
+    }
+    if wants("i") {
+        figures.push(pull::pull_throughput().await);
     }
     let doc = ferry_tests::workspace_root().join("docs/benchmarks.md");
     let table = write_doc(&doc, &figures, &machine);
