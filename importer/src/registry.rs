@@ -129,8 +129,9 @@ impl Registry {
             )
         });
         let endpoint = route.as_ref().map_or("none", Route::endpoint);
+        let accepted = accepted_types(request.headers());
         let (code_path, answered) = match route {
-            Ok(route) => self.route(route, head).await,
+            Ok(route) => self.route(route, head, accepted).await,
             Err(error) => (None, Err(error)),
         };
         let mut response = answered.unwrap_or_else(|error| error.response(head));
@@ -178,12 +179,15 @@ impl Registry {
         &self,
         route: Route,
         head: bool,
+        accepted: Vec<String>,
     ) -> (Option<CodePath>, Result<Response<Body>, RegistryError>) {
         let (name, request) = match route {
             Route::Base => return (None, Ok(json(StatusCode::OK, "{}".into(), head))),
             Route::Catalog(page) => return (None, self.catalog(&page, head).await),
             Route::Tags(name, page) => (name, RepositoryRequest::Tags(page)),
-            Route::Manifest(name, reference) => (name, RepositoryRequest::Manifest(reference)),
+            Route::Manifest(name, reference) => {
+                (name, RepositoryRequest::Manifest(reference, accepted))
+            }
             Route::Blob(name, digest) => (name, RepositoryRequest::Blob(digest)),
         };
         match self.code_path(&name).await {
@@ -228,11 +232,12 @@ impl Registry {
                     link,
                 ))
             }
-            RepositoryRequest::Manifest(reference) => {
+            RepositoryRequest::Manifest(reference, accepted) => {
                 let manifest = match path {
                     CodePath::New(repository) => new::manifest(db, repository, &reference).await,
                     CodePath::Old => old::manifest(storage, name, &reference).await,
                 }?;
+                refuse_unaccepted(&manifest.media_type, &accepted)?;
                 let mut response = answer::bytes_response(
                     StatusCode::OK,
                     &manifest.media_type,
@@ -264,8 +269,42 @@ impl Registry {
 /// What a request about one repository asks for.
 enum RepositoryRequest {
     Tags(Page),
-    Manifest(Reference),
+    /// With the media types the client accepts.
+    Manifest(Reference, Vec<String>),
     Blob(ferry_shared::ids::Digest),
+}
+
+/// The media types a request's `Accept` headers list, parameters dropped, as the distribution
+/// registry reads them (every header, each a comma-separated list).
+fn accepted_types(headers: &header::HeaderMap) -> Vec<String> {
+    (headers.get_all(header::ACCEPT).iter())
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|item| item.split(';').next())
+        .map(|media_type| media_type.trim().to_ascii_lowercase())
+        .filter(|media_type| !media_type.is_empty())
+        .collect()
+}
+
+/// Refuses an OCI manifest or index to a client whose `Accept` does not list its type, as the
+/// distribution registry does (with `MANIFEST_UNKNOWN`). Other kinds are served whatever the
+/// client accepts: the registry's rewrites for old clients (schema 1, a list's default platform)
+/// are not made.
+fn refuse_unaccepted(media_type: &str, accepted: &[String]) -> Result<(), RegistryError> {
+    let reason = match media_type {
+        crate::manifest::OCI_MANIFEST => {
+            "OCI manifest found, but accept header does not support OCI manifests"
+        }
+        crate::manifest::OCI_INDEX => {
+            "OCI index found, but accept header does not support OCI indexes"
+        }
+        _ => return Ok(()),
+    };
+    if accepted.iter().any(|accepted| accepted == media_type) {
+        Ok(())
+    } else {
+        Err(RegistryError::ManifestNotAccepted(reason))
+    }
 }
 
 fn json(status: StatusCode, body: String, head: bool) -> Response<Body> {
@@ -295,4 +334,36 @@ fn with_link(mut response: Response<Body>, link: Option<String>) -> Response<Bod
         response.headers_mut().insert(header::LINK, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oci_manifest_is_served_only_to_a_client_that_accepts_it() {
+        let mut headers = header::HeaderMap::new();
+        headers.append(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json; q=0.9"),
+        );
+        let docker_only = accepted_types(&headers);
+        headers.append(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json, */*"),
+        );
+        let with_oci = accepted_types(&headers);
+        let oci = crate::manifest::OCI_MANIFEST;
+        assert!(matches!(
+            refuse_unaccepted(oci, &docker_only),
+            Err(RegistryError::ManifestNotAccepted(_))
+        ));
+        assert!(refuse_unaccepted(oci, &with_oci).is_ok());
+        assert!(matches!(
+            refuse_unaccepted(crate::manifest::OCI_INDEX, &with_oci),
+            Err(RegistryError::ManifestNotAccepted(_))
+        ));
+        let docker = "application/vnd.docker.distribution.manifest.v2+json";
+        assert!(refuse_unaccepted(docker, &[]).is_ok());
+    }
 }

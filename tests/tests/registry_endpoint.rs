@@ -144,6 +144,30 @@ async fn pull_everything_alike(
     pulled
 }
 
+/// An OCI manifest and an OCI index asked for by a client that accepts only Docker's types: both
+/// registries refuse them with `MANIFEST_UNKNOWN` (docker-registry serves OCI content only to a
+/// client that lists its type).
+async fn unaccepted_oci_is_refused_alike(reference: u16, ferry: u16) {
+    let docker_only = "application/vnd.docker.distribution.manifest.v2+json, \
+        application/vnd.docker.distribution.manifest.list.v2+json";
+    for (path, kind) in [
+        ("/v2/group-a/project-1/app/manifests/v1", "OCI manifest"),
+        ("/v2/group-b/project-3/multi/manifests/v1", "OCI index"),
+    ] {
+        for port in [reference, ferry] {
+            let answer = http_request(port, "GET", path, docker_only)
+                .await
+                .expect("an answer");
+            assert_eq!(answer.status, 404, "{kind} from :{port}: {}", answer.body);
+            assert!(
+                answer.body.contains("MANIFEST_UNKNOWN"),
+                "{kind} from :{port}: {}",
+                answer.body
+            );
+        }
+    }
+}
+
 /// Pulls every tag again from Ferry and expects what `before` holds.
 fn pull_again(port: u16, before: &BTreeMap<(String, String), Pulled>) {
     let work = tempfile::tempdir().expect("pull directory");
@@ -217,6 +241,7 @@ async fn serve_and_prove(
 
     // Before the migration: the old path serves what docker-registry serves.
     pull_everything_alike(sample, &reference, ferry, "old").await;
+    unaccepted_oci_is_refused_alike(reference.port, ferry).await;
     let expected: BTreeSet<String> = sample
         .repositories()
         .iter()
@@ -235,6 +260,7 @@ async fn serve_and_prove(
     // After it: the new path serves the same, from any importer.
     migrate(cluster, expected.len()).await;
     let served = pull_everything_alike(sample, &reference, ferry, "new").await;
+    unaccepted_oci_is_refused_alike(reference.port, ferry).await;
     pull_everything_alike(sample, &reference, other, "new").await;
     assert_eq!(
         catalog(other, 2).await.into_iter().collect::<BTreeSet<_>>(),

@@ -30,6 +30,10 @@ pub enum RegistryError {
     /// No such manifest in the repository.
     #[error("manifest unknown: {0}")]
     ManifestUnknown(String),
+    /// The manifest is an OCI manifest or index and the client's `Accept` does not list its
+    /// type: the distribution registry answers `MANIFEST_UNKNOWN` with this reason.
+    #[error("{0}")]
+    ManifestNotAccepted(&'static str),
     /// No such blob in the repository.
     #[error("blob unknown to registry: {0}")]
     BlobUnknown(String),
@@ -64,7 +68,9 @@ impl RegistryError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-            Self::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            Self::ManifestUnknown(_) | Self::ManifestNotAccepted(_) => {
+                (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+            }
             Self::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             Self::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             Self::DigestInvalid => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
