@@ -41,6 +41,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// Lists `first`'s differences before this report's, within the limit, and counts them.
+    fn put_first(&mut self, first: Report) {
+        self.difference_count += first.difference_count;
+        let mut differences = first.differences;
+        differences.append(&mut self.differences);
+        differences.truncate(MAX_DIFFERENCES_LISTED);
+        self.differences = differences;
+    }
+
     fn found(&mut self, kind: DifferenceKind, subject: impl ToString, detail: impl Into<String>) {
         self.difference_count += 1;
         if self.differences.len() < MAX_DIFFERENCES_LISTED {
@@ -122,10 +131,8 @@ impl Verifier<'_> {
             &tags,
             &HashSet::new(),
         );
-        let mut later = Report::default();
         while let Some(chunk) = walk.next_chunk().await? {
-            self.compare_chunk(repository_id, &chunk, &mut later)
-                .await?;
+            self.compare_chunk(repository_id, &chunk, report).await?;
         }
         let skipped = walk.skipped_roots();
         let expected: BTreeMap<&str, &Digest> = tags
@@ -134,17 +141,10 @@ impl Verifier<'_> {
             .map(|(tag, digest)| (tag.as_str(), digest))
             .collect();
         report.counts.tags = u64::try_from(expected.len()).unwrap_or(u64::MAX);
-        compare_tags(&expected, &registered_tags, report);
-        report.difference_count += later.difference_count;
-        for difference in later.differences {
-            if report.differences.len() < MAX_DIFFERENCES_LISTED {
-                report.differences.push(difference);
-            }
-        }
-        report.counts.manifests = later.counts.manifests;
-        report.counts.blobs = later.counts.blobs;
-        report.counts.bytes_hashed = later.counts.bytes_hashed;
-        report.counts.blobs_by_checksum = later.counts.blobs_by_checksum;
+        // The tags are known to be left out only once the walk is over, and are listed first.
+        let mut tag_differences = Report::default();
+        compare_tags(&expected, &registered_tags, &mut tag_differences);
+        report.put_first(tag_differences);
         Ok(())
     }
 
@@ -442,6 +442,20 @@ mod tests {
                 (DifferenceKind::TagExtra as i32, "extra"),
             ]
         );
+    }
+
+    #[test]
+    fn tag_differences_come_first_within_the_limit() {
+        let mut report = Report::default();
+        for n in 0..MAX_DIFFERENCES_LISTED {
+            report.found(DifferenceKind::BlobMissing, n, "x");
+        }
+        let mut tags = Report::default();
+        tags.found(DifferenceKind::TagMoved, "latest", "y");
+        report.put_first(tags);
+        assert_eq!(report.difference_count, MAX_DIFFERENCES_LISTED as u64 + 1);
+        assert_eq!(report.differences.len(), MAX_DIFFERENCES_LISTED);
+        assert_eq!(report.differences[0].subject, "latest");
     }
 
     #[test]

@@ -28,6 +28,22 @@ pub struct StoredManifest {
 }
 
 impl MetadataStore {
+    /// The repository's row id and status (`None`: no row).
+    #[tracing::instrument(name = "db.repository_status", skip_all, err(level = "warn"))]
+    pub async fn repository_status(
+        &self,
+        path: &RepositoryPath,
+    ) -> Result<Option<(i64, Option<MigrationStatus>)>, sqlx::Error> {
+        let row = sqlx::query("SELECT id, migration_status FROM repositories WHERE path = $1")
+            .bind(path.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| {
+            let status: &str = row.get("migration_status");
+            (row.get("id"), MigrationStatus::from_db_str(status))
+        }))
+    }
+
     /// The repository if the new path serves it (`import_complete` or `native`), else `None`: a
     /// repository with no row, or one in any other state, is served from the old layout.
     #[tracing::instrument(name = "db.served_repository", skip_all, err(level = "warn"))]
@@ -35,17 +51,13 @@ impl MetadataStore {
         &self,
         path: &RepositoryPath,
     ) -> Result<Option<ServedRepository>, sqlx::Error> {
-        let row = sqlx::query("SELECT id, migration_status FROM repositories WHERE path = $1")
-            .bind(path.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.and_then(|row| {
-            let status = MigrationStatus::from_db_str(row.get("migration_status"));
+        let row = self.repository_status(path).await?;
+        Ok(row.and_then(|(id, status)| {
             matches!(
                 status,
                 Some(MigrationStatus::ImportComplete | MigrationStatus::Native)
             )
-            .then(|| ServedRepository { id: row.get("id") })
+            .then_some(ServedRepository { id })
         }))
     }
 

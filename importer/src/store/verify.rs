@@ -5,9 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::Row;
 
-use ferry_proto::common::v1::MigrationStatus;
-use ferry_shared::ids::RepositoryPath;
-
 use super::MetadataStore;
 
 /// A registered manifest, as verification compares it with its source.
@@ -24,22 +21,6 @@ pub struct RegisteredManifest {
 }
 
 impl MetadataStore {
-    /// The repository's row id and status (`None`: no row).
-    #[tracing::instrument(name = "db.repository_status", skip_all, err(level = "warn"))]
-    pub async fn repository_status(
-        &self,
-        path: &RepositoryPath,
-    ) -> Result<Option<(i64, Option<MigrationStatus>)>, sqlx::Error> {
-        let row = sqlx::query("SELECT id, migration_status FROM repositories WHERE path = $1")
-            .bind(path.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|row| {
-            let status: &str = row.get("migration_status");
-            (row.get("id"), MigrationStatus::from_db_str(status))
-        }))
-    }
-
     /// Every tag of the repository with its manifest's digest.
     #[tracing::instrument(name = "db.tag_digests", skip_all, err(level = "warn"))]
     pub async fn tag_digests(
