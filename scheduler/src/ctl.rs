@@ -19,6 +19,7 @@ use view::{RepositoryView, SummaryView, emit};
 mod admin;
 mod migrate;
 mod plans;
+mod progress;
 mod repair;
 mod runbook;
 mod settings;

@@ -1,6 +1,6 @@
 //! `ferryctl inventory` and `ferryctl migrate [--wait]`, with their progress lines.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
@@ -10,6 +10,7 @@ use ferry_proto::scheduler::v1::{
 use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
+use super::progress::ProgressLine;
 use super::view::{InventoryProgressView, MigrateProgressView, RunFigures, SummaryView, emit};
 use crate::state::MigrationState;
 
@@ -19,18 +20,13 @@ pub async fn inventory(client: &mut SchedulerClient<Connection>) -> Result<(), C
         .run_inventory(RunInventoryRequest {})
         .await?
         .into_inner();
-    let tty = std::io::stderr().is_terminal();
+    let mut progress_line = ProgressLine::new(None);
     while let Some(progress) = stream.message().await? {
         let line = InventoryProgressView::from(progress);
         if line.done {
-            if tty {
-                eprint!("\r\x1b[2K");
-            }
-            eprintln!("{line}");
-        } else if tty {
-            eprint!("\r\x1b[2K{line}");
+            progress_line.finish(&line);
         } else {
-            eprintln!("{line}");
+            progress_line.show(&line);
         }
     }
     Ok(())
@@ -73,25 +69,16 @@ async fn wait_for_migration(
     started: Instant,
     json: bool,
 ) -> Result<(), CtlError> {
-    let tty = std::io::stderr().is_terminal();
     let initial_pending = fetch_summary(client).await?.pending();
-    let mut last_line: Option<Instant> = None;
+    let mut progress_line = ProgressLine::new(Some(Duration::from_secs(2)));
     let summary = loop {
         let summary = fetch_summary(client).await?;
-        let left = summary.pending();
         let line = MigrateProgressView::new(&summary, initial_pending, started.elapsed());
-        if tty {
-            eprint!("\r\x1b[2K{line}");
-        } else if left == 0 || last_line.is_none_or(|at| at.elapsed() >= Duration::from_secs(2)) {
-            eprintln!("{line}");
-            last_line = Some(Instant::now());
-        }
-        if left == 0 {
-            if tty {
-                eprintln!();
-            }
+        if summary.pending() == 0 {
+            progress_line.finish(&line);
             break summary;
         }
+        progress_line.show(&line);
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let _ = std::io::stderr().flush();

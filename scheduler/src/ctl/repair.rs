@@ -1,7 +1,6 @@
 //! `ferryctl repair` (the project repair scan and its part 2) and `ferryctl bbm` (batched
 //! background migrations).
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -14,6 +13,7 @@ use ferry_proto::scheduler::v1::{
 use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
+use super::progress::ProgressLine;
 use super::view::{
     BackgroundMigrationListView, BackgroundMigrationView, RepairProgressView, RepairStatusView,
     emit,
@@ -91,7 +91,7 @@ pub async fn run_repair(
         RepairCommand::Status { wait, json } => {
             let mut status = repair_status(client).await?;
             if wait {
-                let tty = std::io::stderr().is_terminal();
+                let mut progress_line = ProgressLine::new(None);
                 while status.pending + status.ongoing > 0 {
                     if !status.enabled || status.max_concurrency == 0 {
                         return Err(CtlError::Incomplete(
@@ -100,18 +100,11 @@ pub async fn run_repair(
                                 .into(),
                         ));
                     }
-                    let line = RepairProgressView::from(&status);
-                    if tty {
-                        eprint!("\r\x1b[2K{line}");
-                    } else {
-                        eprintln!("{line}");
-                    }
+                    progress_line.show(&RepairProgressView::from(&status));
                     tokio::time::sleep(POLL).await;
                     status = repair_status(client).await?;
                 }
-                if tty {
-                    eprint!("\r\x1b[2K");
-                }
+                progress_line.clear();
             }
             emit(&status, json)
         }

@@ -1,14 +1,14 @@
 //! `ferryctl verify`: compares migrated repositories with their source, on the importers, and
 //! names each difference.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use ferry_proto::scheduler::v1::VerifyRepositoriesRequest;
 use ferry_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use ferry_proto::scheduler::v1::{VerifyOutcome, VerifyRepositoriesRequest};
 use ferry_shared::grpc::client::Connection;
 
 use super::CtlError;
+use super::progress::ProgressLine;
 use super::view::{RepositoryVerificationView, VerifyProgressView, VerifySummaryView, emit};
 
 /// What `ferryctl verify` was asked.
@@ -48,9 +48,8 @@ pub async fn run(
         })
         .await?
         .into_inner();
-    let tty = std::io::stderr().is_terminal();
+    let mut progress_line = ProgressLine::new(Some(Duration::from_secs(2)));
     let mut summary = VerifySummaryView::default();
-    let mut last_line: Option<Instant> = None;
     while let Some(progress) = stream.message().await? {
         if progress.finished {
             break;
@@ -58,10 +57,8 @@ pub async fn run(
         if let Some(repository) = progress.repository {
             let counts = repository.counts;
             let view = RepositoryVerificationView::from(repository);
-            if view.outcome != "match" && !args.json {
-                if tty {
-                    eprint!("\r\x1b[2K");
-                }
+            if view.outcome != VerifyOutcome::Match && !args.json {
+                progress_line.clear();
                 emit(&view, false)?;
             }
             summary.add(view, counts);
@@ -72,16 +69,9 @@ pub async fn run(
             problems: summary.repositories - summary.matched,
             elapsed_ms: progress.elapsed_ms,
         };
-        if tty {
-            eprint!("\r\x1b[2K{line}");
-        } else if last_line.is_none_or(|at| at.elapsed() >= Duration::from_secs(2)) {
-            eprintln!("{line}");
-            last_line = Some(Instant::now());
-        }
+        progress_line.show(&line);
     }
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
+    progress_line.clear();
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if args.json {
         emit(&summary, true)?;

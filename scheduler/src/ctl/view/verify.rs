@@ -20,6 +20,13 @@ pub fn outcome_label(outcome: VerifyOutcome) -> &'static str {
     }
 }
 
+fn outcome_name<S: serde::Serializer>(
+    outcome: &VerifyOutcome,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(outcome_label(*outcome))
+}
+
 /// One difference.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DifferenceView {
@@ -36,8 +43,9 @@ pub struct DifferenceView {
 pub struct RepositoryVerificationView {
     /// The repository.
     pub path: String,
-    /// `match`, `differs`, `failed` or `not_migrated`.
-    pub outcome: &'static str,
+    /// Printed `match`, `differs`, `failed` or `not_migrated`.
+    #[serde(serialize_with = "outcome_name")]
+    pub outcome: VerifyOutcome,
     /// Differences found (may exceed those listed).
     pub difference_count: u64,
     /// The differences listed.
@@ -50,7 +58,7 @@ pub struct RepositoryVerificationView {
 
 impl From<RepositoryVerification> for RepositoryVerificationView {
     fn from(verification: RepositoryVerification) -> Self {
-        let outcome = outcome_label(verification.outcome());
+        let outcome = verification.outcome();
         Self {
             path: verification.path,
             outcome,
@@ -73,8 +81,13 @@ impl From<RepositoryVerification> for RepositoryVerificationView {
 impl fmt::Display for RepositoryVerificationView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.difference_count {
-            0 => writeln!(f, "{:<12} {}", self.outcome, self.path)?,
-            n => writeln!(f, "{:<12} {} ({n} differences)", self.outcome, self.path)?,
+            0 => writeln!(f, "{:<12} {}", outcome_label(self.outcome), self.path)?,
+            n => writeln!(
+                f,
+                "{:<12} {} ({n} differences)",
+                outcome_label(self.outcome),
+                self.path
+            )?,
         }
         for difference in &self.differences {
             writeln!(
@@ -132,10 +145,10 @@ impl VerifySummaryView {
     pub fn add(&mut self, verification: RepositoryVerificationView, counts: Option<VerifyCounts>) {
         self.repositories += 1;
         match verification.outcome {
-            "match" => self.matched += 1,
-            "differs" => self.differ += 1,
-            "not_migrated" => self.not_migrated += 1,
-            _ => self.failed += 1,
+            VerifyOutcome::Match => self.matched += 1,
+            VerifyOutcome::Differs => self.differ += 1,
+            VerifyOutcome::NotMigrated => self.not_migrated += 1,
+            VerifyOutcome::Failed | VerifyOutcome::Unspecified => self.failed += 1,
         }
         self.differences += verification.difference_count;
         if let Some(counts) = counts {
@@ -145,7 +158,7 @@ impl VerifySummaryView {
             self.blobs_by_checksum += counts.blobs_by_checksum;
             self.bytes_hashed += counts.bytes_hashed;
         }
-        if verification.outcome != "match" {
+        if verification.outcome != VerifyOutcome::Match {
             self.problems.push(verification);
         }
     }
@@ -248,6 +261,9 @@ mod tests {
             "differs      group/app (2 differences)\n  tag_moved            latest: points to a in \
              the source, to b as registered\n  ... and 1 more\n"
         );
+        let json = serde_json::to_value(&view).expect("JSON");
+        assert_eq!(json["outcome"], "differs");
+        assert_eq!(json["differences"][0]["kind"], "tag_moved");
         let mut summary = VerifySummaryView::default();
         summary.add(view, None);
         assert!(!summary.all_match());
