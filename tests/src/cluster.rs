@@ -280,6 +280,15 @@ impl Cluster {
         run_inventory(&mut self.client().await).await
     }
 
+    /// Runs the real `ferryctl ARGS` against the scheduler (built by `make test`).
+    pub fn ferryctl(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::processes::bin_dir().join("ferryctl"))
+            .args(args)
+            .env("FERRY_SCHEDULER_URL", &self.scheduler_url)
+            .output()
+            .expect("ferryctl runs (make test builds it)")
+    }
+
     /// The scheduler's `/metrics` text.
     pub async fn metrics(&self) -> String {
         scrape(self.metrics_port).await

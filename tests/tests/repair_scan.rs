@@ -50,12 +50,7 @@ fn worker_runs(metrics: &str) -> f64 {
 
 /// Runs `ferryctl ARGS --json` against the cluster and parses its output.
 fn ferryctl(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
-    let output = std::process::Command::new(ferry_tests::processes::bin_dir().join("ferryctl"))
-        .args(args)
-        .arg("--json")
-        .env("FERRY_SCHEDULER_URL", &cluster.scheduler_url)
-        .output()
-        .expect("ferryctl runs (make test builds it)");
+    let output = cluster.ferryctl(&[args, &["--json"]].concat());
     assert!(output.status.success(), "ferryctl {args:?}: {output:?}");
     serde_json::from_slice(&output.stdout).expect("JSON")
 }

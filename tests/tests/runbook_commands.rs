@@ -7,11 +7,7 @@ use ferry_tests::{Cluster, SampleRegistry, redis_url, wait_until};
 
 /// Runs `ferryctl ARGS`; returns (success, stdout, stderr).
 fn ferryctl(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(ferry_tests::processes::bin_dir().join("ferryctl"))
-        .args(args)
-        .env("FERRY_SCHEDULER_URL", &cluster.scheduler_url)
-        .output()
-        .expect("ferryctl runs (make test builds it)");
+    let output = cluster.ferryctl(args);
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

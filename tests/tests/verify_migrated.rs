@@ -4,7 +4,6 @@
 //! every copy is hashed, and on the GCS emulator, where copies are compared by the CRC32C the
 //! bucket keeps (and hashed with `--deep`).
 
-use std::process::Command;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -19,13 +18,7 @@ const RETAG: &str = "group-c/project-4/retag";
 
 /// Runs `ferryctl verify ARGS --json`; returns whether it succeeded and its JSON report.
 fn verify(cluster: &Cluster, args: &[&str]) -> (bool, serde_json::Value) {
-    let output = Command::new(ferry_tests::processes::bin_dir().join("ferryctl"))
-        .arg("verify")
-        .args(args)
-        .arg("--json")
-        .env("FERRY_SCHEDULER_URL", &cluster.scheduler_url)
-        .output()
-        .expect("ferryctl runs (make test builds it)");
+    let output = cluster.ferryctl(&[&["verify"], args, &["--json"]].concat());
     let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!("ferryctl verify {args:?}: no JSON report ({error}): {output:?}")
     });
@@ -163,11 +156,7 @@ async fn verify_then_break_and_find(
     assert_eq!(report["matched"], 1, "{report:#}");
 
     // The outcome is recorded on the repository and counted in the metrics.
-    let status = Command::new(ferry_tests::processes::bin_dir().join("ferryctl"))
-        .args(["status", APP, "--json"])
-        .env("FERRY_SCHEDULER_URL", &cluster.scheduler_url)
-        .output()
-        .expect("ferryctl status");
+    let status = cluster.ferryctl(&["status", APP, "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
     assert_eq!(status["verification"]["outcome"], "differs", "{status:#}");
     assert_eq!(status["verification"]["differences"], 2, "{status:#}");
