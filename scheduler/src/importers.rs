@@ -235,6 +235,17 @@ impl ImporterPool {
         })
     }
 
+    /// The members, starting one further along at each call, so that ties and turns spread
+    /// over the importers.
+    fn members_in_turn(&self) -> Vec<Arc<Member>> {
+        let mut members = self.members();
+        if !members.is_empty() {
+            let len = members.len();
+            members.rotate_left(self.next.fetch_add(1, Ordering::Relaxed) % len);
+        }
+        members
+    }
+
     fn members(&self) -> Vec<Arc<Member>> {
         self.members
             .read()
@@ -324,12 +335,10 @@ impl ImporterPool {
         step: impl Into<Option<Step>>,
     ) -> StartResult {
         let step = step.into();
-        let mut untried = self.members();
+        let mut untried = self.members_in_turn();
         if untried.is_empty() {
             return StartResult::AllBusy("no importers known".into());
         }
-        let len = untried.len();
-        untried.rotate_left(self.next.fetch_add(1, Ordering::Relaxed) % len);
         let mut busy = Vec::new();
         while let Some(best) = (0..untried.len()).max_by_key(|&i| {
             (

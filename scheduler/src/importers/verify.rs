@@ -1,8 +1,6 @@
 //! Verifications on the importers: each repository's comparison runs on one importer, the
 //! importers taking turns, an importer whose verification slots are full passed over.
 
-use std::sync::atomic::Ordering;
-
 use ferry_proto::common::v1::Difference;
 use ferry_proto::importer::v1::verify_repository_event::Event;
 use ferry_proto::importer::v1::{VerifyRepositoryRequest, VerifyRepositorySummary};
@@ -30,14 +28,8 @@ impl ImporterPool {
         path: &str,
         deep: bool,
     ) -> Result<ImporterVerification, ImporterError> {
-        let mut members = self.members();
-        if members.is_empty() {
-            return Err(ImporterError::none_configured());
-        }
-        let len = members.len();
-        members.rotate_left(self.next.fetch_add(1, Ordering::Relaxed) % len);
         let mut last = ImporterError::none_configured();
-        for member in members {
+        for member in self.members_in_turn() {
             let request = VerifyRepositoryRequest {
                 path: path.to_owned(),
                 deep,
