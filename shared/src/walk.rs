@@ -4,6 +4,14 @@
 //! directory holding `_manifests/` is a repository; other `_`-prefixed directories (`_layers`,
 //! `_uploads`) are its data; anything else is descended into, since repositories nest. Memory is
 //! bounded by depth × one listing page.
+//!
+//! [`RepositoryWalk`] makes one listing at a time, in order, and can resume after a repository
+//! (the registry catalog needs both). [`ParallelWalk`] finds the same repositories in no
+//! particular order with many listings in flight, for the inventory and the one-shot import.
+
+mod parallel;
+
+pub use parallel::{LISTINGS_IN_FLIGHT, ParallelWalk};
 
 use crate::ids::{IdError, RepositoryPath};
 use crate::layout::REPOSITORIES_PREFIX;
