@@ -7,19 +7,18 @@ use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
 use ferry_shared::ids::RepositoryPath;
 use ferry_shared::layout;
-use ferry_shared::storage::BlobStore;
-use ferry_shared::walk::{Found, RepositoryWalk};
+use ferry_shared::storage::{BlobStore, StorageError};
+use ferry_shared::walk::{Found, LISTINGS_IN_FLIGHT, ParallelWalk};
 
 use crate::plan;
 use crate::service::Importer;
-
-/// Repositories handed to the workers at a time (bounds memory during `--all`).
-const BATCH: usize = 1000;
 
 /// What to import.
 #[derive(Debug, Clone)]
@@ -187,13 +186,10 @@ async fn check_repository(
     path: &RepositoryPath,
     concurrency: usize,
 ) -> Result<(), String> {
-    let tags: Vec<_> = plan::read_tags(storage, path, concurrency)
+    let (links, tags) = plan::list_and_read_tags(storage, path, concurrency)
         .await
-        .map_err(|error| error.reason())?
-        .into_iter()
-        .filter_map(|(tag, digest)| digest.map(|digest| (tag, digest)))
-        .collect();
-    let mut walk = plan::Walk::new(storage, path, concurrency, &tags, &HashSet::new());
+        .map_err(|error| error.reason())?;
+    let mut walk = plan::Walk::new(storage, path, &links, concurrency, &tags, &HashSet::new());
     while let Some(chunk) = walk.next_chunk().await.map_err(|error| error.reason())? {
         for (digest, blob) in chunk.blobs.iter().filter(|(_, blob)| blob.copy) {
             match storage.stat(&layout::old_blob_key(digest)).await {
@@ -254,7 +250,67 @@ impl Progress {
     }
 }
 
+/// One item for the workers: a repository to import (or check), or a directory of the walk whose
+/// path is not a valid repository path, counted as failed.
+enum Work {
+    Repository(String),
+    Invalid(String),
+}
+
+/// What the workers need to handle a [`Work`].
+struct Workers<'a> {
+    importer: &'a Importer,
+    storage: &'a dyn BlobStore,
+    dry_run: bool,
+    tag_concurrency: usize,
+}
+
+impl Workers<'_> {
+    async fn handle(&self, work: Work) -> (String, Outcome, ImportStats) {
+        match work {
+            Work::Repository(path) => {
+                let (outcome, stats) = if self.dry_run {
+                    (
+                        check_one(self.storage, &path, self.tag_concurrency).await,
+                        ImportStats::default(),
+                    )
+                } else {
+                    import_one(self.importer, &path).await
+                };
+                (path, outcome, stats)
+            }
+            Work::Invalid(reason) => (
+                String::from("<invalid>"),
+                Outcome::Failed(reason),
+                ImportStats::default(),
+            ),
+        }
+    }
+
+    /// Handles everything `work` yields, `concurrency` at a time, into `summary`.
+    async fn run(
+        &self,
+        work: impl Stream<Item = Work>,
+        concurrency: usize,
+        summary: &mut Summary,
+        progress: &mut Progress,
+    ) {
+        let mut results = std::pin::pin!(
+            work.map(|work| self.handle(work))
+                .buffer_unordered(concurrency.max(1))
+        );
+        while let Some((path, outcome, stats)) = results.next().await {
+            summary.add(path, outcome, &stats);
+            progress.show(summary, false);
+        }
+    }
+}
+
 /// Runs the one-shot import (or dry run) of `selection`, `concurrency` repositories at a time.
+/// With [`Selection::All`], repositories go to the workers as a [`ParallelWalk`] finds them (with
+/// [`LISTINGS_IN_FLIGHT`] listings running); the walk runs at most a channel of `concurrency`
+/// repositories, plus its own buffer, ahead of the workers. A storage error of the walk stops
+/// it: the imports already started finish, then the error is returned.
 pub async fn run(
     importer: &Importer,
     storage: &dyn BlobStore,
@@ -262,7 +318,7 @@ pub async fn run(
     dry_run: bool,
     concurrency: usize,
     tag_concurrency: usize,
-) -> Result<Summary, ferry_shared::storage::StorageError> {
+) -> Result<Summary, StorageError> {
     let started = Instant::now();
     let mut summary = Summary::default();
     let total = match &selection {
@@ -275,53 +331,38 @@ pub async fn run(
         last: started,
         total,
     };
-    let mut walk = RepositoryWalk::new(storage);
-    let mut given = match selection {
-        Selection::Paths(paths) => Some(paths.into_iter()),
-        Selection::All => None,
+    let workers = Workers {
+        importer,
+        storage,
+        dry_run,
+        tag_concurrency,
     };
-    loop {
-        let mut batch = Vec::with_capacity(BATCH);
-        while batch.len() < BATCH {
-            let next = match given.as_mut() {
-                Some(paths) => paths.next(),
-                None => match walk.next().await? {
-                    Some(Found::Repository(path)) => Some(path.to_string()),
-                    Some(Found::Invalid(error)) => {
-                        summary.add(
-                            String::from("<invalid>"),
-                            Outcome::Failed(error.to_string()),
-                            &ImportStats::default(),
-                        );
-                        continue;
+    match selection {
+        Selection::Paths(paths) => {
+            let work = futures::stream::iter(paths).map(Work::Repository);
+            workers
+                .run(work, concurrency, &mut summary, &mut progress)
+                .await;
+        }
+        Selection::All => {
+            let (sender, receiver) = mpsc::channel(concurrency.max(1));
+            let walk = ParallelWalk::new(storage, LISTINGS_IN_FLIGHT).send_to(sender);
+            let mut walk_error = None;
+            let work = ReceiverStream::new(receiver).scan(&mut walk_error, |walk_error, found| {
+                futures::future::ready(match found {
+                    Ok(Found::Repository(path)) => Some(Work::Repository(path.to_string())),
+                    Ok(Found::Invalid(error)) => Some(Work::Invalid(error.to_string())),
+                    Err(error) => {
+                        **walk_error = Some(error);
+                        None
                     }
-                    None => None,
-                },
-            };
-            match next {
-                Some(path) => batch.push(path),
-                None => break,
+                })
+            });
+            let importing = workers.run(work, concurrency, &mut summary, &mut progress);
+            tokio::join!(walk, importing);
+            if let Some(error) = walk_error {
+                return Err(error);
             }
-        }
-        if batch.is_empty() {
-            break;
-        }
-        let mut results = futures::stream::iter(batch)
-            .map(|path| async move {
-                let (outcome, stats) = if dry_run {
-                    (
-                        check_one(storage, &path, tag_concurrency).await,
-                        ImportStats::default(),
-                    )
-                } else {
-                    import_one(importer, &path).await
-                };
-                (path, outcome, stats)
-            })
-            .buffer_unordered(concurrency.max(1));
-        while let Some((path, outcome, stats)) = results.next().await {
-            summary.add(path, outcome, &stats);
-            progress.show(&summary, false);
         }
     }
     summary.elapsed = started.elapsed();

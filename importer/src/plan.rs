@@ -3,7 +3,7 @@
 //! repository is planned in bounded chunks ([`Walk`]), so a repository of any size fits in the
 //! same memory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -11,13 +11,14 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
 use ferry_shared::storage::{BlobStore, ListOptions, StorageError};
-use ferry_shared::walk::TagDirectories;
 
 use crate::error::StepError;
 use crate::manifest::{self, Descriptor, ManifestBody, ManifestError};
 
+mod source;
 mod walk;
 
+pub use source::{Link, MAX_LISTED_LINKS, SourceLinks, SourceTag};
 pub use walk::{CHUNK_BYTES, CHUNK_MANIFESTS, Chunk, Skipped, Walk};
 
 /// Largest manifest read into memory.
@@ -67,82 +68,119 @@ pub struct PlannedManifest {
     pub artifact_type: Option<String>,
 }
 
-/// Lists the repository's tag names (one delimited listing, paged).
-pub async fn list_tags(
-    store: &dyn BlobStore,
-    path: &RepositoryPath,
-) -> Result<Vec<String>, StepError> {
-    let mut directories = TagDirectories::new(store, path);
-    let mut tags = Vec::new();
-    while let Some(names) = directories.next_page().await? {
-        if let Some(invalid) = names.iter().find(|tag| !layout::is_valid_tag(tag)) {
-            return Err(StepError::InvalidTag(invalid.clone()));
-        }
-        tags.extend(names);
-    }
-    Ok(tags)
+/// A tag of the source and what its `current/link` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTagLink {
+    /// The tag.
+    pub tag: String,
+    /// The digest its current link holds; `None` when it has no current link.
+    pub digest: Option<Digest>,
+    /// The link's version as listed, where the store names versions.
+    pub version: Option<String>,
 }
 
-/// Every tag of the repository with the digest its current link holds (`None`: no current link).
+/// Every tag `links` lists with the digest its current link holds. A link whose listed version
+/// is the one `known` holds for its tag is not read again: its digest is taken from there.
 pub async fn read_tags(
     store: &dyn BlobStore,
     path: &RepositoryPath,
+    links: &SourceLinks,
+    known: &HashMap<String, (String, Digest)>,
     concurrency: usize,
-) -> Result<Vec<(String, Option<Digest>)>, StepError> {
-    let tag_names = list_tags(store, path).await?;
-    futures::stream::iter(tag_names)
-        .map(|tag| read_tag_link(store, path, tag).boxed())
+) -> Result<Vec<SourceTagLink>, StepError> {
+    futures::stream::iter(links.tags().iter().cloned())
+        .map(|tag| {
+            async move {
+                let digest = if !tag.has_current {
+                    None
+                } else if let Some(digest) = known_digest(known, &tag.name, tag.version.as_deref())
+                {
+                    Some(digest.clone())
+                } else {
+                    read_tag_link(store, path, &tag.name).await?
+                };
+                Ok(SourceTagLink {
+                    tag: tag.name,
+                    digest,
+                    version: tag.version,
+                })
+            }
+            .boxed()
+        })
         .buffered(concurrency.max(1))
         .try_collect()
         .await
 }
 
+/// Lists `path`'s links and reads every tag's current link: the listing (for a [`Walk`]) and
+/// the tags that point somewhere, each with its digest.
+pub async fn list_and_read_tags(
+    store: &dyn BlobStore,
+    path: &RepositoryPath,
+    concurrency: usize,
+) -> Result<(SourceLinks, Vec<(String, Digest)>), StepError> {
+    let links = SourceLinks::list(store, path).await?;
+    let tags = read_tags(store, path, &links, &HashMap::new(), concurrency)
+        .await?
+        .into_iter()
+        .filter_map(|link| Some((link.tag, link.digest?)))
+        .collect();
+    Ok((links, tags))
+}
+
+fn known_digest<'a>(
+    known: &'a HashMap<String, (String, Digest)>,
+    tag: &str,
+    version: Option<&str>,
+) -> Option<&'a Digest> {
+    let (known_version, digest) = known.get(tag)?;
+    (Some(known_version.as_str()) == version).then_some(digest)
+}
+
 /// The tags the database must hold after the final import: the source's tags as they are now,
 /// less `left_out` (those skipped with their manifest). A tag pushed or moved since the step
-/// began shows up as a difference.
+/// began shows up as a difference. One listing of the tags; a link is read again only if its
+/// version differs from the one in `read` (the links the step used).
 pub async fn expected_tags(
     store: &dyn BlobStore,
     path: &RepositoryPath,
+    read: &[SourceTagLink],
     left_out: &BTreeSet<String>,
     concurrency: usize,
 ) -> Result<BTreeMap<String, Digest>, StepError> {
-    Ok(read_tags(store, path, concurrency)
+    let links = SourceLinks::list_tags(store, path).await?;
+    let known: HashMap<String, (String, Digest)> = read
+        .iter()
+        .filter_map(|link| {
+            let version = link.version.clone()?;
+            Some((link.tag.clone(), (version, link.digest.clone()?)))
+        })
+        .collect();
+    Ok(read_tags(store, path, &links, &known, concurrency)
         .await?
         .into_iter()
-        .filter(|(tag, _)| !left_out.contains(tag))
-        .filter_map(|(tag, digest)| digest.map(|digest| (tag, digest)))
+        .filter(|link| !left_out.contains(&link.tag))
+        .filter_map(|link| link.digest.map(|digest| (link.tag, digest)))
         .collect())
 }
 
-/// Checks that every blob of `blobs` to be copied is under the new prefix with the size its manifest
-/// declares.
-pub async fn verify_copied_blobs(
-    store: &dyn BlobStore,
-    blobs: &BTreeMap<Digest, PlannedBlob>,
-    concurrency: usize,
+/// Checks that `copied` (a copy's or a stat's answer) is what manifest `referrer` declares for
+/// blob `digest`: `None` when nothing is under `gitlab/`.
+pub fn check_copied_size(
+    digest: &Digest,
+    declared: u64,
+    referrer: &Digest,
+    copied: Option<u64>,
 ) -> Result<(), StepError> {
-    let copied: Vec<(Digest, u64, Digest)> = blobs
-        .iter()
-        .filter(|entry| entry.1.copy)
-        .map(|(digest, blob)| (digest.clone(), blob.size, blob.referrer.clone()))
-        .collect();
-    let checks = copied.into_iter().map(|(digest, size, referrer)| {
-        async move {
-            match store.stat(&layout::new_blob_key(&digest)).await? {
-                None => Err(StepError::Verification(format!("blob {digest} is not under gitlab/"))),
-                Some(meta) if meta.size != size => Err(StepError::Verification(format!(
-                    "blob {digest} is {} bytes under gitlab/ but manifest {referrer} declares {size}",
-                    meta.size
-                ))),
-                Some(_) => Ok(()),
-            }
-        }
-        .boxed()
-    });
-    futures::stream::iter(checks)
-        .buffer_unordered(concurrency.max(1))
-        .try_collect::<()>()
-        .await
+    match copied {
+        None => Err(StepError::Verification(format!(
+            "blob {digest} is not under gitlab/"
+        ))),
+        Some(size) if size != declared => Err(StepError::Verification(format!(
+            "blob {digest} is {size} bytes under gitlab/ but manifest {referrer} declares {declared}"
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Whether the repository exists in old storage (has a tags directory with at least one entry).
@@ -159,26 +197,30 @@ pub async fn exists_in_old_storage(
     Ok(!page.prefixes.is_empty() || !page.objects.is_empty())
 }
 
+/// The digest a tag's current link holds (`None`: it went away since the listing).
 async fn read_tag_link(
     store: &dyn BlobStore,
     path: &RepositoryPath,
-    tag: String,
-) -> Result<(String, Option<Digest>), StepError> {
-    let key = layout::tag_current_link_key(path, &tag);
+    tag: &str,
+) -> Result<Option<Digest>, StepError> {
+    let key = layout::tag_current_link_key(path, tag);
     match store.read(&key, MAX_LINK_BYTES).await {
         Ok(data) => {
             let text = String::from_utf8_lossy(&data);
             match Digest::parse(&text) {
-                Ok(digest) => Ok((tag, Some(digest))),
-                Err(source) => Err(StepError::BrokenTagLink { tag, source }),
+                Ok(digest) => Ok(Some(digest)),
+                Err(source) => Err(StepError::BrokenTagLink {
+                    tag: tag.to_owned(),
+                    source,
+                }),
             }
         }
-        Err(StorageError::NotFound { .. }) => Ok((tag, None)),
+        Err(StorageError::NotFound { .. }) => Ok(None),
         Err(StorageError::TooLarge { .. }) => Err(StepError::BrokenTagLink {
             source: ferry_shared::ids::IdError::InvalidDigest(
                 "<link file larger than 1 KiB>".into(),
             ),
-            tag,
+            tag: tag.to_owned(),
         }),
         Err(err) => Err(err.into()),
     }
@@ -190,21 +232,22 @@ enum Loaded {
     Skipped(String),
 }
 
-async fn is_linked(store: &dyn BlobStore, key: &str) -> Result<bool, StepError> {
-    Ok(store.stat(key).await?.is_some())
-}
-
 /// Reads one manifest. A tagged manifest (`tagged`) must be a revision of the repository; every
 /// image's config must be linked to it; layers that are not linked are left out, as the registry
 /// did.
 async fn load_manifest(
     store: &dyn BlobStore,
     path: &RepositoryPath,
+    links: &SourceLinks,
     digest: Digest,
     referrer: String,
     tagged: bool,
 ) -> Result<Loaded, StepError> {
-    if tagged && !is_linked(store, &layout::revision_link_key(path, &digest)).await? {
+    if tagged
+        && !links
+            .is_linked(store, path, Link::Revision, &digest)
+            .await?
+    {
         return Ok(Loaded::Skipped(format!(
             "manifest {digest} ({referrer}) is not a revision of the repository (no revision link)"
         )));
@@ -250,7 +293,10 @@ async fn load_manifest(
     };
     match parsed.body {
         ManifestBody::Image { config, layers } => {
-            if !is_linked(store, &layout::layer_link_key(path, &config.digest)).await? {
+            if !links
+                .is_linked(store, path, Link::Layer, &config.digest)
+                .await?
+            {
                 return Ok(Loaded::Skipped(format!(
                     "manifest {} ({referrer}): config {} is not linked to the repository",
                     planned.digest, config.digest
@@ -263,7 +309,9 @@ async fn load_manifest(
             let linked = futures::future::try_join_all(layers.iter().map(|layer| async move {
                 Ok::<bool, StepError>(
                     layer.foreign
-                        || is_linked(store, &layout::layer_link_key(path, &layer.digest)).await?,
+                        || links
+                            .is_linked(store, path, Link::Layer, &layer.digest)
+                            .await?,
                 )
             }))
             .await?;

@@ -12,10 +12,12 @@ use ferry_shared::step::{MaybeStep, Step};
 
 mod commit;
 mod reads;
+mod source;
 mod verify;
 
 pub use commit::{CommitOutcome, StepCommit, WrittenCounts};
 pub use reads::{ServedRepository, StoredManifest};
+pub use source::ReadTagLink;
 pub use verify::RegisteredManifest;
 
 /// Embedded migrations of the metadata database.
@@ -447,24 +449,6 @@ impl MetadataStore {
             },
             None => CancelOutcome::NoRow,
         })
-    }
-
-    /// Which of `digests` the repository already has registered (and therefore copied: a blob is
-    /// registered only after its copy landed).
-    #[tracing::instrument(name = "db.registered_blobs", skip_all, err(level = "warn"))]
-    pub async fn registered_blobs(
-        &self,
-        path: &RepositoryPath,
-        digests: &[&str],
-    ) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT rb.blob_digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
-             WHERE r.path = $1 AND rb.blob_digest = ANY($2)",
-        )
-        .bind(path.as_str())
-        .bind(digests)
-        .fetch_all(&self.pool)
-        .await
     }
 
     /// Which of `digests` the repository already has registered as manifests. A manifest is

@@ -118,15 +118,13 @@ impl Verifier<'_> {
         let Some(repository_id) = self.migrated_row(report).await? else {
             return Ok(());
         };
-        let tags: Vec<(String, Digest)> = plan::read_tags(self.store, self.path, self.concurrency)
-            .await?
-            .into_iter()
-            .filter_map(|(tag, digest)| digest.map(|digest| (tag, digest)))
-            .collect();
+        let (links, tags) =
+            plan::list_and_read_tags(self.store, self.path, self.concurrency).await?;
         let registered_tags = self.db.tag_digests(repository_id).await?;
         let mut walk = Walk::new(
             self.store,
             self.path,
+            &links,
             self.concurrency,
             &tags,
             &HashSet::new(),

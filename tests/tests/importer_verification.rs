@@ -3,7 +3,7 @@
 //! at commit time. Real PostgreSQL.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,27 +15,37 @@ use ferry_shared::storage::{
 };
 use ferry_tests::ImporterHarness;
 
-/// Serves `replacement` instead of the object at `key` from its second read on: a tag moved
-/// (pushed to) between the plan and the commit of a final import.
+/// Once `replacement` is set, moves the link at `key` from the second listing that shows it on:
+/// that listing gives it a new version, and reads then serve `replacement`. A tag moved (pushed
+/// to) between the plan and the commit of a final import.
 #[derive(Debug)]
 struct MovingTag {
     inner: Arc<dyn BlobStore>,
     key: String,
     replacement: std::sync::Mutex<Option<Bytes>>,
-    reads: AtomicU32,
+    listings: AtomicU32,
+    moved: AtomicBool,
 }
 
 #[async_trait]
 impl BlobStore for MovingTag {
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage, StorageError> {
-        self.inner.list(prefix, options).await
+        let mut page = self.inner.list(prefix, options).await?;
+        let armed = self.replacement.lock().expect("lock").is_some();
+        if let Some(link) = page.objects.iter_mut().find(|o| armed && o.key == self.key)
+            && self.listings.fetch_add(1, Ordering::SeqCst) >= 1
+        {
+            link.version = Some("moved".into());
+            self.moved.store(true, Ordering::SeqCst);
+        }
+        Ok(page)
     }
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         self.inner.stat(key).await
     }
     async fn read(&self, key: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
         if key == self.key
-            && self.reads.fetch_add(1, Ordering::SeqCst) >= 1
+            && self.moved.load(Ordering::SeqCst)
             && let Some(replacement) = self.replacement.lock().expect("lock").clone()
         {
             return Ok(replacement);
@@ -99,7 +109,8 @@ async fn a_tag_moved_during_the_final_import_fails_it_and_writes_no_tags() {
             inner,
             key,
             replacement: std::sync::Mutex::new(None),
-            reads: AtomicU32::new(0),
+            listings: AtomicU32::new(0),
+            moved: AtomicBool::new(false),
         });
         *slot.lock().unwrap() = Some(Arc::clone(&store));
         store
@@ -110,9 +121,9 @@ async fn a_tag_moved_during_the_final_import_fails_it_and_writes_no_tags() {
     let second = layout.image(path, "v2", "second");
     assert_eq!(h.run(path, ImportType::Pre).await.0, "pre_import_complete");
 
-    // From now on the plan reads v1 -> first, and the verification re-read sees v1 -> second.
+    // From now on the plan sees v1 unchanged since the pre-import read it (-> first), and the
+    // check before the commit lists it moved and reads v1 -> second.
     let store = moving.lock().unwrap().clone().expect("store");
-    store.reads.store(0, Ordering::SeqCst);
     *store.replacement.lock().unwrap() = Some(Bytes::from(second.clone()));
     let (status, error) = h.run(path, ImportType::Final).await;
     assert_eq!(status, "import_failed");

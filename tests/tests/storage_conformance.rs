@@ -211,10 +211,9 @@ async fn open_read_of_a_missing_object_is_none(bucket: &dyn Bucket) {
     }
 }
 
-async fn copy_copies_once_and_leaves_existing_destinations_alone(bucket: &dyn Bucket) {
+async fn copy_copies_and_a_missing_source_is_not_found(bucket: &dyn Bucket) {
     let data = b"layer bytes";
     bucket.put("src/data", data).await;
-    bucket.put("taken/data", b"other").await;
     let store = bucket.store("");
     let digest = Digest::of(data);
     let outcome = store.copy("src/data", "dst/x/data", Some(&digest)).await;
@@ -223,14 +222,6 @@ async fn copy_copies_once_and_leaves_existing_destinations_alone(bucket: &dyn Bu
         CopyOutcome::Copied(data.len() as u64)
     );
     assert_eq!(bucket.get("dst/x/data").await.as_deref(), Some(&data[..]));
-    let again = store.copy("src/data", "dst/x/data", Some(&digest)).await;
-    assert_eq!(again.expect("copy"), CopyOutcome::AlreadyPresent);
-    let taken = store.copy("src/data", "taken/data", None).await;
-    assert_eq!(taken.expect("copy"), CopyOutcome::AlreadyPresent);
-    assert_eq!(
-        bucket.get("taken/data").await.as_deref(),
-        Some(&b"other"[..])
-    );
     let err = store
         .copy("nope/data", "dst/z/data", None)
         .await
@@ -336,10 +327,64 @@ conformance!(
     open_read_streams_small_and_empty_objects,
     open_read_streams_a_large_object_unchanged,
     open_read_of_a_missing_object_is_none,
-    copy_copies_once_and_leaves_existing_destinations_alone,
+    copy_copies_and_a_missing_source_is_not_found,
+    versions_change_when_an_object_is_written_again,
     a_prefix_is_applied_and_stripped,
     hostile_keys_are_refused,
 );
+
+/// A copy onto an existing object leaves it alone and says so. Not on fake-gcs-server, which
+/// ignores `ifGenerationMatch` and replaces it (with the same bytes, for a content-addressed
+/// blob); the emulator honours the precondition as GCS does.
+async fn copy_leaves_existing_destinations_alone(bucket: &dyn Bucket) {
+    let data = b"layer bytes";
+    bucket.put("src/data", data).await;
+    bucket.put("taken/data", b"other").await;
+    let store = bucket.store("");
+    let digest = Digest::of(data);
+    let first = store.copy("src/data", "dst/x/data", Some(&digest)).await;
+    assert_eq!(first.expect("copy"), CopyOutcome::Copied(data.len() as u64));
+    let again = store.copy("src/data", "dst/x/data", Some(&digest)).await;
+    assert_eq!(again.expect("copy"), CopyOutcome::AlreadyPresent);
+    let taken = store.copy("src/data", "taken/data", None).await;
+    assert_eq!(taken.expect("copy"), CopyOutcome::AlreadyPresent);
+    assert_eq!(
+        bucket.get("taken/data").await.as_deref(),
+        Some(&b"other"[..])
+    );
+}
+
+#[tokio::test]
+async fn local_copy_leaves_existing_destinations_alone() {
+    copy_leaves_existing_destinations_alone(&LocalBucket::new()).await;
+}
+
+#[tokio::test]
+async fn emulator_copy_leaves_existing_destinations_alone() {
+    let emulator = GcsEmulator::start(EMULATOR_LATENCY);
+    copy_leaves_existing_destinations_alone(&GcsBucket::at(&emulator.endpoint()).await).await;
+}
+
+/// A listed object's version is the one a stat reports, and it changes when the object is
+/// written again (GCS: the generation; local: inode, modification time and size).
+async fn versions_change_when_an_object_is_written_again(bucket: &dyn Bucket) {
+    bucket.put("v/link", b"sha256:1").await;
+    let store = bucket.store("");
+    let listed = store
+        .list("v/", &ListOptions::default())
+        .await
+        .expect("list");
+    let before = listed.objects[0].version.clone().expect("a version");
+    let stat = store.stat("v/link").await.expect("stat").expect("exists");
+    assert_eq!(stat.version.as_deref(), Some(before.as_str()));
+    bucket.put("v/link", b"sha256:22").await;
+    let listed = store
+        .list("v/", &ListOptions::default())
+        .await
+        .expect("list");
+    let after = listed.objects[0].version.clone().expect("a version");
+    assert_ne!(before, after);
+}
 
 /// 64 metadata GETs at once, each answered 50 ms late, are all in flight together (a serializing
 /// server would show one at a time), and every request is counted by its kind. Overlap is read
@@ -417,8 +462,8 @@ async fn emulator_overlaps_delayed_requests_and_counts_them_by_kind() {
 }
 
 /// What fake-gcs-server cannot show (it ignores `ifGenerationMatch`): a rewrite onto an
-/// existing object is refused with 412, so the driver's copy to an absent destination leaves an
-/// object published meanwhile alone. And errors come as GCS's JSON.
+/// existing object is refused with 412, so the driver's copy (one rewrite, no look first) leaves
+/// an object published meanwhile alone. And errors come as GCS's JSON.
 #[tokio::test]
 async fn emulator_refuses_a_rewrite_onto_an_existing_object() {
     let emulator = GcsEmulator::start(EMULATOR_LATENCY);
@@ -426,11 +471,13 @@ async fn emulator_refuses_a_rewrite_onto_an_existing_object() {
     bucket.put("src/data", b"layer bytes").await;
     bucket.put("dst/data", b"published meanwhile").await;
     let store = bucket.store("");
-    let outcome = store.copy_to_absent("src/data", "dst/data", None).await;
-    assert_eq!(outcome.expect("copy"), CopyOutcome::PublishedMeanwhile);
+    emulator.reset_stats();
+    let outcome = store.copy("src/data", "dst/data", None).await;
+    assert_eq!(outcome.expect("copy"), CopyOutcome::AlreadyPresent);
+    assert_eq!(emulator.stats().total, 1, "a copy is one request");
     let kept = bucket.get("dst/data").await;
     assert_eq!(kept.as_deref(), Some(&b"published meanwhile"[..]));
-    let copied = store.copy_to_absent("src/data", "new/data", None).await;
+    let copied = store.copy("src/data", "new/data", None).await;
     assert_eq!(copied.expect("copy"), CopyOutcome::Copied(11));
     let meta = store.stat("new/data").await.expect("stat").expect("exists");
     let source = store.stat("src/data").await.expect("stat").expect("exists");

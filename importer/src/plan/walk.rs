@@ -1,14 +1,14 @@
 //! Planning a repository in chunks: a bounded number of tag targets (and their index children)
 //! at a time, so that a repository of 10,000 tags needs no more memory than one of 100.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::storage::BlobStore;
 
-use super::{Loaded, PlannedBlob, PlannedManifest, load_manifest};
+use super::{Loaded, PlannedBlob, PlannedManifest, SourceLinks, load_manifest};
 use crate::error::StepError;
 
 /// Tag targets planned per chunk, at most.
@@ -56,6 +56,16 @@ pub struct Skipped {
     pub layers: u64,
 }
 
+/// Index children read with their index, by digest, for [`Walk::load_children`].
+type Prefetched = HashMap<Digest, Loaded>;
+
+fn loaded_bytes(loaded: &Loaded) -> usize {
+    match loaded {
+        Loaded::Planned(manifest) => manifest.bytes(),
+        Loaded::Skipped(_) => 0,
+    }
+}
+
 /// A set of digests that stops growing at [`REMEMBERED`] entries.
 #[derive(Debug, Default)]
 struct Remembered(HashSet<Digest>);
@@ -78,6 +88,7 @@ impl Remembered {
 pub struct Walk<'a> {
     store: &'a dyn BlobStore,
     path: &'a RepositoryPath,
+    links: &'a SourceLinks,
     concurrency: usize,
     /// Tag targets not planned yet, each with a referrer for messages.
     roots: VecDeque<(Digest, String)>,
@@ -103,10 +114,12 @@ impl std::fmt::Debug for Walk<'_> {
 }
 
 impl<'a> Walk<'a> {
-    /// A walk over the manifests `tags` point to, less those in `exclude` (already registered).
+    /// A walk over the manifests `tags` point to, less those in `exclude` (already registered),
+    /// that asks `links` which manifests and blobs are linked to the repository.
     pub fn new(
         store: &'a dyn BlobStore,
         path: &'a RepositoryPath,
+        links: &'a SourceLinks,
         concurrency: usize,
         tags: &[(String, Digest)],
         exclude: &HashSet<Digest>,
@@ -118,6 +131,7 @@ impl<'a> Walk<'a> {
         Self {
             store,
             path,
+            links,
             concurrency: concurrency.max(1),
             roots: roots
                 .into_iter()
@@ -146,7 +160,7 @@ impl<'a> Walk<'a> {
         if self.roots.is_empty() {
             return Ok(None);
         }
-        let loaded = self.load_roots().await?;
+        let (loaded, prefetched) = self.load_roots().await?;
         let (mut images, mut indexes) = (Vec::new(), Vec::new());
         for (digest, loaded) in loaded {
             match loaded {
@@ -159,7 +173,9 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        let children = self.load_children(&images, &mut indexes).await?;
+        let children = self
+            .load_children(&images, &mut indexes, prefetched)
+            .await?;
         let mut chunk = Chunk {
             manifests: children.into_iter().chain(images).chain(indexes).collect(),
             blobs: BTreeMap::new(),
@@ -190,24 +206,54 @@ impl<'a> Walk<'a> {
         Ok(Some(chunk))
     }
 
-    /// Reads the next tag targets, up to [`CHUNK_MANIFESTS`] or [`CHUNK_BYTES`].
-    async fn load_roots(&mut self) -> Result<Vec<(Digest, Loaded)>, StepError> {
-        let (store, path) = (self.store, self.path);
+    /// Reads the next tag targets, up to [`CHUNK_MANIFESTS`] or [`CHUNK_BYTES`]. An index's
+    /// children not planned before are read as soon as the index is (`concurrency` at a time),
+    /// alongside the other targets' configs rather than after them: a round trip less.
+    async fn load_roots(&mut self) -> Result<(Vec<(Digest, Loaded)>, Prefetched), StepError> {
+        let (store, path, links) = (self.store, self.path, self.links);
+        let (planned_children, skipped_children) = (&self.children, &self.skipped_children);
+        let concurrency = self.concurrency;
         let mut loads = futures::stream::iter(self.roots.iter().cloned())
             .map(|(digest, referrer)| {
                 async move {
-                    let loaded = load_manifest(store, path, digest.clone(), referrer, true).await?;
-                    Ok::<_, StepError>((digest, loaded))
+                    let loaded =
+                        load_manifest(store, path, links, digest.clone(), referrer, true).await?;
+                    let children: Vec<Digest> = match &loaded {
+                        Loaded::Planned(index) => (index.children.iter())
+                            .filter(|child| {
+                                !planned_children.contains(child)
+                                    && !skipped_children.contains(*child)
+                            })
+                            .cloned()
+                            .collect(),
+                        Loaded::Skipped(_) => Vec::new(),
+                    };
+                    let parent = &digest;
+                    let children: Vec<(Digest, Loaded)> = futures::stream::iter(children)
+                        .map(|child| async move {
+                            let referrer = format!("index {parent}");
+                            let loaded =
+                                load_manifest(store, path, links, child.clone(), referrer, false)
+                                    .await?;
+                            Ok::<_, StepError>((child, loaded))
+                        })
+                        .buffered(concurrency)
+                        .try_collect()
+                        .await?;
+                    Ok::<_, StepError>((digest, loaded, children))
                 }
                 .boxed()
             })
             .buffered(self.concurrency);
-        let (mut loaded, mut bytes) = (Vec::new(), 0);
+        let (mut loaded, mut prefetched, mut bytes) = (Vec::new(), Prefetched::new(), 0);
         while let Some(item) = loads.next().await {
-            let (digest, manifest) = item?;
-            if let Loaded::Planned(planned) = &manifest {
-                bytes += planned.bytes();
-            }
+            let (digest, manifest, children) = item?;
+            bytes += loaded_bytes(&manifest);
+            bytes += children
+                .iter()
+                .map(|(_, child)| loaded_bytes(child))
+                .sum::<usize>();
+            prefetched.extend(children);
             loaded.push((digest, manifest));
             if loaded.len() >= CHUNK_MANIFESTS || bytes >= CHUNK_BYTES {
                 break;
@@ -216,16 +262,18 @@ impl<'a> Walk<'a> {
         // Reads still in flight are dropped and made again by the next chunk.
         drop(loads);
         self.roots.drain(..loaded.len());
-        Ok(loaded)
+        Ok((loaded, prefetched))
     }
 
-    /// Reads the children of the chunk's indexes that are not images of the chunk or children
-    /// planned before. An index's child that is itself an index is an error; a child skipped is
-    /// dropped from its index, as the registry kept partial lists.
+    /// Plans the children of the chunk's indexes that are not images of the chunk or children
+    /// planned before, from `prefetched` or read now. An index's child that is itself an index
+    /// is an error; a child skipped is dropped from its index, as the registry kept partial
+    /// lists.
     async fn load_children(
         &mut self,
         images: &[PlannedManifest],
         indexes: &mut [PlannedManifest],
+        mut prefetched: Prefetched,
     ) -> Result<Vec<PlannedManifest>, StepError> {
         let in_chunk: HashSet<&Digest> = images.iter().map(|m| &m.digest).collect();
         let mut wanted: BTreeMap<Digest, Digest> = BTreeMap::new();
@@ -241,13 +289,17 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        let (store, path) = (self.store, self.path);
+        let (store, path, links) = (self.store, self.path, self.links);
         let loaded: Vec<(Digest, Digest, Loaded)> = futures::stream::iter(wanted)
             .map(|(digest, parent)| {
+                let read = prefetched.remove(&digest);
                 async move {
+                    if let Some(loaded) = read {
+                        return Ok((digest, parent, loaded));
+                    }
                     let referrer = format!("index {parent}");
                     let loaded =
-                        load_manifest(store, path, digest.clone(), referrer, false).await?;
+                        load_manifest(store, path, links, digest.clone(), referrer, false).await?;
                     Ok::<_, StepError>((digest, parent, loaded))
                 }
                 .boxed()

@@ -1,6 +1,6 @@
 //! Running one import step in the background: plan, copy, commit, record the end and notify.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -134,7 +134,8 @@ impl Importer {
 
     /// Plans, copies and registers the repository chunk by chunk in one transaction, then (in
     /// the final import) writes its tags, and commits. A final import plans only the manifests
-    /// its pre-import did not register: new pushes since.
+    /// its pre-import did not register (new pushes since), and reads again only the tag links
+    /// whose version changed since its pre-import read them.
     async fn execute(
         &self,
         path: &RepositoryPath,
@@ -146,13 +147,26 @@ impl Importer {
         let db = &self.inner.db;
         let concurrency = self.inner.limits.tag_concurrency;
         let is_final = import_type == ImportType::Final;
-        let mut tags = Vec::new();
         let mut stats = ImportStats::default();
-        for (tag, digest) in plan::read_tags(storage, path, concurrency).await? {
-            match digest {
-                Some(digest) => tags.push((tag, digest)),
+        let (mut links, known) = if is_final {
+            let known = (db.read_tag_links(path).await?.into_iter())
+                .map(|link| (link.tag, (link.version, link.digest)))
+                .collect();
+            (plan::SourceLinks::list_tags(storage, path).await?, known)
+        } else {
+            (
+                plan::SourceLinks::list(storage, path).await?,
+                HashMap::new(),
+            )
+        };
+        let read = plan::read_tags(storage, path, &links, &known, concurrency).await?;
+        drop(known);
+        let mut tags = Vec::new();
+        for link in &read {
+            match &link.digest {
+                Some(digest) => tags.push((link.tag.clone(), digest.clone())),
                 None => {
-                    tracing::warn!(repository = %path, tag, "tag has no current link; skipped");
+                    tracing::warn!(repository = %path, tag = link.tag, "tag has no current link; skipped");
                     stats.tags_skipped += 1;
                 }
             }
@@ -168,24 +182,17 @@ impl Importer {
         } else {
             HashSet::new()
         };
-        let mut walk = plan::Walk::new(storage, path, concurrency, &tags, &registered);
+        if is_final && tags.iter().any(|(_, digest)| !registered.contains(digest)) {
+            // New pushes since the pre-import: plan them with the links listed in one go.
+            links = plan::SourceLinks::list(storage, path).await?;
+        }
+        let mut walk = plan::Walk::new(storage, path, &links, concurrency, &tags, &registered);
         drop(registered);
         let mut commit = None;
         while let Some(chunk) = walk.next_chunk().await? {
-            // A final import copies only what its pre-import did not already register (and copy).
-            let already: HashSet<String> = if is_final {
-                let digests: Vec<&str> = chunk.blobs.keys().map(Digest::as_str).collect();
-                db.registered_blobs(path, &digests)
-                    .await?
-                    .into_iter()
-                    .collect()
-            } else {
-                HashSet::new()
-            };
-            self.copy_blobs(&chunk.blobs, &already, &mut stats).await?;
+            self.copy_blobs(&chunk.blobs, &mut stats).await?;
             // Nothing is recorded before its copies are on disk.
             storage.persist().await?;
-            plan::verify_copied_blobs(storage, &chunk.blobs, concurrency).await?;
             let tx = match commit.as_mut() {
                 Some(tx) => tx,
                 None => commit.insert(db.begin_commit(claimed).await?),
@@ -207,9 +214,20 @@ impl Importer {
         let expected_tags = if is_final {
             let kept: Vec<(&str, &Digest)> = kept.iter().map(|(t, d)| (t.as_str(), d)).collect();
             tx.write_tags(&kept).await?;
+            tx.forget_tag_links().await?;
             let left_out = left_out.into_iter().map(|(tag, _)| tag.clone()).collect();
-            Some(plan::expected_tags(storage, path, &left_out, concurrency).await?)
+            Some(plan::expected_tags(storage, path, &read, &left_out, concurrency).await?)
         } else {
+            let versions: Vec<(&str, &Digest, &str)> = (read.iter())
+                .filter_map(|link| {
+                    Some((
+                        link.tag.as_str(),
+                        link.digest.as_ref()?,
+                        link.version.as_deref()?,
+                    ))
+                })
+                .collect();
+            tx.record_tag_links(&versions).await?;
             None
         };
         match tx
@@ -230,22 +248,40 @@ impl Importer {
         }
     }
 
-    /// Copies every distributable blob of `blobs`, except those in `skip`, into the new prefix,
-    /// counting them in `stats`.
+    /// Brings every distributable blob of `blobs` under the new prefix, counting them in
+    /// `stats`: those the metadata database registers as copied need nothing; the rest are
+    /// copied, `copy_concurrency` at once. Each must then be there with the size its manifest
+    /// declares.
     async fn copy_blobs(
         &self,
         blobs: &BTreeMap<Digest, PlannedBlob>,
-        skip: &HashSet<String>,
         stats: &mut ImportStats,
     ) -> Result<(), StepError> {
-        let to_copy: Vec<(Digest, Digest)> = blobs
-            .iter()
-            .filter(|entry| entry.1.copy && !skip.contains(entry.0.as_str()))
-            .map(|(digest, blob)| (digest.clone(), blob.referrer.clone()))
+        let wanted: Vec<&str> = (blobs.iter())
+            .filter(|(_, blob)| blob.copy)
+            .map(|(digest, _)| digest.as_str())
             .collect();
+        let copied_before: HashMap<String, i64> = self
+            .inner
+            .db
+            .copied_blobs(&wanted)
+            .await?
+            .into_iter()
+            .collect();
+        let mut to_copy = Vec::new();
+        for (digest, blob) in blobs.iter().filter(|(_, blob)| blob.copy) {
+            match copied_before.get(digest.as_str()) {
+                Some(&size) => {
+                    let size = u64::try_from(size).ok();
+                    plan::check_copied_size(digest, blob.size, &blob.referrer, size)?;
+                    stats.blobs_present += 1;
+                }
+                None => to_copy.push((digest.clone(), blob.size, blob.referrer.clone())),
+            }
+        }
         let outcomes: Vec<CopyOutcome> = futures::stream::iter(to_copy)
-            .map(|(digest, referrer)| {
-                copy_blob(Arc::clone(&self.inner.storage), digest, referrer).boxed()
+            .map(|(digest, size, referrer)| {
+                copy_blob(Arc::clone(&self.inner.storage), digest, size, referrer).boxed()
             })
             .buffer_unordered(self.inner.limits.copy_concurrency.max(1))
             .try_collect()
@@ -265,27 +301,38 @@ impl Importer {
     }
 }
 
-/// Copies one blob from the old layout to the new one, verifying its digest.
+/// Copies one blob from the old layout to the new one, verifying its digest where the store
+/// can, and checks that the copy has the `size` manifest `referrer` declares (a destination that
+/// was there already is looked at for that).
 async fn copy_blob(
     storage: Arc<dyn BlobStore>,
     digest: Digest,
+    size: u64,
     referrer: Digest,
 ) -> Result<CopyOutcome, StepError> {
     let src = layout::old_blob_key(&digest);
     let dst = layout::new_blob_key(&digest);
-    storage
+    let outcome = storage
         .copy(&src, &dst, Some(&digest))
         .await
         .map_err(|error| match error {
             StorageError::NotFound { .. } => StepError::BlobMissing {
-                digest,
-                manifest: referrer,
+                digest: digest.clone(),
+                manifest: referrer.clone(),
             },
             StorageError::DigestMismatch { actual, .. } => StepError::BlobCorrupt {
-                digest,
-                manifest: referrer,
+                digest: digest.clone(),
+                manifest: referrer.clone(),
                 detail: format!("content hashes to {actual}"),
             },
             other => StepError::Storage(other),
-        })
+        })?;
+    let copied = match outcome {
+        CopyOutcome::Copied(bytes) => Some(bytes),
+        CopyOutcome::AlreadyPresent | CopyOutcome::PublishedMeanwhile => {
+            storage.stat(&dst).await?.map(|meta| meta.size)
+        }
+    };
+    plan::check_copied_size(&digest, size, &referrer, copied)?;
+    Ok(outcome)
 }

@@ -153,12 +153,14 @@ impl StepCommit {
             .values()
             .map(|b| b.media_type.as_str())
             .collect();
+        // Every blob to copy was copied (or found copied) before its chunk is written.
+        let copied: Vec<bool> = chunk.blobs.values().map(|b| b.copy).collect();
         // One statement: the foreign key checks of `repository_blobs` run at its end and see
         // the blobs its first part inserted.
         let linked = sqlx::query(
             "WITH new_blobs AS ( \
-                 INSERT INTO blobs (digest, size, media_type) \
-                 SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::text[]) \
+                 INSERT INTO blobs (digest, size, media_type, copied) \
+                 SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::boolean[]) \
                  ON CONFLICT (digest) DO NOTHING) \
              INSERT INTO repository_blobs (repository_id, blob_digest) \
              SELECT $1, digest FROM UNNEST($2::text[]) AS digest ON CONFLICT DO NOTHING",
@@ -167,6 +169,7 @@ impl StepCommit {
         .bind(&digests)
         .bind(&sizes)
         .bind(&media_types)
+        .bind(&copied)
         .execute(&mut *self.tx)
         .await?;
         self.written.blobs += linked.rows_affected();
@@ -247,6 +250,43 @@ impl StepCommit {
         .execute(&mut *self.tx)
         .await?;
         self.written.tags += result.rows_affected();
+        Ok(())
+    }
+
+    /// Records the tag links this pre-import read, with their versions, for its final import
+    /// (replacing an earlier pre-import's record).
+    #[tracing::instrument(name = "db.record_tag_links", skip_all, err(level = "warn"))]
+    pub async fn record_tag_links(
+        &mut self,
+        links: &[(&str, &Digest, &str)],
+    ) -> Result<(), sqlx::Error> {
+        self.forget_tag_links().await?;
+        if links.is_empty() {
+            return Ok(());
+        }
+        let tags: Vec<&str> = links.iter().map(|link| link.0).collect();
+        let digests: Vec<&str> = links.iter().map(|link| link.1.as_str()).collect();
+        let versions: Vec<&str> = links.iter().map(|link| link.2).collect();
+        sqlx::query(
+            "INSERT INTO source_tag_links (repository_id, tag, digest, link_version) \
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])",
+        )
+        .bind(self.repository_id)
+        .bind(&tags)
+        .bind(&digests)
+        .bind(&versions)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops the recorded tag links (the final import has used them).
+    #[tracing::instrument(name = "db.forget_tag_links", skip_all, err(level = "warn"))]
+    pub async fn forget_tag_links(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM source_tag_links WHERE repository_id = $1")
+            .bind(self.repository_id)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

@@ -23,13 +23,16 @@
 //! * `open_read` is one request too (`alt=media`, by hand: see `gcs/read.rs`): the answer's
 //!   status says whether the object exists, its `Content-Length` gives the size, and the body is
 //!   passed on chunk by chunk as the caller pulls it.
-//! * `copy` is a server-side `rewrite` (no data through the process) pinned to the source
-//!   generation, with `ifGenerationMatch=0` on the destination; it is skipped when the destination
-//!   exists (checked first, like the registry's blob transfer; the precondition covers the race).
-//!   The destination's CRC32C must equal the source's; otherwise the generation this copy made
-//!   is deleted (only that generation: never a copy another importer published) and the copy
-//!   fails. The `expected` digest is not verified: that would mean downloading the blob. The
-//!   local driver verifies digests; this one relies on GCS's CRC32C.
+//! * `copy` is one request: a server-side `rewrite` (no data through the process) with
+//!   `ifGenerationMatch=0` on the destination, so a destination that exists (another step's
+//!   copy of the same content-addressed blob) is refused with 412 and left alone, and reported
+//!   as [`CopyOutcome::AlreadyPresent`]. No stat of the destination and no GET of the source
+//!   precede it: each was a round trip and a request of the budget for what the precondition
+//!   and the rewrite's own answer (size, CRC32C) already say. A missing source is a 404. The
+//!   `expected` digest is not verified: that would mean downloading the blob (the local driver
+//!   verifies digests). Within a bucket a rewrite is GCS's own copy of the stored object;
+//!   `ferryctl verify` compares the CRC32C GCS keeps of each copy and its source afterwards, and
+//!   `--deep` hashes the copies.
 //! * The driver does not retry: [`super::Retrying`] does, on errors for which
 //!   [`StorageError::is_transient`] holds (HTTP 408, 429, 5xx, and requests that got no answer).
 //!   429s are counted ([`GcsStore::throttled`]).
@@ -52,7 +55,6 @@ use futures::StreamExt;
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::Error as GcsError;
 use gcloud_storage::http::objects::Object;
-use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use token_source::TokenSource;
@@ -251,6 +253,7 @@ impl GcsStore {
             key: self.key_of(&object.name)?.to_owned(),
             size: u64::try_from(object.size).unwrap_or(0),
             crc32c: object.crc32c.clone(),
+            version: Some(object.generation.to_string()),
         })
     }
 
@@ -336,25 +339,6 @@ impl GcsStore {
                 StorageError::NotFound { .. } => Ok(None),
                 other => Err(other),
             },
-        }
-    }
-
-    /// Deletes the generation of `name` this store made; someone else's is left alone.
-    async fn remove(&self, connection: &Connection, key: &str, name: &str, generation: i64) {
-        let request = DeleteObjectRequest {
-            bucket: self.bucket.clone(),
-            object: name.to_owned(),
-            if_generation_match: Some(generation),
-            ..Default::default()
-        };
-        if let Err(error) = connection.storage.delete_object(&request).await {
-            match self.error(key, error) {
-                StorageError::NotFound { .. } => {}
-                StorageError::Backend {
-                    status: Some(412), ..
-                } => {}
-                error => tracing::warn!(key, %error, "could not delete a bad copy"),
-            }
         }
     }
 }
@@ -476,19 +460,9 @@ impl BlobStore for GcsStore {
         self.open_stream(key).await
     }
 
+    /// One request: the rewrite, whose "does not exist" precondition refuses a destination
+    /// that exists already (HTTP 412: [`CopyOutcome::AlreadyPresent`]).
     async fn copy(
-        &self,
-        src: &str,
-        dst: &str,
-        expected: Option<&Digest>,
-    ) -> Result<CopyOutcome, StorageError> {
-        // The destination's GET (a stat), then the rest.
-        super::copy_after_look(self, src, dst, expected).await
-    }
-
-    /// The source's GET and the rewrite, whose "does not exist" precondition keeps a destination
-    /// published meanwhile.
-    async fn copy_to_absent(
         &self,
         src: &str,
         dst: &str,
@@ -497,34 +471,16 @@ impl BlobStore for GcsStore {
         let src_name = self.object_name(src)?;
         let dst_name = self.object_name(dst)?;
         let connection = self.connection().await?;
-        let source = (self.get(connection, src, &src_name).await?).ok_or_else(|| {
-            StorageError::NotFound {
-                key: src.to_owned(),
-            }
-        })?;
-        let Some(copied) = self.rewrite(connection, src, &source, &dst_name).await? else {
-            return Ok(CopyOutcome::PublishedMeanwhile);
-        };
-        let expected = source.crc32c.as_deref().unwrap_or("none");
-        let actual = copied.crc32c.as_deref().unwrap_or("none");
-        if source.crc32c.is_none() || expected != actual {
-            self.remove(connection, dst, &dst_name, copied.generation)
-                .await;
-            return Err(StorageError::ChecksumMismatch {
-                key: src.to_owned(),
-                expected: expected.to_owned(),
-                actual: actual.to_owned(),
-            });
+        match self.rewrite(connection, src, &src_name, &dst_name).await? {
+            Some(copied) => Ok(CopyOutcome::Copied(copied.size)),
+            None => Ok(CopyOutcome::AlreadyPresent),
         }
-        Ok(CopyOutcome::Copied(copied.size))
     }
 
     fn requests(&self, operation: super::Operation) -> (u32, u32) {
         match operation {
-            // GET the destination, GET the source, POST the rewrite (one call almost always).
-            super::Operation::Copy => (2, 1),
-            // The same without the destination's GET.
-            super::Operation::CopyToAbsent => (1, 1),
+            // POST the rewrite (one call almost always); a destination that exists refuses it.
+            super::Operation::Copy => (0, 1),
             // One GET: the listing, the metadata or the bytes (an open's size comes with them).
             super::Operation::List
             | super::Operation::Stat

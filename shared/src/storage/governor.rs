@@ -451,21 +451,10 @@ impl BlobStore for Governed {
         dst: &str,
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError> {
-        // Booked as the requests come (`stat`, then `copy_to_absent`): a destination already
-        // there (a layer another repository brought over) costs only the look, not the source's
-        // read and the write.
-        super::copy_after_look(self, src, dst, expected).await
-    }
-
-    async fn copy_to_absent(
-        &self,
-        src: &str,
-        dst: &str,
-        expected: Option<&Digest>,
-    ) -> Result<CopyOutcome, StorageError> {
-        let cost = self.inner.requests(Operation::CopyToAbsent);
-        self.run(cost, self.inner.copy_to_absent(src, dst, expected))
-            .await
+        // A write, even when the destination exists: the store still makes the request (on
+        // GCS the rewrite its precondition refuses).
+        let cost = self.inner.requests(Operation::Copy);
+        self.run(cost, self.inner.copy(src, dst, expected)).await
     }
 
     async fn persist(&self) -> Result<(), StorageError> {

@@ -131,6 +131,20 @@ struct Entry {
     sort_key: String,
     is_dir: bool,
     size: u64,
+    version: Option<String>,
+}
+
+/// A file's version ([`ObjectMeta::version`]): its inode, modification time and size, which
+/// change when the file is replaced or rewritten in place.
+fn version_of(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}.{}.{}.{}",
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len()
+    )
 }
 
 fn read_dir_sorted(dir: &Path, key_prefix: &str) -> io::Result<Vec<Entry>> {
@@ -150,7 +164,12 @@ fn read_dir_sorted(dir: &Path, key_prefix: &str) -> io::Result<Vec<Entry>> {
         }
         let file_type = entry.file_type()?;
         let is_dir = file_type.is_dir();
-        let size = if is_dir { 0 } else { entry.metadata()?.len() };
+        let (size, version) = if is_dir {
+            (0, None)
+        } else {
+            let meta = entry.metadata()?;
+            (meta.len(), Some(version_of(&meta)))
+        };
         let sort_key = if is_dir {
             format!("{key_prefix}{name}/")
         } else {
@@ -160,6 +179,7 @@ fn read_dir_sorted(dir: &Path, key_prefix: &str) -> io::Result<Vec<Entry>> {
             sort_key,
             is_dir,
             size,
+            version,
         });
     }
     entries.sort_unstable_by(|a, b| a.sort_key.cmp(&b.sort_key));
@@ -201,6 +221,7 @@ fn walk(
                 key: entry.sort_key,
                 size: entry.size,
                 crc32c: None,
+                version: entry.version,
             });
         }
     }
@@ -246,6 +267,7 @@ impl LocalStore {
                         key: entry.sort_key,
                         size: entry.size,
                         crc32c: None,
+                        version: entry.version,
                     });
                 }
             }
@@ -403,6 +425,7 @@ impl BlobStore for LocalStore {
                 key: key.to_owned(),
                 size: meta.len(),
                 crc32c: None,
+                version: Some(version_of(&meta)),
             })),
             Ok(_) => Ok(None),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -481,6 +504,7 @@ impl BlobStore for LocalStore {
             key: key.to_owned(),
             size,
             crc32c: None,
+            version: Some(version_of(&meta)),
         };
         Ok(Some(ObjectReader::sized(meta, body)))
     }

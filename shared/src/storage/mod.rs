@@ -38,6 +38,11 @@ pub struct ObjectMeta {
     /// big-endian value); `None` where the store keeps none (a filesystem bucket) or the call
     /// did not return it. Only comparable between objects of the same store.
     pub crc32c: Option<String>,
+    /// Which version of the object this is, as the store names it: it changes whenever the
+    /// object is written again (GCS: its generation; a filesystem bucket: its inode,
+    /// modification time and size). `None` where the call did not return one. A caller that
+    /// saw the same version before may reuse what it read then.
+    pub version: Option<String>,
 }
 
 /// How to list.
@@ -113,17 +118,6 @@ pub enum StorageError {
         /// Why it was refused.
         reason: String,
     },
-    /// A server-side copy produced an object whose checksum differs from the source's (the
-    /// half-made destination has been removed).
-    #[error("copy of {key} produced CRC32C {actual}, the source has {expected}")]
-    ChecksumMismatch {
-        /// The source key.
-        key: String,
-        /// The source's checksum.
-        expected: String,
-        /// The destination's checksum.
-        actual: String,
-    },
     /// A remote backend refused the request, or the request failed in transit.
     #[error("storage backend on {key}: {}{message}", status.map(|s| format!("HTTP {s}: ")).unwrap_or_default())]
     Backend {
@@ -176,8 +170,6 @@ pub enum Operation {
     OpenRead,
     /// [`BlobStore::copy`].
     Copy,
-    /// [`BlobStore::copy_to_absent`].
-    CopyToAbsent,
 }
 
 /// A bucket of objects in the Docker distribution layout.
@@ -209,19 +201,6 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError>;
 
-    /// Copies like [`Self::copy`] when the caller has just seen that `dst` does not exist:
-    /// drivers whose copy starts by looking (GCS: the destination's GET) skip that request. `dst`
-    /// is still never replaced: a copier that published it meanwhile wins
-    /// ([`CopyOutcome::PublishedMeanwhile`]).
-    async fn copy_to_absent(
-        &self,
-        src: &str,
-        dst: &str,
-        expected: Option<&Digest>,
-    ) -> Result<CopyOutcome, StorageError> {
-        self.copy(src, dst, expected).await
-    }
-
     /// Makes every copy this store has made durable: a crash of the machine can no longer undo
     /// it. Callers persist before they record a copy anywhere else (a database commit). Drivers
     /// whose copies are durable when they return (GCS) need do nothing.
@@ -233,28 +212,13 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// request budgets (a GCS copy reads the source's metadata before it rewrites).
     fn requests(&self, operation: Operation) -> (u32, u32) {
         match operation {
-            Operation::Copy | Operation::CopyToAbsent => (0, 1),
+            Operation::Copy => (0, 1),
             Operation::List | Operation::Stat | Operation::Read | Operation::OpenRead => (1, 0),
         }
     }
 
     /// The store's URL, for logs and messages.
     fn url(&self) -> String;
-}
-
-/// A copy that looks first: [`CopyOutcome::AlreadyPresent`] when `dst` exists, else
-/// [`BlobStore::copy_to_absent`]. GCS copies this way, and the governor too, booking the look
-/// and the rest apart.
-pub(crate) async fn copy_after_look(
-    store: &dyn BlobStore,
-    src: &str,
-    dst: &str,
-    expected: Option<&Digest>,
-) -> Result<CopyOutcome, StorageError> {
-    if store.stat(dst).await?.is_some() {
-        return Ok(CopyOutcome::AlreadyPresent);
-    }
-    store.copy_to_absent(src, dst, expected).await
 }
 
 /// Opens the store that `url` names: `file:///abs/dir` (the directory that holds `docker/`),

@@ -109,6 +109,7 @@ mod tests {
             key: "k".into(),
             size,
             crc32c: None,
+            version: None,
         }
     }
 
@@ -165,7 +166,7 @@ mod tests {
         let reader = ObjectReader::sized(meta(2), chunks(&[]));
         assert_eq!(
             format!("{reader:?}"),
-            r#"ObjectReader { meta: ObjectMeta { key: "k", size: 2, crc32c: None }, .. }"#
+            r#"ObjectReader { meta: ObjectMeta { key: "k", size: 2, crc32c: None, version: None }, .. }"#
         );
     }
 }

@@ -170,18 +170,6 @@ impl BlobStore for Retrying {
             .await
     }
 
-    async fn copy_to_absent(
-        &self,
-        src: &str,
-        dst: &str,
-        expected: Option<&Digest>,
-    ) -> Result<CopyOutcome, StorageError> {
-        self.with_retry("copy", src, || {
-            self.inner.copy_to_absent(src, dst, expected)
-        })
-        .await
-    }
-
     async fn persist(&self) -> Result<(), StorageError> {
         self.with_retry("persist", "", || self.inner.persist())
             .await
@@ -230,6 +218,7 @@ mod tests {
                 key: key.to_owned(),
                 size: 2,
                 crc32c: None,
+                version: None,
             };
             Ok(Some(ObjectReader {
                 meta,

@@ -100,13 +100,10 @@ async fn planned(
     storage: &dyn BlobStore,
     path: &RepositoryPath,
 ) -> (Vec<(String, Digest)>, Vec<plan::Chunk>) {
-    let tags: Vec<(String, Digest)> = plan::read_tags(storage, path, 8)
+    let (links, tags) = plan::list_and_read_tags(storage, path, 8)
         .await
-        .expect("tags")
-        .into_iter()
-        .filter_map(|(tag, digest)| digest.map(|d| (tag, d)))
-        .collect();
-    let mut walk = plan::Walk::new(storage, path, 8, &tags, &Default::default());
+        .expect("tags");
+    let mut walk = plan::Walk::new(storage, path, &links, 8, &tags, &Default::default());
     let mut chunks = Vec::new();
     while let Some(chunk) = walk.next_chunk().await.expect("plan") {
         chunks.push(chunk);

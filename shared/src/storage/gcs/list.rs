@@ -5,8 +5,8 @@ use gcloud_storage::http::objects::list::ListObjectsRequest;
 use super::{Connection, GcsStore, MAX_PAGE};
 use crate::storage::{ListPage, ObjectMeta, StorageError};
 
-/// A listed object's size and CRC32C (a prefix has none).
-type Listed = (u64, Option<String>);
+/// A listed object's size, CRC32C and generation (a prefix has none).
+type Listed = (u64, Option<String>, i64);
 
 impl GcsStore {
     pub(super) async fn list_flat(
@@ -97,7 +97,10 @@ impl GcsStore {
                 .filter(|object| !object.name.ends_with('/'))
                 .map(|object| {
                     let size = u64::try_from(object.size).unwrap_or(0);
-                    (object.name.clone(), Some((size, object.crc32c.clone())))
+                    (
+                        object.name.clone(),
+                        Some((size, object.crc32c.clone(), object.generation)),
+                    )
                 })
                 .chain(prefixes.into_iter().map(|prefix| (prefix, None)))
                 .filter(|(name, _)| {
@@ -126,10 +129,11 @@ impl GcsStore {
                     continue;
                 };
                 match size {
-                    Some((size, crc32c)) => page.objects.push(ObjectMeta {
+                    Some((size, crc32c, generation)) => page.objects.push(ObjectMeta {
                         key: key.to_owned(),
                         size,
                         crc32c,
+                        version: Some(generation.to_string()),
                     }),
                     None => page.prefixes.push(key.to_owned()),
                 }

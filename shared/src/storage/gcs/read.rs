@@ -42,6 +42,9 @@ impl GcsStore {
             ),
         })?;
         let crc32c = crc32c_of(response.headers());
+        let version = (response.headers().get("x-goog-generation"))
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let owned_key = key.to_owned();
         // The answer has come: a failure now is the connection's (cut, timed out), worth a new
         // attempt by the caller (`status: None`).
@@ -56,6 +59,7 @@ impl GcsStore {
             key: key.to_owned(),
             size,
             crc32c,
+            version,
         };
         Ok(Some(ObjectReader::sized(meta, body)))
     }

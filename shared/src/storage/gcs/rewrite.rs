@@ -2,7 +2,6 @@
 //! `RewriteObjectRequest` has no `ifGenerationMatch`, and without it a copy could replace an
 //! object another importer published meanwhile.
 
-use gcloud_storage::http::objects::Object;
 use serde::Deserialize;
 
 use super::request::error_message;
@@ -12,9 +11,8 @@ use crate::storage::StorageError;
 /// The destination a finished rewrite made.
 #[derive(Debug)]
 pub(super) struct Copied {
-    pub(super) generation: i64,
+    /// Its size in bytes.
     pub(super) size: u64,
-    pub(super) crc32c: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -26,31 +24,27 @@ struct RewriteResponse {
     resource: Option<Resource>,
 }
 
-/// The fields of the new object the copy needs (GCS sends 64-bit numbers as strings).
+/// The field of the new object the copy needs (GCS sends 64-bit numbers as strings).
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Resource {
-    generation: String,
-    #[serde(default)]
     size: String,
-    crc32c: Option<String>,
 }
 
 impl GcsStore {
-    /// Rewrites `source` (that generation) to `dst_name` unless `dst_name` exists: `Ok(None)`
-    /// when it does (HTTP 412 on `ifGenerationMatch=0`).
+    /// Rewrites the object `src_name` to `dst_name` unless `dst_name` exists: `Ok(None)` when
+    /// it does (HTTP 412 on `ifGenerationMatch=0`).
     pub(super) async fn rewrite(
         &self,
         connection: &Connection,
         src: &str,
-        source: &Object,
+        src_name: &str,
         dst_name: &str,
     ) -> Result<Option<Copied>, StorageError> {
         let url = connection.api_url([
             "b",
             &self.bucket,
             "o",
-            &source.name,
+            src_name,
             "rewriteTo",
             "b",
             &self.bucket,
@@ -60,9 +54,7 @@ impl GcsStore {
         let mut rewrite_token: Option<String> = None;
         loop {
             let mut call = url.clone();
-            call.query_pairs_mut()
-                .append_pair("ifGenerationMatch", "0")
-                .append_pair("sourceGeneration", &source.generation.to_string());
+            call.query_pairs_mut().append_pair("ifGenerationMatch", "0");
             if let Some(token) = &rewrite_token {
                 call.query_pairs_mut().append_pair("rewriteToken", token);
             }
@@ -101,13 +93,8 @@ impl GcsStore {
             }
             let resource =
                 (answer.resource).ok_or_else(|| bad_answer("rewrite done, no object"))?;
-            let generation = (resource.generation.parse())
-                .map_err(|_| bad_answer("rewrite done, bad generation"))?;
-            return Ok(Some(Copied {
-                generation,
-                size: resource.size.parse().unwrap_or(0),
-                crc32c: resource.crc32c,
-            }));
+            let size = (resource.size.parse()).map_err(|_| bad_answer("rewrite done, bad size"))?;
+            return Ok(Some(Copied { size }));
         }
     }
 }
