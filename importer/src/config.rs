@@ -28,7 +28,7 @@ pub struct ImporterArgs {
     #[arg(long, env = "FERRY_SCHEDULER_URL")]
     pub scheduler_url: Option<String>,
     /// Imports run at once on this importer.
-    #[arg(long, env = "FERRY_MAX_CONCURRENT_IMPORTS", default_value = "4")]
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_IMPORTS", default_value = "8")]
     pub max_concurrent_imports: String,
     /// Time limit of a pre-import, in seconds.
     #[arg(long, env = "FERRY_PRE_IMPORT_TIMEOUT_SECS", default_value = "7200")]
@@ -37,7 +37,7 @@ pub struct ImporterArgs {
     #[arg(long, env = "FERRY_IMPORT_TIMEOUT_SECS", default_value = "600")]
     pub import_timeout_secs: String,
     /// Blob copies in flight per import.
-    #[arg(long, env = "FERRY_COPY_CONCURRENCY", default_value = "8")]
+    #[arg(long, env = "FERRY_COPY_CONCURRENCY", default_value = "32")]
     pub copy_concurrency: String,
     /// Tags (and their manifests) looked up at once per import.
     #[arg(long, env = "FERRY_TAG_CONCURRENCY", default_value = "10")]

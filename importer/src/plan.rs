@@ -18,7 +18,7 @@ use crate::manifest::{self, Descriptor, ManifestBody, ManifestError};
 mod source;
 mod walk;
 
-pub use source::{Link, MAX_LISTED_LINKS, SourceLinks, SourceTag};
+pub use source::{Link, ListingScope, MAX_LISTED_LINKS, SourceLinks, SourceListing, SourceTag};
 pub use walk::{CHUNK_BYTES, CHUNK_MANIFESTS, Chunk, Skipped, Walk};
 
 /// Largest manifest read into memory.

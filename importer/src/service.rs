@@ -18,7 +18,7 @@ use ferry_shared::step::{MaybeStep, Step};
 use ferry_shared::storage::BlobStore;
 use tracing::Instrument as _;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, StepError};
 use crate::listing;
 use crate::metrics::ImporterMetrics;
 use crate::notifier::Notifier;
@@ -249,8 +249,8 @@ impl Importer {
             .acquire_owned()
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
-        let claimed = match self.claim(&path, import_type, 0, None).await? {
-            Claim::Step(claimed) => claimed,
+        let (claimed, listing) = match self.claim(&path, import_type, 0, None).await? {
+            Claim::Step(claimed, listing) => (claimed, listing.map(|listing| *listing)),
             Claim::AlreadyImported(status) => {
                 let detail = "already on the new platform".to_owned();
                 return Ok(StepOutcome {
@@ -272,7 +272,7 @@ impl Importer {
         let span = step_span(&path, import_type, claimed.step);
         Ok(self
             .clone()
-            .run_step(path, claimed, import_type, permit, running)
+            .run_step(path, (claimed, listing), import_type, permit, running)
             .instrument(span)
             .await)
     }
@@ -310,7 +310,9 @@ impl Importer {
 
     /// Claims the repository for the step, after checking it exists in old storage: one
     /// statement on the way that succeeds. When the claim is refused, or old storage does not
-    /// hold the repository, the row is read for the reason; its answer comes first.
+    /// hold the repository, the row is read for the reason; its answer comes first. The check
+    /// is the first page of the listing the step needs ([`plan::SourceListing`]), handed on to
+    /// it; only when that page cannot tell (a long listing) is the tags directory looked at.
     async fn claim(
         &self,
         path: &RepositoryPath,
@@ -318,7 +320,25 @@ impl Importer {
         fence: u64,
         step: Option<Step>,
     ) -> Result<Claim, ApiError> {
-        let in_old_storage = plan::exists_in_old_storage(self.inner.storage.as_ref(), path).await;
+        let storage = self.inner.storage.as_ref();
+        let scope = match import_type {
+            ImportType::Final => plan::ListingScope::Tags,
+            _ => plan::ListingScope::Links,
+        };
+        let (listing, in_old_storage) = match plan::SourceListing::begin(storage, path, scope).await
+        {
+            Ok(listing) => {
+                let exists = match listing.has_tags() {
+                    Some(exists) => Ok(exists),
+                    None => plan::exists_in_old_storage(storage, path).await,
+                };
+                (Some(Box::new(listing)), exists)
+            }
+            Err(StepError::Storage(error)) => (None, Err(error)),
+            // Something is there but broken (a tag directory that names no tag): the step
+            // lists again and fails with the reason.
+            Err(_) => (None, Ok(true)),
+        };
         if matches!(in_old_storage, Ok(true)) {
             let is_final = import_type == ImportType::Final;
             let claim = StepClaim {
@@ -329,7 +349,7 @@ impl Importer {
                 step,
             };
             if let Some(claimed) = self.inner.db.begin_step(path, &claim).await? {
-                return Ok(Claim::Step(claimed));
+                return Ok(Claim::Step(claimed, listing));
             }
         }
         let row = self.inner.db.repository(path).await?;
@@ -349,8 +369,9 @@ impl Importer {
 
 /// What a start found.
 enum Claim {
-    /// The repository is claimed for the step.
-    Step(ClaimedStep),
+    /// The repository is claimed for the step, with the listing the check began (none when it
+    /// failed: the step lists again).
+    Step(ClaimedStep, Option<Box<plan::SourceListing>>),
     /// It is already on the new platform (`native` or `import_complete`); nothing was claimed.
     AlreadyImported(MigrationStatus),
     /// The start's step already holds the repository (an earlier start of it was accepted, here
@@ -381,8 +402,8 @@ impl ImportService for Importer {
         let permit = Arc::clone(&self.inner.permits)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyImports(self.inner.limits.max_concurrent_imports))?;
-        let claimed = match self.claim(&path, import_type, fencing_token, step).await? {
-            Claim::Step(claimed) => claimed,
+        let (claimed, listing) = match self.claim(&path, import_type, fencing_token, step).await? {
+            Claim::Step(claimed, listing) => (claimed, listing.map(|listing| *listing)),
             Claim::AlreadyImported(status) => {
                 drop(permit);
                 return Ok(StartImportResponse {
@@ -413,7 +434,7 @@ impl ImportService for Importer {
         let span = step_span(&path, import_type, claimed.step);
         let step = self
             .clone()
-            .run_step(path, claimed, import_type, permit, running)
+            .run_step(path, (claimed, listing), import_type, permit, running)
             .instrument(span);
         self.inner.tasks.spawn("import step", |_stop| async move {
             step.await;

@@ -340,20 +340,19 @@ pub fn file_digest(path: &Path) -> std::io::Result<String> {
     ))
 }
 
-/// A store whose reads and flat listings wait until the test opens a gate: holds an import step
-/// at its first request (or at its read of one key) for as long as a test needs, to replay races
-/// deterministically. Delimited listings pass: a start looks for the repository's tags with
-/// one before it accepts the step.
+/// A store whose reads wait until the test opens a gate: holds an import step at its first read
+/// (or at its read of one key) for as long as a test needs, to replay races deterministically.
+/// Listings pass: a start lists the repository's links before it accepts the step.
 #[derive(Debug)]
 pub struct GatedStore {
     inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
     gate: tokio::sync::watch::Receiver<bool>,
-    /// Only reads of this key wait; `None`: every read and flat listing does.
+    /// Only reads of this key wait; `None`: every read does.
     key: Option<String>,
 }
 
 impl GatedStore {
-    /// Wraps `inner`; reads and flat listings wait until `true` is sent on the returned sender.
+    /// Wraps `inner`; reads wait until `true` is sent on the returned sender.
     pub fn new(
         inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
     ) -> (Self, tokio::sync::watch::Sender<bool>) {
@@ -381,10 +380,6 @@ impl ferry_shared::storage::BlobStore for GatedStore {
         prefix: &str,
         options: &ferry_shared::storage::ListOptions,
     ) -> Result<ferry_shared::storage::ListPage, ferry_shared::storage::StorageError> {
-        if self.key.is_none() && !options.delimited {
-            let mut gate = self.gate.clone();
-            let _ = gate.wait_for(|open| *open).await;
-        }
         self.inner.list(prefix, options).await
     }
 

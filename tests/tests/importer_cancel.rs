@@ -509,6 +509,14 @@ async fn of_importers_starting_one_step_at_once_exactly_one_claims_it() {
         wait_idle(importer, Duration::from_secs(30)).await;
     }
     open_gate.send(false).expect("close the gate");
+    // The tag is pushed again (the same manifest): its link's version changes, so the final
+    // import reads it, and waits at the gate.
+    let link = s._dir.path().join(format!(
+        "docker/registry/v2/repositories/{PATH}/_manifests/tags/v1/current/link"
+    ));
+    let digest = std::fs::read(&link).expect("tag link");
+    std::fs::remove_file(&link).expect("remove the link");
+    std::fs::write(&link, digest).expect("push the tag again");
 
     // The row exists: one compare-and-set moves it to import_in_progress.
     race(&importers, ImportType::Final, |err| {

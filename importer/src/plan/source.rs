@@ -63,11 +63,104 @@ fn sha256_bytes(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Which of a repository's links a [`SourceListing`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListingScope {
+    /// `_layers/` and `_manifests/` (everything but `_uploads/`): what a pre-import plans with.
+    Links,
+    /// `_manifests/tags/` only: the tags and their link versions, what a final import needs
+    /// first (other links then answer by a stat).
+    Tags,
+}
+
+/// A listing of a repository's links, page by page: a start lists the first page to see that
+/// the repository exists, and its step goes on from there ([`Self::finish`]), so a small
+/// repository costs the two one request.
+#[derive(Debug)]
+pub struct SourceListing {
+    links: SourceLinks,
+    prefix: String,
+    root_len: usize,
+    uploads: String,
+    options: ListOptions,
+    over: bool,
+    /// Whether anything was listed under `_manifests/tags/`.
+    tags_dir_used: bool,
+}
+
+impl SourceListing {
+    /// Lists the first page of `path`'s links in `scope`.
+    pub async fn begin(
+        store: &dyn BlobStore,
+        path: &RepositoryPath,
+        scope: ListingScope,
+    ) -> Result<Self, StepError> {
+        let root = format!("{REPOSITORIES_PREFIX}{path}/");
+        let (under, sets) = match scope {
+            ListingScope::Links => ("_", Some(HashSet::new())),
+            ListingScope::Tags => ("_manifests/tags/", None),
+        };
+        let mut listing = Self {
+            links: SourceLinks {
+                revisions: sets.clone(),
+                layers: sets,
+                ..SourceLinks::default()
+            },
+            prefix: format!("{root}{under}"),
+            root_len: root.len(),
+            uploads: format!("{root}_uploads/"),
+            options: ListOptions {
+                delimited: false,
+                page_token: None,
+                max_results: 1000,
+            },
+            over: false,
+            tags_dir_used: false,
+        };
+        listing.next_page(store).await?;
+        Ok(listing)
+    }
+
+    /// Whether the repository's tags directory holds anything, once the pages so far tell:
+    /// `None` when they do not yet (a long listing whose tags come on a later page).
+    pub fn has_tags(&self) -> Option<bool> {
+        (self.tags_dir_used || self.over).then_some(self.tags_dir_used)
+    }
+
+    /// Lists the remaining pages.
+    pub async fn finish(mut self, store: &dyn BlobStore) -> Result<SourceLinks, StepError> {
+        while !self.over {
+            self.next_page(store).await?;
+        }
+        Ok(self.links)
+    }
+
+    async fn next_page(&mut self, store: &dyn BlobStore) -> Result<(), StepError> {
+        let page = store.list(&self.prefix, &self.options).await?;
+        self.links.list_calls += 1;
+        self.over = page.next_page_token.is_none();
+        self.options.page_token = page.next_page_token;
+        for object in page.objects {
+            if object.key >= self.uploads {
+                self.over = true;
+                break;
+            }
+            let key = &object.key[self.root_len..];
+            self.tags_dir_used |= key.starts_with("_manifests/tags/");
+            self.links.take(key, object.version)?;
+        }
+        Ok(())
+    }
+}
+
 impl SourceLinks {
     /// Lists `path`'s `_layers/` and `_manifests/` (one flat listing, paged) and keeps what it
     /// says. Fails with [`StepError::InvalidTag`] on a tag directory whose name is not a tag.
     pub async fn list(store: &dyn BlobStore, path: &RepositoryPath) -> Result<Self, StepError> {
-        Self::list_under(store, path, "_").await
+        SourceListing::begin(store, path, ListingScope::Links)
+            .await?
+            .finish(store)
+            .await
     }
 
     /// Lists only `path`'s tags: their `current/link` versions, no revisions or layers (every
@@ -76,44 +169,10 @@ impl SourceLinks {
         store: &dyn BlobStore,
         path: &RepositoryPath,
     ) -> Result<Self, StepError> {
-        let mut links = Self::list_under(store, path, "_manifests/tags/").await?;
-        links.revisions = None;
-        links.layers = None;
-        Ok(links)
-    }
-
-    async fn list_under(
-        store: &dyn BlobStore,
-        path: &RepositoryPath,
-        under: &str,
-    ) -> Result<Self, StepError> {
-        let root = format!("{REPOSITORIES_PREFIX}{path}/");
-        let uploads = format!("{root}_uploads/");
-        let mut links = Self {
-            revisions: Some(HashSet::new()),
-            layers: Some(HashSet::new()),
-            ..Self::default()
-        };
-        let mut options = ListOptions {
-            delimited: false,
-            page_token: None,
-            max_results: 1000,
-        };
-        'pages: loop {
-            let page = store.list(&format!("{root}{under}"), &options).await?;
-            links.list_calls += 1;
-            for object in page.objects {
-                if object.key >= uploads {
-                    break 'pages;
-                }
-                links.take(&object.key[root.len()..], object.version)?;
-            }
-            match page.next_page_token {
-                Some(token) => options.page_token = Some(token),
-                None => break,
-            }
-        }
-        Ok(links)
+        SourceListing::begin(store, path, ListingScope::Tags)
+            .await?
+            .finish(store)
+            .await
     }
 
     /// Notes one listed key (relative to the repository's directory).

@@ -23,7 +23,7 @@ impl Importer {
     pub(super) async fn run_step(
         self,
         path: RepositoryPath,
-        claimed: ClaimedStep,
+        (claimed, listing): (ClaimedStep, Option<plan::SourceListing>),
         import_type: ImportType,
         permit: OwnedSemaphorePermit,
         running: RunningStep,
@@ -46,7 +46,8 @@ impl Importer {
         );
         let work = tokio::time::timeout(
             limit,
-            self.execute(&path, claimed, import_type, step).boxed(),
+            self.execute(&path, (claimed, listing), import_type, step)
+                .boxed(),
         );
         // Whichever ends first: the step, its time limit, or a stop (which drops the step).
         let result = tokio::select! {
@@ -139,7 +140,7 @@ impl Importer {
     async fn execute(
         &self,
         path: &RepositoryPath,
-        claimed: ClaimedStep,
+        (claimed, listing): (ClaimedStep, Option<plan::SourceListing>),
         import_type: ImportType,
         step: StepStatuses,
     ) -> Result<ImportStats, StepError> {
@@ -148,16 +149,18 @@ impl Importer {
         let concurrency = self.inner.limits.tag_concurrency;
         let is_final = import_type == ImportType::Final;
         let mut stats = ImportStats::default();
-        let (mut links, known) = if is_final {
-            let known = (db.read_tag_links(path).await?.into_iter())
+        // The start's check listed the first page already.
+        let mut links = match listing {
+            Some(listing) => listing.finish(storage).await?,
+            None if is_final => plan::SourceLinks::list_tags(storage, path).await?,
+            None => plan::SourceLinks::list(storage, path).await?,
+        };
+        let known: HashMap<String, (String, Digest)> = if is_final {
+            (db.read_tag_links(path).await?.into_iter())
                 .map(|link| (link.tag, (link.version, link.digest)))
-                .collect();
-            (plan::SourceLinks::list_tags(storage, path).await?, known)
+                .collect()
         } else {
-            (
-                plan::SourceLinks::list(storage, path).await?,
-                HashMap::new(),
-            )
+            HashMap::new()
         };
         let read = plan::read_tags(storage, path, &links, &known, concurrency).await?;
         drop(known);
