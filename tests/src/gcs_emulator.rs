@@ -44,6 +44,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -200,6 +201,42 @@ impl GcsEmulator {
             Ok(object) => object.generation,
             Err(error) => panic!("put {bucket}/{name}: {error:?}"),
         }
+    }
+
+    /// Stores every file under `dir` in `bucket` directly (no request, no delay), keyed by its
+    /// path relative to `dir` with `/` separators, as [`crate::buckets::GcsBucket::upload_dir`]
+    /// uploads one (files whose key starts with `.`, the sample's descriptions, are left out);
+    /// how many it stored.
+    ///
+    /// # Panics
+    /// When the bucket does not exist or `dir` cannot be read.
+    pub fn put_dir(&self, bucket: &str, dir: &Path) -> usize {
+        let mut pending = vec![dir.to_path_buf()];
+        let mut stored = 0;
+        while let Some(current) = pending.pop() {
+            let entries = std::fs::read_dir(&current)
+                .unwrap_or_else(|e| panic!("read {}: {e}", current.display()));
+            for entry in entries {
+                let path = entry.expect("directory entry").path();
+                if path.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let relative = path.strip_prefix(dir).expect("under dir");
+                let key = (relative.iter())
+                    .map(|part| part.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                if key.starts_with('.') {
+                    continue;
+                }
+                let data =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+                self.put_object(bucket, &key, data);
+                stored += 1;
+            }
+        }
+        stored
     }
 
     /// The bytes of the live `bucket/name`, read directly; `None` if there is none.

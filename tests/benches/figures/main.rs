@@ -11,6 +11,7 @@
 mod budget;
 mod copy;
 mod dispatch;
+mod latency;
 mod memory;
 mod pull;
 mod register;
@@ -197,6 +198,9 @@ async fn main() {
     }
     if wants("g") {
         figures.push(budget::share_of_budget_used().await);
+    }
+    if wants("h1") || wants("h2") || wants("h3") {
+        figures.extend(latency::figures(wants("h1"), wants("h2"), wants("h3")).await);
     }
     if wants("i") {
         figures.push(pull::pull_throughput().await);

@@ -207,7 +207,7 @@ async fn through_scheduler_against_garbage_collect(
 
 /// When the last repository reached `import_done`, in seconds since the Unix epoch: the end of
 /// figure a2, read off the rows rather than a poll, so the poll's period adds nothing.
-async fn last_import_done(database_url: &str) -> f64 {
+pub async fn last_import_done(database_url: &str) -> f64 {
     let db = sqlx::PgPool::connect(database_url)
         .await
         .expect("scheduler database");
