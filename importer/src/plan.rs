@@ -79,16 +79,17 @@ pub struct SourceTagLink {
     pub version: Option<String>,
 }
 
-/// Every tag `links` lists with the digest its current link holds. A link whose listed version
-/// is the one `known` holds for its tag is not read again: its digest is taken from there.
+/// Every tag of `tags` (as [`SourceLinks::take_tags`] gives them) with the digest its current
+/// link holds. A link whose listed version is the one `known` holds for its tag is not read
+/// again: its digest is taken from there.
 pub async fn read_tags(
     store: &dyn BlobStore,
     path: &RepositoryPath,
-    links: &SourceLinks,
+    tags: Vec<SourceTag>,
     known: &HashMap<String, (String, Digest)>,
     concurrency: usize,
 ) -> Result<Vec<SourceTagLink>, StepError> {
-    futures::stream::iter(links.tags().iter().cloned())
+    futures::stream::iter(tags)
         .map(|tag| {
             async move {
                 let digest = if !tag.has_current {
@@ -119,8 +120,8 @@ pub async fn list_and_read_tags(
     path: &RepositoryPath,
     concurrency: usize,
 ) -> Result<(SourceLinks, Vec<(String, Digest)>), StepError> {
-    let links = SourceLinks::list(store, path).await?;
-    let tags = read_tags(store, path, &links, &HashMap::new(), concurrency)
+    let mut links = SourceLinks::list(store, path).await?;
+    let tags = read_tags(store, path, links.take_tags(), &HashMap::new(), concurrency)
         .await?
         .into_iter()
         .filter_map(|link| Some((link.tag, link.digest?)))
@@ -140,28 +141,29 @@ fn known_digest<'a>(
 /// The tags the database must hold after the final import: the source's tags as they are now,
 /// less `left_out` (those skipped with their manifest). A tag pushed or moved since the step
 /// began shows up as a difference. One listing of the tags; a link is read again only if its
-/// version differs from the one in `read` (the links the step used).
-pub async fn expected_tags(
+/// version differs from the one `used` holds (the tags the step used, each with the version of
+/// the link it read).
+pub async fn expected_tags<'a>(
     store: &dyn BlobStore,
     path: &RepositoryPath,
-    read: &[SourceTagLink],
+    used: impl Iterator<Item = (&'a (String, Digest), &'a Option<String>)>,
     left_out: &BTreeSet<String>,
     concurrency: usize,
 ) -> Result<BTreeMap<String, Digest>, StepError> {
-    let links = SourceLinks::list_tags(store, path).await?;
-    let known: HashMap<String, (String, Digest)> = read
-        .iter()
-        .filter_map(|link| {
-            let version = link.version.clone()?;
-            Some((link.tag.clone(), (version, link.digest.clone()?)))
+    let mut links = SourceLinks::list_tags(store, path).await?;
+    let known: HashMap<String, (String, Digest)> = used
+        .filter_map(|((tag, digest), version)| {
+            Some((tag.clone(), (version.clone()?, digest.clone())))
         })
         .collect();
-    Ok(read_tags(store, path, &links, &known, concurrency)
-        .await?
-        .into_iter()
-        .filter(|link| !left_out.contains(&link.tag))
-        .filter_map(|link| link.digest.map(|digest| (link.tag, digest)))
-        .collect())
+    Ok(
+        read_tags(store, path, links.take_tags(), &known, concurrency)
+            .await?
+            .into_iter()
+            .filter(|link| !left_out.contains(&link.tag))
+            .filter_map(|link| link.digest.map(|digest| (link.tag, digest)))
+            .collect(),
+    )
 }
 
 /// Checks that `copied` (a copy's or a stat's answer) is what manifest `referrer` declares for

@@ -9,8 +9,6 @@
 //! Memory: a linked digest costs 32 bytes. Beyond [`MAX_LISTED_LINKS`] a repository's sets are
 //! dropped and each link is looked up on its own again, as before.
 
-use std::collections::HashSet;
-
 use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout::{self, REPOSITORIES_PREFIX};
 use ferry_shared::storage::{BlobStore, ListOptions};
@@ -36,9 +34,10 @@ pub struct SourceTag {
 #[derive(Debug, Default)]
 pub struct SourceLinks {
     tags: Vec<SourceTag>,
-    /// Linked digests, `None` once over [`MAX_LISTED_LINKS`].
-    revisions: Option<HashSet<[u8; 32]>>,
-    layers: Option<HashSet<[u8; 32]>>,
+    /// Linked digests, sorted once listed (a listing gives them in order already); `None` once
+    /// over [`MAX_LISTED_LINKS`]. A sorted vector costs exactly 32 bytes a digest.
+    revisions: Option<Vec<[u8; 32]>>,
+    layers: Option<Vec<[u8; 32]>>,
     list_calls: u64,
 }
 
@@ -97,7 +96,7 @@ impl SourceListing {
     ) -> Result<Self, StepError> {
         let root = format!("{REPOSITORIES_PREFIX}{path}/");
         let (under, sets) = match scope {
-            ListingScope::Links => ("_", Some(HashSet::new())),
+            ListingScope::Links => ("_", Some(Vec::new())),
             ListingScope::Tags => ("_manifests/tags/", None),
         };
         let mut listing = Self {
@@ -131,6 +130,15 @@ impl SourceListing {
     pub async fn finish(mut self, store: &dyn BlobStore) -> Result<SourceLinks, StepError> {
         while !self.over {
             self.next_page(store).await?;
+        }
+        let links = &mut self.links;
+        for set in [&mut links.revisions, &mut links.layers]
+            .into_iter()
+            .flatten()
+        {
+            set.sort_unstable();
+            set.dedup();
+            set.shrink_to_fit();
         }
         Ok(self.links)
     }
@@ -212,7 +220,7 @@ impl SourceLinks {
         let Some(digest) = sha256_bytes(hex) else {
             return Ok(()); // Not a digest a manifest can name: never asked about.
         };
-        let listed = |set: &Option<HashSet<[u8; 32]>>| set.as_ref().map_or(0, HashSet::len);
+        let listed = |set: &Option<Vec<[u8; 32]>>| set.as_ref().map_or(0, Vec::len);
         if listed(&self.layers) + listed(&self.revisions) >= MAX_LISTED_LINKS {
             self.layers = None;
             self.revisions = None;
@@ -222,7 +230,7 @@ impl SourceLinks {
             Link::Layer => &mut self.layers,
         };
         if let Some(set) = set {
-            set.insert(digest);
+            set.push(digest);
         }
         Ok(())
     }
@@ -230,6 +238,12 @@ impl SourceLinks {
     /// The repository's tags, in key order.
     pub fn tags(&self) -> &[SourceTag] {
         &self.tags
+    }
+
+    /// Takes the repository's tags out (to read their links), leaving the links' sets: a step
+    /// holds its tags once.
+    pub fn take_tags(&mut self) -> Vec<SourceTag> {
+        std::mem::take(&mut self.tags)
     }
 
     /// Listings made.
@@ -251,7 +265,9 @@ impl SourceLinks {
             Link::Layer => &self.layers,
         };
         if let Some(set) = set {
-            return Ok(sha256_bytes(digest.hex()).is_some_and(|bytes| set.contains(&bytes)));
+            return Ok(
+                sha256_bytes(digest.hex()).is_some_and(|bytes| set.binary_search(&bytes).is_ok())
+            );
         }
         let key = match link {
             Link::Revision => layout::revision_link_key(path, digest),

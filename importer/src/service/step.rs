@@ -162,12 +162,16 @@ impl Importer {
         } else {
             HashMap::new()
         };
-        let read = plan::read_tags(storage, path, &links, &known, concurrency).await?;
+        let read = plan::read_tags(storage, path, links.take_tags(), &known, concurrency).await?;
         drop(known);
-        let mut tags = Vec::new();
-        for link in &read {
-            match &link.digest {
-                Some(digest) => tags.push((link.tag.clone(), digest.clone())),
+        // The tags that point somewhere, and beside each the version of the link read.
+        let (mut tags, mut versions) = (Vec::with_capacity(read.len()), Vec::new());
+        for link in read {
+            match link.digest {
+                Some(digest) => {
+                    tags.push((link.tag, digest));
+                    versions.push(link.version);
+                }
                 None => {
                     tracing::warn!(repository = %path, tag = link.tag, "tag has no current link; skipped");
                     stats.tags_skipped += 1;
@@ -219,18 +223,15 @@ impl Importer {
             tx.write_tags(&kept).await?;
             tx.forget_tag_links().await?;
             let left_out = left_out.into_iter().map(|(tag, _)| tag.clone()).collect();
-            Some(plan::expected_tags(storage, path, &read, &left_out, concurrency).await?)
+            let used = (tags.iter()).zip(&versions);
+            Some(plan::expected_tags(storage, path, used, &left_out, concurrency).await?)
         } else {
-            let versions: Vec<(&str, &Digest, &str)> = (read.iter())
-                .filter_map(|link| {
-                    Some((
-                        link.tag.as_str(),
-                        link.digest.as_ref()?,
-                        link.version.as_deref()?,
-                    ))
+            let read: Vec<(&str, &Digest, &str)> = (tags.iter().zip(&versions))
+                .filter_map(|((tag, digest), version)| {
+                    Some((tag.as_str(), digest, version.as_deref()?))
                 })
                 .collect();
-            tx.record_tag_links(&versions).await?;
+            tx.record_tag_links(&read).await?;
             None
         };
         match tx
