@@ -169,15 +169,15 @@ fn statuses(import_type: ImportType) -> StepStatuses {
 }
 
 /// The span of one step: every log line of the step carries its repository, its type, its number
-/// and a correlation id (the trace id when traces are exported), and its trace continues the
-/// caller's.
+/// and its correlation id (the scheduler's log lines of the step carry the same), and its trace
+/// continues the caller's.
 fn step_span(path: &RepositoryPath, import_type: ImportType, step: Step) -> tracing::Span {
     tracing::info_span!(
         "import.step",
         repository = %path,
         import_type = crate::metrics::type_label(import_type),
         step = step.get(),
-        correlation_id = %ferry_shared::telemetry::traces::correlation_id(),
+        correlation_id = %step.correlation_id(path.as_str()),
     )
 }
 

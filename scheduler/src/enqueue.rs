@@ -117,12 +117,19 @@ pub struct Start {
 pub type StepEndAnswer = oneshot::Receiver<Result<Option<EndedStep>, sqlx::Error>>;
 
 impl Message {
-    /// A step's end, reported in the current span, and where its answer comes back.
+    /// A step's end, reported in a span of the current one that names the step (with the
+    /// correlation id the importer's log lines of it carry), and where its answer comes back.
     pub fn step_ended(report: StepReport) -> (Self, StepEndAnswer) {
         let (reply, answer) = oneshot::channel();
+        let span = tracing::info_span!(
+            "step.end",
+            repository = %report.path,
+            step = report.step.get(),
+            correlation_id = %report.step.correlation_id(&report.path),
+        );
         let message = Message::StepEnded {
             report,
-            span: tracing::Span::current(),
+            span,
             reply,
         };
         (message, answer)

@@ -15,6 +15,7 @@
 
 use ferry_proto::common::v1::MigrationStatus;
 use ferry_shared::step::MaybeStep;
+use tracing::Instrument;
 
 use crate::importers::{CancelResult, ImporterError, ImporterPool, StepStatus};
 use crate::lease::HeldLease;
@@ -186,9 +187,19 @@ impl Guard {
                 .await;
             let verdict = verdict(&step, answer, &settings);
             self.metrics.guard_action(verdict.label());
-            tracing::info!(repository = %step.path, state = %step.migration_state, age_s = step.age_seconds, ?verdict, "guard");
-            self.apply(&step, verdict, &settings, held.fence, &mut report)
-                .await?;
+            // The step's correlation id, as on the importer's log lines of it.
+            let span = tracing::info_span!(
+                "guard.step",
+                repository = %step.path,
+                correlation_id = step.migration_step.map(|number| number.correlation_id(&step.path)),
+            );
+            async {
+                tracing::info!(state = %step.migration_state, age_s = step.age_seconds, ?verdict, "guard");
+                self.apply(&step, verdict, &settings, held.fence, &mut report)
+                    .await
+            }
+            .instrument(span)
+            .await?;
         }
         Ok(report)
     }

@@ -56,6 +56,23 @@ impl Step {
             .filter(|next| *next <= Step::MAX)
     }
 
+    /// The correlation id of this step of the repository at `path`: 32 hex digits (the shape of
+    /// a trace id) derived from the step's identity, so the scheduler and the importer put the
+    /// same id on their log lines of one step without telling each other, whether or not traces
+    /// are exported.
+    pub fn correlation_id(self, path: &str) -> String {
+        use sha2::Digest as _;
+        let hash = sha2::Sha256::new()
+            .chain_update(path.as_bytes())
+            .chain_update([0])
+            .chain_update(self.get().to_be_bytes())
+            .finalize();
+        hash[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
     /// The number.
     pub const fn get(self) -> u64 {
         self.0.get()
@@ -157,6 +174,17 @@ impl MaybeStep for Option<Step> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_step_s_correlation_id_is_its_identity_s() {
+        let step = Step::from_wire(7).unwrap().unwrap();
+        let id = step.correlation_id("group/app");
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(id, step.correlation_id("group/app"));
+        assert_ne!(id, step.next().unwrap().correlation_id("group/app"));
+        assert_ne!(id, step.correlation_id("group/app2"));
+    }
+
     use super::*;
 
     const MAX: u64 = i64::MAX as u64;

@@ -219,14 +219,36 @@ async fn one_trace_follows_a_step_through_both_services() {
         spans.iter().filter(|s| s.1 == trace).count()
     );
 
-    // The step's log lines carry the trace id.
+    // The step's spans and log lines on both sides carry one correlation id, derived from the
+    // step's identity (the same with or without traces).
+    // The trace may hold the pre-import too (its end hands the slot to the final import).
     let step = spans
         .iter()
-        .find(|(_, t, n, _)| t == trace && n == "import.step")
-        .expect("step span");
+        .find(|(_, t, n, a)| {
+            t == trace
+                && n == "import.step"
+                && a.get("import_type").map(String::as_str) == Some("final")
+        })
+        .expect("the final import's step span");
+    let correlation = step
+        .3
+        .get("correlation_id")
+        .expect("correlation id")
+        .clone();
+    assert_eq!(correlation.len(), 32, "{correlation}");
+    let dispatch = spans
+        .iter()
+        .find(|(s, t, n, a)| {
+            t == trace
+                && s == "ferry-scheduler"
+                && n == "dispatch"
+                && a.get("import_type").map(String::as_str) == Some("final")
+        })
+        .expect("the final import's dispatch span");
     assert_eq!(
-        step.3.get("correlation_id").map(String::as_str),
-        Some(trace)
+        dispatch.3.get("correlation_id"),
+        Some(&correlation),
+        "the scheduler's dispatch of the step carries the importer's correlation id"
     );
     let log = importer.log_text();
     let ended: Vec<serde_json::Value> = log
@@ -236,11 +258,26 @@ async fn one_trace_follows_a_step_through_both_services() {
         .collect();
     assert_eq!(ended.len(), 2, "a pre-import and a final import");
     assert!(
-        ended
-            .iter()
-            .any(|line| line["span"]["correlation_id"] == trace
+        ended.iter().any(
+            |line| line["span"]["correlation_id"] == correlation.as_str()
                 && line["span"]["repository"] == "traced/project/app"
-                && line["span"]["import_type"] == "final"),
-        "{ended:?}"
+                && line["span"]["import_type"] == "final"
+        ),
+        "no final import line with {correlation}: {ended:?}"
+    );
+    let scheduler_lines: Vec<serde_json::Value> = scheduler
+        .log_text()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let names_the_step = |line: &serde_json::Value| {
+        let spans = line["spans"].as_array().into_iter().flatten();
+        std::iter::once(&line["span"])
+            .chain(spans)
+            .any(|span| span["correlation_id"] == correlation.as_str())
+    };
+    assert!(
+        scheduler_lines.iter().any(names_the_step),
+        "no scheduler log line carries the step's correlation id {correlation}"
     );
 }

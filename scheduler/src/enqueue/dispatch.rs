@@ -189,6 +189,7 @@ impl Dispatcher {
             repository = %repo.path,
             import_type = crate::importers::type_label(import_type),
             step = repo.step.get(),
+            correlation_id = %repo.step.correlation_id(&repo.path),
         );
         self.tasks.spawn(async move {
             let result = async {

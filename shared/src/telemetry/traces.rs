@@ -3,7 +3,6 @@
 //! trace shows a repository's whole step.
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Level, Metadata};
@@ -102,17 +101,4 @@ pub fn extract(headers: &http::HeaderMap) -> opentelemetry::Context {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(headers))
     })
-}
-
-/// An id tying together the log lines of one piece of work: the current trace id when traces
-/// are exported, else a random one of the same shape.
-pub fn correlation_id() -> String {
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let span_context = span.span_context();
-    if span_context.is_valid() {
-        span_context.trace_id().to_string()
-    } else {
-        format!("{:032x}", rand::random::<u128>())
-    }
 }
