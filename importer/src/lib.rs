@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod grpc;
 pub mod listing;
 pub mod manifest;
@@ -43,6 +44,8 @@ use crate::store::MetadataStore;
 const NOTIFY_GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
 /// How often the database pool's connections are reported to the metrics.
 const POOL_REPORT_PERIOD: Duration = Duration::from_secs(5);
+/// How often the registered namespaces and repositories are counted for the metrics.
+const REGISTERED_COUNTS_PERIOD: Duration = Duration::from_secs(60);
 
 /// Errors that stop the importer from starting or serving.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ pub async fn run(
     )?;
     let mut registry = Registry::with_prefix("ferry");
     ferry_shared::metrics::register_common(&mut registry);
+    ferry_shared::metrics::STORAGE.budget_floors(&config.budgets.config);
     let metrics = ImporterMetrics::register(&mut registry);
     let registry_metrics = RegistryMetrics::register(&mut registry);
     let metrics_listener = bind_metrics(config.metrics_addr)
@@ -143,6 +147,18 @@ pub async fn run(
             loop {
                 db.report_pool();
                 tokio::time::sleep(POOL_REPORT_PERIOD).await;
+            }
+        }
+    });
+    tasks.spawn_until_stopped("registered counts", {
+        let (db, metrics) = (db.clone(), metrics.clone());
+        async move {
+            loop {
+                match db.registered_counts().await {
+                    Ok(counts) => metrics.registered(&counts),
+                    Err(error) => tracing::warn!(%error, "counting registered repositories failed"),
+                }
+                tokio::time::sleep(REGISTERED_COUNTS_PERIOD).await;
             }
         }
     });

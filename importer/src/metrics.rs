@@ -1,5 +1,6 @@
-//! The importer's Prometheus metrics (prefixed `ferry_`): its steps and its slots. Storage,
-//! database and gRPC metrics come from `ferry_shared::metrics`.
+//! The importer's Prometheus metrics (prefixed `ferry_`): its steps, its slots and what the
+//! metadata database holds. Storage, database and gRPC metrics come from
+//! `ferry_shared::metrics`.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,7 +24,14 @@ pub struct ImporterMetrics {
     slots: Family<[Label; 1], Gauge>,
     blobs_copied: Family<[Label; 1], Counter>,
     bytes_copied: Family<[Label; 1], Counter>,
+    registered_namespaces: Gauge,
+    registered_repositories: Gauge,
 }
+
+/// The `type` label of a step.
+const STEP_TYPES: [&str; 2] = ["pre", "final"];
+/// The `result` label of a step's end.
+const STEP_RESULTS: [&str; 3] = ["complete", "failed", "canceled"];
 
 impl Default for ImporterMetrics {
     fn default() -> Self {
@@ -34,6 +42,8 @@ impl Default for ImporterMetrics {
             slots: Family::default(),
             blobs_copied: Family::default(),
             bytes_copied: Family::default(),
+            registered_namespaces: Gauge::default(),
+            registered_repositories: Gauge::default(),
         }
     }
 }
@@ -58,7 +68,7 @@ fn result_label(status: MigrationStatus) -> &'static str {
 }
 
 impl ImporterMetrics {
-    /// The metrics, registered in `registry`.
+    /// The metrics, registered in `registry`, with every step type and result at 0.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         registry.register(
@@ -91,7 +101,34 @@ impl ImporterMetrics {
             "Bytes copied into the new prefix, by step type",
             m.bytes_copied.clone(),
         );
+        registry.register(
+            "registered_namespaces",
+            "Top-level namespaces with a repository registered in the metadata database",
+            m.registered_namespaces.clone(),
+        );
+        registry.register(
+            "registered_repositories",
+            "Repositories registered in the metadata database (estimated above 100,000)",
+            m.registered_repositories.clone(),
+        );
+        for kind in STEP_TYPES {
+            let by_type = [("type", kind.to_owned())];
+            drop(m.in_flight.get_or_create(&by_type));
+            m.blobs_copied.get_or_create(&by_type).inc_by(0);
+            m.bytes_copied.get_or_create(&by_type).inc_by(0);
+            for result in STEP_RESULTS {
+                let labels = [("type", kind.to_owned()), ("result", result.to_owned())];
+                m.steps.get_or_create(&labels).inc_by(0);
+                drop(m.duration.get_or_create(&labels));
+            }
+        }
         m
+    }
+
+    /// Sets what the metadata database holds: top-level namespaces and repositories.
+    pub fn registered(&self, counts: &crate::store::RegisteredCounts) {
+        self.registered_namespaces.set(counts.namespaces);
+        self.registered_repositories.set(counts.repositories);
     }
 
     /// Sets the slot gauges.

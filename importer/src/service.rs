@@ -8,9 +8,9 @@ use tokio::sync::{Semaphore, mpsc};
 
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
 use ferry_proto::importer::v1::{
-    CancelImportResponse, Capacity, CheckWritableResponse, GetImportStatusResponse,
-    ListSubRepositoriesBatchRequest, RepositoryPage, StartImportResponse, StartOutcome,
-    SubRepositoriesBatchPage, VerifyRepositoryEvent,
+    CancelImportResponse, Capacity, CheckWritableResponse, CollectGarbageEvent,
+    GetImportStatusResponse, ListSubRepositoriesBatchRequest, MigrationStatusList, RepositoryPage,
+    StartImportResponse, StartOutcome, SubRepositoriesBatchPage, VerifyRepositoryEvent,
 };
 use ferry_shared::ids::RepositoryPath;
 use ferry_shared::lifecycle::Tasks;
@@ -27,8 +27,12 @@ use crate::running::RunningSteps;
 use crate::store::{CancelOutcome, ClaimedStep, MetadataStore, StepClaim};
 
 mod admission;
+mod gc;
+mod statuses;
 mod step;
 mod verify;
+
+pub use statuses::MAX_STATUS_PATHS;
 
 use admission::{claimable_from, refusal};
 
@@ -47,6 +51,9 @@ pub trait ImportService: Send + Sync + 'static {
 
     /// The repository's status in the metadata database.
     async fn import_status(&self, path: &str) -> Result<GetImportStatusResponse, ApiError>;
+
+    /// The metadata database's record of each of `paths` (1..[`MAX_STATUS_PATHS`]), in order.
+    async fn migration_statuses(&self, paths: &[String]) -> Result<MigrationStatusList, ApiError>;
 
     /// Cancels the repository's step `step` (0: any; see the proto for the rules).
     async fn cancel_import(
@@ -92,6 +99,16 @@ pub trait ImportService: Send + Sync + 'static {
         path: &str,
         deep: bool,
     ) -> Result<mpsc::Receiver<VerifyRepositoryEvent>, ApiError>;
+
+    /// Starts removing the copies under `gitlab/` that no registered blob refers to and that
+    /// are older than the window (`older_than_secs`, 0: the default; see [`crate::gc::window`]),
+    /// or only listing them with `dry_run`; candidates, progress and a summary arrive on the
+    /// returned channel. Refused while a collection runs here.
+    async fn collect_garbage(
+        &self,
+        older_than_secs: u64,
+        dry_run: bool,
+    ) -> Result<mpsc::Receiver<CollectGarbageEvent>, ApiError>;
 }
 
 /// Limits of import steps.
@@ -126,6 +143,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Verifications run at once (as many as steps, apart from them).
     verifications: Arc<Semaphore>,
+    /// Garbage collections run at once: one.
+    collections: Arc<Semaphore>,
     running: Arc<RunningSteps>,
     /// Background steps, so shutdown can wait for them to record their end and notify (the
     /// service's tasks when it runs as one, see [`Importer::with_tasks`]); once they are told
@@ -211,6 +230,7 @@ impl Importer {
                 limits,
                 permits,
                 verifications,
+                collections: Arc::new(Semaphore::new(1)),
                 running: Arc::default(),
                 tasks: Tasks::new(),
                 metrics: ImporterMetrics::default(),
@@ -508,6 +528,14 @@ impl ImportService for Importer {
         self.start_verification(path, deep)
     }
 
+    async fn collect_garbage(
+        &self,
+        older_than_secs: u64,
+        dry_run: bool,
+    ) -> Result<mpsc::Receiver<CollectGarbageEvent>, ApiError> {
+        self.start_collection(older_than_secs, dry_run)
+    }
+
     fn capacity(&self) -> Capacity {
         Importer::capacity(self)
     }
@@ -531,6 +559,10 @@ impl ImportService for Importer {
                 "the repository is being migrated to a new platform; writes are disabled until its final import ends".to_owned()
             },
         })
+    }
+
+    async fn migration_statuses(&self, paths: &[String]) -> Result<MigrationStatusList, ApiError> {
+        self.recorded_statuses(paths).await
     }
 
     async fn import_status(&self, path: &str) -> Result<GetImportStatusResponse, ApiError> {

@@ -11,13 +11,19 @@ use ferry_shared::ids::RepositoryPath;
 use ferry_shared::step::{MaybeStep, Step};
 
 mod commit;
+mod counts;
+mod gc;
 mod reads;
 mod source;
+mod statuses;
 mod verify;
 
 pub use commit::{CommitOutcome, StepCommit, WrittenCounts};
+pub use counts::{EXACT_REPOSITORY_COUNT_UP_TO, RegisteredCounts};
+pub use gc::{BlobRemoval, Protection, RemovalCheck};
 pub use reads::{ServedRepository, StoredManifest};
 pub use source::ReadTagLink;
+pub use statuses::RecordedStatus;
 pub use verify::RegisteredManifest;
 
 /// Embedded migrations of the metadata database.

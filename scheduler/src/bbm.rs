@@ -186,6 +186,18 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
+    /// Every outcome's name, each a `ferry_bbm_worker_runs_total` series from start-up.
+    pub const LABELS: [&'static str; 8] = [
+        "lock_in_use",
+        "idle",
+        "paused",
+        "job_finished",
+        "job_failed",
+        "migration_finished",
+        "migration_failed",
+        "timed_out",
+    ];
+
     /// The outcome's name, for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -227,8 +239,12 @@ impl Worker {
         }
     }
 
-    /// The worker, reporting to `metrics`.
+    /// The worker, reporting to `metrics`: every migration it can run is a series from
+    /// start-up.
     pub fn with_metrics(self, metrics: BbmMetrics) -> Self {
+        for name in self.work.0.keys() {
+            metrics.known_migration(name);
+        }
         Self { metrics, ..self }
     }
 
@@ -238,6 +254,11 @@ impl Worker {
         if self.config.interval.is_zero() {
             tracing::info!("background migration worker disabled");
             return;
+        }
+        // The migrations' figures from the start, not only after the first run.
+        match self.store.background_migrations(None).await {
+            Ok(migrations) => self.metrics.migrations(&migrations),
+            Err(error) => tracing::warn!(%error, "reading the background migrations failed"),
         }
         tokio::pin!(shutdown);
         loop {
@@ -490,5 +511,39 @@ impl Worker {
                 TargetCheck::UnknownColumn => Some(codes::INVALID_COLUMN),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunOutcome;
+
+    #[test]
+    fn every_run_outcome_is_a_metric_label() {
+        let migration = || String::from("m");
+        let outcomes = [
+            RunOutcome::LockInUse,
+            RunOutcome::Idle,
+            RunOutcome::Paused,
+            RunOutcome::JobFinished {
+                migration: migration(),
+                start: 1,
+                end: 2,
+            },
+            RunOutcome::JobFailed {
+                migration: migration(),
+                start: 1,
+                end: 2,
+                error: String::new(),
+            },
+            RunOutcome::MigrationFinished(migration()),
+            RunOutcome::MigrationFailed {
+                migration: migration(),
+                code: "unknown",
+            },
+            RunOutcome::TimedOut,
+        ];
+        let labels: Vec<&str> = outcomes.iter().map(RunOutcome::label).collect();
+        assert_eq!(labels, RunOutcome::LABELS);
     }
 }

@@ -17,9 +17,11 @@ use ferry_shared::security::tls::{ReloadingTls, TlsFiles};
 use view::{RepositoryView, SummaryView, emit};
 
 mod admin;
+mod gc;
 mod migrate;
 mod plans;
 mod progress;
+mod rebuild;
 mod repair;
 mod runbook;
 mod settings;
@@ -128,10 +130,17 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Rebuild the scheduler's state after its database was lost: an inventory, then every
+    /// repository's record on the importers, then the repositories created on the new platform
+    /// (see docs/operations.md, "Recovery"). Prints the repositories by state.
+    RebuildState(rebuild::RebuildArgs),
     /// Compare migrated repositories with their source (tags, manifests byte for byte, index
     /// children, every config and layer under gitlab/ by size and checksum); exit 1 naming each
     /// difference.
     Verify(verify::VerifyArgs),
+    /// Remove the copies under gitlab/ that no registered blob refers to (left by steps that
+    /// failed, were canceled or killed) and that are older than a window longer than any step.
+    Gc(gc::GcArgs),
     /// Show the migration's progress, or one repository's state.
     Status {
         /// A repository path.
@@ -197,6 +206,8 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     match args.command {
         Command::Inventory => migrate::inventory(&mut client).await,
         Command::Verify(args) => verify::run(&mut client, args).await,
+        Command::Gc(args) => gc::run(&mut client, args).await,
+        Command::RebuildState(args) => rebuild::run(&mut client, args).await,
         Command::Migrate {
             wait,
             capacity,

@@ -36,6 +36,9 @@ pub enum SchedulerError {
     /// The inventory failed.
     #[error("inventory: {0}")]
     Inventory(#[from] InventoryError),
+    /// A state rebuild failed.
+    #[error("rebuild: {0}")]
+    Rebuild(#[from] crate::rebuild::RebuildError),
 }
 
 impl From<crate::enqueue::EnqueueError> for SchedulerError {
@@ -63,6 +66,12 @@ impl SchedulerError {
             SchedulerError::Database(_)
             | SchedulerError::Redis(_)
             | SchedulerError::Inventory(_) => ErrorCode::Unavailable,
+            // An importer that refuses the batch (a version without it, a bad answer) is not
+            // going to change its mind: retrying does not help.
+            SchedulerError::Rebuild(crate::rebuild::RebuildError::Importers(
+                crate::importers::ImporterError::Refused { .. },
+            )) => ErrorCode::FailedPrecondition,
+            SchedulerError::Rebuild(_) => ErrorCode::Unavailable,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct SchedulerGrpc<S>(pub S);
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<InventoryProgress, Status>> + Send>>;
 type VerifyStream = Pin<Box<dyn Stream<Item = Result<pb::VerifyProgress, Status>> + Send>>;
+type GarbageStream = Pin<Box<dyn Stream<Item = Result<pb::GarbageProgress, Status>> + Send>>;
+type RebuildStream = Pin<Box<dyn Stream<Item = Result<pb::RebuildProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
@@ -61,11 +63,33 @@ impl<S: SchedulerService> SchedulerRpc for SchedulerGrpc<S> {
 
     type VerifyRepositoriesStream = VerifyStream;
 
+    type CollectGarbageStream = GarbageStream;
+
+    async fn collect_garbage(
+        &self,
+        request: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<Self::CollectGarbageStream>, Status> {
+        let receiver = self.0.collect_garbage(request.into_inner()).await?;
+        let stream = ReceiverStream::new(receiver).map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn verify_repositories(
         &self,
         request: Request<pb::VerifyRepositoriesRequest>,
     ) -> Result<Response<Self::VerifyRepositoriesStream>, Status> {
         let receiver = self.0.verify_repositories(request.into_inner()).await?;
+        let stream = ReceiverStream::new(receiver).map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type RebuildStateStream = RebuildStream;
+
+    async fn rebuild_state(
+        &self,
+        request: Request<pb::RebuildStateRequest>,
+    ) -> Result<Response<Self::RebuildStateStream>, Status> {
+        let receiver = self.0.rebuild_state(request.into_inner()).await?;
         let stream = ReceiverStream::new(receiver).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -59,6 +59,17 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict's name, each a `ferry_guard_actions_total` series from start-up.
+    pub const LABELS: [&'static str; 7] = [
+        "leave_alone",
+        "cancel_long_running",
+        "orphaned",
+        "finish_pre_import",
+        "finish_import",
+        "native",
+        "abort",
+    ];
+
     /// The verdict's name, for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -73,6 +84,40 @@ impl Verdict {
     }
 }
 
+/// How long `step` may run before the guard cancels it: `pre_import_limit` for a pre-import
+/// (longer for many tags), `import_timeout` otherwise.
+pub fn time_limit(step: &StaleStep, settings: &Settings) -> std::time::Duration {
+    if step.migration_state == MigrationState::PreImporting {
+        settings.pre_import_limit(step.migration_tags_count)
+    } else {
+        settings.import_timeout
+    }
+}
+
+/// Most steps [`steps_past_time_limit`] looks at (the oldest first).
+const PAST_LIMIT_SCAN: i64 = 1000;
+
+/// Steps in flight longer than their [`time_limit`]: (pre-imports, final imports), counting at
+/// most the [`PAST_LIMIT_SCAN`] oldest steps. The guard cancels such a step at its next pass,
+/// so a count that stays above 0 means the guard is not doing its job.
+pub async fn steps_past_time_limit(
+    store: &SchedulerStore,
+    settings: &Settings,
+) -> Result<(usize, usize), sqlx::Error> {
+    let shortest = settings.pre_import_timeout.min(settings.import_timeout);
+    let steps = store.stale_steps(shortest, PAST_LIMIT_SCAN).await?;
+    let past = |state: MigrationState| {
+        (steps.iter())
+            .filter(|s| s.migration_state == state)
+            .filter(|s| s.age_seconds > time_limit(s, settings).as_secs_f64())
+            .count()
+    };
+    Ok((
+        past(MigrationState::PreImporting),
+        past(MigrationState::Importing),
+    ))
+}
+
 /// Decides what to do with `step` given what the importers say of it (`Err`: they could not
 /// be asked, or could not tell).
 pub fn verdict(
@@ -82,12 +127,7 @@ pub fn verdict(
 ) -> Verdict {
     use MigrationStatus::*;
     let state = step.migration_state;
-    let limit = if state == MigrationState::PreImporting {
-        settings.pre_import_limit(step.migration_tags_count)
-    } else {
-        settings.import_timeout
-    };
-    let past_limit = step.age_seconds > limit.as_secs_f64();
+    let past_limit = step.age_seconds > time_limit(step, settings).as_secs_f64();
     let answer = match answer {
         Ok(answer) => answer,
         // The importer that accepted the step is gone.
@@ -548,5 +588,30 @@ mod tests {
             ),
             Verdict::Abort(_)
         ));
+    }
+
+    #[test]
+    fn every_verdict_is_a_metric_label() {
+        let verdicts = [
+            Verdict::LeaveAlone,
+            Verdict::CancelLongRunning,
+            Verdict::Orphaned(String::new()),
+            Verdict::FinishPreImport,
+            Verdict::FinishImport,
+            Verdict::Native,
+            Verdict::Abort(String::new()),
+        ];
+        let labels: Vec<&str> = verdicts.iter().map(Verdict::label).collect();
+        assert_eq!(labels, Verdict::LABELS);
+    }
+
+    #[test]
+    fn a_pre_import_of_many_tags_gets_a_longer_time_limit() {
+        let s = settings();
+        let mut big = step("pre_importing", 0.0);
+        big.migration_tags_count = Some(10_000);
+        assert_eq!(time_limit(&big, &s), s.pre_import_limit(Some(10_000)));
+        assert!(time_limit(&big, &s) > s.pre_import_timeout);
+        assert_eq!(time_limit(&step("importing", 0.0), &s), s.import_timeout);
     }
 }

@@ -24,9 +24,13 @@ pub const LISTING_DEADLINE: Duration = Duration::from_secs(60);
 /// guard pass, an operator's cancel) for the transport's 30 s.
 pub const QUICK_DEADLINE: Duration = Duration::from_secs(5);
 
+mod gc;
+mod statuses;
 mod step_status;
 mod verify;
 
+pub use gc::OpenCollection;
+pub use statuses::RecordedStatus;
 pub use step_status::StepStatus;
 pub use verify::ImporterVerification;
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod ctl;
 pub mod enqueue;
 pub mod error;
+pub mod gc;
 pub mod grpc;
 pub mod guard;
 pub mod importers;
@@ -17,6 +18,7 @@ pub mod inventory;
 pub mod lease;
 pub mod limits;
 pub mod metrics;
+pub mod rebuild;
 pub mod reconcile;
 pub mod repair;
 pub mod service;
@@ -79,6 +81,18 @@ async fn report_gauges(store: SchedulerStore, metrics: metrics::MigrationMetrics
         match store.migration_progress().await {
             Ok(progress) => metrics.progress(&progress),
             Err(error) => tracing::warn!(%error, "reading the migration's progress failed"),
+        }
+        match store.settings().await {
+            Ok(settings) => {
+                metrics.settings(&settings);
+                match guard::steps_past_time_limit(&store, &settings).await {
+                    Ok((pre, final_imports)) => {
+                        metrics.steps_past_time_limit(pre, final_imports);
+                    }
+                    Err(error) => tracing::warn!(%error, "counting steps past their limit failed"),
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading the settings failed"),
         }
         match store.verification_counts().await {
             Ok(counts) => metrics.verification_counts(&counts),
@@ -158,6 +172,7 @@ pub async fn run(
     )?;
     let mut registry = Registry::with_prefix("ferry");
     ferry_shared::metrics::register_common(&mut registry);
+    ferry_shared::metrics::STORAGE.budget_floors(&config.budgets.config);
     let migration_metrics = metrics::MigrationMetrics::register(&mut registry);
     let bbm_metrics = metrics::BbmMetrics::register(&mut registry);
     let repair_metrics = metrics::RepairMetrics::register(&mut registry);
@@ -194,7 +209,10 @@ pub async fn run(
         identity.clone(),
         (config.enqueue_interval * 2).max(std::time::Duration::from_secs(1)),
     )
-    .with_counter(migration_metrics.deduplicated_triggers.clone());
+    .with_counters(
+        migration_metrics.triggers.clone(),
+        migration_metrics.deduplicated_triggers.clone(),
+    );
     let importers = Arc::new(ImporterPool::with_connector(
         &config.importers,
         security.connector(),

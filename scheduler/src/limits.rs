@@ -58,6 +58,8 @@ pub const START_MAX_RETRIES: Range = Range::new("start_max_retries", 0, 1_000);
 pub const REPAIR_MAX_CONCURRENCY: Range = Range::new("repair_max_concurrency", 0, 64);
 /// The double-check's window, in hours (ten years).
 pub const SINCE_HOURS: Range = Range::new("since_hours", 1, 87_600);
+/// Repositories a state rebuild asks the importers about per call (0: the default).
+pub const REBUILD_BATCH_SIZE: Range = Range::new("batch_size", 0, 1_000);
 /// Repositories a restore batch registers at once (0: the default).
 pub const RESTORE_BATCH_SIZE: Range = Range::new("batch_size", 0, 100_000);
 
@@ -72,6 +74,8 @@ pub const IMPORT_TIMEOUT_SECS: Range = Range::new("import_timeout_secs", 1, 7 * 
 pub const ENQUEUE_WAITING_TIME_SECS: Range = Range::new("enqueue_waiting_time_secs", 0, DAY);
 /// Age after which a repair analysis counts as abandoned, in seconds.
 pub const REPAIR_STALE_AFTER_SECS: Range = Range::new("repair_stale_after_secs", 1, 30 * DAY);
+/// The window of `ferryctl gc`, in seconds (0: the importer's default; a year at most).
+pub const GC_OLDER_THAN_SECS: Range = Range::new("older_than_secs", 0, 365 * DAY);
 /// Entries in the denied root namespaces and in the target plans.
 pub const NAME_LIST: Range = Range::new("entries", 0, 1_000);
 /// Entries of one `SetNamespacePlans` call.

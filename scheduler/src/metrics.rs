@@ -11,9 +11,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use ferry_shared::metrics::{Label, Registry};
 
+use crate::bbm::RunOutcome;
+use crate::guard::Verdict;
 use crate::state::{MigrationState, VerifyResult};
-use crate::store::MigrationProgress;
 use crate::store::bbm::BackgroundMigrationProgress;
+use crate::store::{MigrationProgress, Settings};
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -83,7 +85,31 @@ impl BbmMetrics {
             "Background migrations by status",
             metrics.migrations.clone(),
         );
+        for outcome in RunOutcome::LABELS {
+            metrics
+                .runs
+                .get_or_create(&[("outcome", outcome.to_owned())])
+                .inc_by(0);
+        }
+        metrics.migrations(&[]);
         metrics
+    }
+
+    /// Creates the series of a migration this scheduler can run (named after its work
+    /// function) at 0: its jobs by result and its progress, until a run reports them.
+    pub fn known_migration(&self, migration: &str) {
+        for result in ["finished", "failed"] {
+            self.jobs
+                .get_or_create(&[
+                    ("migration", migration.to_owned()),
+                    ("result", result.to_owned()),
+                ])
+                .inc_by(0);
+        }
+        drop(
+            self.progress
+                .get_or_create(&[("migration", migration.to_owned())]),
+        );
     }
 
     /// Counts a run's outcome.
@@ -205,12 +231,28 @@ impl RepairMetrics {
     }
 }
 
-/// Metrics of the migration itself: repositories per state, steps in flight, results, the rate
-/// and the time left; the enqueue lease, deduplicated triggers and the guard's actions.
+/// The `type` label of a step: `pre` for a pre-import, `final` for a final import.
+pub const STEP_TYPES: [&str; 2] = ["pre", "final"];
+
+/// The step results importers report, by step type (`type` and `status` labels).
+const RESULTS: [(&str, &str); 6] = [
+    ("pre", "pre_import_complete"),
+    ("pre", "pre_import_failed"),
+    ("pre", "pre_import_canceled"),
+    ("final", "import_complete"),
+    ("final", "import_failed"),
+    ("final", "import_canceled"),
+];
+
+/// Metrics of the migration itself: repositories per state, steps in flight and past their time
+/// limit, results, the switch, the rate and the time left; the enqueue lease, triggers and
+/// passes, and the guard's actions. Every known label value is a series from start-up.
 #[derive(Debug, Clone, Default)]
 pub struct MigrationMetrics {
     repositories: Family<[Label; 1], Gauge>,
     in_flight: Family<[Label; 1], Gauge>,
+    past_time_limit: Family<[Label; 1], Gauge>,
+    enabled: Gauge,
     pending: Gauge,
     done_per_minute: Gauge<f64, AtomicU64>,
     eta_seconds: Gauge<f64, AtomicU64>,
@@ -218,6 +260,8 @@ pub struct MigrationMetrics {
     lease_held: Gauge,
     lease_acquisitions: Counter,
     lease_losses: Counter,
+    /// Enqueue triggers this replica sent, collapsed ones included.
+    pub triggers: Counter,
     /// Enqueue triggers collapsed into a pending one (the deduplication hits).
     pub deduplicated_triggers: Counter,
     guard_actions: Family<[Label; 1], Counter>,
@@ -239,6 +283,16 @@ impl MigrationMetrics {
             "imports_in_flight",
             "Repositories in a step, by type (pre: pre_importing, final: importing)",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "steps_past_time_limit",
+            "Steps in flight longer than their time limit (the guard cancels them), by type",
+            m.past_time_limit.clone(),
+        );
+        registry.register(
+            "migration_enabled",
+            "1 while the global switch is on (ferryctl migrate / resume), 0 while paused",
+            m.enabled.clone(),
         );
         registry.register(
             "migration_pending_repositories",
@@ -276,6 +330,11 @@ impl MigrationMetrics {
             m.lease_losses.clone(),
         );
         registry.register(
+            "enqueue_triggers",
+            "Enqueue triggers this replica sent to the lease holder, collapsed ones included",
+            m.triggers.clone(),
+        );
+        registry.register(
             "enqueue_deduplicated_triggers",
             "Enqueue triggers collapsed into a pending one",
             m.deduplicated_triggers.clone(),
@@ -306,7 +365,39 @@ impl MigrationMetrics {
                 .inc_by(0);
         }
         m.verification_counts(&[]);
+        m.progress(&MigrationProgress {
+            states: Vec::new(),
+            total: 0,
+            pending: 0,
+            done_per_minute: 0.0,
+            eta_seconds: 0.0,
+        });
+        m.steps_past_time_limit(0, 0);
+        for (kind, status) in RESULTS {
+            m.results
+                .get_or_create(&[("type", kind.to_owned()), ("status", status.to_owned())])
+                .inc_by(0);
+        }
+        for action in Verdict::LABELS {
+            m.guard_actions
+                .get_or_create(&[("action", action.to_owned())])
+                .inc_by(0);
+        }
         m
+    }
+
+    /// Sets the gauges read from the run-time settings (the global switch).
+    pub fn settings(&self, settings: &Settings) {
+        self.enabled.set(i64::from(settings.enabled));
+    }
+
+    /// Sets the counts of steps in flight past their time limit, by type.
+    pub fn steps_past_time_limit(&self, pre: usize, final_imports: usize) {
+        for (kind, count) in STEP_TYPES.into_iter().zip([pre, final_imports]) {
+            self.past_time_limit
+                .get_or_create(&[("type", kind.to_owned())])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// A repository was verified.

@@ -16,6 +16,7 @@ use ferry_shared::step::MaybeStep;
 use ferry_shared::storage::BlobStore;
 
 mod admin;
+mod rebuild;
 mod repair;
 
 use crate::enqueue::{EnqueueHandle, StepReport, Triggers};
@@ -40,12 +41,25 @@ pub trait SchedulerService: Send + Sync + 'static {
         &self,
     ) -> Result<mpsc::Receiver<Result<InventoryProgress, SchedulerError>>, SchedulerError>;
 
+    /// Starts a state rebuild (see [`crate::rebuild`]); progress arrives on the returned channel.
+    async fn rebuild_state(
+        &self,
+        request: pb::RebuildStateRequest,
+    ) -> Result<mpsc::Receiver<Result<pb::RebuildProgress, SchedulerError>>, SchedulerError>;
+
     /// Starts verifying migrated repositories; one message per repository arrives on the
     /// returned channel, the last has `finished`.
     async fn verify_repositories(
         &self,
         request: pb::VerifyRepositoriesRequest,
     ) -> Result<mpsc::Receiver<Result<pb::VerifyProgress, SchedulerError>>, SchedulerError>;
+
+    /// Starts removing abandoned copies under `gitlab/` on one importer (`ferryctl gc`);
+    /// candidates and progress arrive on the returned channel, the last message has `finished`.
+    async fn collect_garbage(
+        &self,
+        request: pb::CollectGarbageRequest,
+    ) -> Result<mpsc::Receiver<Result<pb::GarbageProgress, SchedulerError>>, SchedulerError>;
 
     /// Sets the global switch (and optionally the capacity).
     async fn set_migration_enabled(
@@ -351,6 +365,7 @@ impl SchedulerService for Scheduler {
     async fn run_inventory(
         &self,
     ) -> Result<mpsc::Receiver<Result<InventoryProgress, SchedulerError>>, SchedulerError> {
+        let lock = self.inventory_lock().await?;
         let (tx, rx) = mpsc::channel(64);
         let scheduler = self.clone();
         // An inventory registers in batches and is safe to stop anywhere: it ends with the
@@ -367,6 +382,8 @@ impl SchedulerService for Scheduler {
                 },
             )
             .await;
+            // Before the last report: a rebuild started on it must not find the lock held.
+            lock.release().await;
             match result {
                 Ok(report) => {
                     tracing::info!(
@@ -386,6 +403,13 @@ impl SchedulerService for Scheduler {
         Ok(rx)
     }
 
+    async fn rebuild_state(
+        &self,
+        request: pb::RebuildStateRequest,
+    ) -> Result<mpsc::Receiver<Result<pb::RebuildProgress, SchedulerError>>, SchedulerError> {
+        self.do_rebuild_state(request).await
+    }
+
     async fn verify_repositories(
         &self,
         request: pb::VerifyRepositoriesRequest,
@@ -401,6 +425,26 @@ impl SchedulerService for Scheduler {
         // anywhere, so it ends with the service or its caller.
         self.tasks
             .spawn_until_stopped("verify", verifier.run(request, tx));
+        Ok(rx)
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: pb::CollectGarbageRequest,
+    ) -> Result<mpsc::Receiver<Result<pb::GarbageProgress, SchedulerError>>, SchedulerError> {
+        let request = crate::gc::GcRequest::try_from(request)?;
+        let collection = crate::gc::open(&self.importers, request).await?;
+        tracing::info!(
+            importer = collection.importer,
+            older_than_secs = request.older_than_secs,
+            dry_run = request.dry_run,
+            "garbage collection started"
+        );
+        let (tx, rx) = mpsc::channel(64);
+        // Dropping the relay drops the importer's stream, which stops the collection there
+        // between two removals.
+        self.tasks
+            .spawn_until_stopped("gc", crate::gc::relay(collection, tx));
         Ok(rx)
     }
 

@@ -14,6 +14,7 @@ mod admin;
 pub mod bbm;
 mod double_check;
 mod guard;
+mod rebuild;
 pub mod repair;
 mod settings;
 mod step;
@@ -22,6 +23,7 @@ mod verify;
 
 pub use admin::{MigrationProgress, QueueHead};
 pub use guard::StaleStep;
+pub use rebuild::{BulkLock, Written};
 pub use settings::{Change, Settings, SettingsPatch};
 pub use step::{AbortedRepo, Claimed, StepColumn};
 pub use verify::{VerificationRecord, VerifyTarget};

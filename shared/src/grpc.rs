@@ -52,6 +52,7 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    crate::metrics::GRPC.known_methods(service_methods(service_names).iter().map(String::as_str));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     for name in service_names {
         reporter
@@ -118,6 +119,30 @@ pub async fn serve(
     }
     served
 }
+
+/// The methods (`/package.Service/Method`, as requests name them) of the services named in
+/// `service_names` (`package.Service`), read from the embedded descriptors of Ferry's protos.
+pub fn service_methods(service_names: &[&str]) -> Vec<String> {
+    use prost::Message as _;
+    let Ok(descriptors) = prost_types::FileDescriptorSet::decode(ferry_proto::FILE_DESCRIPTOR_SET)
+    else {
+        tracing::warn!("the embedded proto descriptors do not decode; no method metrics at 0");
+        return Vec::new();
+    };
+    let mut methods = Vec::new();
+    for file in &descriptors.file {
+        for service in &file.service {
+            let name = format!("{}.{}", file.package(), service.name());
+            if service_names.contains(&name.as_str()) {
+                methods.extend(
+                    (service.method.iter()).map(|method| format!("/{name}/{}", method.name())),
+                );
+            }
+        }
+    }
+    methods
+}
+
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed when this is called
 /// (not when the future is first polled), so a signal that arrives during start-up is not lost to
 /// the default action. Call it inside the runtime.
@@ -141,5 +166,26 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
             () = wait(terminate) => tracing::info!("SIGTERM received; shutting down"),
             () = wait(interrupt) => tracing::info!("SIGINT received; shutting down"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_methods;
+
+    #[test]
+    fn the_methods_of_a_service_come_from_its_descriptor() {
+        let methods = service_methods(&["ferry.importer.v1.Importer"]);
+        assert!(
+            methods.contains(&"/ferry.importer.v1.Importer/StartImport".to_owned()),
+            "{methods:?}"
+        );
+        let proto = include_str!("../../proto/ferry/importer/v1/importer.proto");
+        let declared = proto
+            .lines()
+            .filter(|line| line.trim_start().starts_with("rpc "))
+            .count();
+        assert_eq!(methods.len(), declared, "{methods:?}");
+        assert!(service_methods(&["no.such.Service"]).is_empty());
     }
 }

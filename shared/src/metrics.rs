@@ -30,6 +30,31 @@ pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// The storage operations the retry wrapper names (`operation` label), each a series from
+/// start-up.
+pub const STORAGE_OPERATIONS: [&str; 7] = [
+    "list",
+    "stat",
+    "read",
+    "open_read",
+    "copy",
+    "delete",
+    "persist",
+];
+
+/// How a storage attempt can end (`outcome` label), each a series from start-up.
+pub const STORAGE_OUTCOMES: [&str; 5] =
+    ["ok", "not_found", "throttled", "transient_error", "error"];
+
+/// The shared storage budgets (`budget` label), each a series from start-up.
+pub const STORAGE_BUDGETS: [&str; 2] = ["read", "write"];
+
+/// The lowest a 429 cuts a governed budget's rate to, as a share of its configured rate (the
+/// governor's script: `math.max(base / 16, ...)`).
+pub const BUDGET_FLOOR_SHARE: f64 = 1.0 / 16.0;
+
+type FloatGauges = Family<[Label; 1], Gauge<f64, std::sync::atomic::AtomicU64>>;
+
 /// Storage requests, process-wide: every driver reports through the retry wrapper.
 #[derive(Debug)]
 pub struct StorageMetrics {
@@ -37,8 +62,9 @@ pub struct StorageMetrics {
     duration: Histograms<[Label; 1]>,
     throttled: Family<[Label; 1], Counter>,
     retries: Family<[Label; 1], Counter>,
-    budget_rate: Family<[Label; 1], Gauge<f64, std::sync::atomic::AtomicU64>>,
-    budget_ceiling: Family<[Label; 1], Gauge<f64, std::sync::atomic::AtomicU64>>,
+    budget_rate: FloatGauges,
+    budget_ceiling: FloatGauges,
+    budget_floor: FloatGauges,
     budget_cuts: Family<[Label; 1], Counter>,
     budget_wait: Histograms<[Label; 1]>,
 }
@@ -51,13 +77,53 @@ pub static STORAGE: LazyLock<StorageMetrics> = LazyLock::new(|| StorageMetrics {
     retries: Family::default(),
     budget_rate: Family::default(),
     budget_ceiling: Family::default(),
+    budget_floor: Family::default(),
     budget_cuts: Family::default(),
     budget_wait: Family::new_with_constructor(latency_histogram),
 });
 
 impl StorageMetrics {
-    /// Records one attempt of `operation` (list, stat, read, copy) and how it ended: `ok`,
-    /// `not_found`, `throttled` (HTTP 429), `transient_error` or `error`.
+    /// Creates every operation, outcome and budget series that does not exist yet, at 0, so
+    /// that `rate()` and absence alerts work from the first scrape. (`get_or_create` creates a
+    /// series; dropping what it returns records nothing.)
+    fn create_known_series(&self) {
+        for operation in STORAGE_OPERATIONS {
+            let op = [("operation", operation.to_owned())];
+            for outcome in STORAGE_OUTCOMES {
+                self.requests
+                    .get_or_create(&[
+                        ("operation", operation.to_owned()),
+                        ("outcome", outcome.to_owned()),
+                    ])
+                    .inc_by(0);
+            }
+            drop(self.duration.get_or_create(&op));
+            self.throttled.get_or_create(&op).inc_by(0);
+            self.retries.get_or_create(&op).inc_by(0);
+        }
+        for budget in STORAGE_BUDGETS {
+            let label = [("budget", budget.to_owned())];
+            drop(self.budget_rate.get_or_create(&label));
+            drop(self.budget_ceiling.get_or_create(&label));
+            drop(self.budget_floor.get_or_create(&label));
+            self.budget_cuts.get_or_create(&label).inc_by(0);
+            drop(self.budget_wait.get_or_create(&label));
+        }
+    }
+
+    /// Records the governed budgets' floors (the lowest a 429 cuts each rate to); an
+    /// ungoverned budget's floor stays 0. Call once at start-up with the process's settings.
+    pub fn budget_floors(&self, config: &crate::storage::governor::GovernorConfig) {
+        for (budget, governed) in STORAGE_BUDGETS.into_iter().zip([config.read, config.write]) {
+            let floor = governed.map_or(0.0, |b| b.rate * BUDGET_FLOOR_SHARE);
+            self.budget_floor
+                .get_or_create(&[("budget", budget.to_owned())])
+                .set(floor);
+        }
+    }
+
+    /// Records one attempt of `operation` (one of [`STORAGE_OPERATIONS`]) and how it ended (one
+    /// of [`STORAGE_OUTCOMES`]: `throttled` is an HTTP 429).
     pub fn attempt(&self, operation: &'static str, outcome: &'static str, seconds: f64) {
         self.requests
             .get_or_create(&[
@@ -120,13 +186,12 @@ pub static DB: LazyLock<DbMetrics> = LazyLock::new(|| DbMetrics {
 });
 
 impl DbMetrics {
-    /// Records a query's time, and whether it failed.
+    /// Records a query's time, and whether it failed. A query's errors series exists from its
+    /// first run, at 0 while none failed.
     pub fn query(&self, db: &'static str, query: &str, seconds: f64, failed: bool) {
         let labels = [("db", db.to_owned()), ("query", query.to_owned())];
         self.duration.get_or_create(&labels).observe(seconds);
-        if failed {
-            self.errors.get_or_create(&labels).inc();
-        }
+        self.errors.get_or_create(&labels).inc_by(u64::from(failed));
     }
 
     /// Records a pool's connections: open, idle and the most it may open.
@@ -158,6 +223,20 @@ pub static GRPC: LazyLock<GrpcMetrics> = LazyLock::new(|| GrpcMetrics {
 });
 
 impl GrpcMetrics {
+    /// Creates the series of every method in `methods` (`/package.Service/Method`) at 0: its
+    /// `OK` count and its time, so that `rate()` works from the first scrape.
+    pub fn known_methods<'a>(&self, methods: impl IntoIterator<Item = &'a str>) {
+        for method in methods {
+            self.requests
+                .get_or_create(&[("method", method.to_owned()), ("code", "OK".to_owned())])
+                .inc_by(0);
+            drop(
+                self.duration
+                    .get_or_create(&[("method", method.to_owned())]),
+            );
+        }
+    }
+
     /// Records a request to `method` (`/package.Service/Method`) that ended with `code`.
     pub fn request(&self, method: &str, code: &str, seconds: f64) {
         self.requests
@@ -169,9 +248,11 @@ impl GrpcMetrics {
     }
 }
 
-/// Registers the process-wide storage, database and gRPC metrics in `registry`.
+/// Registers the process-wide storage, database and gRPC metrics in `registry`, every storage
+/// operation, outcome and budget at 0.
 pub fn register_common(registry: &mut Registry) {
     let storage = &*STORAGE;
+    storage.create_known_series();
     registry.register(
         "storage_requests",
         "Storage requests (each attempt) by operation and outcome",
@@ -194,13 +275,18 @@ pub fn register_common(registry: &mut Registry) {
     );
     registry.register(
         "storage_budget_rate",
-        "Requests per second the shared storage budget allows now (read or write)",
+        "Requests per second the shared storage budget allows now, as this process last drew from it (0: not yet, or not governed)",
         storage.budget_rate.clone(),
     );
     registry.register(
         "storage_budget_ceiling",
-        "The storage budget's ramp ceiling now, requests per second (doubles per ramp period)",
+        "The storage budget's ramp ceiling, requests per second (doubles per ramp period; 0: not yet, or not governed)",
         storage.budget_ceiling.clone(),
+    );
+    registry.register(
+        "storage_budget_floor",
+        "The lowest a 429 cuts the storage budget's rate to, requests per second (0: not governed)",
+        storage.budget_floor.clone(),
     );
     registry.register(
         "storage_budget_cuts",
@@ -326,6 +412,111 @@ mod tests {
             "ferry_storage_throttled_total{operation=\"test_op\"} 1",
             "ferry_storage_requests_total{operation=\"test_op\",outcome=\"ok\"} 1",
             "ferry_storage_request_duration_seconds_count{operation=\"test_op\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+        }
+    }
+
+    #[test]
+    fn every_storage_operation_outcome_and_budget_is_a_series_from_the_start() {
+        let mut registry = Registry::with_prefix("ferry");
+        register_common(&mut registry);
+        let text = render(&registry);
+        for operation in STORAGE_OPERATIONS {
+            for outcome in STORAGE_OUTCOMES {
+                let line = format!(
+                    "ferry_storage_requests_total{{operation=\"{operation}\",outcome=\"{outcome}\"}} "
+                );
+                assert!(text.contains(&line), "{line} not in {text}");
+            }
+            let throttled = format!("ferry_storage_throttled_total{{operation=\"{operation}\"}} ");
+            assert!(text.contains(&throttled), "{throttled} not in {text}");
+        }
+        for budget in STORAGE_BUDGETS {
+            for name in ["rate", "ceiling", "floor"] {
+                let line = format!("ferry_storage_budget_{name}{{budget=\"{budget}\"}} ");
+                assert!(text.contains(&line), "{line} not in {text}");
+            }
+            let cuts = format!("ferry_storage_budget_cuts_total{{budget=\"{budget}\"}} 0");
+            assert!(text.lines().any(|l| l == cuts), "{cuts} not in {text}");
+        }
+    }
+
+    /// The label values created at start-up are the ones the retry wrapper and the governor use.
+    #[test]
+    fn the_known_storage_labels_are_the_ones_the_storage_layer_uses() {
+        let retry = include_str!("storage/retry.rs");
+        let mut operations: Vec<&str> = retry
+            .split("self.with_retry(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        operations.sort_unstable();
+        let mut known = STORAGE_OPERATIONS.to_vec();
+        known.sort_unstable();
+        assert_eq!(operations, known);
+        let outcome_fn = retry
+            .split("fn outcome<T>")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .expect("retry.rs has fn outcome");
+        let outcomes: Vec<&str> = outcome_fn
+            .split("=> \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert_eq!(outcomes, STORAGE_OUTCOMES);
+        let governor = include_str!("storage/governor.rs");
+        let floor = format!("math.max(base / {}, ", (1.0 / BUDGET_FLOOR_SHARE).round());
+        assert!(
+            governor.contains(&floor),
+            "the governor's floor is not {floor}"
+        );
+        for budget in STORAGE_BUDGETS {
+            assert!(governor.contains(&format!("=> \"{budget}\",")), "{budget}");
+        }
+    }
+
+    #[test]
+    fn a_governed_budget_reports_its_floor() {
+        use crate::storage::governor::{BudgetConfig, GovernorConfig};
+        let mut registry = Registry::with_prefix("ferry");
+        register_common(&mut registry);
+        STORAGE.budget_floors(&GovernorConfig {
+            read: Some(BudgetConfig {
+                rate: 800.0,
+                max_rate: 0.0,
+            }),
+            ..GovernorConfig::default()
+        });
+        let text = render(&registry);
+        for line in [
+            "ferry_storage_budget_floor{budget=\"read\"} 50.0",
+            "ferry_storage_budget_floor{budget=\"write\"} 0.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+        }
+    }
+
+    #[test]
+    fn a_query_has_an_errors_series_from_its_first_run() {
+        let mut registry = Registry::with_prefix("ferry");
+        register_common(&mut registry);
+        DB.query("other", "first_query", 0.001, false);
+        let text = render(&registry);
+        let line = "ferry_db_query_errors_total{db=\"other\",query=\"first_query\"} 0";
+        assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+    }
+
+    #[test]
+    fn known_grpc_methods_are_series_at_zero() {
+        let mut registry = Registry::with_prefix("ferry");
+        register_common(&mut registry);
+        GRPC.known_methods(["/test.v1.Known/Method"]);
+        let text = render(&registry);
+        for line in [
+            "ferry_grpc_server_requests_total{method=\"/test.v1.Known/Method\",code=\"OK\"} 0",
+            "ferry_grpc_server_request_duration_seconds_count{method=\"/test.v1.Known/Method\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in {text}");
         }

@@ -36,6 +36,9 @@ pub struct ClusterOptions {
     pub budgets: ferry_shared::storage::governor::GovernorArgs,
     /// Steps each importer runs at once.
     pub importer_slots: usize,
+    /// Each importer's pre-import and final import time limit, in seconds (`ferryctl gc`'s
+    /// window must be longer).
+    pub step_timeout_secs: u64,
 }
 
 impl Default for ClusterOptions {
@@ -50,6 +53,7 @@ impl Default for ClusterOptions {
             importers_by_name: None,
             budgets: Default::default(),
             importer_slots: 2,
+            step_timeout_secs: 120,
         }
     }
 }
@@ -78,6 +82,11 @@ pub struct Cluster {
     /// its database connections, for as long as the runtime does.
     _stop: tokio::sync::watch::Sender<()>,
     connector: Connector,
+    /// The scheduler's configuration, to start it again ([`Self::start_scheduler`]).
+    scheduler_config: ferry_scheduler::config::SchedulerConfig,
+    /// The scheduler while it runs: its own stop (dropping it stops the scheduler alone) and
+    /// its thread.
+    scheduler: Option<(tokio::sync::watch::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 async fn bind() -> (TcpListener, String) {
@@ -89,7 +98,11 @@ async fn bind() -> (TcpListener, String) {
 /// Runs a service on a runtime and threads of its own, as its own process would: tokio does not
 /// preempt a task, so on a shared runtime one service's busy tasks would hold up another's (an
 /// importer's step delaying the scheduler's reaction to a step's end), which no deployment does.
-fn spawn_service<Serve, Served>(name: &'static str, listener: TcpListener, serve: Serve)
+fn spawn_service<Serve, Served>(
+    name: &'static str,
+    listener: TcpListener,
+    serve: Serve,
+) -> std::thread::JoinHandle<()>
 where
     Serve: FnOnce(TcpListener) -> Served + Send + 'static,
     Served: std::future::Future<Output = ()>,
@@ -108,7 +121,7 @@ where
                 serve(TcpListener::from_std(listener).expect("listener")).await;
             });
         })
-        .expect("service thread");
+        .expect("service thread")
 }
 
 impl Cluster {
@@ -163,8 +176,8 @@ impl Cluster {
                     "http://127.0.0.1:1".to_owned()
                 }),
                 max_concurrent_imports: options.importer_slots.to_string(),
-                pre_import_timeout_secs: "120".into(),
-                import_timeout_secs: "120".into(),
+                pre_import_timeout_secs: options.step_timeout_secs.to_string(),
+                import_timeout_secs: options.step_timeout_secs.to_string(),
                 copy_concurrency: "4".into(),
                 tag_concurrency: "4".into(),
                 cancel_poll_ms: "200".into(),
@@ -180,11 +193,15 @@ impl Cluster {
             };
             let config = args.validate().expect("importer config");
             let stopped = shutdown();
-            spawn_service("importer", listener, move |listener| async move {
-                ferry_importer::run(config, listener, stopped)
-                    .await
-                    .expect("importer runs");
-            });
+            drop(spawn_service(
+                "importer",
+                listener,
+                move |listener| async move {
+                    ferry_importer::run(config, listener, stopped)
+                        .await
+                        .expect("importer runs");
+                },
+            ));
         }
         let metrics_port = processes::free_port();
         let args = ferry_scheduler::config::SchedulerArgs {
@@ -219,17 +236,11 @@ impl Cluster {
             governor: options.budgets.clone(),
             command: None,
         };
-        let config = args.validate().expect("scheduler config");
-        let stopped = shutdown();
-        spawn_service(
-            "scheduler",
+        let scheduler_config = args.validate().expect("scheduler config");
+        let scheduler = Some(spawn_scheduler(
+            scheduler_config.clone(),
             scheduler_listener,
-            move |listener| async move {
-                ferry_scheduler::run(config, listener, stopped)
-                    .await
-                    .expect("scheduler runs");
-            },
-        );
+        ));
         let cluster = Self {
             scheduler_url,
             database_url,
@@ -241,9 +252,34 @@ impl Cluster {
             redis_prefix,
             _stop: stop,
             connector: options.client.clone(),
+            scheduler_config,
+            scheduler,
         };
         cluster.wait_ready().await;
         cluster
+    }
+
+    /// Stops the scheduler alone, as a SIGTERM would, and waits until it has (the importers
+    /// keep running; their completion notifications fail meanwhile).
+    pub async fn stop_scheduler(&mut self) {
+        if let Some((stop, thread)) = self.scheduler.take() {
+            drop(stop);
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .expect("join")
+                .expect("the scheduler stopped cleanly");
+        }
+    }
+
+    /// Starts the scheduler again on its address and database (after [`Self::stop_scheduler`]),
+    /// and waits until it answers.
+    pub async fn start_scheduler(&mut self) {
+        assert!(self.scheduler.is_none(), "the scheduler runs already");
+        let listener = TcpListener::bind(self.scheduler_config.listen_addr)
+            .await
+            .expect("bind the scheduler's address again");
+        self.scheduler = Some(spawn_scheduler(self.scheduler_config.clone(), listener));
+        self.wait_ready().await;
     }
 
     async fn wait_ready(&self) {
@@ -345,6 +381,24 @@ impl Cluster {
             .expect("summary")
             .into_inner()
     }
+}
+
+/// Runs a scheduler with `config` on `listener` on a thread of its own, stopped when the
+/// returned sender is dropped.
+fn spawn_scheduler(
+    config: ferry_scheduler::config::SchedulerConfig,
+    listener: TcpListener,
+) -> (tokio::sync::watch::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop, mut stopped) = tokio::sync::watch::channel(());
+    let thread = spawn_service("scheduler", listener, move |listener| async move {
+        let stopped = async move {
+            let _ = stopped.changed().await;
+        };
+        ferry_scheduler::run(config, listener, stopped)
+            .await
+            .expect("scheduler runs");
+    });
+    (stop, thread)
 }
 
 /// How many repositories `summary` counts in `state`.

@@ -424,6 +424,14 @@ impl ferry_shared::storage::BlobStore for GatedStore {
         self.inner.copy(src, dst, expected).await
     }
 
+    async fn delete(
+        &self,
+        key: &str,
+        version: &str,
+    ) -> Result<ferry_shared::storage::DeleteOutcome, ferry_shared::storage::StorageError> {
+        self.inner.delete(key, version).await
+    }
+
     async fn persist(&self) -> Result<(), ferry_shared::storage::StorageError> {
         self.inner.persist().await
     }

@@ -66,6 +66,13 @@ impl BlobStore for MovingTag {
     ) -> Result<CopyOutcome, StorageError> {
         self.inner.copy(src, dst, expected).await
     }
+    async fn delete(
+        &self,
+        key: &str,
+        version: &str,
+    ) -> Result<ferry_shared::storage::DeleteOutcome, StorageError> {
+        self.inner.delete(key, version).await
+    }
     fn url(&self) -> String {
         self.inner.url()
     }

@@ -50,6 +50,18 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Durations in seconds around the bounds of `ferryctl gc`'s window.
+fn seconds() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0),
+        Just(1),
+        Just(31_536_000),
+        Just(31_536_001),
+        Just(u64::MAX),
+        any::<u64>()
+    ]
+}
+
 fn number() -> impl Strategy<Value = u32> {
     prop_oneof![
         Just(0),
@@ -93,6 +105,10 @@ enum Call {
     ClearLease(String),
     Background(String),
     Verify(Vec<String>, bool, u32),
+    Gc(u64, bool),
+    /// A rebuild with a batch size beyond its range (one in range would start a rebuild, which
+    /// inventories the harness's bucket in the background).
+    Rebuild(u32, bool),
 }
 
 fn settings() -> impl Strategy<Value = pb::UpdateSettingsRequest> {
@@ -157,6 +173,8 @@ fn call() -> impl Strategy<Value = Call> {
             number()
         )
             .prop_map(|(paths, all, concurrency)| Call::Verify(paths, all, concurrency)),
+        (seconds(), any::<bool>()).prop_map(|(secs, dry_run)| Call::Gc(secs, dry_run)),
+        (1001u32.., any::<bool>()).prop_map(|(batch, pause)| Call::Rebuild(batch, pause)),
     ]
 }
 
@@ -242,6 +260,14 @@ async fn perform(api: &SchedulerGrpc<Scheduler>, call: Call) -> Result<(), tonic
             .pause_background_migrations(Request::new(pb::BackgroundMigrationSelector { name }))
             .await
             .map(drop),
+        // No importer here: a window in range is answered UNAVAILABLE.
+        Call::Gc(older_than_secs, dry_run) => api
+            .collect_garbage(Request::new(pb::CollectGarbageRequest {
+                older_than_secs,
+                dry_run,
+            }))
+            .await
+            .map(drop),
         // An accepted verification runs until its caller goes away: here, at once.
         Call::Verify(paths, all, concurrency) => api
             .verify_repositories(Request::new(pb::VerifyRepositoriesRequest {
@@ -249,6 +275,13 @@ async fn perform(api: &SchedulerGrpc<Scheduler>, call: Call) -> Result<(), tonic
                 all,
                 deep: false,
                 concurrency,
+            }))
+            .await
+            .map(drop),
+        Call::Rebuild(batch_size, pause_migration) => api
+            .rebuild_state(Request::new(pb::RebuildStateRequest {
+                pause_migration,
+                batch_size,
             }))
             .await
             .map(drop),
@@ -320,6 +353,26 @@ fn the_admin_inputs_that_took_a_scheduler_down_are_refused_naming_their_range() 
             .contains("repair_max_concurrency must be between 0 and 64"),
         "{concurrency:?}"
     );
+    let rebuild = runtime
+        .block_on(perform(&api, Call::Rebuild(u32::MAX, true)))
+        .expect_err("refused");
+    assert_eq!(rebuild.code(), tonic::Code::InvalidArgument);
+    assert!(
+        rebuild
+            .message()
+            .contains("batch_size must be between 0 and 1000"),
+        "{rebuild:?}"
+    );
+    let window = runtime
+        .block_on(perform(&api, Call::Gc(u64::MAX, true)))
+        .expect_err("refused");
+    assert_eq!(window.code(), tonic::Code::InvalidArgument);
+    assert!(
+        window
+            .message()
+            .contains("older_than_secs must be between 0 and 31536000"),
+        "{window:?}"
+    );
     assert_eq!(before, runtime.block_on(snapshot(&store)), "nothing stored");
 }
 
@@ -360,54 +413,90 @@ fn every_importer_rpc_refuses_bad_arguments_without_a_panic() {
         ..Config::default()
     });
     runner
-        .run(&strategy, |(path, kind, fence, step, n, last, paths)| {
-            runtime.block_on(async {
-                let import_type = ImportType::try_from(kind).unwrap_or(ImportType::Unspecified);
-                let answers = [
-                    importer
-                        .start_import(&path, import_type, fence, step)
-                        .await
-                        .map(drop),
-                    importer
-                        .cancel_import(&path, step, kind % 2 == 0)
-                        .await
-                        .map(drop),
-                    importer.import_status(&path).await.map(drop),
-                    importer
-                        .verify_repository(&path, kind % 2 == 0)
-                        .await
-                        .map(drop),
-                    importer.check_writable(&path).await.map(drop),
-                    importer
-                        .list_sub_repositories(&path, n, &last)
-                        .await
-                        .map(drop),
-                    importer
-                        .list_repositories_created_since(&last, n, &path)
-                        .await
-                        .map(drop),
-                    importer
-                        .list_sub_repositories_batch(&ListSubRepositoriesBatchRequest {
-                            paths: paths.clone(),
-                            n,
-                            after: Some(SubRepositoryPosition {
-                                index: n,
-                                path: last.clone(),
-                            }),
-                        })
-                        .await
-                        .map(drop),
-                ];
-                for answer in answers {
-                    if let Err(error) = answer {
-                        let status = tonic::Status::from(error);
-                        prop_assert!(acceptable(status.code()), "{path:?}: {status:?}");
+        .run(
+            &(strategy, seconds()),
+            |((path, kind, fence, step, n, last, paths), secs)| {
+                runtime.block_on(async {
+                    let import_type = ImportType::try_from(kind).unwrap_or(ImportType::Unspecified);
+                    let answers = [
+                        importer
+                            .start_import(&path, import_type, fence, step)
+                            .await
+                            .map(drop),
+                        importer
+                            .cancel_import(&path, step, kind % 2 == 0)
+                            .await
+                            .map(drop),
+                        importer.import_status(&path).await.map(drop),
+                        importer.migration_statuses(&paths).await.map(drop),
+                        importer
+                            .verify_repository(&path, kind % 2 == 0)
+                            .await
+                            .map(drop),
+                        importer.check_writable(&path).await.map(drop),
+                        // A window this importer accepts (longer than its 30 s steps) collects in
+                        // the background until the receiver goes away, here at once.
+                        importer
+                            .collect_garbage(secs, kind % 2 == 0)
+                            .await
+                            .map(drop),
+                        importer
+                            .list_sub_repositories(&path, n, &last)
+                            .await
+                            .map(drop),
+                        importer
+                            .list_repositories_created_since(&last, n, &path)
+                            .await
+                            .map(drop),
+                        importer
+                            .list_sub_repositories_batch(&ListSubRepositoriesBatchRequest {
+                                paths: paths.clone(),
+                                n,
+                                after: Some(SubRepositoryPosition {
+                                    index: n,
+                                    path: last.clone(),
+                                }),
+                            })
+                            .await
+                            .map(drop),
+                    ];
+                    for answer in answers {
+                        if let Err(error) = answer {
+                            let status = tonic::Status::from(error);
+                            prop_assert!(acceptable(status.code()), "{path:?}: {status:?}");
+                        }
                     }
-                }
-                Ok(())
-            })
-        })
+                    Ok(())
+                })
+            },
+        )
         .expect("property");
+    // The batch of statuses is bounded, and a refusal names the field.
+    let many = vec!["group/project/app".to_owned(); 1001];
+    for (paths, expected) in [
+        (many, "paths must hold 1 to 1000 paths, not 1001"),
+        (Vec::new(), "paths must hold 1 to 1000 paths, not 0"),
+        (
+            vec!["group/project/app".to_owned(), "Bad Path".to_owned()],
+            "paths[1]",
+        ),
+    ] {
+        let status = tonic::Status::from(
+            runtime
+                .block_on(importer.migration_statuses(&paths))
+                .expect_err("refused"),
+        );
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+    // A path no call above touched (they may have created group/project/app's row).
+    let untouched = "bounds/never/imported".to_owned();
+    let answer = runtime
+        .block_on(importer.migration_statuses(std::slice::from_ref(&untouched)))
+        .expect("one path");
+    assert_eq!(answer.statuses.len(), 1);
+    assert_eq!(answer.statuses[0].path, untouched);
+    assert!(!answer.statuses[0].found, "never imported: {answer:?}");
 }
 
 proptest! {

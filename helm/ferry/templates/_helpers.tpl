@@ -146,6 +146,41 @@ depend on them.
 {{- fail (printf "secrets.%s needs a name and a key" $name) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.importer.autoscaling.enabled .Values.keda.enabled -}}
+{{- fail "importer.autoscaling.enabled and keda.enabled would both scale the importers (KEDA creates its own HorizontalPodAutoscaler): set importer.autoscaling.enabled=false to scale with KEDA" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The importers' replica bounds, shared by the HorizontalPodAutoscaler and the ScaledObject. */}}
+{{- define "ferry.importer.autoscalingBounds" -}}
+{{- with .Values.importer.autoscaling -}}
+{{- if gt (int .minReplicas) (int .maxReplicas) -}}
+{{- fail (printf "importer.autoscaling.minReplicas (%d) must not exceed maxReplicas (%d)" (int .minReplicas) (int .maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+importer.autoscaling.targetSlotUtilization as a quantity in thousandths (0.75: "750m"), the
+HorizontalPodAutoscaler's averageValue for the per-pod utilisation metric.
+*/}}
+{{- define "ferry.importer.slotTargetQuantity" -}}
+{{- $target := float64 .Values.importer.autoscaling.targetSlotUtilization -}}
+{{- printf "%dm" (int64 (round (mulf $target 1000) 0)) | quote -}}
+{{- end -}}
+
+{{/*
+The PromQL of the KEDA trigger: keda.query, else the cluster-wide slot utilisation of this
+release's importers, selected by the labels the chart's ServiceMonitor gives their series
+(namespace, and service: the importers' metrics Service).
+*/}}
+{{- define "ferry.keda.query" -}}
+{{- if .Values.keda.query -}}
+{{- .Values.keda.query -}}
+{{- else -}}
+{{- $selector := printf "namespace=%q,service=%q" .Release.Namespace (printf "%s-metrics" (include "ferry.importer.fullname" .)) -}}
+{{- printf "sum(ferry_importer_slots{state=\"busy\",%s}) / sum(ferry_importer_slots{state=\"total\",%s})" $selector $selector -}}
+{{- end -}}
 {{- end -}}
 
 {{/*

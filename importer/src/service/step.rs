@@ -17,7 +17,7 @@ use super::{Importer, StepOutcome, StepStatuses, status_detail, statuses};
 use crate::error::StepError;
 use crate::plan::{self, PlannedBlob};
 use crate::running::{self, RunningStep, StopReason};
-use crate::store::{ClaimedStep, CommitOutcome};
+use crate::store::{ClaimedStep, CommitOutcome, MetadataStore};
 
 impl Importer {
     pub(super) async fn run_step(
@@ -285,7 +285,8 @@ impl Importer {
         }
         let outcomes: Vec<CopyOutcome> = futures::stream::iter(to_copy)
             .map(|(digest, size, referrer)| {
-                copy_blob(Arc::clone(&self.inner.storage), digest, size, referrer).boxed()
+                let db = self.inner.db.clone();
+                copy_blob(Arc::clone(&self.inner.storage), db, digest, size, referrer).boxed()
             })
             .buffer_unordered(self.inner.limits.copy_concurrency.max(1))
             .try_collect()
@@ -308,33 +309,58 @@ impl Importer {
 /// Copies one blob from the old layout to the new one, verifying its digest where the store
 /// can, and checks that the copy has the `size` manifest `referrer` declares (a destination that
 /// was there already is looked at for that).
+///
+/// A destination found in place (the blob is not registered as copied, or it would not be
+/// copied) may be a copy a failed step left long ago, which `ferryctl gc` may be removing: the
+/// step claims it in the metadata database ([`MetadataStore::claim_blob`], which gc's removal
+/// excludes), then looks at it again; if gc removed it before the claim, it is copied anew.
+/// From the claim on, gc keeps it until the step has ended (docs/operations.md, "Removing
+/// abandoned copies").
 async fn copy_blob(
     storage: Arc<dyn BlobStore>,
+    db: MetadataStore,
     digest: Digest,
     size: u64,
     referrer: Digest,
 ) -> Result<CopyOutcome, StepError> {
     let src = layout::old_blob_key(&digest);
     let dst = layout::new_blob_key(&digest);
-    let outcome = storage
-        .copy(&src, &dst, Some(&digest))
-        .await
-        .map_err(|error| match error {
-            StorageError::NotFound { .. } => StepError::BlobMissing {
-                digest: digest.clone(),
-                manifest: referrer.clone(),
-            },
-            StorageError::DigestMismatch { actual, .. } => StepError::BlobCorrupt {
-                digest: digest.clone(),
-                manifest: referrer.clone(),
-                detail: format!("content hashes to {actual}"),
-            },
-            other => StepError::Storage(other),
-        })?;
+    let copy = async || {
+        storage
+            .copy(&src, &dst, Some(&digest))
+            .await
+            .map_err(|error| match error {
+                StorageError::NotFound { .. } => StepError::BlobMissing {
+                    digest: digest.clone(),
+                    manifest: referrer.clone(),
+                },
+                StorageError::DigestMismatch { actual, .. } => StepError::BlobCorrupt {
+                    digest: digest.clone(),
+                    manifest: referrer.clone(),
+                    detail: format!("content hashes to {actual}"),
+                },
+                other => StepError::Storage(other),
+            })
+    };
+    let mut outcome = copy().await?;
     let copied = match outcome {
         CopyOutcome::Copied(bytes) => Some(bytes),
         CopyOutcome::AlreadyPresent | CopyOutcome::PublishedMeanwhile => {
-            storage.stat(&dst).await?.map(|meta| meta.size)
+            db.claim_blob(digest.as_str()).await?;
+            match storage.stat(&dst).await? {
+                Some(meta) => Some(meta.size),
+                None => {
+                    tracing::info!(%digest, "the copy found in place was removed meanwhile; copying it again");
+                    outcome = copy().await?;
+                    match outcome {
+                        CopyOutcome::Copied(bytes) => Some(bytes),
+                        // Another step published it meanwhile: a fresh copy, and claimed.
+                        CopyOutcome::AlreadyPresent | CopyOutcome::PublishedMeanwhile => {
+                            storage.stat(&dst).await?.map(|meta| meta.size)
+                        }
+                    }
+                }
+            }
         }
     };
     plan::check_copied_size(&digest, size, &referrer, copied)?;

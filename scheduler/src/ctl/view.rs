@@ -13,6 +13,8 @@ use serde::{Serialize, Serializer};
 
 use super::CtlError;
 
+mod gc;
+mod rebuild;
 mod repair;
 mod repository;
 mod runbook;
@@ -20,6 +22,8 @@ mod settings;
 mod summary;
 mod verify;
 
+pub use gc::{GarbageCandidateView, GarbageCountsView, GarbageProgressView, GarbageSummaryView};
+pub use rebuild::{RebuildProgressView, RebuildSummaryView};
 pub use repair::{
     BackgroundMigrationListView, BackgroundMigrationView, RepairPassView, RepairProgressView,
     RepairStatusView,

@@ -17,6 +17,7 @@ pub struct Triggers {
     channel: String,
     owner: String,
     ttl: Duration,
+    sent: prometheus_client::metrics::counter::Counter,
     deduplicated: prometheus_client::metrics::counter::Counter,
 }
 
@@ -53,14 +54,21 @@ impl Triggers {
             channel,
             owner,
             ttl,
+            sent: prometheus_client::metrics::counter::Counter::default(),
             deduplicated: prometheus_client::metrics::counter::Counter::default(),
         }
     }
 
-    /// The triggers, counting deduplicated ones in `counter` (a registered metric).
-    pub fn with_counter(self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+    /// The triggers, counting every trigger in `sent` and the ones that collapsed into a
+    /// pending one in `deduplicated` (registered metrics).
+    pub fn with_counters(
+        self,
+        sent: prometheus_client::metrics::counter::Counter,
+        deduplicated: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         Self {
-            deduplicated: counter,
+            sent,
+            deduplicated,
             ..self
         }
     }
@@ -68,6 +76,7 @@ impl Triggers {
     /// Asks the lease holder, wherever it runs, for a pass. Returns false when the trigger
     /// collapsed into a pending one.
     pub async fn trigger(&self) -> redis::RedisResult<bool> {
+        self.sent.inc();
         let mut redis = self.redis.clone();
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let set: i64 = redis::Script::new(TRIGGER_SCRIPT)

@@ -33,6 +33,8 @@
 //!   verifies digests). Within a bucket a rewrite is GCS's own copy of the stored object;
 //!   `ferryctl verify` compares the CRC32C GCS keeps of each copy and its source afterwards, and
 //!   `--deep` hashes the copies.
+//! * `delete` is one request: `DELETE` with `ifGenerationMatch` set to the version (generation)
+//!   the caller listed, so an object written again since is refused (412) and kept.
 //! * The driver does not retry: [`super::Retrying`] does, on errors for which
 //!   [`StorageError::is_transient`] holds (HTTP 408, 429, 5xx, and requests that got no answer).
 //!   429s are counted ([`GcsStore::throttled`]).
@@ -59,13 +61,15 @@ use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use token_source::TokenSource;
 
+mod delete;
 mod list;
 mod read;
 mod request;
 mod rewrite;
 
 use super::{
-    BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, ObjectReader, StorageError,
+    BlobStore, CopyOutcome, DeleteOutcome, ListOptions, ListPage, ObjectMeta, ObjectReader,
+    StorageError,
 };
 use crate::ids::Digest;
 
@@ -254,6 +258,7 @@ impl GcsStore {
             size: u64::try_from(object.size).unwrap_or(0),
             crc32c: object.crc32c.clone(),
             version: Some(object.generation.to_string()),
+            created: object.time_created.map(std::time::SystemTime::from),
         })
     }
 
@@ -477,10 +482,20 @@ impl BlobStore for GcsStore {
         }
     }
 
+    /// One request: `DELETE` with `ifGenerationMatch` (HTTP 412: [`DeleteOutcome::Changed`]).
+    async fn delete(&self, key: &str, version: &str) -> Result<DeleteOutcome, StorageError> {
+        let name = self.object_name(key)?;
+        let connection = self.connection().await?;
+        self.delete_generation(connection, key, &name, version)
+            .await
+    }
+
     fn requests(&self, operation: super::Operation) -> (u32, u32) {
         match operation {
             // POST the rewrite (one call almost always); a destination that exists refuses it.
             super::Operation::Copy => (0, 1),
+            // One DELETE.
+            super::Operation::Delete => (0, 1),
             // One GET: the listing, the metadata or the bytes (an open's size comes with them).
             super::Operation::List
             | super::Operation::Stat

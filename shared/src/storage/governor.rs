@@ -457,6 +457,12 @@ impl BlobStore for Governed {
         self.run(cost, self.inner.copy(src, dst, expected)).await
     }
 
+    /// Books a write.
+    async fn delete(&self, key: &str, version: &str) -> Result<super::DeleteOutcome, StorageError> {
+        let cost = self.inner.requests(Operation::Delete);
+        self.run(cost, self.inner.delete(key, version)).await
+    }
+
     async fn persist(&self) -> Result<(), StorageError> {
         self.inner.persist().await
     }

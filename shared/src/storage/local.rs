@@ -9,7 +9,8 @@ use bytes::Bytes;
 use sha2::Digest as _;
 
 use super::{
-    BlobStore, CopyOutcome, ListOptions, ListPage, ObjectMeta, ObjectReader, StorageError,
+    BlobStore, CopyOutcome, DeleteOutcome, ListOptions, ListPage, ObjectMeta, ObjectReader,
+    StorageError,
 };
 use crate::ids::Digest;
 
@@ -132,6 +133,7 @@ struct Entry {
     is_dir: bool,
     size: u64,
     version: Option<String>,
+    created: Option<std::time::SystemTime>,
 }
 
 /// A file's version ([`ObjectMeta::version`]): its inode, modification time and size, which
@@ -144,6 +146,20 @@ fn version_of(meta: &fs::Metadata) -> String {
         meta.mtime(),
         meta.mtime_nsec(),
         meta.len()
+    )
+}
+
+/// When the file's name was created, at the latest ([`ObjectMeta::created`]): its inode's change
+/// time, which a hard link or a rename sets. Not its modification time: a hard-linked copy
+/// shares that with its source, written maybe years before the copy.
+fn created_of(meta: &fs::Metadata) -> Option<std::time::SystemTime> {
+    use std::os::unix::fs::MetadataExt;
+    let seconds = u64::try_from(meta.ctime()).ok()?;
+    let nanos = u64::try_from(meta.ctime_nsec()).ok()?;
+    Some(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(seconds)
+            + std::time::Duration::from_nanos(nanos),
     )
 }
 
@@ -164,11 +180,11 @@ fn read_dir_sorted(dir: &Path, key_prefix: &str) -> io::Result<Vec<Entry>> {
         }
         let file_type = entry.file_type()?;
         let is_dir = file_type.is_dir();
-        let (size, version) = if is_dir {
-            (0, None)
+        let (size, version, created) = if is_dir {
+            (0, None, None)
         } else {
             let meta = entry.metadata()?;
-            (meta.len(), Some(version_of(&meta)))
+            (meta.len(), Some(version_of(&meta)), created_of(&meta))
         };
         let sort_key = if is_dir {
             format!("{key_prefix}{name}/")
@@ -180,6 +196,7 @@ fn read_dir_sorted(dir: &Path, key_prefix: &str) -> io::Result<Vec<Entry>> {
             is_dir,
             size,
             version,
+            created,
         });
     }
     entries.sort_unstable_by(|a, b| a.sort_key.cmp(&b.sort_key));
@@ -222,6 +239,7 @@ fn walk(
                 size: entry.size,
                 crc32c: None,
                 version: entry.version,
+                created: entry.created,
             });
         }
     }
@@ -268,6 +286,7 @@ impl LocalStore {
                         size: entry.size,
                         crc32c: None,
                         version: entry.version,
+                        created: entry.created,
                     });
                 }
             }
@@ -426,6 +445,7 @@ impl BlobStore for LocalStore {
                 size: meta.len(),
                 crc32c: None,
                 version: Some(version_of(&meta)),
+                created: created_of(&meta),
             })),
             Ok(_) => Ok(None),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -505,6 +525,7 @@ impl BlobStore for LocalStore {
             size,
             crc32c: None,
             version: Some(version_of(&meta)),
+            created: created_of(&meta),
         };
         Ok(Some(ObjectReader::sized(meta, body)))
     }
@@ -530,6 +551,28 @@ impl BlobStore for LocalStore {
             .copies
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(outcome)
+    }
+
+    /// Removes the file if its version ([`version_of`]) is still `version`. The check and the
+    /// removal are two system calls: a file replaced between them (a copy is never written over
+    /// an existing destination, so only by hand) would be removed. The empty directories left
+    /// behind stay: removing one could race with a copy creating its file there.
+    async fn delete(&self, key: &str, version: &str) -> Result<DeleteOutcome, StorageError> {
+        let path = self.path_of(key)?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => return Ok(DeleteOutcome::Absent),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(DeleteOutcome::Absent),
+            Err(err) => return Err(io_error(key, err)),
+        };
+        if version_of(&meta) != version {
+            return Ok(DeleteOutcome::Changed);
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(DeleteOutcome::Deleted),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(DeleteOutcome::Absent),
+            Err(err) => Err(io_error(key, err)),
+        }
     }
 
     async fn persist(&self) -> Result<(), StorageError> {

@@ -2,8 +2,9 @@
 //!
 //! [`BlobStore`] is what the importer and the scheduler's inventory need from a bucket: paginated
 //! listing by prefix (flat or directory-style), stat, bounded reads, streamed reads
-//! ([`BlobStore::open_read`]: any size, in bounded memory) and a copy that is server-side where
-//! the backend allows it. [`open`] picks the driver from `FERRY_STORAGE_URL`: [`LocalStore`]
+//! ([`BlobStore::open_read`]: any size, in bounded memory), a copy that is server-side where
+//! the backend allows it, and a delete of one listed version ([`BlobStore::delete`], for
+//! `ferryctl gc` only). [`open`] picks the driver from `FERRY_STORAGE_URL`: [`LocalStore`]
 //! for `file://`, [`GcsStore`] for `gs://`.
 
 mod gcs;
@@ -14,6 +15,7 @@ mod retry;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,6 +45,12 @@ pub struct ObjectMeta {
     /// modification time and size). `None` where the call did not return one. A caller that
     /// saw the same version before may reuse what it read then.
     pub version: Option<String>,
+    /// When this version of the object was written, at the latest: GCS's `timeCreated` of the
+    /// generation; on a filesystem the inode's change time (ctime), which creating the name
+    /// (hard link, rename) sets and nothing can set back, unlike the modification time, which a
+    /// hard-linked copy shares with its old source. `None` where the call did not return one.
+    /// What `ferryctl gc` measures an object's age by.
+    pub created: Option<SystemTime>,
 }
 
 /// How to list.
@@ -78,6 +86,17 @@ pub enum CopyOutcome {
     /// Another copier published the destination while this copy ran, so this one kept nothing
     /// (it had read, and on GCS tried to write, before it found out).
     PublishedMeanwhile,
+}
+
+/// What [`BlobStore::delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The version given was removed.
+    Deleted,
+    /// The object is there in another version (written again since it was listed): kept.
+    Changed,
+    /// No object under the key (removed already, or never there).
+    Absent,
 }
 
 /// A storage failure.
@@ -170,6 +189,8 @@ pub enum Operation {
     OpenRead,
     /// [`BlobStore::copy`].
     Copy,
+    /// [`BlobStore::delete`].
+    Delete,
 }
 
 /// A bucket of objects in the Docker distribution layout.
@@ -201,6 +222,13 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         expected: Option<&Digest>,
     ) -> Result<CopyOutcome, StorageError>;
 
+    /// Removes `key` if it is still in `version` (an [`ObjectMeta::version`] a listing or stat
+    /// returned), so that only the version the caller examined can go: GCS deletes with
+    /// `ifGenerationMatch`; a filesystem removes the file if its inode, modification time and
+    /// size are still those of `version` (checked just before the removal, not atomically with
+    /// it). Only `ferryctl gc` deletes, and only under `gitlab/`; see docs/operations.md.
+    async fn delete(&self, key: &str, version: &str) -> Result<DeleteOutcome, StorageError>;
+
     /// Makes every copy this store has made durable: a crash of the machine can no longer undo
     /// it. Callers persist before they record a copy anywhere else (a database commit). Drivers
     /// whose copies are durable when they return (GCS) need do nothing.
@@ -209,10 +237,11 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     }
 
     /// Requests one call of `operation` makes of the provider, `(reads, writes)`, for the
-    /// request budgets (a GCS copy reads the source's metadata before it rewrites).
+    /// request budgets (a GCS copy reads the source's metadata before it rewrites). A delete is a
+    /// write.
     fn requests(&self, operation: Operation) -> (u32, u32) {
         match operation {
-            Operation::Copy => (0, 1),
+            Operation::Copy | Operation::Delete => (0, 1),
             Operation::List | Operation::Stat | Operation::Read | Operation::OpenRead => (1, 0),
         }
     }

@@ -110,6 +110,7 @@ mod tests {
             size,
             crc32c: None,
             version: None,
+            created: None,
         }
     }
 
@@ -166,7 +167,7 @@ mod tests {
         let reader = ObjectReader::sized(meta(2), chunks(&[]));
         assert_eq!(
             format!("{reader:?}"),
-            r#"ObjectReader { meta: ObjectMeta { key: "k", size: 2, crc32c: None, version: None }, .. }"#
+            r#"ObjectReader { meta: ObjectMeta { key: "k", size: 2, crc32c: None, version: None, created: None }, .. }"#
         );
     }
 }

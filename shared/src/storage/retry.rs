@@ -170,6 +170,12 @@ impl BlobStore for Retrying {
             .await
     }
 
+    async fn delete(&self, key: &str, version: &str) -> Result<super::DeleteOutcome, StorageError> {
+        // Safe to repeat: a retry after a removal whose answer was lost finds nothing (`Absent`).
+        self.with_retry("delete", key, || self.inner.delete(key, version))
+            .await
+    }
+
     async fn persist(&self) -> Result<(), StorageError> {
         self.with_retry("persist", "", || self.inner.persist())
             .await
@@ -219,6 +225,7 @@ mod tests {
                 size: 2,
                 crc32c: None,
                 version: None,
+                created: None,
             };
             Ok(Some(ObjectReader {
                 meta,
@@ -232,6 +239,13 @@ mod tests {
             _: Option<&Digest>,
         ) -> Result<CopyOutcome, StorageError> {
             Ok(CopyOutcome::AlreadyPresent)
+        }
+        async fn delete(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<crate::storage::DeleteOutcome, StorageError> {
+            Ok(crate::storage::DeleteOutcome::Absent)
         }
         fn url(&self) -> String {
             "flaky://".into()

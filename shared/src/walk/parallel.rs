@@ -442,6 +442,13 @@ mod tests {
         ) -> Result<CopyOutcome, StorageError> {
             self.inner.copy(src, dst, expected).await
         }
+        async fn delete(
+            &self,
+            key: &str,
+            version: &str,
+        ) -> Result<crate::storage::DeleteOutcome, StorageError> {
+            self.inner.delete(key, version).await
+        }
         fn url(&self) -> String {
             self.inner.url()
         }

@@ -5,8 +5,8 @@ use gcloud_storage::http::objects::list::ListObjectsRequest;
 use super::{Connection, GcsStore, MAX_PAGE};
 use crate::storage::{ListPage, ObjectMeta, StorageError};
 
-/// A listed object's size, CRC32C and generation (a prefix has none).
-type Listed = (u64, Option<String>, i64);
+/// A listed object's size, CRC32C, generation and creation time (a prefix has none).
+type Listed = (u64, Option<String>, i64, Option<std::time::SystemTime>);
 
 impl GcsStore {
     pub(super) async fn list_flat(
@@ -99,7 +99,12 @@ impl GcsStore {
                     let size = u64::try_from(object.size).unwrap_or(0);
                     (
                         object.name.clone(),
-                        Some((size, object.crc32c.clone(), object.generation)),
+                        Some((
+                            size,
+                            object.crc32c.clone(),
+                            object.generation,
+                            object.time_created.map(std::time::SystemTime::from),
+                        )),
                     )
                 })
                 .chain(prefixes.into_iter().map(|prefix| (prefix, None)))
@@ -129,11 +134,12 @@ impl GcsStore {
                     continue;
                 };
                 match size {
-                    Some((size, crc32c, generation)) => page.objects.push(ObjectMeta {
+                    Some((size, crc32c, generation, created)) => page.objects.push(ObjectMeta {
                         key: key.to_owned(),
                         size,
                         crc32c,
                         version: Some(generation.to_string()),
+                        created,
                     }),
                     None => page.prefixes.push(key.to_owned()),
                 }

@@ -60,6 +60,8 @@ impl GcsStore {
             size,
             crc32c,
             version,
+            // The download's headers do not say when the generation was created.
+            created: None,
         };
         Ok(Some(ObjectReader::sized(meta, body)))
     }
