@@ -90,7 +90,7 @@ impl ImporterHarness {
                 .bind(path)
                 .fetch_one(&self.pool)
                 .await
-                .expect("row");
+                .unwrap_or_else(|error| panic!("the row of {path}: {error}"));
                 let status: String = row.get("migration_status");
                 if status.ends_with("_in_progress") {
                     Err(status)

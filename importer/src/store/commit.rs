@@ -62,7 +62,11 @@ impl MetadataStore {
             .acquire_owned()
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let tx = self.pool.begin().await?;
+        // Begun in a task of its own: a step stopped while its `BEGIN` is on the way would
+        // otherwise hand the connection back to the pool inside a transaction nobody ends.
+        let pool = self.pool.clone();
+        let begin = tokio::spawn(async move { pool.begin().await });
+        let tx = begin.await.map_err(|_| sqlx::Error::WorkerCrashed)??;
         Ok(StepCommit {
             tx,
             _turn: turn,
