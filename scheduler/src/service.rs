@@ -18,11 +18,11 @@ use ferry_shared::storage::BlobStore;
 mod admin;
 mod rebuild;
 mod repair;
+mod streams;
 
 use crate::enqueue::{EnqueueHandle, StepReport, Triggers};
 use crate::error::SchedulerError;
 use crate::importers::ImporterPool;
-use crate::inventory;
 use crate::lease::Lease;
 use crate::settings_api;
 use crate::store::{RepositoryRecord, SchedulerStore};
@@ -365,42 +365,7 @@ impl SchedulerService for Scheduler {
     async fn run_inventory(
         &self,
     ) -> Result<mpsc::Receiver<Result<InventoryProgress, SchedulerError>>, SchedulerError> {
-        let lock = self.inventory_lock().await?;
-        let (tx, rx) = mpsc::channel(64);
-        let scheduler = self.clone();
-        // An inventory registers in batches and is safe to stop anywhere: it ends with the
-        // service, and the next one registers what is still missing.
-        self.tasks.spawn_until_stopped("inventory", async move {
-            let progress_tx = tx.clone();
-            let result = inventory::run(
-                Arc::clone(&scheduler.storage),
-                &scheduler.store,
-                scheduler.project_segments,
-                |progress| {
-                    // A slow or departed client must not stall the inventory.
-                    let _ = progress_tx.try_send(Ok(*progress));
-                },
-            )
-            .await;
-            // Before the last report: a rebuild started on it must not find the lock held.
-            lock.release().await;
-            match result {
-                Ok(report) => {
-                    tracing::info!(
-                        found = report.repositories_found,
-                        registered = report.repositories_registered,
-                        "inventory finished"
-                    );
-                    let _ = tx.send(Ok(report)).await;
-                    scheduler.wake_enqueuer().await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "inventory failed");
-                    let _ = tx.send(Err(error.into())).await;
-                }
-            }
-        });
-        Ok(rx)
+        self.do_run_inventory().await
     }
 
     async fn rebuild_state(
@@ -414,38 +379,14 @@ impl SchedulerService for Scheduler {
         &self,
         request: pb::VerifyRepositoriesRequest,
     ) -> Result<mpsc::Receiver<Result<pb::VerifyProgress, SchedulerError>>, SchedulerError> {
-        let request = crate::verify::VerifyRequest::try_from(request)?;
-        let (tx, rx) = mpsc::channel(64);
-        let verifier = crate::verify::Verifier {
-            store: self.store.clone(),
-            importers: Arc::clone(&self.importers),
-            metrics: self.metrics.clone(),
-        };
-        // Read-only on both sides but for the outcomes, each recorded on its own: safe to stop
-        // anywhere, so it ends with the service or its caller.
-        self.tasks
-            .spawn_until_stopped("verify", verifier.run(request, tx));
-        Ok(rx)
+        self.do_verify_repositories(request)
     }
 
     async fn collect_garbage(
         &self,
         request: pb::CollectGarbageRequest,
     ) -> Result<mpsc::Receiver<Result<pb::GarbageProgress, SchedulerError>>, SchedulerError> {
-        let request = crate::gc::GcRequest::try_from(request)?;
-        let collection = crate::gc::open(&self.importers, request).await?;
-        tracing::info!(
-            importer = collection.importer,
-            older_than_secs = request.older_than_secs,
-            dry_run = request.dry_run,
-            "garbage collection started"
-        );
-        let (tx, rx) = mpsc::channel(64);
-        // Dropping the relay drops the importer's stream, which stops the collection there
-        // between two removals.
-        self.tasks
-            .spawn_until_stopped("gc", crate::gc::relay(collection, tx));
-        Ok(rx)
+        self.do_collect_garbage(request).await
     }
 
     async fn set_migration_enabled(
