@@ -189,30 +189,13 @@ impl GcsBucket {
         &self.endpoint
     }
 
-    /// Uploads every file under `dir`, keyed by its path relative to `dir`; returns how many.
+    /// Uploads every file of [`files_under`] `dir`, under its key; returns how many.
     pub async fn upload_dir(&self, dir: &Path) -> usize {
-        let mut pending = vec![dir.to_path_buf()];
-        let mut uploaded = 0;
-        while let Some(current) = pending.pop() {
-            for entry in std::fs::read_dir(&current).expect("read dir") {
-                let path = entry.expect("entry").path();
-                if path.is_dir() {
-                    pending.push(path);
-                } else {
-                    let key = path
-                        .strip_prefix(dir)
-                        .expect("under dir")
-                        .to_string_lossy()
-                        .into_owned();
-                    if key.starts_with('.') {
-                        continue; // the sample's own description files
-                    }
-                    self.put(&key, &std::fs::read(&path).expect("read")).await;
-                    uploaded += 1;
-                }
-            }
+        let files = files_under(dir);
+        for (key, path) in &files {
+            self.put(key, &std::fs::read(path).expect("read")).await;
         }
-        uploaded
+        files.len()
     }
 }
 
@@ -251,4 +234,34 @@ impl Bucket for DirBucket {
     fn store(&self, prefix: &str) -> Box<dyn BlobStore> {
         Box::new(LocalStore::new(self.0.join(prefix)).expect("store"))
     }
+}
+
+/// Every file under `dir`, each with its key: its path relative to `dir` with `/` separators.
+/// Files whose key starts with `.` (the sample's own description files) are left out.
+///
+/// # Panics
+/// When `dir` cannot be read.
+pub fn files_under(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut pending = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current)
+            .unwrap_or_else(|e| panic!("read {}: {e}", current.display()));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(dir).expect("under dir");
+            let key = (relative.iter())
+                .map(|part| part.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            if !key.starts_with('.') {
+                files.push((key, path));
+            }
+        }
+    }
+    files
 }

@@ -203,40 +203,20 @@ impl GcsEmulator {
         }
     }
 
-    /// Stores every file under `dir` in `bucket` directly (no request, no delay), keyed by its
-    /// path relative to `dir` with `/` separators, as [`crate::buckets::GcsBucket::upload_dir`]
-    /// uploads one (files whose key starts with `.`, the sample's descriptions, are left out);
-    /// how many it stored.
+    /// Stores every file of [`crate::buckets::files_under`] `dir` in `bucket` directly (no
+    /// request, no delay), under its key, as [`crate::buckets::GcsBucket::upload_dir`] uploads
+    /// them; how many it stored.
     ///
     /// # Panics
     /// When the bucket does not exist or `dir` cannot be read.
     pub fn put_dir(&self, bucket: &str, dir: &Path) -> usize {
-        let mut pending = vec![dir.to_path_buf()];
-        let mut stored = 0;
-        while let Some(current) = pending.pop() {
-            let entries = std::fs::read_dir(&current)
-                .unwrap_or_else(|e| panic!("read {}: {e}", current.display()));
-            for entry in entries {
-                let path = entry.expect("directory entry").path();
-                if path.is_dir() {
-                    pending.push(path);
-                    continue;
-                }
-                let relative = path.strip_prefix(dir).expect("under dir");
-                let key = (relative.iter())
-                    .map(|part| part.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                if key.starts_with('.') {
-                    continue;
-                }
-                let data =
-                    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-                self.put_object(bucket, &key, data);
-                stored += 1;
-            }
+        let files = crate::buckets::files_under(dir);
+        for (key, path) in &files {
+            let data =
+                std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            self.put_object(bucket, key, data);
         }
-        stored
+        files.len()
     }
 
     /// The bytes of the live `bucket/name`, read directly; `None` if there is none.

@@ -235,13 +235,8 @@ impl SourceLinks {
         Ok(())
     }
 
-    /// The repository's tags, in key order.
-    pub fn tags(&self) -> &[SourceTag] {
-        &self.tags
-    }
-
-    /// Takes the repository's tags out (to read their links), leaving the links' sets: a step
-    /// holds its tags once.
+    /// Takes the repository's tags out, in key order (to read their links), leaving the links'
+    /// sets: a step holds its tags once.
     pub fn take_tags(&mut self) -> Vec<SourceTag> {
         std::mem::take(&mut self.tags)
     }
@@ -307,8 +302,9 @@ mod tests {
             std::fs::write(path, b"x").unwrap();
         }
         let store = LocalStore::new(dir.path().to_path_buf()).unwrap();
-        let links = SourceLinks::list(&store, &repo).await.unwrap();
-        let tags: Vec<(&str, bool)> = (links.tags().iter())
+        let mut links = SourceLinks::list(&store, &repo).await.unwrap();
+        let taken = links.take_tags();
+        let tags: Vec<(&str, bool)> = (taken.iter())
             .map(|t| (t.name.as_str(), t.has_current))
             .collect();
         assert_eq!(tags, [("v1", true), ("v2", false)]);
