@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod gcs_emulator;
 mod importer_harness;
 mod layout_writer;
+pub mod metric_names;
 pub mod processes;
 pub mod repair_seed;
 mod scheduler_harness;
@@ -295,23 +296,46 @@ pub async fn http_request(
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next()?;
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..head_end]);
     let mut lines = head.lines();
     let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
         .collect();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
+    let chunked = headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked")
+    });
+    let body = &raw[head_end + 4..];
+    // A HEAD answer or a 304 names its encoding but carries no body.
+    let body = if chunked && !body.is_empty() {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    let body = String::from_utf8_lossy(&body).into_owned();
     Some(HttpResponse {
         status,
         headers,
         body,
     })
+}
+
+/// A `Transfer-Encoding: chunked` body, joined; `None` if it is malformed.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut joined = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(joined);
+        }
+        joined.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
 }
 
 /// The `/metrics` text served on `port`.

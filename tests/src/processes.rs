@@ -78,13 +78,14 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A running Ferry process; killed when dropped.
+/// A running process a test started (a Ferry binary, or a tool such as Prometheus); killed
+/// when dropped.
 #[derive(Debug)]
 pub struct Process {
     child: Child,
     /// Its name, for messages.
     pub name: String,
-    /// Its gRPC address (`http://127.0.0.1:PORT`).
+    /// Where it serves (`http://127.0.0.1:PORT`; gRPC for Ferry binaries).
     pub url: String,
     /// Where its logs go.
     pub log: PathBuf,
@@ -106,8 +107,6 @@ impl Process {
             "{} is missing: run `make test` (it builds the binaries)",
             path.display()
         );
-        let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(&path);
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FERRY_")) {
             command.env_remove(key);
@@ -116,17 +115,26 @@ impl Process {
             .env("FERRY_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("FERRY_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("FERRY_LOG_FORMAT", "json")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        Self::spawn(command, name, format!("http://127.0.0.1:{port}"), log_dir)
+    }
+
+    /// Starts `command` (another program a test runs beside Ferry's, such as Prometheus) with
+    /// its output in `<log_dir>/<name>.log`; `url` is where it serves.
+    pub fn spawn(mut command: Command, name: &str, url: String, log_dir: &std::path::Path) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        command
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file);
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+            .unwrap_or_else(|e| panic!("starting {name} ({command:?}): {e}"));
         Self {
             child,
             name: name.to_owned(),
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             log,
         }
     }

@@ -6,6 +6,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use ferry_tests::metric_names::{
+    ALERT_RULES, DASHBOARD, Exporter, exporter_of, family, metric_names_in, registered,
+    used_by_dashboard_and_rules,
+};
 use ferry_tests::processes::{Process, connect_scheduler, free_port};
 use ferry_tests::{
     Cluster, SampleRegistry, fresh_database, http_request, metric, poll_until, redis_url,
@@ -136,61 +140,6 @@ async fn both_services_report_the_migration_on_metrics() {
     );
 }
 
-/// The sources that register metrics, and which process exports what each registers.
-const REGISTERING: [(&str, Exporter); 3] = [
-    ("shared/src/metrics.rs", Exporter::Both),
-    ("scheduler/src/metrics.rs", Exporter::Scheduler),
-    ("importer/src/metrics.rs", Exporter::Importer),
-];
-
-/// The processes that serve a metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Exporter {
-    Scheduler,
-    Importer,
-    Both,
-}
-
-/// The names the services register (`registry.register("name", ...)`), prefixed `ferry_`, with
-/// the processes that export them.
-fn registered() -> Vec<(String, Exporter)> {
-    let root = ferry_tests::workspace_root();
-    let mut names = Vec::new();
-    for (file, exporter) in REGISTERING {
-        let source = std::fs::read_to_string(root.join(file)).expect("source");
-        let mut rest = source.as_str();
-        while let Some(at) = rest.find(".register(") {
-            rest = &rest[at + ".register(".len()..];
-            let quoted = rest.trim_start();
-            if let Some(name) = quoted.strip_prefix('"').and_then(|q| q.split('"').next()) {
-                names.push((format!("ferry_{name}"), exporter));
-            }
-        }
-    }
-    names
-}
-
-/// The `ferry_*` names in a file, as its queries write them (`_total`, `_bucket`, ...).
-fn metric_names_in(relative: &str) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(ferry_tests::workspace_root().join(relative))
-        .unwrap_or_else(|e| panic!("{relative}: {e}"));
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|word| word.starts_with("ferry_"))
-        .map(str::to_owned)
-        .collect()
-}
-
-const DASHBOARD: &str = "helm/ferry/dashboards/ferry-migration.json";
-const ALERT_RULES: &str = "helm/ferry/alerts/ferry.rules.yaml";
-
-/// The metric family a queried name belongs to.
-fn family(name: &str) -> &str {
-    ["_total", "_bucket", "_count", "_sum"]
-        .iter()
-        .find_map(|suffix| name.strip_suffix(suffix))
-        .unwrap_or(name)
-}
-
 /// Whether a `/metrics` text has a sample of `name` (with or without labels).
 fn has_series(text: &str, name: &str) -> bool {
     text.lines().any(|line| {
@@ -214,14 +163,11 @@ fn missing(
 ) -> Vec<String> {
     let mut missing = Vec::new();
     for name in used {
-        let exporter = exporters
-            .iter()
-            .find(|(registered, _)| registered == family(name))
-            .map_or(Exporter::Both, |(_, exporter)| *exporter);
-        if exporter != Exporter::Importer && !has_series(scheduler, name) {
+        let exporter = exporter_of(name, exporters);
+        if exporter.on_scheduler() && !has_series(scheduler, name) {
             missing.push(format!("{name} (scheduler)"));
         }
-        if exporter != Exporter::Scheduler && !has_series(importer, name) {
+        if exporter.on_importer() && !has_series(importer, name) {
             missing.push(format!("{name} (importer)"));
         }
     }
@@ -233,10 +179,8 @@ fn missing(
 /// dashboard and the alerts read has a series on the process that exports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_the_alerts_read_exists_from_start_up() {
-    let mut used = metric_names_in(DASHBOARD);
-    let in_rules = metric_names_in(ALERT_RULES);
-    assert!(in_rules.len() >= 10, "{in_rules:?}");
-    used.extend(in_rules);
+    let used = used_by_dashboard_and_rules();
+    assert!(metric_names_in(ALERT_RULES).len() >= 10);
     let exporters = registered();
 
     let bucket = tempfile::tempdir().expect("bucket");
