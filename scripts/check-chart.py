@@ -8,7 +8,8 @@
 
   check-chart.py rules RENDERED RULES_FILE VALUES_FILE...
       Checks that the PrometheusRule in RENDERED holds exactly the groups of RULES_FILE (the
-      runbook_url annotations may carry the prometheusRule.runbookBaseUrl prefix), and that one
+      runbook_url annotations may carry the prometheusRule.runbookBaseUrl prefix, and the lease
+      alert's `for` is twice scheduler.config.FERRY_LEASE_TTL_SECS), and that one
       is rendered exactly when the values (the chart's values.yaml, then each VALUES_FILE)
       enable prometheusRule. Exit 1 on a difference.
 
@@ -219,12 +220,22 @@ def env_check(rendered, bin_dir, source_dir):
     return 1 if failures else 0
 
 
+LEASE_ALERT = "FerryEnqueueLeaseUnheld"
+
+
 def rendered_rules(rendered, rules_file, values_files):
     expected = yaml.safe_load(Path(rules_file).read_text(encoding="utf-8"))["groups"]
-    enabled = False
+    enabled, lease_ttl = False, None
     for values in values_files:
         settings = yaml.safe_load(Path(values).read_text(encoding="utf-8")) or {}
         enabled = (settings.get("prometheusRule") or {}).get("enabled", enabled)
+        config = (settings.get("scheduler") or {}).get("config") or {}
+        lease_ttl = config.get("FERRY_LEASE_TTL_SECS", lease_ttl)
+    # The chart times the lease alert by the scheduler's lease TTL: twice it.
+    for group in expected:
+        for rule in group.get("rules", []):
+            if rule.get("alert") == LEASE_ALERT:
+                rule["for"] = f"{2 * int(lease_ttl)}s"
     found = [d for d in load(rendered) if d.get("kind") == "PrometheusRule"]
     if len(found) != (1 if enabled else 0):
         print(f"  FAIL {len(found)} PrometheusRule(s) rendered; prometheusRule.enabled is {enabled}")
