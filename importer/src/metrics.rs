@@ -1,5 +1,5 @@
-//! The importer's Prometheus metrics (prefixed `ferry_`): its steps, its slots and what the
-//! metadata database holds. Storage, database and gRPC metrics come from
+//! The importer's Prometheus metrics (prefixed `ferry_`): its steps, its slots, what the
+//! metadata database holds and its collections of abandoned copies (`ferryctl gc`). Storage, database and gRPC metrics come from
 //! `ferry_shared::metrics`.
 
 use prometheus_client::metrics::counter::Counter;
@@ -7,7 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use ferry_proto::common::v1::{ImportStats, ImportType, MigrationStatus};
+use ferry_proto::common::v1::{GarbageCounts, ImportStats, ImportType, MigrationStatus};
 use ferry_shared::metrics::{Histograms, Label, Registry};
 
 fn step_histogram() -> Histogram {
@@ -26,12 +26,20 @@ pub struct ImporterMetrics {
     bytes_copied: Family<[Label; 1], Counter>,
     registered_namespaces: Gauge,
     registered_repositories: Gauge,
+    gc_runs: Family<[Label; 2], Counter>,
+    gc_removed_objects: Counter,
+    gc_removed_bytes: Counter,
+    gc_abandoned_bytes: Gauge,
 }
 
 /// The `type` label of a step.
 const STEP_TYPES: [&str; 2] = ["pre", "final"];
 /// The `result` label of a step's end.
 const STEP_RESULTS: [&str; 3] = ["complete", "failed", "canceled"];
+/// The `result` label of a collection: through the whole listing, or stopped early.
+const GC_RESULTS: [&str; 2] = ["complete", "stopped"];
+/// The `mode` label of a collection.
+const GC_MODES: [&str; 2] = ["dry_run", "remove"];
 
 impl Default for ImporterMetrics {
     fn default() -> Self {
@@ -44,6 +52,10 @@ impl Default for ImporterMetrics {
             bytes_copied: Family::default(),
             registered_namespaces: Gauge::default(),
             registered_repositories: Gauge::default(),
+            gc_runs: Family::default(),
+            gc_removed_objects: Counter::default(),
+            gc_removed_bytes: Counter::default(),
+            gc_abandoned_bytes: Gauge::default(),
         }
     }
 }
@@ -111,6 +123,35 @@ impl ImporterMetrics {
             "Repositories registered in the metadata database (estimated above 100,000)",
             m.registered_repositories.clone(),
         );
+        registry.register(
+            "gc_runs",
+            "Collections of abandoned copies (ferryctl gc) ended, by mode (dry_run, remove) and \
+             result (complete, stopped)",
+            m.gc_runs.clone(),
+        );
+        registry.register(
+            "gc_removed_objects",
+            "Abandoned copies removed from under gitlab/",
+            m.gc_removed_objects.clone(),
+        );
+        registry.register(
+            "gc_removed_bytes",
+            "Bytes of the abandoned copies removed from under gitlab/",
+            m.gc_removed_bytes.clone(),
+        );
+        registry.register(
+            "gc_abandoned_bytes",
+            "Bytes of abandoned copies the last complete collection on this importer left in \
+             place (all a dry run found)",
+            m.gc_abandoned_bytes.clone(),
+        );
+        for mode in GC_MODES {
+            for result in GC_RESULTS {
+                m.gc_runs
+                    .get_or_create(&[("mode", mode.to_owned()), ("result", result.to_owned())])
+                    .inc_by(0);
+            }
+        }
         for kind in STEP_TYPES {
             let by_type = [("type", kind.to_owned())];
             drop(m.in_flight.get_or_create(&by_type));
@@ -129,6 +170,23 @@ impl ImporterMetrics {
     pub fn registered(&self, counts: &crate::store::RegisteredCounts) {
         self.registered_namespaces.set(counts.namespaces);
         self.registered_repositories.set(counts.repositories);
+    }
+
+    /// A collection of abandoned copies ended with `counts`; `complete` when it went through
+    /// the whole listing.
+    pub fn collection_ended(&self, counts: &GarbageCounts, dry_run: bool, complete: bool) {
+        let labels = [
+            ("mode", GC_MODES[usize::from(!dry_run)].to_owned()),
+            ("result", GC_RESULTS[usize::from(!complete)].to_owned()),
+        ];
+        self.gc_runs.get_or_create(&labels).inc();
+        self.gc_removed_objects.inc_by(counts.removed);
+        self.gc_removed_bytes.inc_by(counts.bytes_removed);
+        if complete {
+            let left = counts.candidate_bytes.saturating_sub(counts.bytes_removed);
+            self.gc_abandoned_bytes
+                .set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
     }
 
     /// Sets the slot gauges.

@@ -145,6 +145,31 @@ async fn gc_removes_exactly_the_abandoned_copy_and_nothing_else_on_local_disk() 
         "a dry run removes nothing"
     );
 
+    // The same dry run as an operator reads it: each candidate as it comes, then the summary.
+    let output = cluster.ferryctl(&["gc", "--dry-run", "--older-than", &window]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let key = layout::new_blob_key(&abandoned);
+    assert!(
+        (text.lines()).any(|line| line.starts_with("would remove") && line.contains(&key)),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nAbandoned copies (dry run: nothing removed)\n"),
+        "{text}"
+    );
+    assert!(text.contains("\n  candidates      1 ("), "{text}");
+    assert!(!text.contains("\n  removed "), "{text}");
+    // Both dry runs on the importers' metrics, with what they found.
+    let dry_runs = "ferry_gc_runs_total{mode=\"dry_run\",result=\"complete\"}";
+    assert_eq!(cluster.importers_metric_sum(dry_runs).await, 2.0);
+    assert_eq!(
+        cluster
+            .importers_metric_max("ferry_gc_abandoned_bytes")
+            .await,
+        abandoned_bytes.len() as f64
+    );
+
     // A copy of a step still running: unregistered, but younger than the window.
     let young = abandoned_copy(root, b"a layer a running step just copied");
     let young_path = root.join(layout::new_blob_key(&young));
@@ -161,6 +186,20 @@ async fn gc_removes_exactly_the_abandoned_copy_and_nothing_else_on_local_disk() 
     assert_eq!(report["bytes_removed"], abandoned_bytes.len(), "{report:#}");
     assert!(!abandoned_path.exists(), "the abandoned copy is removed");
     assert!(young_path.exists(), "the young copy is kept");
+    for (series, value) in [
+        (
+            "ferry_gc_runs_total{mode=\"remove\",result=\"complete\"}",
+            1.0,
+        ),
+        ("ferry_gc_removed_objects_total", 1.0),
+        ("ferry_gc_removed_bytes_total", abandoned_bytes.len() as f64),
+    ] {
+        assert_eq!(
+            cluster.importers_metric_sum(series).await,
+            value,
+            "{series}"
+        );
+    }
     let mut expected = before;
     expected.retain(|path, _| !root.join("gitlab").join(path).eq(&abandoned_path));
     assert_eq!(

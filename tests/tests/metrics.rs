@@ -16,15 +16,6 @@ use ferry_tests::{
     unique_suffix,
 };
 
-/// Sums `series` over both importers.
-async fn importers_sum(cluster: &Cluster, series: &str) -> f64 {
-    let mut sum = 0.0;
-    for i in 0..cluster.importer_urls.len() {
-        sum += metric(&cluster.importer_metrics(i).await, series).unwrap_or(0.0);
-    }
-    sum
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_services_report_the_migration_on_metrics() {
     let sample = SampleRegistry::build(false);
@@ -95,19 +86,15 @@ async fn both_services_report_the_migration_on_metrics() {
 
     // Importers: their steps, slots and copies.
     assert_eq!(
-        importers_sum(
-            &cluster,
-            "ferry_import_steps_total{type=\"pre\",result=\"complete\"}"
-        )
-        .await,
+        cluster
+            .importers_metric_sum("ferry_import_steps_total{type=\"pre\",result=\"complete\"}")
+            .await,
         done
     );
     assert_eq!(
-        importers_sum(
-            &cluster,
-            "ferry_import_steps_total{type=\"final\",result=\"complete\"}"
-        )
-        .await,
+        cluster
+            .importers_metric_sum("ferry_import_steps_total{type=\"final\",result=\"complete\"}")
+            .await,
         done
     );
     let importer = cluster.importer_metrics(0).await;
@@ -119,7 +106,12 @@ async fn both_services_report_the_migration_on_metrics() {
         metric(&importer, "ferry_importer_slots{state=\"busy\"}"),
         Some(0.0)
     );
-    assert!(importers_sum(&cluster, "ferry_import_bytes_copied_total{type=\"pre\"}").await > 0.0);
+    assert!(
+        cluster
+            .importers_metric_sum("ferry_import_bytes_copied_total{type=\"pre\"}")
+            .await
+            > 0.0
+    );
     assert!(
         metric(
             &importer,

@@ -1,9 +1,10 @@
 //! Debian's real Prometheus scraping a scheduler and two importers, each a process of its own,
 //! through a whole migration of the registry-made sample driven by `ferryctl` as an operator
 //! would: inventory, migration, a repository dropped from the scheduler's database, the repair
-//! scan that finds it and the restore that brings it back. At the end, every target is up, every
-//! metric the dashboard and the alert rules read has a series from the process that exports it,
-//! every panel query is accepted and answers, every rule evaluates, and no alert is active.
+//! scan that finds it, the restore that brings it back and a dry run of `ferryctl gc`. At the
+//! end, every target is up, every metric the dashboard and the alert rules read has a series
+//! from the process that exports it, every panel query is accepted and answers, every rule
+//! evaluates, and no alert is active.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -246,6 +247,10 @@ async fn prometheus_scrapes_every_dashboard_and_alert_metric_through_a_migration
     let restored: Value =
         serde_json::from_str(&ferryctl(url, &["status", &dropped, "--json"])).expect("JSON");
     assert_eq!(restored["migration_state"], "import_done", "{restored}");
+    // Looking for abandoned copies: every copy is registered (and young), none is a candidate.
+    let gc: Value =
+        serde_json::from_str(&ferryctl(url, &["gc", "--dry-run", "--json"])).expect("JSON");
+    assert_eq!(gc["candidate_count"], 0, "{gc}");
 
     // Prometheus has scraped the end of it: the migration, the scan and the restore.
     let caught_up = poll_until(
@@ -265,26 +270,25 @@ async fn prometheus_scrapes_every_dashboard_and_alert_metric_through_a_migration
                 prometheus
                     .value("sum(ferry_import_steps_total{result=\"complete\"})")
                     .await,
+                prometheus
+                    .value("sum(ferry_gc_runs_total{mode=\"dry_run\",result=\"complete\"})")
+                    .await,
             );
-            if seen
-                == (
-                    Some(done as f64),
-                    Some(1.0),
-                    Some(1.0),
-                    Some(2.0 * done as f64),
-                )
-            {
-                Ok(())
-            } else {
-                Err(seen)
-            }
+            let expected = (
+                Some(done as f64),
+                Some(1.0),
+                Some(1.0),
+                Some(2.0 * done as f64),
+                Some(1.0),
+            );
+            if seen == expected { Ok(()) } else { Err(seen) }
         },
     )
     .await;
     caught_up.unwrap_or_else(|seen| {
         panic!(
             "Prometheus never saw the migration end (done, missing found, restore progress, \
-             steps): {seen:?}\n{}",
+             steps, dry runs): {seen:?}\n{}",
             logs()
         )
     });

@@ -41,6 +41,8 @@ impl Importer {
                     gc::Collection::new((storage, &inner.db), window, dry_run, &tx, stop);
                 let summary = collection.run().await;
                 let counts = summary.counts.unwrap_or_default();
+                let complete = summary.error.is_empty();
+                inner.metrics.collection_ended(&counts, dry_run, complete);
                 tracing::info!(
                     listed = counts.listed,
                     candidates = counts.candidates,
