@@ -27,6 +27,7 @@ use crate::running::RunningSteps;
 use crate::store::{CancelOutcome, ClaimedStep, MetadataStore, StepClaim};
 
 mod admission;
+mod copy_flights;
 mod gc;
 mod statuses;
 mod step;
@@ -145,6 +146,8 @@ struct Inner {
     verifications: Arc<Semaphore>,
     /// Garbage collections run at once: one.
     collections: Arc<Semaphore>,
+    /// Blob copies in flight, so that steps needing the same blob at once copy it once.
+    copy_flights: Arc<copy_flights::CopyFlights>,
     running: Arc<RunningSteps>,
     /// Background steps, so shutdown can wait for them to record their end and notify (the
     /// service's tasks when it runs as one, see [`Importer::with_tasks`]); once they are told
@@ -231,6 +234,7 @@ impl Importer {
                 permits,
                 verifications,
                 collections: Arc::new(Semaphore::new(1)),
+                copy_flights: Arc::default(),
                 running: Arc::default(),
                 tasks: Tasks::new(),
                 metrics: ImporterMetrics::default(),

@@ -365,14 +365,16 @@ pub fn file_digest(path: &Path) -> std::io::Result<String> {
 }
 
 /// A store whose reads wait until the test opens a gate: holds an import step at its first read
-/// (or at its read of one key) for as long as a test needs, to replay races deterministically.
-/// Listings pass: a start lists the repository's links before it accepts the step.
+/// (or at its read of one key, or its copy from that key) for as long as a test needs, to replay
+/// races deterministically. Listings pass: a start lists the repository's links before it
+/// accepts the step. It counts the copies asked of it, by destination.
 #[derive(Debug)]
 pub struct GatedStore {
     inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
     gate: tokio::sync::watch::Receiver<bool>,
-    /// Only reads of this key wait; `None`: every read does.
+    /// Only reads of this key, and copies from it, wait; `None`: every read does (no copy).
     key: Option<String>,
+    copies: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl GatedStore {
@@ -381,12 +383,28 @@ impl GatedStore {
         inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
     ) -> (Self, tokio::sync::watch::Sender<bool>) {
         let (open, gate) = tokio::sync::watch::channel(false);
-        let key = None;
-        (Self { inner, gate, key }, open)
+        let store = Self {
+            inner,
+            gate,
+            key: None,
+            copies: Default::default(),
+        };
+        (store, open)
     }
 
-    /// Wraps `inner`; reads of `key` wait until `true` is sent on the returned sender, every
-    /// other read goes through.
+    /// Copies asked so far to `dst`.
+    pub fn copies_to(&self, dst: &str) -> usize {
+        let copies = self.copies.lock().expect("copies");
+        copies.get(dst).copied().unwrap_or(0)
+    }
+
+    /// Copies asked so far, to any destination.
+    pub fn copies(&self) -> usize {
+        self.copies.lock().expect("copies").values().sum()
+    }
+
+    /// Wraps `inner`; reads of `key` and copies from it wait until `true` is sent on the returned
+    /// sender, every other read goes through.
     pub fn on_key(
         inner: std::sync::Arc<dyn ferry_shared::storage::BlobStore>,
         key: impl Into<String>,
@@ -445,6 +463,13 @@ impl ferry_shared::storage::BlobStore for GatedStore {
         dst: &str,
         expected: Option<&ferry_shared::ids::Digest>,
     ) -> Result<ferry_shared::storage::CopyOutcome, ferry_shared::storage::StorageError> {
+        *(self.copies.lock().expect("copies"))
+            .entry(dst.to_owned())
+            .or_default() += 1;
+        if self.key.as_deref() == Some(src) {
+            let mut gate = self.gate.clone();
+            let _ = gate.wait_for(|open| *open).await;
+        }
         self.inner.copy(src, dst, expected).await
     }
 

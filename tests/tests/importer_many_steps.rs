@@ -1,7 +1,8 @@
 //! One importer running 100 steps at once against real PostgreSQL (whose default
 //! `max_connections` is 100): the steps share a bounded pool (`FERRY_DB_MAX_CONNECTIONS` auto,
 //! 32) and take turns to write, so none fails for want of a connection; a pool PostgreSQL could
-//! never grant is refused at start-up, naming the setting.
+//! never grant is refused at start-up, naming the setting. Steps that need the same blob at once
+//! copy it once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use ferry_importer::config::auto_db_connections;
 use ferry_importer::service::{Importer, StepLimits};
 use ferry_importer::store::MetadataStore;
 use ferry_proto::common::v1::{ImportType, MigrationStatus};
+use ferry_shared::ids::Digest;
+use ferry_shared::layout;
 use ferry_tests::{GatedStore, LayoutWriter, fresh_database};
 
 const STEPS: usize = 100;
@@ -92,6 +95,94 @@ async fn a_hundred_steps_at_once_share_a_bounded_pool_and_all_complete() {
             assert_eq!(status, complete, "{path}: {detail}");
         }
     }
+}
+
+/// 100 pre-imports at once of repositories sharing a base layer, none registered yet: the first
+/// step to reach the base layer copies it and the other 99 wait for that copy instead of
+/// sending their own (which the bucket would refuse, each refusal then claimed and looked at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_needing_the_same_blob_at_once_copy_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = LayoutWriter::new(dir.path());
+    let base = "a base layer every repository shares".repeat(40);
+    let base_digest = layout.blob(base.as_bytes());
+    let paths: Vec<String> = (0..STEPS).map(|i| format!("shared/p{i}/app")).collect();
+    for (i, path) in paths.iter().enumerate() {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{i}"}}"#);
+        let own = format!("the layer of repository {i}").repeat(30);
+        let config_digest = layout.blob(config.as_bytes());
+        let own_digest = layout.blob(own.as_bytes());
+        let manifest = layout.manifest(
+            (&config_digest, config.len()),
+            &[(&base_digest, base.len()), (&own_digest, own.len())],
+        );
+        for blob in [&config_digest, &base_digest, &own_digest] {
+            layout.link_layer(path, blob);
+        }
+        layout.link_revision(path, &manifest);
+        layout.tag_link(path, "v1", &manifest);
+    }
+    let db = MetadataStore::connect(&fresh_database("shared_copy").await, 32)
+        .await
+        .expect("db");
+    db.migrate().await.expect("migrate");
+    let storage =
+        ferry_shared::storage::open(&format!("file://{}", dir.path().display())).expect("storage");
+    let base_key = Digest::parse(&base_digest).expect("digest");
+    // The base layer's copies wait at the gate until every step has asked for it.
+    let (gated, gate) = GatedStore::on_key(storage, layout::old_blob_key(&base_key));
+    let gated = Arc::new(gated);
+    let limits = StepLimits {
+        max_concurrent_imports: STEPS,
+        pre_import_timeout: Duration::from_secs(120),
+        import_timeout: Duration::from_secs(120),
+        copy_concurrency: 4,
+        tag_concurrency: 4,
+        cancel_poll: Duration::from_millis(200),
+    };
+    let importer = Importer::new(Arc::clone(&gated) as _, db, None, limits);
+    let steps: Vec<_> = (paths.iter().cloned())
+        .map(|path| {
+            let importer = importer.clone();
+            tokio::spawn(async move { importer.import_now(&path, ImportType::Pre).await })
+        })
+        .collect();
+    // Each step starts its three copies together: once all configs and own layers were asked
+    // for, every step has joined the base layer's copy.
+    let base_dst = layout::new_blob_key(&base_key);
+    ferry_tests::wait_until(
+        "every step at its copies",
+        Duration::from_secs(60),
+        async || match gated.copies() - gated.copies_to(&base_dst) {
+            asked if asked == 2 * STEPS => Ok(()),
+            asked => Err(asked),
+        },
+    )
+    .await;
+    let _ = gate.send(true);
+    for step in steps {
+        let outcome = step.await.expect("step task").expect("started");
+        assert_eq!(
+            outcome.status,
+            MigrationStatus::PreImportComplete,
+            "{}",
+            outcome.detail
+        );
+    }
+    assert_eq!(
+        gated.copies_to(&base_dst),
+        1,
+        "the shared layer copied once"
+    );
+    assert_eq!(
+        gated.copies(),
+        1 + 2 * STEPS,
+        "every other blob copied once"
+    );
+    assert!(
+        dir.path().join(&base_dst).exists(),
+        "the base layer is under the new prefix"
+    );
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
 use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
 
+use super::copy_flights::{Flight, Landed};
 use super::{Importer, StepOutcome, StepStatuses, status_detail, statuses};
 use crate::error::StepError;
 use crate::plan::{self, PlannedBlob};
@@ -285,8 +286,27 @@ impl Importer {
         }
         let outcomes: Vec<CopyOutcome> = futures::stream::iter(to_copy)
             .map(|(digest, size, referrer)| {
+                let flight = self.inner.copy_flights.join(&digest);
+                let storage = Arc::clone(&self.inner.storage);
                 let db = self.inner.db.clone();
-                copy_blob(Arc::clone(&self.inner.storage), db, digest, size, referrer).boxed()
+                async move {
+                    let (outcome, landed) = match flight {
+                        Flight::Lead(lead) => {
+                            let (outcome, landed) =
+                                land_blob(storage, db, &digest, &referrer).await?;
+                            lead.landed(landed);
+                            (outcome, landed)
+                        }
+                        Flight::Follow(follow) => match follow.landed().await {
+                            // Another step's copy, landed while this one waited for it.
+                            Some(landed) => (CopyOutcome::PublishedMeanwhile, landed),
+                            None => land_blob(storage, db, &digest, &referrer).await?,
+                        },
+                    };
+                    plan::check_copied_size(&digest, size, &referrer, landed.size)?;
+                    Ok::<_, StepError>(outcome)
+                }
+                .boxed()
             })
             .buffer_unordered(self.inner.limits.copy_concurrency.max(1))
             .try_collect()
@@ -307,8 +327,8 @@ impl Importer {
 }
 
 /// Copies one blob from the old layout to the new one, verifying its digest where the store
-/// can, and checks that the copy has the `size` manifest `referrer` declares (a destination that
-/// was there already is looked at for that).
+/// can, and says where it landed (with its size, which the caller checks against what its
+/// manifest `referrer` declares; a destination that was there already is looked at for it).
 ///
 /// A destination found in place (the blob is not registered as copied, or it would not be
 /// copied) may be a copy a failed step left long ago, which `ferryctl gc` may be removing: the
@@ -316,18 +336,17 @@ impl Importer {
 /// excludes), then looks at it again; if gc removed it before the claim, it is copied anew.
 /// From the claim on, gc keeps it until the step has ended (docs/operations.md, "Removing
 /// abandoned copies").
-async fn copy_blob(
+async fn land_blob(
     storage: Arc<dyn BlobStore>,
     db: MetadataStore,
-    digest: Digest,
-    size: u64,
-    referrer: Digest,
-) -> Result<CopyOutcome, StepError> {
-    let src = layout::old_blob_key(&digest);
-    let dst = layout::new_blob_key(&digest);
+    digest: &Digest,
+    referrer: &Digest,
+) -> Result<(CopyOutcome, Landed), StepError> {
+    let src = layout::old_blob_key(digest);
+    let dst = layout::new_blob_key(digest);
     let copy = async || {
         storage
-            .copy(&src, &dst, Some(&digest))
+            .copy(&src, &dst, Some(digest))
             .await
             .map_err(|error| match error {
                 StorageError::NotFound { .. } => StepError::BlobMissing {
@@ -343,7 +362,7 @@ async fn copy_blob(
             })
     };
     let mut outcome = copy().await?;
-    let copied = match outcome {
+    let size = match outcome {
         CopyOutcome::Copied(bytes) => Some(bytes),
         CopyOutcome::AlreadyPresent | CopyOutcome::PublishedMeanwhile => {
             db.claim_blob(digest.as_str()).await?;
@@ -363,6 +382,5 @@ async fn copy_blob(
             }
         }
     };
-    plan::check_copied_size(&digest, size, &referrer, copied)?;
-    Ok(outcome)
+    Ok((outcome, Landed { size }))
 }
