@@ -221,6 +221,7 @@ def env_check(rendered, bin_dir, source_dir):
 
 
 LEASE_ALERT = "FerryEnqueueLeaseUnheld"
+DEFAULT_LEASE_TTL_SECS = 15
 
 
 def rendered_rules(rendered, rules_file, values_files):
@@ -231,11 +232,13 @@ def rendered_rules(rendered, rules_file, values_files):
         enabled = (settings.get("prometheusRule") or {}).get("enabled", enabled)
         config = (settings.get("scheduler") or {}).get("config") or {}
         lease_ttl = config.get("FERRY_LEASE_TTL_SECS", lease_ttl)
-    # The chart times the lease alert by the scheduler's lease TTL: twice it.
+    # The chart times the lease alert by the scheduler's lease TTL (empty: the binary's 15 s):
+    # twice it.
+    lease_ttl = int(lease_ttl) if lease_ttl not in (None, "") else DEFAULT_LEASE_TTL_SECS
     for group in expected:
         for rule in group.get("rules", []):
             if rule.get("alert") == LEASE_ALERT:
-                rule["for"] = f"{2 * int(lease_ttl)}s"
+                rule["for"] = f"{2 * lease_ttl}s"
     found = [d for d in load(rendered) if d.get("kind") == "PrometheusRule"]
     if len(found) != (1 if enabled else 0):
         print(f"  FAIL {len(found)} PrometheusRule(s) rendered; prometheusRule.enabled is {enabled}")

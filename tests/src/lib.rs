@@ -282,7 +282,8 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.1 request to 127.0.0.1:`port`; `None` if the connection fails.
+/// One HTTP/1.1 request to 127.0.0.1:`port` (a chunked answer's body joined); `None` if the
+/// connection fails or the answer is malformed (no end of its head, a broken chunk).
 pub async fn http_request(
     port: u16,
     method: &str,

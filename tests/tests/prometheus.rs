@@ -25,9 +25,20 @@ use ferry_tests::{
 const SCHEDULER_JOB: &str = "ferry-scheduler";
 const IMPORTER_JOB: &str = "ferry-importer";
 
-/// Debian's Prometheus server (`scripts/setup.sh --chart-tools` installs it with promtool).
+/// The Prometheus server: `FERRY_PROMETHEUS`, else the first `prometheus` on `PATH` (Debian's,
+/// which `scripts/setup.sh` installs with promtool).
 fn prometheus_binary() -> String {
-    std::env::var("FERRY_PROMETHEUS").unwrap_or_else(|_| "/usr/bin/prometheus".to_owned())
+    if let Ok(binary) = std::env::var("FERRY_PROMETHEUS") {
+        return binary;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("prometheus"))
+        .find(|candidate| candidate.is_file())
+        .map_or_else(
+            || "/usr/bin/prometheus".to_owned(),
+            |found| found.display().to_string(),
+        )
 }
 
 /// A query string value, percent-encoded.
@@ -72,8 +83,7 @@ impl Prometheus {
         let binary = prometheus_binary();
         assert!(
             Path::new(&binary).exists(),
-            "{binary} is missing: `make test` installs Debian's prometheus (scripts/setup.sh \
-             --chart-tools)"
+            "{binary} is missing: `make test` installs Debian's prometheus (scripts/setup.sh)"
         );
         let port = free_port();
         let mut command = std::process::Command::new(&binary);
@@ -252,7 +262,17 @@ async fn prometheus_scrapes_every_dashboard_and_alert_metric_through_a_migration
         serde_json::from_str(&ferryctl(url, &["gc", "--dry-run", "--json"])).expect("JSON");
     assert_eq!(gc["candidate_count"], 0, "{gc}");
 
-    // Prometheus has scraped the end of it: the migration, the scan and the restore.
+    // Prometheus has scraped the end of it: the migration, the scan and the restore, and the
+    // steps the importers export (two a repository, more if one was retried).
+    let mut steps_exported = 0.0;
+    for port in importer_metrics {
+        let text = ferry_tests::scrape(port).await;
+        for kind in ["pre", "final"] {
+            let series = format!("ferry_import_steps_total{{type=\"{kind}\",result=\"complete\"}}");
+            steps_exported += ferry_tests::metric(&text, &series).unwrap_or(0.0);
+        }
+    }
+    assert!(steps_exported >= 2.0 * done as f64, "{steps_exported}");
     let caught_up = poll_until(
         Duration::from_secs(60),
         Duration::from_millis(500),
@@ -278,7 +298,7 @@ async fn prometheus_scrapes_every_dashboard_and_alert_metric_through_a_migration
                 Some(done as f64),
                 Some(1.0),
                 Some(1.0),
-                Some(2.0 * done as f64),
+                Some(steps_exported),
                 Some(1.0),
             );
             if seen == expected { Ok(()) } else { Err(seen) }
