@@ -310,6 +310,7 @@ impl<'a> Collection<'a> {
                 }
                 Removal::Failed(error) => {
                     self.counts.errors += 1;
+                    self.counts.bytes_failed += candidate.size;
                     tracing::warn!(
                         key = candidate.key,
                         error,

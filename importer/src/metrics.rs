@@ -1,6 +1,8 @@
 //! The importer's Prometheus metrics (prefixed `ferry_`): its steps, its slots, what the
-//! metadata database holds and its collections of abandoned copies (`ferryctl gc`). Storage, database and gRPC metrics come from
-//! `ferry_shared::metrics`.
+//! metadata database holds and its collections of abandoned copies (`ferryctl gc`). Storage,
+//! database and gRPC metrics come from `ferry_shared::metrics`.
+
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,6 +32,7 @@ pub struct ImporterMetrics {
     gc_removed_objects: Counter,
     gc_removed_bytes: Counter,
     gc_abandoned_bytes: Gauge,
+    gc_last_complete: Gauge<f64, AtomicU64>,
 }
 
 /// The `type` label of a step.
@@ -56,6 +59,7 @@ impl Default for ImporterMetrics {
             gc_removed_objects: Counter::default(),
             gc_removed_bytes: Counter::default(),
             gc_abandoned_bytes: Gauge::default(),
+            gc_last_complete: Gauge::default(),
         }
     }
 }
@@ -142,8 +146,13 @@ impl ImporterMetrics {
         registry.register(
             "gc_abandoned_bytes",
             "Bytes of abandoned copies the last complete collection on this importer left in \
-             place (all a dry run found)",
+             place: all a dry run found, what a removing run failed to remove",
             m.gc_abandoned_bytes.clone(),
+        );
+        registry.register(
+            "gc_last_complete_timestamp_seconds",
+            "When the last complete collection on this importer ended (Unix time; 0: none yet)",
+            m.gc_last_complete.clone(),
         );
         for mode in GC_MODES {
             for result in GC_RESULTS {
@@ -183,9 +192,17 @@ impl ImporterMetrics {
         self.gc_removed_objects.inc_by(counts.removed);
         self.gc_removed_bytes.inc_by(counts.bytes_removed);
         if complete {
-            let left = counts.candidate_bytes.saturating_sub(counts.bytes_removed);
+            let left = if dry_run {
+                counts.candidate_bytes
+            } else {
+                counts.bytes_failed
+            };
             self.gc_abandoned_bytes
                 .set(i64::try_from(left).unwrap_or(i64::MAX));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64());
+            self.gc_last_complete.set(now);
         }
     }
 

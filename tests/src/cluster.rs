@@ -340,15 +340,8 @@ impl Cluster {
         self.importers_metric(series).await.into_iter().sum()
     }
 
-    /// The largest value of `series` (exactly as rendered) among the importers' `/metrics`.
-    pub async fn importers_metric_max(&self, series: &str) -> f64 {
-        (self.importers_metric(series).await)
-            .into_iter()
-            .fold(0.0, f64::max)
-    }
-
-    /// `series` on each importer (0 where absent).
-    async fn importers_metric(&self, series: &str) -> Vec<f64> {
+    /// `series` (exactly as rendered) on each importer, in order (0 where absent).
+    pub async fn importers_metric(&self, series: &str) -> Vec<f64> {
         let mut values = Vec::new();
         for i in 0..self.importer_metrics_ports.len() {
             values.push(crate::metric(&self.importer_metrics(i).await, series).unwrap_or(0.0));

@@ -122,6 +122,8 @@ pub struct GarbageCountsView {
     pub changed: u64,
     /// Removals that failed.
     pub errors: u64,
+    /// Their bytes.
+    pub bytes_failed: u64,
     /// Stale claims dropped.
     pub claims_dropped: u64,
 }
@@ -140,6 +142,7 @@ impl From<GarbageCounts> for GarbageCountsView {
             bytes_removed: c.bytes_removed,
             changed: c.changed,
             errors: c.errors,
+            bytes_failed: c.bytes_failed,
             claims_dropped: c.claims_dropped,
         }
     }
