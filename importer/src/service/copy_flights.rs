@@ -4,13 +4,16 @@
 //! claimed and looked at for its size, a write and a read spent for nothing. Instead the first
 //! step to ask leads the copy and the others wait for where it landed.
 //!
-//! A step that relies on a copy another step led is as safe from `ferryctl gc` as the leader:
-//! the copy is either new (written during the follower's step, so younger than gc's window,
-//! which is longer than any step) or was found in place and claimed by the leader (claims are by
-//! digest, and a claim made during the follower's step protects the copy for the window).
+//! A step that relies on a copy another step led is as safe from `ferryctl gc` as the leader.
+//! The copy is either new, written at most a step's time limit before the follower commits, or
+//! was found in place and claimed by the leader, and claims are by digest: the claim too is at
+//! most a step's time limit old when the follower commits. gc removes neither while it is
+//! younger than its window, which is longer than the step time limits of the importer it runs
+//! on (so every importer must have the same limits; docs/operations.md, "Removing abandoned
+//! copies").
 //!
-//! If the leader fails or is stopped, its followers copy for themselves, each with its own
-//! errors (naming its own manifest).
+//! If the leader fails or is stopped, its followers join again: one of them leads a new copy,
+//! and each reports its own errors (naming its own manifest).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,24 +25,31 @@ use ferry_shared::ids::Digest;
 /// Where a blob's copy landed: under the new prefix, with this size (`None`: the bucket did not
 /// say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Landed {
+pub(super) struct Landed {
     /// The copy's size, as the bucket reports it.
-    pub size: Option<u64>,
+    pub(super) size: Option<u64>,
 }
 
-/// What a flight's followers are told: nothing yet, then where the copy landed, or that the
-/// leader did not land it (failed or stopped).
-type Outcome = Option<Option<Landed>>;
+/// What a flight's followers see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlightState {
+    /// The copy is on its way.
+    InFlight,
+    /// The copy landed.
+    Landed(Landed),
+    /// The leader did not land it (it failed or was stopped).
+    Abandoned,
+}
 
 /// The copies in flight on this importer, by digest.
 #[derive(Debug, Default)]
-pub struct CopyFlights {
-    flights: Mutex<HashMap<Digest, watch::Receiver<Outcome>>>,
+pub(super) struct CopyFlights {
+    flights: Mutex<HashMap<Digest, watch::Receiver<FlightState>>>,
 }
 
 /// A step's part in a blob's copy.
 #[derive(Debug)]
-pub enum Flight {
+pub(super) enum Flight {
     /// No copy of the blob is in flight: this step copies it, and reports where it landed.
     Lead(Lead),
     /// Another step copies it: wait for where it landed.
@@ -48,14 +58,14 @@ pub enum Flight {
 
 impl CopyFlights {
     /// Joins the flight of `digest`'s copy, leading it if there is none.
-    pub fn join(self: &Arc<Self>, digest: &Digest) -> Flight {
+    pub(super) fn join(self: &Arc<Self>, digest: &Digest) -> Flight {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(receiver) = flights.get(digest) {
             return Flight::Follow(Follow {
                 receiver: receiver.clone(),
             });
         }
-        let (sender, receiver) = watch::channel(None);
+        let (sender, receiver) = watch::channel(FlightState::InFlight);
         flights.insert(digest.clone(), receiver);
         Flight::Lead(Lead {
             flights: Arc::clone(self),
@@ -74,16 +84,16 @@ impl CopyFlights {
 /// The leader's side of a flight. Dropped without [`Lead::landed`] (the copy failed, or the step
 /// was stopped), it tells the followers to copy for themselves.
 #[derive(Debug)]
-pub struct Lead {
+pub(super) struct Lead {
     flights: Arc<CopyFlights>,
     digest: Digest,
-    sender: watch::Sender<Outcome>,
+    sender: watch::Sender<FlightState>,
 }
 
 impl Lead {
     /// Tells the followers where the copy landed.
-    pub fn landed(self, landed: Landed) {
-        self.sender.send_replace(Some(Some(landed)));
+    pub(super) fn landed(self, landed: Landed) {
+        self.sender.send_replace(FlightState::Landed(landed));
     }
 }
 
@@ -95,29 +105,33 @@ impl Drop for Lead {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.digest);
-        self.sender.send_if_modified(|outcome| {
-            let unset = outcome.is_none();
-            if unset {
-                *outcome = Some(None);
+        self.sender.send_if_modified(|state| {
+            let in_flight = *state == FlightState::InFlight;
+            if in_flight {
+                *state = FlightState::Abandoned;
             }
-            unset
+            in_flight
         });
     }
 }
 
 /// A follower's side of a flight.
 #[derive(Debug)]
-pub struct Follow {
-    receiver: watch::Receiver<Outcome>,
+pub(super) struct Follow {
+    receiver: watch::Receiver<FlightState>,
 }
 
 impl Follow {
     /// Where the leader's copy landed; `None` when it did not land it.
-    pub async fn landed(mut self) -> Option<Landed> {
-        match self.receiver.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.flatten(),
-            // The leader is gone without a word (it cannot be: its drop tells); copy anyway.
-            Err(_) => None,
+    pub(super) async fn landed(mut self) -> Option<Landed> {
+        let ended = self
+            .receiver
+            .wait_for(|state| *state != FlightState::InFlight)
+            .await;
+        match ended.as_deref() {
+            Ok(FlightState::Landed(landed)) => Some(*landed),
+            // The leader failed, or is gone without a word (it cannot be: its drop tells).
+            _ => None,
         }
     }
 }
@@ -151,14 +165,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn followers_of_a_leader_that_failed_copy_for_themselves() {
+    async fn followers_of_a_leader_that_failed_join_again_and_one_leads() {
         let flights = Arc::new(CopyFlights::default());
         let lead = flights.join(&digest(1));
-        let Flight::Follow(follow) = flights.join(&digest(1)) else {
-            panic!("the second follows");
+        let (Flight::Follow(first), Flight::Follow(second)) =
+            (flights.join(&digest(1)), flights.join(&digest(1)))
+        else {
+            panic!("the others follow");
         };
         drop(lead);
-        assert_eq!(follow.landed().await, None);
-        assert!(flights.is_empty());
+        assert_eq!(first.landed().await, None);
+        assert_eq!(second.landed().await, None);
+        assert!(flights.is_empty(), "an abandoned flight is off the map");
+        // Joining again, the first leads a new copy and the second follows it.
+        let first_again = flights.join(&digest(1));
+        assert!(matches!(first_again, Flight::Lead(_)), "{first_again:?}");
+        let second_again = flights.join(&digest(1));
+        assert!(
+            matches!(second_again, Flight::Follow(_)),
+            "{second_again:?}"
+        );
     }
 }

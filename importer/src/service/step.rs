@@ -13,7 +13,7 @@ use ferry_shared::ids::{Digest, RepositoryPath};
 use ferry_shared::layout;
 use ferry_shared::storage::{BlobStore, CopyOutcome, StorageError};
 
-use super::copy_flights::{Flight, Landed};
+use super::copy_flights::{CopyFlights, Flight, Landed};
 use super::{Importer, StepOutcome, StepStatuses, status_detail, statuses};
 use crate::error::StepError;
 use crate::plan::{self, PlannedBlob};
@@ -255,8 +255,8 @@ impl Importer {
 
     /// Brings every distributable blob of `blobs` under the new prefix, counting them in
     /// `stats`: those the metadata database registers as copied need nothing; the rest are
-    /// copied, `copy_concurrency` at once. Each must then be there with the size its manifest
-    /// declares.
+    /// copied, `copy_concurrency` at once, or waited for where another step copies them at the
+    /// same time. Each must then be there with the size its manifest declares.
     async fn copy_blobs(
         &self,
         blobs: &BTreeMap<Digest, PlannedBlob>,
@@ -286,23 +286,14 @@ impl Importer {
         }
         let outcomes: Vec<CopyOutcome> = futures::stream::iter(to_copy)
             .map(|(digest, size, referrer)| {
+                // Joined here, as the stream starts the copy: a step joins a flight only when
+                // it is about to take part in it.
                 let flight = self.inner.copy_flights.join(&digest);
-                let storage = Arc::clone(&self.inner.storage);
-                let db = self.inner.db.clone();
+                let flights = Arc::clone(&self.inner.copy_flights);
+                let (storage, db) = (Arc::clone(&self.inner.storage), self.inner.db.clone());
                 async move {
-                    let (outcome, landed) = match flight {
-                        Flight::Lead(lead) => {
-                            let (outcome, landed) =
-                                land_blob(storage, db, &digest, &referrer).await?;
-                            lead.landed(landed);
-                            (outcome, landed)
-                        }
-                        Flight::Follow(follow) => match follow.landed().await {
-                            // Another step's copy, landed while this one waited for it.
-                            Some(landed) => (CopyOutcome::PublishedMeanwhile, landed),
-                            None => land_blob(storage, db, &digest, &referrer).await?,
-                        },
-                    };
+                    let (outcome, landed) =
+                        take_part(flight, &flights, storage, db, &digest, &referrer).await?;
                     plan::check_copied_size(&digest, size, &referrer, landed.size)?;
                     Ok::<_, StepError>(outcome)
                 }
@@ -323,6 +314,32 @@ impl Importer {
             }
         }
         Ok(())
+    }
+}
+
+/// A step's part in the flight of one blob's copy: leads it, or waits for where the leader's
+/// copy landed (counted as published meanwhile); joins again when that leader fails or is
+/// stopped.
+async fn take_part(
+    mut flight: Flight,
+    flights: &Arc<CopyFlights>,
+    storage: Arc<dyn BlobStore>,
+    db: MetadataStore,
+    digest: &Digest,
+    referrer: &Digest,
+) -> Result<(CopyOutcome, Landed), StepError> {
+    loop {
+        match flight {
+            Flight::Lead(lead) => {
+                let (outcome, landed) = land_blob(storage, db, digest, referrer).await?;
+                lead.landed(landed);
+                return Ok((outcome, landed));
+            }
+            Flight::Follow(follow) => match follow.landed().await {
+                Some(landed) => return Ok((CopyOutcome::PublishedMeanwhile, landed)),
+                None => flight = flights.join(digest),
+            },
+        }
     }
 }
 
