@@ -190,6 +190,15 @@ impl SchedulerStore {
         let options = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            // A connection keeps buffers as large as the largest message it sent or read (a
+            // step's batch of 10,000 digests is megabytes): shrink them back to their default
+            // size when it returns to the pool, or every idle connection holds its peak.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Connection::shrink_buffers(conn);
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(Self { pool })
