@@ -151,6 +151,14 @@ impl Digest {
     pub fn hex(&self) -> &str {
         &self.0["sha256:".len()..]
     }
+
+    /// The hash's 32 bytes, a third of the digest's size in a set; `None` for a digest built
+    /// from a hash of another length ([`Digest::from_sha256`] takes any).
+    pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(self.hex(), &mut bytes).ok()?;
+        Some(bytes)
+    }
 }
 
 /// The digest of bytes that arrive in pieces (a streamed blob).
@@ -221,6 +229,14 @@ mod tests {
         hasher.update(b"hello, ");
         hasher.update(b"world");
         assert_eq!(hasher.finish(), Digest::of(b"hello, world"));
+    }
+
+    #[test]
+    fn a_digest_gives_its_hash_bytes_only_when_it_has_32() {
+        let digest = Digest::of(b"layer");
+        let bytes = digest.sha256_bytes().expect("32 bytes");
+        assert_eq!(Digest::from_sha256(&bytes), digest);
+        assert_eq!(Digest::from_sha256(&[1, 2, 3]).sha256_bytes(), None);
     }
 
     #[test]
