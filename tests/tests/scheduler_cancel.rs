@@ -25,7 +25,10 @@ use ferry_tests::{GatedStore, LayoutWriter, fresh_database, serve_importer, wait
 const PATH: &str = "group/project/app";
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    /// The bucket (a directory).
+    dir: tempfile::TempDir,
+    /// The manifest `PATH:v1` points to.
+    manifest: String,
     scheduler: Scheduler,
     store: SchedulerStore,
     /// The importer the scheduler's pool calls (over gRPC); steps are started on it directly.
@@ -45,7 +48,7 @@ async fn setup() -> Setup {
 /// `notify`, and reaching nobody (a frozen replica) otherwise.
 async fn setup_with(notify: bool) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    LayoutWriter::new(dir.path()).image(PATH, "v1", "cancel-vs-complete");
+    let manifest = LayoutWriter::new(dir.path()).image(PATH, "v1", "cancel-vs-complete");
     let local: Arc<dyn BlobStore> =
         ferry_shared::storage::open(&format!("file://{}", dir.path().display())).expect("storage");
     let metadata_url = fresh_database("cancel_meta").await;
@@ -96,7 +99,8 @@ async fn setup_with(notify: bool) -> Setup {
         ));
     }
     Setup {
-        _dir: dir,
+        dir,
+        manifest,
         scheduler,
         store,
         importer,
@@ -160,6 +164,12 @@ async fn final_import_started(setup: &Setup, held: bool) -> Step {
         .expect("claim")
         .pop()
         .expect("final claimed");
+    if held {
+        // The tag's link written again (same target, a new version): the final import reads it
+        // again instead of taking its digest from the pre-import's record, and waits at the
+        // gate there, before anything is committed.
+        LayoutWriter::new(setup.dir.path()).tag_link(PATH, "v1", &setup.manifest);
+    }
     setup.gate.send(!held).expect("gate");
     setup
         .importer
