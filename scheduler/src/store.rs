@@ -2,7 +2,7 @@
 //! compare-and-set `UPDATE ... WHERE migration_state = ANY(...)`, so replicas and retries cannot
 //! move a repository along a path the state machine does not allow.
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{FromRow, Row};
 
 use ferry_proto::common::v1::ImportStats;
@@ -185,22 +185,7 @@ fn to_i64(value: u64) -> i64 {
 impl SchedulerStore {
     /// Connects with a pool of at most `max_connections`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
-        // Every statement here is short; JIT compilation, which PostgreSQL's cost estimates
-        // switch on over big tables, costs more than it saves (15-20 ms a listing call).
-        let options = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            // A connection keeps buffers as large as the largest message it sent or read (a
-            // step's batch of 10,000 digests is megabytes): shrink them back to their default
-            // size when it returns to the pool, or every idle connection holds its peak.
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    sqlx::Connection::shrink_buffers(conn);
-                    Ok(true)
-                })
-            })
-            .connect_with(options)
-            .await?;
+        let pool = ferry_shared::postgres::connect_pool(url, max_connections).await?;
         Ok(Self { pool })
     }
 

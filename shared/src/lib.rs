@@ -11,6 +11,7 @@
 //!   service.
 //! - [`security`]: TLS, bearer tokens and admission limits.
 //! - [`metrics`]: the Prometheus registry and `/metrics` endpoint.
+//! - [`postgres`]: the connection pool both services' databases use.
 //! - [`walk`]: discovering every repository of the old layout.
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod ids;
 pub mod layout;
 pub mod lifecycle;
 pub mod metrics;
+pub mod postgres;
 pub mod security;
 pub mod startup;
 pub mod step;
