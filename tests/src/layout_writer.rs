@@ -34,10 +34,14 @@ impl LayoutWriter {
 
     /// Stores `data` under its own digest and returns it.
     pub fn blob(&self, data: &[u8]) -> String {
-        use sha2::Digest;
-        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
+        let digest = Self::digest_of(data);
         self.blob_at(&digest, data);
         digest
+    }
+
+    /// The `sha256:<hex>` digest of `data`.
+    fn digest_of(data: &[u8]) -> String {
+        ferry_shared::ids::Digest::of(data).as_str().to_owned()
     }
 
     /// Writes a tag's `current/link` with `content`.
@@ -91,17 +95,31 @@ impl LayoutWriter {
     pub fn image_parts(&self, repository: &str, tag: &str, seed: &str) -> (String, String, String) {
         let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
         let layer = format!("layer of {seed}").repeat(50);
-        let config_digest = self.blob(config.as_bytes());
-        let layer_digest = self.blob(layer.as_bytes());
-        let manifest = self.manifest(
-            (&config_digest, config.len()),
-            &[(&layer_digest, layer.len())],
-        );
+        let manifest = self.image_of(repository, tag, config.as_bytes(), &[layer.as_bytes()]);
+        (
+            manifest,
+            Self::digest_of(config.as_bytes()),
+            Self::digest_of(layer.as_bytes()),
+        )
+    }
+
+    /// An image of `config` and `layers` tagged `repository:tag`, every blob stored and linked
+    /// as a push links it; returns the manifest digest.
+    pub fn image_of(&self, repository: &str, tag: &str, config: &[u8], layers: &[&[u8]]) -> String {
+        let config_digest = self.blob(config);
         self.link_layer(repository, &config_digest);
-        self.link_layer(repository, &layer_digest);
+        let layers: Vec<(String, usize)> = (layers.iter())
+            .map(|layer| {
+                let digest = self.blob(layer);
+                self.link_layer(repository, &digest);
+                (digest, layer.len())
+            })
+            .collect();
+        let layers: Vec<(&str, usize)> = layers.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+        let manifest = self.manifest((&config_digest, config.len()), &layers);
         self.link_revision(repository, &manifest);
         self.tag_link(repository, tag, &manifest);
-        (manifest, config_digest, layer_digest)
+        manifest
     }
 
     /// Stores an OCI index over `children` (digest, media type), makes it a revision of the

@@ -17,6 +17,18 @@ use ferry_tests::{GatedStore, LayoutWriter, fresh_database};
 
 const STEPS: usize = 100;
 
+/// An importer's limits with a slot for every step.
+fn limits() -> StepLimits {
+    StepLimits {
+        max_concurrent_imports: STEPS,
+        pre_import_timeout: Duration::from_secs(120),
+        import_timeout: Duration::from_secs(120),
+        copy_concurrency: 4,
+        tag_concurrency: 4,
+        cancel_poll: Duration::from_millis(200),
+    }
+}
+
 /// Runs one step of every repository at once (each held at its first read until all are
 /// running) and returns how each ended.
 async fn all_at_once(
@@ -83,15 +95,7 @@ async fn a_hundred_steps_at_once_share_a_bounded_pool_and_all_complete() {
     let storage =
         ferry_shared::storage::open(&format!("file://{}", dir.path().display())).expect("storage");
     let (gated, gate) = GatedStore::new(storage);
-    let limits = StepLimits {
-        max_concurrent_imports: STEPS,
-        pre_import_timeout: Duration::from_secs(120),
-        import_timeout: Duration::from_secs(120),
-        copy_concurrency: 4,
-        tag_concurrency: 4,
-        cancel_poll: Duration::from_millis(200),
-    };
-    let importer = Importer::new(Arc::new(gated), db, None, limits);
+    let importer = Importer::new(Arc::new(gated), db, None, limits());
     for (import_type, complete) in [
         (ImportType::Pre, MigrationStatus::PreImportComplete),
         (ImportType::Final, MigrationStatus::ImportComplete),
@@ -118,22 +122,16 @@ async fn steps_needing_the_same_blob_at_once_copy_it_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = LayoutWriter::new(dir.path());
     let base = "a base layer every repository shares".repeat(40);
-    let base_digest = layout.blob(base.as_bytes());
     let paths: Vec<String> = (0..STEPS).map(|i| format!("shared/p{i}/app")).collect();
     for (i, path) in paths.iter().enumerate() {
         let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{i}"}}"#);
         let own = format!("the layer of repository {i}").repeat(30);
-        let config_digest = layout.blob(config.as_bytes());
-        let own_digest = layout.blob(own.as_bytes());
-        let manifest = layout.manifest(
-            (&config_digest, config.len()),
-            &[(&base_digest, base.len()), (&own_digest, own.len())],
+        layout.image_of(
+            path,
+            "v1",
+            config.as_bytes(),
+            &[base.as_bytes(), own.as_bytes()],
         );
-        for blob in [&config_digest, &base_digest, &own_digest] {
-            layout.link_layer(path, blob);
-        }
-        layout.link_revision(path, &manifest);
-        layout.tag_link(path, "v1", &manifest);
     }
     let db = MetadataStore::connect(&fresh_database("shared_copy").await, 32)
         .await
@@ -141,19 +139,11 @@ async fn steps_needing_the_same_blob_at_once_copy_it_once() {
     db.migrate().await.expect("migrate");
     let storage =
         ferry_shared::storage::open(&format!("file://{}", dir.path().display())).expect("storage");
-    let base_key = Digest::parse(&base_digest).expect("digest");
+    let base_key = Digest::of(base.as_bytes());
     // The base layer's copies wait at the gate until every step has asked for it.
     let (gated, gate) = GatedStore::on_key(storage, layout::old_blob_key(&base_key));
     let gated = Arc::new(gated);
-    let limits = StepLimits {
-        max_concurrent_imports: STEPS,
-        pre_import_timeout: Duration::from_secs(120),
-        import_timeout: Duration::from_secs(120),
-        copy_concurrency: 4,
-        tag_concurrency: 4,
-        cancel_poll: Duration::from_millis(200),
-    };
-    let importer = Importer::new(Arc::clone(&gated) as _, db, None, limits);
+    let importer = Importer::new(Arc::clone(&gated) as _, db, None, limits());
     let steps: Vec<_> = (paths.iter().cloned())
         .map(|path| {
             let importer = importer.clone();
