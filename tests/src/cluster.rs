@@ -318,11 +318,7 @@ impl Cluster {
 
     /// Runs the real `ferryctl ARGS` against the scheduler (built by `make test`).
     pub fn ferryctl(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(crate::processes::bin_dir().join("ferryctl"))
-            .args(args)
-            .env("FERRY_SCHEDULER_URL", &self.scheduler_url)
-            .output()
-            .expect("ferryctl runs (make test builds it)")
+        crate::processes::ferryctl(&self.scheduler_url, args)
     }
 
     /// The scheduler's `/metrics` text.

@@ -46,6 +46,15 @@ pub fn bin_dir() -> PathBuf {
     target.join("debug")
 }
 
+/// Runs the real `ferryctl ARGS` against the scheduler at `url` (built by `make test`).
+pub fn ferryctl(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin_dir().join("ferryctl"))
+        .args(args)
+        .env("FERRY_SCHEDULER_URL", url)
+        .output()
+        .expect("ferryctl runs (make test builds it)")
+}
+
 /// A free port on 127.0.0.1 for a service to bind later, taken below the kernel's ephemeral
 /// range: a port the kernel handed out (`bind` to port 0) may be given to an outgoing
 /// connection before the service binds it, while one below the range is never given out.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use ferry_tests::metric_names::{
     ALERT_RULES, dashboard_queries, exporter_of, registered, used_by_dashboard_and_rules,
 };
-use ferry_tests::processes::{Process, bin_dir, connect_scheduler, free_port};
+use ferry_tests::processes::{self, Process, connect_scheduler, free_port};
 use ferry_tests::{
     SampleRegistry, fresh_database, http_request, poll_until, redis_url, unique_suffix, wait_until,
     workspace_root,
@@ -150,11 +150,7 @@ impl Prometheus {
 
 /// Runs `ferryctl ARGS` against the scheduler at `url`, asserting it succeeds; its stdout.
 fn ferryctl(url: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(bin_dir().join("ferryctl"))
-        .args(args)
-        .env("FERRY_SCHEDULER_URL", url)
-        .output()
-        .expect("ferryctl runs (make test builds it)");
+    let output = processes::ferryctl(url, args);
     assert!(
         output.status.success(),
         "ferryctl {args:?}: {}",
